@@ -1,0 +1,17 @@
+package ring
+
+import "errors"
+
+var (
+	// ErrClosed is returned by Push after Close.
+	ErrClosed = errors.New("ring: closed")
+	// ErrControlOverflow is returned when a control item does not fit in the
+	// remaining slots or control bytes. Nothing was queued; control is never
+	// dropped silently, so the caller closes the connection.
+	ErrControlOverflow = errors.New("ring: control overflow")
+	// ErrFull is returned when a data item was dropped because no slot was
+	// free. Unlike an eviction it leaves no tombstone; see Push.
+	ErrFull = errors.New("ring: full")
+	// ErrBadConfig wraps every error from Config.Validate.
+	ErrBadConfig = errors.New("ring: bad config")
+)

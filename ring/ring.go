@@ -1,0 +1,462 @@
+package ring
+
+import (
+	"fmt"
+	"sync"
+)
+
+// Class is the delivery class of an entry. It only decides eviction; order
+// is always push order.
+type Class uint8
+
+const (
+	// Control is a response, an agent request, a bridge/* answer or an
+	// error: never evicted, never dropped silently.
+	Control Class = iota
+	// Data is a notification: evicted oldest-first past MaxDataBytes.
+	Data
+)
+
+// String returns "control" or "data".
+func (c Class) String() string {
+	switch c {
+	case Control:
+		return "control"
+	case Data:
+		return "data"
+	default:
+		return fmt.Sprintf("Class(%d)", uint8(c))
+	}
+}
+
+// Reason says why an item did not reach the drainer as a live entry. It is
+// the label of the counters in Stats.
+type Reason uint8
+
+const (
+	// ReasonCeiling: a queued data entry was evicted, oldest first, to make
+	// room under MaxDataBytes. It still comes out as a tombstone.
+	ReasonCeiling Reason = iota
+	// ReasonTooLarge: a data item larger than MaxDataBytes on its own was
+	// queued directly as a tombstone (evicting others could never make it
+	// fit, so none were evicted for it).
+	ReasonTooLarge
+	// ReasonFull: a data item was dropped because every slot was taken.
+	// It leaves no tombstone (Push returned ErrFull).
+	ReasonFull
+	// ReasonControl: a control item was refused with ErrControlOverflow.
+	ReasonControl
+	// ReasonClosed: an item was refused with ErrClosed.
+	ReasonClosed
+
+	// NumReasons is the number of reasons, for sizing Stats.Lost.
+	NumReasons
+)
+
+// String returns the metric label of r.
+func (r Reason) String() string {
+	switch r {
+	case ReasonCeiling:
+		return "ceiling"
+	case ReasonTooLarge:
+		return "too_large"
+	case ReasonFull:
+		return "full"
+	case ReasonControl:
+		return "control_overflow"
+	case ReasonClosed:
+		return "closed"
+	default:
+		return fmt.Sprintf("Reason(%d)", uint8(r))
+	}
+}
+
+// Config bounds a Queue. Every zero value means the documented default.
+type Config struct {
+	// MaxItems is the number of slots, tombstones included. Zero means 4096.
+	MaxItems int
+	// MaxDataBytes is the ceiling on live data bytes; past it the oldest
+	// data is evicted. Zero means 1 MiB.
+	MaxDataBytes int
+	// MaxControlBytes is the ceiling on queued control bytes; past it Push
+	// returns ErrControlOverflow. Zero means 4 MiB.
+	MaxControlBytes int
+	// HighWater is the live data bytes above which the consumer counts as
+	// unhealthy (AboveHigh). Zero means 3/4 of MaxDataBytes. It must be
+	// below MaxDataBytes so that degrading starts before evicting.
+	HighWater int
+	// LowWater is the live data bytes below which the consumer counts as
+	// healthy again (BelowLow). Zero means 1/4 of MaxDataBytes. It must be
+	// positive and below HighWater.
+	LowWater int
+}
+
+const (
+	defaultMaxItems        = 4096
+	defaultMaxDataBytes    = 1 << 20
+	defaultMaxControlBytes = 4 << 20
+
+	// initialSlots is the slot array a queue starts with on its first Push.
+	initialSlots = 16
+	// releaseAbove: an array larger than this is released when the queue
+	// drains to empty. Small enough that idle connections stay cheap, large
+	// enough that a connection streaming one message at a time never
+	// reallocates.
+	releaseAbove = 64
+)
+
+// WithDefaults returns c with every zero field replaced by its default.
+func (c Config) WithDefaults() Config {
+	if c.MaxItems == 0 {
+		c.MaxItems = defaultMaxItems
+	}
+	if c.MaxDataBytes == 0 {
+		c.MaxDataBytes = defaultMaxDataBytes
+	}
+	if c.MaxControlBytes == 0 {
+		c.MaxControlBytes = defaultMaxControlBytes
+	}
+	if c.HighWater == 0 {
+		c.HighWater = c.MaxDataBytes / 4 * 3
+	}
+	if c.LowWater == 0 {
+		c.LowWater = c.MaxDataBytes / 4
+	}
+	return c
+}
+
+// Validate reports the first inconsistent field of c after defaults, naming
+// the value. The daemon calls it on its configuration so a bad value exits
+// with one clear line; New panics on a config that fails it.
+func (c Config) Validate() error {
+	c = c.WithDefaults()
+	switch {
+	case c.MaxItems < 1:
+		return fmt.Errorf("%w: MaxItems %d must be positive", ErrBadConfig, c.MaxItems)
+	case c.MaxDataBytes < 1:
+		return fmt.Errorf("%w: MaxDataBytes %d must be positive", ErrBadConfig, c.MaxDataBytes)
+	case c.MaxControlBytes < 1:
+		return fmt.Errorf("%w: MaxControlBytes %d must be positive", ErrBadConfig, c.MaxControlBytes)
+	case c.HighWater >= c.MaxDataBytes:
+		return fmt.Errorf("%w: HighWater %d must be below MaxDataBytes %d", ErrBadConfig, c.HighWater, c.MaxDataBytes)
+	case c.LowWater < 1 || c.LowWater >= c.HighWater:
+		return fmt.Errorf("%w: LowWater %d must be positive and below HighWater %d (MaxDataBytes %d)",
+			ErrBadConfig, c.LowWater, c.HighWater, c.MaxDataBytes)
+	}
+	return nil
+}
+
+// Entry is one popped item. An evicted entry (a tombstone) still carries
+// its value so the drainer can tell which event it skipped.
+type Entry[T any] struct {
+	V       T
+	Size    int
+	Class   Class
+	Evicted bool
+}
+
+// Stats is a snapshot of a queue's counters since New.
+type Stats struct {
+	// Pushed counts items queued, live or as a ReasonTooLarge tombstone.
+	Pushed uint64
+	// Popped counts entries handed to the drainer, tombstones included.
+	Popped uint64
+	// Lost counts, by reason, items that did not reach the drainer live:
+	// evicted (ReasonCeiling, ReasonTooLarge) or refused (the others).
+	Lost [NumReasons]uint64
+}
+
+// Queue is a bounded FIFO of T with per-entry classes. T is usually a
+// pointer to a message shared by every connection it is broadcast to.
+type Queue[T any] struct {
+	cfg Config // immutable after New
+
+	mu sync.Mutex
+	// Everything below is guarded by mu.
+	buf       []Entry[T] // circular; nil until the first Push
+	head      int        // index of the oldest entry
+	n         int        // entries queued, tombstones included
+	scan      int        // entries from head known to hold no live data
+	dataBytes int        // live (not evicted) data bytes
+	ctrlBytes int
+	congested bool // hysteresis latch between HighWater and LowWater
+	closed    bool
+	stats     Stats
+}
+
+// New returns an empty queue bounded by cfg (zero fields take their
+// defaults). It panics if cfg fails Validate: configuration is checked
+// where it is read, so a bad one here is a programming error.
+func New[T any](cfg Config) *Queue[T] {
+	if err := cfg.Validate(); err != nil {
+		panic(err)
+	}
+	return &Queue[T]{cfg: cfg.WithDefaults()}
+}
+
+// Config returns the queue's configuration with defaults filled in. Safe
+// from any goroutine.
+func (q *Queue[T]) Config() Config { return q.cfg }
+
+// Push queues v, whose encoded size is size bytes, in class c. It is safe
+// from any goroutine.
+//
+// wasEmpty reports that the queue went from empty to non-empty; the caller
+// wakes the drainer only then.
+//
+// Data past MaxDataBytes evicts the oldest live data entries until v fits.
+// A data item larger than MaxDataBytes by itself is queued already evicted
+// (a tombstone), so the drainer still reports its gap. A data item that
+// finds no free slot is dropped and ErrFull returned: it leaves no
+// tombstone, so the drainer must notice the hole from the event sequence
+// (or Stats().Lost[ReasonFull]).
+//
+// Control that finds no free slot or would exceed MaxControlBytes returns
+// ErrControlOverflow and queues nothing. After Close every Push returns
+// ErrClosed. Push panics on a negative size or an unknown class.
+func (q *Queue[T]) Push(v T, size int, c Class) (wasEmpty bool, err error) {
+	if size < 0 {
+		panic("ring: negative size")
+	}
+	if c != Control && c != Data {
+		panic("ring: unknown class " + c.String())
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		q.stats.Lost[ReasonClosed]++
+		return false, ErrClosed
+	}
+	if c == Control {
+		if q.n >= q.cfg.MaxItems || size > q.cfg.MaxControlBytes-q.ctrlBytes {
+			q.stats.Lost[ReasonControl]++
+			return false, ErrControlOverflow
+		}
+		wasEmpty = q.n == 0
+		q.append(Entry[T]{V: v, Size: size, Class: Control})
+		q.ctrlBytes += size
+		q.stats.Pushed++
+		return wasEmpty, nil
+	}
+	if q.n >= q.cfg.MaxItems {
+		// Tombstones keep their slots, so evicting cannot make room here.
+		q.stats.Lost[ReasonFull]++
+		return false, ErrFull
+	}
+	wasEmpty = q.n == 0
+	if size > q.cfg.MaxDataBytes {
+		q.append(Entry[T]{V: v, Size: size, Class: Data, Evicted: true})
+		q.stats.Lost[ReasonTooLarge]++
+		q.stats.Pushed++
+		return wasEmpty, nil
+	}
+	for size > q.cfg.MaxDataBytes-q.dataBytes {
+		q.evictOldest()
+	}
+	q.append(Entry[T]{V: v, Size: size, Class: Data})
+	q.dataBytes += size
+	q.stats.Pushed++
+	q.updateLatch()
+	return wasEmpty, nil
+}
+
+// append stores e at the tail, growing the array if it is full. The caller
+// has checked q.n < MaxItems. Precondition: q.mu held.
+func (q *Queue[T]) append(e Entry[T]) {
+	if q.n == len(q.buf) {
+		q.grow()
+	}
+	i := q.head + q.n
+	if i >= len(q.buf) {
+		i -= len(q.buf)
+	}
+	q.buf[i] = e
+	q.n++
+}
+
+// grow doubles the slot array (or allocates the first one), capped at
+// MaxItems, and unrolls it so head is 0. Precondition: q.mu held and every
+// slot in use.
+func (q *Queue[T]) grow() {
+	size := initialSlots
+	if len(q.buf) > 0 {
+		size = 2 * len(q.buf)
+	}
+	size = min(size, q.cfg.MaxItems)
+	nb := make([]Entry[T], size)
+	k := copy(nb, q.buf[q.head:])
+	copy(nb[k:], q.buf[:q.head])
+	q.buf = nb
+	q.head = 0
+}
+
+// evictOldest tombstones the oldest live data entry. It resumes from q.scan
+// because every entry before it is control or already a tombstone, which
+// keeps a run of evictions linear in the queue length rather than
+// quadratic. Precondition: q.mu held and q.dataBytes > 0, so a live data
+// entry exists.
+func (q *Queue[T]) evictOldest() {
+	for i := q.scan; i < q.n; i++ {
+		j := q.head + i
+		if j >= len(q.buf) {
+			j -= len(q.buf)
+		}
+		e := &q.buf[j]
+		if e.Class != Data || e.Evicted {
+			continue
+		}
+		e.Evicted = true
+		q.dataBytes -= e.Size
+		q.scan = i + 1
+		q.stats.Lost[ReasonCeiling]++
+		return
+	}
+	panic("ring: data bytes accounted but no live data entry queued")
+}
+
+// updateLatch moves the hysteresis latch. Precondition: q.mu held.
+func (q *Queue[T]) updateLatch() {
+	if q.dataBytes > q.cfg.HighWater {
+		q.congested = true
+	} else if q.dataBytes < q.cfg.LowWater {
+		q.congested = false
+	}
+}
+
+// PopBatch appends entries to dst in push order and returns it: at least
+// one entry if any is queued, then more while the live bytes taken stay
+// within maxBytes. Tombstones count zero bytes (the drainer writes a gap
+// notice, not the event). Only the owning event loop may call it. It does
+// not allocate when dst has room; entries it hands out are cleared from
+// their slots so the queue keeps no reference to them.
+func (q *Queue[T]) PopBatch(dst []Entry[T], maxBytes int) []Entry[T] {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	taken, total := 0, 0
+	for q.n > 0 {
+		e := &q.buf[q.head]
+		cost := e.Size
+		if e.Evicted {
+			cost = 0
+		}
+		if taken > 0 && cost > maxBytes-total {
+			break
+		}
+		dst = append(dst, *e)
+		q.release(e)
+		taken++
+		total += cost
+	}
+	q.afterPop(taken)
+	return dst
+}
+
+// Pop removes and returns the oldest entry. Only the owning event loop may
+// call it.
+func (q *Queue[T]) Pop() (Entry[T], bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.n == 0 {
+		return Entry[T]{}, false
+	}
+	e := &q.buf[q.head]
+	out := *e
+	q.release(e)
+	q.afterPop(1)
+	return out, true
+}
+
+// release accounts for and clears the head entry e and advances head.
+// Precondition: q.mu held, q.n > 0, e == &q.buf[q.head].
+func (q *Queue[T]) release(e *Entry[T]) {
+	if !e.Evicted {
+		if e.Class == Data {
+			q.dataBytes -= e.Size
+		} else {
+			q.ctrlBytes -= e.Size
+		}
+	}
+	*e = Entry[T]{}
+	q.head++
+	if q.head == len(q.buf) {
+		q.head = 0
+	}
+	q.n--
+}
+
+// afterPop finishes a pop of taken entries. Precondition: q.mu held.
+func (q *Queue[T]) afterPop(taken int) {
+	q.scan = max(0, q.scan-taken)
+	q.stats.Popped += uint64(taken)
+	if q.n == 0 {
+		q.head = 0
+		if len(q.buf) > releaseAbove {
+			q.buf = nil
+		}
+	}
+	q.updateLatch()
+}
+
+// Len returns the number of queued entries, tombstones included. Safe from
+// any goroutine.
+func (q *Queue[T]) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n
+}
+
+// Bytes returns the live data bytes and the control bytes queued. Safe from
+// any goroutine.
+func (q *Queue[T]) Bytes() (data, control int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.dataBytes, q.ctrlBytes
+}
+
+// AboveHigh reports whether live data bytes exceed HighWater right now.
+// Safe from any goroutine.
+func (q *Queue[T]) AboveHigh() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.dataBytes > q.cfg.HighWater
+}
+
+// BelowLow reports whether live data bytes are under LowWater right now.
+// Between the two watermarks neither AboveHigh nor BelowLow holds, which is
+// the hysteresis band: the caller makes no health observation there. Safe
+// from any goroutine.
+func (q *Queue[T]) BelowLow() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.dataBytes < q.cfg.LowWater
+}
+
+// Congested is the latched form of the watermarks: it turns true when live
+// data bytes exceed HighWater and false only once they fall under LowWater,
+// so a queue hovering between the two does not flap. Safe from any
+// goroutine.
+func (q *Queue[T]) Congested() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.congested
+}
+
+// Stats returns a snapshot of the counters. Safe from any goroutine.
+func (q *Queue[T]) Stats() Stats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.stats
+}
+
+// Close discards every queued entry (dropping the queue's references so the
+// messages can be collected) and makes further pushes return ErrClosed.
+// Safe from any goroutine; idempotent.
+func (q *Queue[T]) Close() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	q.buf = nil
+	q.head, q.n, q.scan = 0, 0, 0
+	q.dataBytes, q.ctrlBytes = 0, 0
+	q.congested = false
+}
