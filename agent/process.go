@@ -1,0 +1,416 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// drainTimeout bounds how long an exited generation's stdout and stderr may
+// stay open (held by a process that left the group) before they are closed
+// under the reader.
+const drainTimeout = 2 * time.Second
+
+// writeBuffer is the stdin bufio.Writer size: large enough to coalesce a burst
+// of small messages into one pipe write.
+const writeBuffer = 64 << 10
+
+// proc is one generation of the agent process.
+type proc struct {
+	s     *Supervisor
+	gen   uint64
+	cmd   *exec.Cmd
+	pid   int
+	start time.Time
+
+	// Our ends of the pipes. os.Pipe files sit in the runtime poller, so
+	// closing one unblocks a goroutine parked in Read or Write on it.
+	stdin, stdout, stderr *os.File
+
+	qmu sync.Mutex
+	// Guarded by qmu.
+	q       [][]byte // framed messages waiting for the writer
+	qbytes  int      // framed bytes in q plus the message being written
+	closing bool     // no more enqueue: Stop closed the input or the process is gone
+	abort   bool     // drop q and return: the process is gone
+
+	wake chan struct{} // cap 1: the writer has work or should re-check closing
+
+	sigmu  sync.Mutex
+	reaped bool // guarded by sigmu: the pid may be reused, never signal it again
+
+	causeMu sync.Mutex
+	cause   error // guarded by causeMu: why the supervisor killed the process
+
+	readerDone, stderrDone, writerDone chan struct{}
+	done                               chan struct{} // AgentExited has returned
+}
+
+// spawn starts the process of generation gen without starting its goroutines.
+func (s *Supervisor) spawn(gen uint64) (*proc, error) {
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		closeAll(inR, inW)
+		return nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		closeAll(inR, inW, outR, outW)
+		return nil, err
+	}
+	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
+	cmd.Env = s.cfg.Env
+	cmd.Dir = s.cfg.Dir
+	// *os.File std streams are handed to the child as they are, so Wait does
+	// not wait on copying goroutines and reading stays entirely ours.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	err = cmd.Start()
+	closeAll(inR, outW, errW) // the child's ends
+	if err != nil {
+		closeAll(inW, outR, errR)
+		return nil, err
+	}
+	return &proc{
+		s:          s,
+		gen:        gen,
+		cmd:        cmd,
+		pid:        cmd.Process.Pid,
+		start:      s.now(),
+		stdin:      inW,
+		stdout:     outR,
+		stderr:     errR,
+		wake:       make(chan struct{}, 1),
+		readerDone: make(chan struct{}),
+		stderrDone: make(chan struct{}),
+		writerDone: make(chan struct{}),
+		done:       make(chan struct{}),
+	}, nil
+}
+
+func closeAll(fs ...*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+func (p *proc) run() {
+	go p.readLoop()
+	go p.stderrLoop()
+	go p.writeLoop()
+	go p.waitLoop()
+}
+
+// enqueue frames msg onto the stdin queue. Safe from any goroutine.
+func (p *proc) enqueue(msg []byte) error {
+	cfg := &p.s.cfg
+	framed := appendFrame(cfg.Framing, make([]byte, 0, len(msg)+32), msg)
+	p.qmu.Lock()
+	if p.closing {
+		p.qmu.Unlock()
+		return ErrUnavailable
+	}
+	if p.qbytes+len(framed) > cfg.QueueBytes {
+		p.qmu.Unlock()
+		return ErrOverloaded
+	}
+	p.q = append(p.q, framed)
+	p.qbytes += len(framed)
+	p.qmu.Unlock()
+	p.poke()
+	return nil
+}
+
+func (p *proc) poke() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writeLoop owns the stdin bufio.Writer. It writes batches swapped out of the
+// queue and flushes whenever the queue is empty, so a burst is coalesced and a
+// lone message goes out at once.
+func (p *proc) writeLoop() {
+	defer close(p.writerDone)
+	bw := bufio.NewWriterSize(p.stdin, writeBuffer)
+	var spare [][]byte
+	for {
+		p.qmu.Lock()
+		if p.abort {
+			p.qmu.Unlock()
+			return
+		}
+		var batch [][]byte
+		if len(p.q) > 0 {
+			// Double buffering: enqueue appends to spare while the writer
+			// owns batch.
+			batch, p.q = p.q, spare[:0]
+		}
+		closing := p.closing
+		p.qmu.Unlock()
+
+		if len(batch) == 0 {
+			if closing {
+				// Stop asked for EOF once the queue is out.
+				bw.Flush()
+				p.stdin.Close()
+				return
+			}
+			<-p.wake
+			continue
+		}
+		for i, m := range batch {
+			_, err := bw.Write(m)
+			p.qmu.Lock()
+			if !p.abort { // abort already zeroed the count
+				p.qbytes -= len(m)
+			}
+			p.qmu.Unlock()
+			batch[i] = nil
+			if err != nil {
+				p.writeFailed(err)
+				return
+			}
+		}
+		spare = batch[:0]
+
+		p.qmu.Lock()
+		empty := len(p.q) == 0
+		p.qmu.Unlock()
+		if empty {
+			if err := bw.Flush(); err != nil {
+				p.writeFailed(err)
+				return
+			}
+		}
+	}
+}
+
+// writeFailed stops taking messages: the agent closed stdin or died. The exit
+// report follows from waitLoop; until then Send fails fast.
+func (p *proc) writeFailed(err error) {
+	p.qmu.Lock()
+	p.closing = true
+	p.q = nil
+	p.qbytes = 0
+	p.qmu.Unlock()
+	if !errors.Is(err, os.ErrClosed) && !errors.Is(err, syscall.EPIPE) {
+		p.s.log.Warn("agent stdin write failed", "pid", p.pid, "gen", p.gen, "err", err)
+	}
+}
+
+// closeInput makes the writer close stdin after what is queued.
+func (p *proc) closeInput() {
+	p.qmu.Lock()
+	p.closing = true
+	p.qmu.Unlock()
+	p.poke()
+}
+
+// abortInput drops the queue and closes stdin under a writer that may be
+// blocked on a full pipe.
+func (p *proc) abortInput() {
+	p.qmu.Lock()
+	p.closing = true
+	p.abort = true
+	p.q = nil
+	p.qbytes = 0
+	p.qmu.Unlock()
+	p.poke()
+	p.stdin.Close()
+}
+
+// readLoop drains stdout for as long as it is open and hands each message
+// to the handler.
+func (p *proc) readLoop() {
+	defer close(p.readerDone)
+	fr := newFrameReader(p.s.cfg.Framing, p.stdout, p.s.cfg.MaxMessage)
+	for {
+		msg, err := fr.Read()
+		if err != nil {
+			p.readFailed(err)
+			return
+		}
+		p.s.h.AgentMessage(p.gen, bytes.Clone(msg))
+	}
+}
+
+func (p *proc) readFailed(err error) {
+	log := p.s.log
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, os.ErrClosed):
+		return
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		log.Warn("agent stdout ended inside a message", "pid", p.pid, "gen", p.gen)
+		return
+	case isTooLarge(err):
+		// For NDJSON the size is only known to exceed the limit: the line
+		// is not read to its end.
+		log.Error("agent message over the limit: killing the agent (raise the max message size if this is legitimate)",
+			"cmd", p.s.desc, "pid", p.pid, "gen", p.gen, "max", p.s.cfg.MaxMessage, "err", err)
+		p.kill(fmt.Errorf("%w: %v", ErrMessageTooLarge, err))
+	default:
+		// The stream is out of step (say a bad LSP header); nothing after
+		// this can be trusted to be a message boundary.
+		log.Error("agent stdout unreadable: killing the agent", "cmd", p.s.desc, "pid", p.pid, "gen", p.gen, "err", err)
+		p.kill(fmt.Errorf("agent: stdout: %w", err))
+	}
+}
+
+// kill records why the supervisor ends the process and SIGKILLs its group.
+func (p *proc) kill(cause error) {
+	p.causeMu.Lock()
+	if p.cause == nil {
+		p.cause = cause
+	}
+	p.causeMu.Unlock()
+	p.signal(syscall.SIGKILL)
+}
+
+// signal sends sig to the process group unless the leader has been reaped.
+func (p *proc) signal(sig syscall.Signal) {
+	p.sigmu.Lock()
+	defer p.sigmu.Unlock()
+	if !p.reaped {
+		syscall.Kill(-p.pid, sig)
+	}
+}
+
+// stderrLoop logs the agent's stderr line by line. Lines are cut at the
+// buffer size so one endless line cannot grow memory.
+func (p *proc) stderrLoop() {
+	defer close(p.stderrDone)
+	br := bufio.NewReaderSize(p.stderr, 16<<10)
+	skipping := false
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 && !skipping {
+			if text := strings.TrimRight(string(line), "\r\n"); text != "" {
+				if err == bufio.ErrBufferFull {
+					p.s.log.Warn("agent stderr", "pid", p.pid, "gen", p.gen, "line", text, "truncated", true)
+				} else {
+					p.s.log.Warn("agent stderr", "pid", p.pid, "gen", p.gen, "line", text)
+				}
+			}
+		}
+		if err == bufio.ErrBufferFull {
+			skipping = true
+			continue
+		}
+		skipping = false
+		if err != nil {
+			return
+		}
+	}
+}
+
+// waitLoop waits for the process, cleans up the generation and reports it.
+func (p *proc) waitLoop() {
+	// Wait for the exit without reaping: while the leader is a zombie its
+	// pid cannot be reused, so killing its group is safe.
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, p.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	p.sigmu.Lock()
+	// Helpers the agent left behind would outlive it and could hold its
+	// pipes open; the next generation starts its own.
+	syscall.Kill(-p.pid, syscall.SIGKILL)
+	p.reaped = true
+	p.sigmu.Unlock()
+	err := p.cmd.Wait()
+
+	t := time.NewTimer(drainTimeout)
+	for _, ch := range []chan struct{}{p.readerDone, p.stderrDone} {
+		select {
+		case <-ch:
+		case <-t.C:
+			// Someone outside the group still holds the pipes.
+			p.stdout.Close()
+			p.stderr.Close()
+			<-ch
+		}
+	}
+	t.Stop()
+	p.stdout.Close()
+	p.stderr.Close()
+	p.abortInput()
+	<-p.writerDone
+
+	p.causeMu.Lock()
+	if p.cause != nil {
+		err = p.cause
+	}
+	p.causeMu.Unlock()
+	p.s.exited(p, err)
+	close(p.done)
+}
+
+// terminate runs Stop's escalation for this generation.
+func (p *proc) terminate(ctx context.Context, grace time.Duration) error {
+	p.closeInput()
+	if p.awaitDone(ctx, grace) {
+		return nil
+	}
+	if ctx.Err() == nil {
+		p.s.log.Info("agent ignored stdin close: sending SIGTERM", "pid", p.pid, "gen", p.gen, "grace", grace)
+		p.signal(syscall.SIGTERM)
+		p.abortInput()
+		if p.awaitDone(ctx, grace) {
+			return nil
+		}
+	}
+	if ctx.Err() == nil {
+		p.s.log.Warn("agent ignored SIGTERM: sending SIGKILL", "pid", p.pid, "gen", p.gen, "grace", grace)
+	}
+	p.signal(syscall.SIGKILL)
+	p.abortInput()
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// awaitDone reports whether the generation finished within d; it gives up
+// early when ctx ends.
+func (p *proc) awaitDone(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return true
+	case <-t.C:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// exitStatus renders a Wait error for logs.
+func exitStatus(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}

@@ -1,0 +1,667 @@
+package demoagent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// protocolVersion is the ACP major version this agent speaks.
+const protocolVersion = 1
+
+// historyBytes bounds the text a session keeps for session/load.
+const historyBytes = 64 << 10
+
+// Run serves one client over in and out until in ends (then it cancels the
+// running prompts, lets them answer, flushes and returns nil), ctx ends (it
+// returns at once with ctx's error, abandoning a Read blocked in in), or out
+// fails. Run owns in and out for its duration; call it from any goroutine.
+func Run(ctx context.Context, in io.Reader, out io.Writer, opts Options) error {
+	hard, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	a := &agent{
+		opts:     opts.normalized(),
+		hard:     hard,
+		sessions: make(map[string]*session),
+		pending:  make(map[string]chan *inMsg),
+	}
+	a.exit = opts.exit
+	if a.exit == nil {
+		a.exit = os.Exit
+	}
+	a.crash = func() { cancel(ErrCrashed) }
+	a.w = newWriter(hard, out, func(err error) { cancel(fmt.Errorf("demoagent: write: %w", err)) })
+
+	readDone := make(chan error, 1)
+	go func() { readDone <- a.readLoop(in) }()
+
+	select {
+	case err := <-readDone:
+		a.cancelAll()
+		a.prompts.Wait()
+		close(a.w.stop)
+		select {
+		case <-a.w.done:
+		case <-hard.Done():
+		}
+		if c := context.Cause(hard); c != nil {
+			return c
+		}
+		if err == io.EOF {
+			return nil
+		}
+		return fmt.Errorf("demoagent: read: %w", err)
+	case <-hard.Done():
+		a.cancelAll()
+		a.prompts.Wait()
+		return context.Cause(hard)
+	}
+}
+
+type agent struct {
+	opts  Options
+	hard  context.Context
+	w     *writer
+	exit  func(int)
+	crash func()
+
+	prompts sync.WaitGroup
+
+	mu sync.Mutex
+	// Guarded by mu.
+	sessions map[string]*session
+	pending  map[string]chan *inMsg // our requests awaiting the client, by id
+	nextID   int64                  // last id of a request we sent
+	nextCall int64                  // last tool call number
+	closed   bool                   // Run is finishing: no new prompts
+}
+
+type session struct {
+	id string
+	// Guarded by agent.mu.
+	cancel  context.CancelFunc // non-nil while a prompt runs
+	history []turn
+	hbytes  int
+}
+
+type turn struct{ user, agent string }
+
+// readLoop dispatches incoming messages until in fails.
+func (a *agent) readLoop(in io.Reader) error {
+	lr := &lineReader{r: bufio.NewReaderSize(in, 64<<10), max: maxLine}
+	for {
+		line, err := lr.next()
+		if err == errLineTooLong {
+			a.replyErr(nullID, codeInvalidRequest, fmt.Sprintf("message over %d bytes", maxLine))
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if a.hard.Err() != nil {
+			return a.hard.Err()
+		}
+		a.dispatch(line)
+	}
+}
+
+func (a *agent) dispatch(line []byte) {
+	if line[0] == '[' {
+		a.replyErr(nullID, codeInvalidRequest, "batches are not supported: send one message per line")
+		return
+	}
+	var m inMsg
+	if err := json.Unmarshal(line, &m); err != nil {
+		a.replyErr(nullID, codeParseError, "parse error: "+err.Error())
+		return
+	}
+	hasID := len(m.ID) > 0
+	switch {
+	case m.JSONRPC != "2.0":
+		a.replyErr(idOrNull(m.ID), codeInvalidRequest, `jsonrpc must be "2.0"`)
+	case m.Method != "" && hasID:
+		a.request(&m)
+	case m.Method != "":
+		a.notification(&m)
+	case hasID && (m.Result != nil || m.Error != nil):
+		a.response(&m)
+	default:
+		a.replyErr(idOrNull(m.ID), codeInvalidRequest, "neither a request, a notification nor a response")
+	}
+}
+
+func idOrNull(id json.RawMessage) json.RawMessage {
+	if len(id) == 0 {
+		return nullID
+	}
+	return id
+}
+
+// rpcErr is a handler's failure, answered as a JSON-RPC error.
+type rpcErr struct {
+	code int
+	msg  string
+}
+
+func (e *rpcErr) Error() string { return e.msg }
+
+func invalidParams(format string, args ...any) error {
+	return &rpcErr{codeInvalidParams, fmt.Sprintf(format, args...)}
+}
+
+func (a *agent) request(m *inMsg) {
+	var (
+		result any
+		err    error
+	)
+	switch m.Method {
+	case "initialize":
+		result, err = a.initialize(m.Params)
+	case "session/new":
+		result, err = a.newSession(m.Params)
+	case "session/load":
+		result, err = a.loadSession(m.Params)
+	case "session/prompt":
+		// The prompt answers from its own goroutine.
+		if err = a.prompt(m.ID, m.Params); err == nil {
+			return
+		}
+	case "session/cancel":
+		// A notification in ACP; answer it anyway when sent as a request.
+		if err = a.cancelSession(m.Params); err == nil {
+			result = struct{}{}
+		}
+	default:
+		err = &rpcErr{codeMethodNotFound, fmt.Sprintf("method %q not found", m.Method)}
+	}
+	if err != nil {
+		var re *rpcErr
+		if !errors.As(err, &re) {
+			re = &rpcErr{codeInternal, err.Error()}
+		}
+		a.replyErr(m.ID, re.code, re.msg)
+		return
+	}
+	a.reply(m.ID, result)
+}
+
+func (a *agent) notification(m *inMsg) {
+	if m.Method == "session/cancel" {
+		_ = a.cancelSession(m.Params) // nobody to tell about bad params
+	}
+}
+
+// response routes the client's answer to one of our requests.
+func (a *agent) response(m *inMsg) {
+	key := idKey(m.ID)
+	a.mu.Lock()
+	ch := a.pending[key]
+	delete(a.pending, key)
+	a.mu.Unlock()
+	if ch != nil {
+		ch <- m // buffered; the waiter may have gone
+	}
+}
+
+// idKey canonicalises an id so 7 and 7.0 match; strings keep their quotes
+// so "7" and 7 do not.
+func idKey(id json.RawMessage) string {
+	id = bytes.TrimSpace(id)
+	if len(id) > 0 && id[0] != '"' {
+		if f, err := strconv.ParseFloat(string(id), 64); err == nil {
+			return strconv.FormatFloat(f, 'g', -1, 64)
+		}
+	}
+	return string(id)
+}
+
+func (a *agent) initialize(raw json.RawMessage) (any, error) {
+	var p struct {
+		ProtocolVersion json.RawMessage `json:"protocolVersion"`
+	}
+	if err := decodeParams(raw, &p, false); err != nil {
+		return nil, err
+	}
+	if p.ProtocolVersion != nil {
+		if _, err := strconv.ParseUint(string(p.ProtocolVersion), 10, 16); err != nil {
+			return nil, invalidParams("protocolVersion must be a small non-negative integer, got %s", p.ProtocolVersion)
+		}
+	}
+	// Version negotiation: answer with the one version spoken here; a client
+	// that cannot speak it disconnects.
+	return map[string]any{
+		"protocolVersion": protocolVersion,
+		"agentCapabilities": map[string]any{
+			"loadSession":        true,
+			"promptCapabilities": map[string]bool{"image": false, "audio": false, "embeddedContext": false},
+			"mcpCapabilities":    map[string]bool{"http": false, "sse": false},
+		},
+		"agentInfo":   map[string]string{"name": "agentbridge-demo", "title": "agentbridge demo agent", "version": "1"},
+		"authMethods": []any{},
+	}, nil
+}
+
+// sessionParams are the fields of session/new and session/load this agent
+// reads; it runs no MCP servers, so mcpServers is only type-checked.
+type sessionParams struct {
+	SessionID  *string          `json:"sessionId"`
+	Cwd        *string          `json:"cwd"`
+	MCPServers *json.RawMessage `json:"mcpServers"`
+}
+
+func (p *sessionParams) check() error {
+	if p.MCPServers != nil && len(*p.MCPServers) > 0 && (*p.MCPServers)[0] != '[' && string(*p.MCPServers) != "null" {
+		return invalidParams("mcpServers must be an array")
+	}
+	return nil
+}
+
+func (a *agent) newSession(raw json.RawMessage) (any, error) {
+	var p sessionParams
+	if err := decodeParams(raw, &p, false); err != nil {
+		return nil, err
+	}
+	if err := p.check(); err != nil {
+		return nil, err
+	}
+	var b [8]byte
+	rand.Read(b[:])
+	id := "sess_" + hex.EncodeToString(b[:])
+	a.mu.Lock()
+	a.sessions[id] = &session{id: id}
+	a.mu.Unlock()
+	return map[string]string{"sessionId": id}, nil
+}
+
+func (a *agent) loadSession(raw json.RawMessage) (any, error) {
+	var p sessionParams
+	if err := decodeParams(raw, &p, true); err != nil {
+		return nil, err
+	}
+	if err := p.check(); err != nil {
+		return nil, err
+	}
+	if p.SessionID == nil {
+		return nil, invalidParams("sessionId is required")
+	}
+	a.mu.Lock()
+	s := a.sessions[*p.SessionID]
+	var history []turn
+	if s != nil {
+		history = append(history, s.history...)
+	}
+	a.mu.Unlock()
+	if s == nil {
+		return nil, invalidParams("unknown session %s", *p.SessionID)
+	}
+	for _, t := range history {
+		a.update(s.id, map[string]any{"sessionUpdate": "user_message_chunk", "content": textBlock(t.user)})
+		if t.agent != "" {
+			a.update(s.id, map[string]any{"sessionUpdate": "agent_message_chunk", "content": textBlock(t.agent)})
+		}
+	}
+	return nil, nil
+}
+
+func (a *agent) cancelSession(raw json.RawMessage) error {
+	var p struct {
+		SessionID *string `json:"sessionId"`
+	}
+	if err := decodeParams(raw, &p, true); err != nil {
+		return err
+	}
+	if p.SessionID == nil {
+		return invalidParams("sessionId is required")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.sessions[*p.SessionID]
+	if s == nil {
+		return invalidParams("unknown session %s", *p.SessionID)
+	}
+	if s.cancel != nil {
+		s.cancel()
+	}
+	return nil
+}
+
+// cancelAll stops every running prompt and refuses new ones, so that
+// prompts.Wait can follow.
+func (a *agent) cancelAll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.closed = true
+	for _, s := range a.sessions {
+		if s.cancel != nil {
+			s.cancel()
+		}
+	}
+}
+
+func decodeParams(raw json.RawMessage, v any, required bool) error {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		if required {
+			return invalidParams("params are required")
+		}
+		return nil
+	}
+	if raw[0] != '{' {
+		return invalidParams("params must be an object")
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return invalidParams("bad params: %v", err)
+	}
+	return nil
+}
+
+func textBlock(text string) map[string]string {
+	return map[string]string{"type": "text", "text": text}
+}
+
+// reply answers a request; result nil is JSON null.
+func (a *agent) reply(id json.RawMessage, result any) {
+	raw, err := json.Marshal(result)
+	if err != nil {
+		a.replyErr(id, codeInternal, "encoding the result: "+err.Error())
+		return
+	}
+	a.write(response{JSONRPC: "2.0", ID: id, Result: raw})
+}
+
+func (a *agent) replyErr(id json.RawMessage, code int, msg string) {
+	a.write(response{JSONRPC: "2.0", ID: id, Error: &rpcError{Code: code, Message: msg}})
+}
+
+// update sends a session/update notification.
+func (a *agent) update(sessionID string, update any) error {
+	return a.write(outRequest{JSONRPC: "2.0", Method: "session/update",
+		Params: map[string]any{"sessionId": sessionID, "update": update}})
+}
+
+func (a *agent) write(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return a.w.send(b)
+}
+
+// prompt validates a session/prompt and starts its goroutine.
+func (a *agent) prompt(id json.RawMessage, raw json.RawMessage) error {
+	var p struct {
+		SessionID *string           `json:"sessionId"`
+		Prompt    []json.RawMessage `json:"prompt"`
+	}
+	if err := decodeParams(raw, &p, true); err != nil {
+		return err
+	}
+	if p.SessionID == nil {
+		return invalidParams("sessionId is required")
+	}
+	if p.Prompt == nil {
+		return invalidParams("prompt must be an array of content blocks")
+	}
+	var text strings.Builder
+	for i, blk := range p.Prompt {
+		var b struct {
+			Type string `json:"type"`
+			Text string `json:"text"`
+		}
+		if err := json.Unmarshal(blk, &b); err != nil || b.Type == "" {
+			return invalidParams("prompt[%d] is not a content block", i)
+		}
+		if b.Type == "text" {
+			text.WriteString(b.Text)
+		}
+	}
+
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return &rpcErr{codeInternal, "the agent is shutting down"}
+	}
+	s := a.sessions[*p.SessionID]
+	if s == nil {
+		a.mu.Unlock()
+		return invalidParams("unknown session %s", *p.SessionID)
+	}
+	if s.cancel != nil {
+		a.mu.Unlock()
+		return invalidParams("session %s is busy: a prompt is already running (send session/cancel first)", s.id)
+	}
+	ctx, cancel := context.WithCancel(a.hard)
+	s.cancel = cancel
+	a.prompts.Add(1)
+	a.mu.Unlock()
+
+	go a.runPrompt(ctx, s, id, text.String())
+	return nil
+}
+
+// runPrompt streams one prompt's turn and answers the request.
+func (a *agent) runPrompt(ctx context.Context, s *session, id json.RawMessage, text string) {
+	defer a.prompts.Done()
+	var said strings.Builder
+	stop := "end_turn"
+	if !a.stream(ctx, s, text, &said) {
+		stop = "cancelled"
+	}
+	if a.hard.Err() != nil {
+		return // crashed or shut down hard: nothing more goes out
+	}
+	a.mu.Lock()
+	s.cancel()
+	s.cancel = nil
+	s.remember(turn{user: text, agent: said.String()})
+	a.mu.Unlock()
+	a.reply(id, map[string]string{"stopReason": stop})
+}
+
+// stream sends the turn's updates; it reports false when the turn was
+// cancelled.
+func (a *agent) stream(ctx context.Context, s *session, text string, said *strings.Builder) bool {
+	if echo, ok := strings.CutPrefix(text, "echo:"); ok {
+		said.WriteString(echo)
+		return a.chunk(s.id, echo) == nil
+	}
+	o := &a.opts
+	crashAt := -1
+	if strings.Contains(text, "crash") {
+		crashAt = o.Chunks / 2
+	}
+	var pace *time.Timer
+	for i := 1; i <= o.Chunks; i++ {
+		if i-1 == crashAt {
+			a.crashNow()
+			return false
+		}
+		if i > 1 && o.Pace > 0 {
+			if pace == nil {
+				pace = time.NewTimer(o.Pace)
+				defer pace.Stop()
+			} else {
+				pace.Reset(o.Pace)
+			}
+			select {
+			case <-pace.C:
+			case <-ctx.Done():
+				return false
+			}
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		t := ChunkText(i, o.Chunks, o.ChunkSize)
+		if said.Len() < historyBytes {
+			said.WriteString(t)
+		}
+		if a.chunk(s.id, t) != nil {
+			return false
+		}
+	}
+	if crashAt >= 0 {
+		a.crashNow() // no chunks to crash in the middle of
+		return false
+	}
+	for k := 1; k <= o.ToolCalls; k++ {
+		if ctx.Err() != nil || !a.toolCall(ctx, s, k) {
+			return false
+		}
+	}
+	return ctx.Err() == nil
+}
+
+// chunk sends one agent_message_chunk. It is the hot path of every
+// benchmark, so it is encoded by hand rather than through reflection.
+func (a *agent) chunk(sessionID, text string) error {
+	b := make([]byte, 0, 160+len(sessionID)+len(text))
+	b = append(b, `{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":`...)
+	b = appendString(b, sessionID)
+	b = append(b, `,"update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":`...)
+	b = appendString(b, text)
+	b = append(b, '}')
+	if a.opts.Stamp {
+		b = append(b, `,"_meta":{"sentAt":`...)
+		b = strconv.AppendInt(b, time.Now().UnixNano(), 10)
+		b = append(b, '}')
+	}
+	b = append(b, "}}}"...)
+	return a.w.send(b)
+}
+
+// appendString appends s as a JSON string.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// toolCall runs tool call k of the turn; it reports false when the turn was
+// cancelled meanwhile.
+func (a *agent) toolCall(ctx context.Context, s *session, k int) bool {
+	a.mu.Lock()
+	a.nextCall++
+	callID := "call_" + strconv.FormatInt(a.nextCall, 10)
+	a.mu.Unlock()
+	title := fmt.Sprintf("Read demo/file%d.txt", k)
+	call := map[string]any{
+		"toolCallId": callID,
+		"title":      title,
+		"kind":       "read",
+		"status":     "pending",
+	}
+	announce := map[string]any{"sessionUpdate": "tool_call", "rawInput": map[string]string{"path": fmt.Sprintf("demo/file%d.txt", k)}}
+	for k, v := range call {
+		announce[k] = v
+	}
+	if a.update(s.id, announce) != nil {
+		return false
+	}
+
+	allowed, cancelled := true, false
+	if a.opts.Permission {
+		allowed, cancelled = a.askPermission(ctx, s, call)
+	}
+	upd := map[string]any{"sessionUpdate": "tool_call_update", "toolCallId": callID, "status": "failed"}
+	if allowed && !cancelled {
+		upd["status"] = "completed"
+		upd["content"] = []any{map[string]any{"type": "content", "content": textBlock(fmt.Sprintf("contents of demo/file%d.txt", k))}}
+	}
+	if a.update(s.id, upd) != nil {
+		return false
+	}
+	return !cancelled
+}
+
+// askPermission sends session/request_permission and waits for the client's
+// answer or the turn's cancellation. An error answer or an option that is not
+// an allow option counts as a rejection.
+func (a *agent) askPermission(ctx context.Context, s *session, call map[string]any) (allowed, cancelled bool) {
+	ch := make(chan *inMsg, 1)
+	a.mu.Lock()
+	a.nextID++
+	id := a.nextID
+	key := strconv.FormatInt(id, 10)
+	a.pending[key] = ch
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.pending, key)
+		a.mu.Unlock()
+	}()
+
+	err := a.write(outRequest{JSONRPC: "2.0", ID: id, Method: "session/request_permission", Params: map[string]any{
+		"sessionId": s.id,
+		"toolCall":  call,
+		"options": []map[string]string{
+			{"optionId": "allow", "name": "Allow", "kind": "allow_once"},
+			{"optionId": "reject", "name": "Reject", "kind": "reject_once"},
+		},
+	}})
+	if err != nil {
+		return false, true
+	}
+	var m *inMsg
+	select {
+	case m = <-ch:
+	case <-ctx.Done():
+		return false, true
+	}
+	if m.Error != nil {
+		return false, false
+	}
+	var r struct {
+		Outcome struct {
+			Outcome  string `json:"outcome"`
+			OptionID string `json:"optionId"`
+		} `json:"outcome"`
+	}
+	if json.Unmarshal(m.Result, &r) != nil {
+		return false, false
+	}
+	switch r.Outcome.Outcome {
+	case "cancelled":
+		return false, true
+	case "selected":
+		return strings.HasPrefix(r.Outcome.OptionID, "allow"), false
+	}
+	return false, false
+}
+
+// crashNow flushes what was streamed and exits with status 3.
+func (a *agent) crashNow() {
+	a.w.sync()
+	a.exit(3)
+	a.crash() // only reached when exit is a test hook
+}
+
+// remember appends t to the history, dropping the oldest turns past
+// historyBytes. Caller holds agent.mu.
+func (s *session) remember(t turn) {
+	s.history = append(s.history, t)
+	s.hbytes += len(t.user) + len(t.agent)
+	drop := 0
+	for s.hbytes > historyBytes && drop < len(s.history)-1 {
+		s.hbytes -= len(s.history[drop].user) + len(s.history[drop].agent)
+		drop++
+	}
+	s.history = append(s.history[:0], s.history[drop:]...)
+}
