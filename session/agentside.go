@@ -1,0 +1,299 @@
+package session
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/agentbridge/agentbridge/agent"
+	"github.com/agentbridge/agentbridge/auth"
+	"github.com/agentbridge/agentbridge/codec/jsonrpc"
+	"github.com/agentbridge/agentbridge/wire"
+)
+
+var (
+	errAgentOverloaded = agent.ErrOverloaded
+	errNoAgent         = errors.New("session: no agent configured")
+)
+
+// resolvedKeep is how many answered agent request ids are remembered so a
+// late answer gets bridge/resolved rather than an error.
+const resolvedKeep = 4096
+
+func (h *Hub) toAgent(b []byte) error {
+	if h.agent == nil {
+		return errNoAgent
+	}
+	return h.agent.Send(b)
+}
+
+// AgentStarted is called when a new agent process generation is up. A
+// restarted agent is initialised again by the bridge with the first
+// client's initialize, so clients never see the restart beyond
+// bridge/status. Safe from any goroutine.
+func (h *Hub) AgentStarted(gen uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	restarted := h.gen > 0
+	h.gen, h.agentUp = gen, true
+	h.init.sentNotif = false
+	if restarted {
+		h.restarts.Add(1)
+		for _, s := range h.sessions {
+			if s.gen < gen {
+				// The new process does not know the old one's sessions
+				// until a client loads them again.
+				s.closed = true
+			}
+		}
+	}
+	for _, s := range h.sessions {
+		h.refreshStatus(s)
+	}
+	if restarted {
+		m := h.statusMsg("", StatusIdle)
+		for _, cl := range h.conns {
+			h.send(cl, m, wire.Control)
+		}
+	}
+	if restarted && h.init.request != nil && !h.init.inflight {
+		h.sendInitialize()
+	}
+}
+
+// AgentExited is called when an agent process generation ended. Every
+// client request it had not answered gets -32003; its pending requests are
+// retired; sessions turn blocked. Safe from any goroutine.
+func (h *Hub) AgentExited(gen uint64, err error, restartIn time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if gen != h.gen {
+		return
+	}
+	h.agentUp = false
+	why := "the agent exited"
+	if err != nil {
+		why = fmt.Sprintf("the agent exited (%v)", err)
+	}
+	if restartIn >= 0 {
+		why += fmt.Sprintf("; restarting in %s", restartIn.Round(time.Millisecond))
+	}
+	h.failCalls(func(c *call) bool { return c.gen == gen }, why+"; the request was not completed")
+	h.init.inflight = false
+	h.failInitWaiters(why)
+	for _, ar := range h.requests {
+		if ar.gen == gen {
+			h.retireRequest(ar, nil)
+		}
+	}
+	for _, s := range h.sessions {
+		s.prompts = 0
+		h.refreshStatus(s)
+	}
+	m := h.statusMsg("", StatusBlocked)
+	for _, cl := range h.conns {
+		h.send(cl, m, wire.Control)
+	}
+}
+
+func (h *Hub) failCalls(match func(*call) bool, why string) {
+	for id, c := range h.calls {
+		if !match(c) {
+			continue
+		}
+		delete(h.calls, id)
+		if c.cl != nil {
+			h.replyError(c.cl, c.id, codeAgentUnavailable, why)
+		}
+	}
+}
+
+// AgentMessage routes one message from the agent (owned by the hub from now
+// on). Safe from any goroutine; messages must arrive in the agent's order.
+func (h *Hub) AgentMessage(gen uint64, msg []byte) {
+	h.agentMessages.Add(1)
+	hd, err := jsonrpc.Peek(msg)
+	if err != nil {
+		h.log.Warn("agent sent an invalid JSON-RPC message; dropped", "err", err, "bytes", len(msg), "head", head(msg))
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if gen != h.gen {
+		return // a late line from a dead process
+	}
+	switch hd.Kind {
+	case jsonrpc.KindResponse:
+		h.agentResponse(msg, hd)
+	case jsonrpc.KindNotification:
+		h.agentNotification(msg, hd)
+	default:
+		h.agentRequest(msg, hd)
+	}
+}
+
+func head(b []byte) string {
+	if len(b) > 120 {
+		b = b[:120]
+	}
+	return string(b)
+}
+
+func (h *Hub) agentResponse(msg []byte, hd jsonrpc.Header) {
+	id, ok := parseID(hd.ID)
+	c := h.calls[id]
+	if !ok || c == nil {
+		h.log.Warn("agent answered an unknown request id; dropped", "id", string(hd.ID))
+		return
+	}
+	delete(h.calls, id)
+	if c.internal != nil {
+		c.internal(h, msg)
+		return
+	}
+	s := h.sessions[c.sessionID]
+	switch c.method {
+	case "session/new":
+		if sid := jsonrpc.ResultSessionID(msg); !hd.IsError && len(sid) > 0 {
+			s = h.session(string(sid))
+			s.gen, s.closed = h.gen, false
+			if !c.cl.closed {
+				s.owner = c.cl
+				s.attach(c.cl)
+			}
+			h.refreshStatus(s)
+		}
+	case "session/prompt":
+		if s != nil && s.prompts > 0 {
+			s.prompts--
+			h.refreshStatus(s)
+		}
+	}
+	if c.cl.closed {
+		return
+	}
+	out := jsonrpc.ReplaceID(make([]byte, 0, len(msg)+len(c.id)+1), msg, hd, c.id)
+	h.send(c.cl, lineOf(out), wire.Control)
+}
+
+func (h *Hub) agentNotification(msg []byte, hd jsonrpc.Header) {
+	m := wire.Own(append(msg, '\n'))
+	if len(hd.SessionID) == 0 {
+		for _, cl := range h.conns {
+			h.send(cl, m, wire.Data)
+		}
+		return
+	}
+	s := h.sessions[string(hd.SessionID)]
+	if s == nil {
+		// Updates may precede the session/new answer that names the
+		// session; keep them so the owner can replay them.
+		s = h.session(string(hd.SessionID))
+	}
+	h.publish(s, m)
+}
+
+func (h *Hub) agentRequest(msg []byte, hd jsonrpc.Header) {
+	h.nextReqID++
+	ar := &agentRequest{
+		id:        h.nextReqID,
+		agentID:   clone(hd.ID),
+		gen:       h.gen,
+		method:    string(hd.Method),
+		sessionID: string(hd.SessionID),
+		sentTo:    make(map[*Client]struct{}),
+		created:   time.Now(),
+	}
+	var idb [20]byte
+	ar.msg = lineOf(jsonrpc.ReplaceID(make([]byte, 0, len(msg)+8), msg, hd, appendID(idb[:0], ar.id)))
+	ar.msg.SessionID = ar.sessionID
+	h.requests[ar.id] = ar
+	timeout := h.cfg.RequestTimeout
+	ar.timer = time.AfterFunc(timeout, func() { h.expireRequest(ar, timeout) })
+	if ar.sessionID == "" {
+		h.orphans = append(h.orphans, ar)
+		for _, cl := range h.conns {
+			if cl.info.Role == auth.RoleClient {
+				h.deliverRequest(ar, cl)
+			}
+		}
+		return
+	}
+	s := h.session(ar.sessionID)
+	s.pending = append(s.pending, ar)
+	for _, cl := range s.attached {
+		if s.eligible(cl, ar.method) {
+			h.deliverRequest(ar, cl)
+		}
+	}
+	if s.owner != nil && !s.isAttached(s.owner) {
+		h.deliverRequest(ar, s.owner)
+	}
+	h.refreshStatus(s)
+}
+
+func (h *Hub) deliverRequest(ar *agentRequest, cl *Client) {
+	if _, done := ar.sentTo[cl]; done || cl.closed {
+		return
+	}
+	ar.sentTo[cl] = struct{}{}
+	h.send(cl, ar.msg, wire.Control)
+}
+
+func (h *Hub) expireRequest(ar *agentRequest, after time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.requests[ar.id] != ar {
+		return
+	}
+	h.answerAgentError(ar, codeTimeout, fmt.Sprintf("no client answered %s within %s", ar.method, after))
+	h.audit(nil, ar.sessionID, ar.method, "timed-out", "")
+	h.retireRequest(ar, nil)
+}
+
+func (h *Hub) answerAgentError(ar *agentRequest, code int, why string) {
+	if ar.gen != h.gen || !h.agentUp {
+		return
+	}
+	_ = h.toAgent(jsonrpc.AppendError(nil, ar.agentID, &jsonrpc.Error{Code: code, Message: why}))
+}
+
+// retireRequest removes an agent request once answered (by winner, or nil
+// when it expired or its agent died) and tells every other recipient that
+// it is resolved.
+func (h *Hub) retireRequest(ar *agentRequest, winner *Client) {
+	if h.requests[ar.id] != ar {
+		return
+	}
+	delete(h.requests, ar.id)
+	ar.timer.Stop()
+	h.resolved[ar.id] = ar.sessionID
+	h.resolvedQ = append(h.resolvedQ, ar.id)
+	if len(h.resolvedQ) > resolvedKeep {
+		delete(h.resolved, h.resolvedQ[0])
+		h.resolvedQ = h.resolvedQ[1:]
+	}
+	m := notification("bridge/resolved", resolvedParams{SessionID: ar.sessionID, ID: ar.id})
+	for cl := range ar.sentTo {
+		if cl != winner {
+			h.send(cl, m, wire.Control)
+		}
+	}
+	if ar.sessionID == "" {
+		h.orphans = removeReq(h.orphans, ar)
+		return
+	}
+	if s := h.sessions[ar.sessionID]; s != nil {
+		s.pending = removeReq(s.pending, ar)
+		h.refreshStatus(s)
+	}
+}
+
+func removeReq(list []*agentRequest, ar *agentRequest) []*agentRequest {
+	for i, x := range list {
+		if x == ar {
+			return append(list[:i], list[i+1:]...)
+		}
+	}
+	return list
+}

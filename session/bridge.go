@@ -1,0 +1,201 @@
+package session
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/agentbridge/agentbridge/auth"
+	"github.com/agentbridge/agentbridge/codec/jsonrpc"
+	"github.com/agentbridge/agentbridge/wire"
+)
+
+type helloParams struct {
+	Envelope *bool  `json:"envelope"`
+	OnSlow   string `json:"onSlow"`
+}
+
+type helloResult struct {
+	Version      string `json:"version"`
+	ConnectionID uint64 `json:"connectionId"`
+	Role         string `json:"role"`
+	Envelope     bool   `json:"envelope"`
+	OnSlow       string `json:"onSlow"`
+}
+
+type sessionParams struct {
+	SessionID *string `json:"sessionId"`
+	Since     *uint64 `json:"since"`
+	Last      *int    `json:"last"`
+}
+
+type attachResult struct {
+	SessionID string `json:"sessionId"`
+	Seq       uint64 `json:"seq"`
+	Status    Status `json:"status"`
+	Replayed  int    `json:"replayed"`
+}
+
+type snapshotResult struct {
+	SessionID string            `json:"sessionId"`
+	Status    Status            `json:"status"`
+	Seq       uint64            `json:"seq"`
+	Owner     bool              `json:"ownerConnected"`
+	Pending   []json.RawMessage `json:"pending"`
+	Recent    []json.RawMessage `json:"recent"`
+}
+
+// bridgeCall answers a bridge/* method itself; it is never forwarded.
+func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
+	method := string(hd.Method)
+	if hd.Kind == jsonrpc.KindNotification {
+		h.replyError(cl, nil, codeInvalidRequest, method+" must be sent as a request (with an id)")
+		return
+	}
+	if !auth.AllowRequest(cl.info.Role, method) {
+		h.denied.Add(1)
+		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("method %q is not allowed for role %s", method, cl.info.Role))
+		return
+	}
+	var env struct {
+		Params json.RawMessage `json:"params"`
+	}
+	if err := jsonrpc.Unmarshal(msg, &env); err != nil {
+		h.replyError(cl, hd.ID, codeInvalidParams, "params: "+err.Error())
+		return
+	}
+	decode := func(v any) bool {
+		p := env.Params
+		if len(p) == 0 || string(p) == "null" {
+			return true
+		}
+		if p[0] != '{' {
+			h.replyError(cl, hd.ID, codeInvalidParams, method+": params must be an object")
+			return false
+		}
+		if err := jsonrpc.Unmarshal(p, v); err != nil {
+			h.replyError(cl, hd.ID, codeInvalidParams, method+": invalid params: "+err.Error())
+			return false
+		}
+		return true
+	}
+	switch method {
+	case "bridge/hello":
+		var p helloParams
+		if !decode(&p) {
+			return
+		}
+		switch p.OnSlow {
+		case "", "degrade", "disconnect":
+		default:
+			h.replyError(cl, hd.ID, codeInvalidParams, fmt.Sprintf("bridge/hello: onSlow must be \"degrade\" or \"disconnect\", not %q", p.OnSlow))
+			return
+		}
+		if p.Envelope != nil {
+			cl.opts.Envelope = *p.Envelope
+		}
+		if p.OnSlow != "" {
+			cl.opts.OnSlow = p.OnSlow
+		}
+		if ol, ok := cl.conn.(OptionsListener); ok {
+			ol.SetOptions(cl.opts)
+		}
+		h.replyResult(cl, hd.ID, helloResult{Version: h.cfg.Version, ConnectionID: cl.ID, Role: cl.info.Role.String(), Envelope: cl.opts.Envelope, OnSlow: cl.opts.OnSlow})
+	case "bridge/sessions":
+		var p struct{}
+		if !decode(&p) {
+			return
+		}
+		h.replyResult(cl, hd.ID, map[string]any{"sessions": h.sessionsLocked()})
+	case "bridge/attach", "bridge/detach", "bridge/snapshot":
+		var p sessionParams
+		if !decode(&p) {
+			return
+		}
+		if p.SessionID == nil || *p.SessionID == "" {
+			h.replyError(cl, hd.ID, codeInvalidParams, method+": sessionId (a non-empty string) is required")
+			return
+		}
+		s := h.sessions[*p.SessionID]
+		if s == nil {
+			h.replyError(cl, hd.ID, codeUnknownSession, fmt.Sprintf("unknown session %q; bridge/sessions lists the known ones", *p.SessionID))
+			return
+		}
+		switch method {
+		case "bridge/attach":
+			if p.Since != nil && p.Last != nil {
+				h.replyError(cl, hd.ID, codeInvalidParams, "bridge/attach: give since or last, not both")
+				return
+			}
+			if p.Last != nil && *p.Last < 0 {
+				h.replyError(cl, hd.ID, codeInvalidParams, "bridge/attach: last must be >= 0")
+				return
+			}
+			h.attach(cl, hd.ID, s, p.Since, p.Last)
+		case "bridge/detach":
+			s.detach(cl)
+			delete(cl.attached, s.ID)
+			h.replyResult(cl, hd.ID, struct{}{})
+		case "bridge/snapshot":
+			h.replyResult(cl, hd.ID, h.snapshot(cl, s))
+		}
+	default:
+		h.replyError(cl, hd.ID, codeMethodNotFound, fmt.Sprintf("unknown bridge method %q", method))
+	}
+}
+
+// attach replays what the client asked for and attaches it, atomically with
+// respect to the agent's stream (both happen under the hub mutex), so the
+// replay and live events meet with no hole and no duplicate.
+func (h *Hub) attach(cl *Client, id []byte, s *Session, since *uint64, last *int) {
+	var replay []*wire.Msg
+	switch {
+	case since != nil:
+		after := *since
+		if after > s.seq {
+			h.replyError(cl, id, codeInvalidParams, fmt.Sprintf("bridge/attach: since %d is beyond the session's last seq %d", after, s.seq))
+			return
+		}
+		replay = s.log.since(after)
+		if oldest := s.log.oldest(); after < s.seq && (oldest == 0 || after+1 < oldest) {
+			to := s.seq
+			if oldest != 0 {
+				to = oldest - 1
+			}
+			h.send(cl, GapMsg(s.ID, after+1, to, "evicted from the replay log"), wire.Control)
+		}
+	case last != nil:
+		replay = s.log.last(*last)
+	}
+	if s.owner == nil && cl.info.Role == auth.RoleClient {
+		s.owner = cl
+	}
+	s.attach(cl)
+	h.replyResult(cl, id, attachResult{SessionID: s.ID, Seq: s.seq, Status: s.status, Replayed: len(replay)})
+	for _, m := range replay {
+		if cl.opts.Envelope {
+			h.send(cl, m.Enveloped(), wire.Data)
+		} else {
+			h.send(cl, m, wire.Data)
+		}
+	}
+	for _, ar := range s.pending {
+		if s.eligible(cl, ar.method) {
+			h.deliverRequest(ar, cl)
+		}
+	}
+}
+
+func (h *Hub) snapshot(cl *Client, s *Session) snapshotResult {
+	r := snapshotResult{SessionID: s.ID, Status: s.status, Seq: s.seq, Owner: s.owner != nil,
+		Pending: make([]json.RawMessage, 0, len(s.pending)), Recent: make([]json.RawMessage, 0, h.cfg.Recent)}
+	for _, ar := range s.pending {
+		r.Pending = append(r.Pending, json.RawMessage(ar.msg.Body()))
+	}
+	for _, m := range s.log.last(h.cfg.Recent) {
+		if cl.opts.Envelope {
+			m = m.Enveloped()
+		}
+		r.Recent = append(r.Recent, json.RawMessage(m.Body()))
+	}
+	return r
+}

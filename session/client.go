@@ -1,0 +1,302 @@
+package session
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/agentbridge/agentbridge/auth"
+	"github.com/agentbridge/agentbridge/codec/jsonrpc"
+	"github.com/agentbridge/agentbridge/wire"
+)
+
+var bridgePrefix = []byte("bridge/")
+
+// Handle routes one complete JSON message from a client. msg is borrowed
+// for the duration of the call. Safe from any goroutine; messages of one
+// connection must be handed over in order (one goroutine per connection).
+func (h *Hub) Handle(cl *Client, msg []byte) {
+	h.clientMessages.Add(1)
+	hd, err := jsonrpc.Peek(msg)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if cl.closed {
+		return
+	}
+	if err != nil {
+		var je *jsonrpc.Error
+		if errors.As(err, &je) {
+			h.replyError(cl, nil, je.Code, je.Message)
+		} else {
+			h.replyError(cl, nil, codeParse, err.Error())
+		}
+		return
+	}
+	if hd.Kind == jsonrpc.KindResponse {
+		h.clientAnswer(cl, msg, hd)
+		return
+	}
+	if bytes.HasPrefix(hd.Method, bridgePrefix) {
+		h.bridgeCall(cl, msg, hd)
+		return
+	}
+	method := string(hd.Method)
+	if !auth.AllowRequest(cl.info.Role, method) {
+		h.denied.Add(1)
+		h.audit(cl, string(hd.SessionID), method, "denied", "role "+cl.info.Role.String())
+		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("method %q is not allowed for role %s", method, cl.info.Role))
+		return
+	}
+	if hd.Kind == jsonrpc.KindNotification {
+		h.forwardNotification(cl, msg, hd, method)
+		return
+	}
+	h.forwardRequest(cl, msg, hd, method)
+}
+
+// sessionGate checks that a request naming a session may be sent by cl: the
+// session must be attached on this connection (sessions are isolated between
+// clients). Unknown sessions are the agent's business.
+func (h *Hub) sessionGate(cl *Client, sid []byte, method string) (*Session, string) {
+	if len(sid) == 0 {
+		return nil, ""
+	}
+	s := h.sessions[string(sid)]
+	if s == nil || method == "session/load" {
+		return s, ""
+	}
+	if _, ok := cl.attached[s.ID]; !ok {
+		return s, fmt.Sprintf("session %q is not attached on this connection; call bridge/attach first", s.ID)
+	}
+	return s, ""
+}
+
+func (h *Hub) forwardNotification(cl *Client, msg []byte, hd jsonrpc.Header, method string) {
+	s, why := h.sessionGate(cl, hd.SessionID, method)
+	if why != "" {
+		h.replyError(cl, nil, codeUnknownSession, why)
+		return
+	}
+	switch method {
+	case "initialized":
+		// LSP: the shared server hears "initialized" once per generation.
+		if h.init.notified == nil {
+			h.init.notified = clone(msg)
+		}
+		if h.init.sentNotif {
+			return
+		}
+		h.init.sentNotif = true
+	case "exit":
+		// LSP: one client leaving must not stop the shared server.
+		return
+	case "session/cancel":
+		h.audit(cl, string(hd.SessionID), method, "forwarded", "")
+	}
+	if err := h.toAgent(clone(msg)); err != nil {
+		h.replyError(cl, nil, codeAgentUnavailable, "notification "+method+" not delivered: "+err.Error())
+		return
+	}
+	_ = s
+}
+
+func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method string) {
+	s, why := h.sessionGate(cl, hd.SessionID, method)
+	if why != "" {
+		h.replyError(cl, hd.ID, codeUnknownSession, why)
+		return
+	}
+	switch method {
+	case "initialize":
+		h.initialize(cl, msg, hd)
+		return
+	case "shutdown":
+		// LSP: the server is shared; the bridge owns its lifetime.
+		h.replyResult(cl, hd.ID, nil)
+		return
+	}
+	if !h.agentUp {
+		h.replyError(cl, hd.ID, codeAgentUnavailable, "the agent is not running (restarting); retry shortly")
+		return
+	}
+	c := &call{cl: cl, id: clone(hd.ID), method: method, sessionID: string(hd.SessionID), gen: h.gen}
+	if !h.sendCall(c, msg, hd) {
+		return
+	}
+	switch method {
+	case "session/prompt":
+		if s != nil {
+			s.prompts++
+			h.refreshStatus(s)
+		}
+	case "session/load":
+		// The agent replays history as session/update before it answers, so
+		// the loader is attached now, not when the answer arrives.
+		s = h.session(c.sessionID)
+		s.closed = false
+		s.gen = h.gen
+		s.attach(cl)
+		if s.owner == nil {
+			s.owner = cl
+		}
+		h.refreshStatus(s)
+	}
+}
+
+// sendCall forwards a request to the agent under a fresh bridge id. On
+// failure the caller's client (if any) has been answered with an error.
+func (h *Hub) sendCall(c *call, msg []byte, hd jsonrpc.Header) bool {
+	h.nextCallID++
+	bid := h.nextCallID
+	var idb [20]byte
+	out := jsonrpc.ReplaceID(make([]byte, 0, len(msg)+8), msg, hd, appendID(idb[:0], bid))
+	if err := h.toAgent(out); err != nil {
+		if c.cl != nil {
+			code := codeAgentUnavailable
+			if errors.Is(err, errAgentOverloaded) {
+				code = codeOverloaded
+			}
+			h.replyError(c.cl, c.id, code, "request "+c.method+" not delivered to the agent: "+err.Error())
+		}
+		return false
+	}
+	h.calls[bid] = c
+	return true
+}
+
+func (h *Hub) initialize(cl *Client, msg []byte, hd jsonrpc.Header) {
+	in := &h.init
+	if in.response != nil {
+		h.replyCached(cl, hd.ID)
+		return
+	}
+	in.waiters = append(in.waiters, waiter{cl: cl, id: clone(hd.ID)})
+	if in.inflight {
+		return
+	}
+	if !h.agentUp {
+		h.failInitWaiters("the agent is not running (restarting); retry shortly")
+		return
+	}
+	in.request = clone(msg)
+	h.sendInitialize()
+}
+
+// sendInitialize sends the cached initialize request to the agent on the
+// bridge's own behalf; its answer is cached and handed to every waiter.
+func (h *Hub) sendInitialize() {
+	in := &h.init
+	hd, err := jsonrpc.Peek(in.request)
+	if err != nil {
+		return
+	}
+	in.inflight = true
+	c := &call{method: "initialize", gen: h.gen, internal: func(h *Hub, body []byte) {
+		in.inflight = false
+		rh, err := jsonrpc.Peek(body)
+		if err != nil {
+			return
+		}
+		if rh.IsError {
+			// Not cached: each waiter sees the agent's error; the next
+			// initialize tries again.
+			for _, w := range in.waiters {
+				h.send(w.cl, lineOf(jsonrpc.ReplaceID(nil, body, rh, w.id)), wire.Control)
+			}
+			in.waiters = nil
+			in.request = nil
+			return
+		}
+		in.response = clone(body)
+		for _, w := range in.waiters {
+			h.replyCached(w.cl, w.id)
+		}
+		in.waiters = nil
+		if in.notified != nil && !in.sentNotif {
+			in.sentNotif = true
+			_ = h.toAgent(clone(in.notified))
+		}
+	}}
+	if !h.sendCall(c, in.request, hd) {
+		in.inflight = false
+		h.failInitWaiters("initialize not delivered to the agent")
+	}
+}
+
+func (h *Hub) failInitWaiters(why string) {
+	for _, w := range h.init.waiters {
+		h.replyError(w.cl, w.id, codeAgentUnavailable, why)
+	}
+	h.init.waiters = nil
+}
+
+func (h *Hub) replyCached(cl *Client, id []byte) {
+	body := h.init.response
+	rh, err := jsonrpc.Peek(body)
+	if err != nil {
+		h.replyError(cl, id, codeAgentUnavailable, "cached initialize result is unreadable")
+		return
+	}
+	h.send(cl, lineOf(jsonrpc.ReplaceID(make([]byte, 0, len(body)+8), body, rh, id)), wire.Control)
+}
+
+// clientAnswer handles a client's response to an agent request: the first
+// answer from a connection the request was delivered to wins.
+func (h *Hub) clientAnswer(cl *Client, msg []byte, hd jsonrpc.Header) {
+	id, ok := parseID(hd.ID)
+	ar := h.requests[id]
+	if !ok || ar == nil {
+		if sid, done := h.resolved[id]; ok && done {
+			h.send(cl, notification("bridge/resolved", resolvedParams{SessionID: sid, ID: id}), wire.Control)
+			return
+		}
+		h.replyError(cl, hd.ID, codeInvalidRequest, fmt.Sprintf("no agent request with id %s is awaiting an answer", hd.ID))
+		return
+	}
+	if !auth.AllowAnswer(cl.info.Role, ar.method) {
+		h.denied.Add(1)
+		h.audit(cl, ar.sessionID, ar.method, "denied", "role "+cl.info.Role.String()+" may not answer")
+		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("role %s may not answer %s", cl.info.Role, ar.method))
+		return
+	}
+	if _, asked := ar.sentTo[cl]; !asked {
+		h.denied.Add(1)
+		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("agent request %d was not sent to this connection", id))
+		return
+	}
+	if ar.gen != h.gen || !h.agentUp {
+		h.replyError(cl, hd.ID, codeAgentUnavailable, "the agent that asked has exited; the answer was not delivered")
+		h.retireRequest(ar, nil)
+		return
+	}
+	out := jsonrpc.ReplaceID(make([]byte, 0, len(msg)+len(ar.agentID)), msg, hd, ar.agentID)
+	if err := h.toAgent(out); err != nil {
+		h.replyError(cl, hd.ID, codeAgentUnavailable, "answer not delivered to the agent: "+err.Error())
+		return
+	}
+	outcome := "answered"
+	if hd.IsError {
+		outcome = "answered-error"
+	}
+	h.audit(cl, ar.sessionID, ar.method, outcome, answerDetail(msg))
+	h.retireRequest(ar, cl)
+}
+
+// answerDetail extracts what a permission answer chose, for the audit log.
+func answerDetail(msg []byte) string {
+	var v struct {
+		Result struct {
+			Outcome struct {
+				Outcome  string `json:"outcome"`
+				OptionID string `json:"optionId"`
+			} `json:"outcome"`
+		} `json:"result"`
+	}
+	if jsonrpc.Unmarshal(msg, &v) != nil || v.Result.Outcome.Outcome == "" {
+		return ""
+	}
+	if v.Result.Outcome.OptionID != "" {
+		return v.Result.Outcome.Outcome + ":" + v.Result.Outcome.OptionID
+	}
+	return v.Result.Outcome.Outcome
+}

@@ -1,0 +1,306 @@
+package session
+
+import (
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/agentbridge/agentbridge/auth"
+	"github.com/agentbridge/agentbridge/wire"
+)
+
+// Config configures a Hub. Every field's zero value is usable.
+type Config struct {
+	// Replay is how many events each session keeps for replay. Zero means 10,000.
+	Replay int
+	// ReplayBytes caps the bytes kept per session. Zero means 64 MiB.
+	ReplayBytes int
+	// Recent is how many events bridge/snapshot returns. Zero means 50.
+	Recent int
+	// RequestTimeout bounds how long an agent request waits for a client's
+	// answer (including while no eligible client is connected); then the
+	// agent gets error -32005. Zero means 10 minutes.
+	RequestTimeout time.Duration
+	// Version is reported by bridge/hello.
+	Version string
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// Audit receives every control-plane decision; nil means none.
+	Audit func(AuditRecord)
+}
+
+func (c *Config) fill() {
+	if c.Replay == 0 {
+		c.Replay = 10000
+	}
+	if c.ReplayBytes == 0 {
+		c.ReplayBytes = 64 << 20
+	}
+	if c.Recent == 0 {
+		c.Recent = 50
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = 10 * time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// AuditRecord is one control-plane decision.
+type AuditRecord struct {
+	Time       time.Time `json:"time"`
+	Connection uint64    `json:"connection"`
+	Role       string    `json:"role"`
+	Peer       string    `json:"peer,omitempty"`
+	Session    string    `json:"session,omitempty"`
+	Method     string    `json:"method"`
+	Outcome    string    `json:"outcome"`
+	Detail     string    `json:"detail,omitempty"`
+}
+
+// Stats are the hub's counters; read with Hub.Stats.
+type Stats struct {
+	ClientMessages  uint64 // messages received from clients
+	AgentMessages   uint64 // messages received from the agent
+	Deliveries      uint64 // messages queued to connections (per recipient)
+	Errors          uint64 // error responses the bridge produced itself
+	Denied          uint64 // role denials
+	AgentRestarts   uint64
+	AgentUp         bool // the agent process is running and accepting messages
+	Sessions        int
+	Connections     int
+	PendingCalls    int // client requests awaiting the agent
+	PendingRequests int // agent requests awaiting a client
+}
+
+// Hub routes JSON-RPC messages between clients and one agent.
+type Hub struct {
+	cfg Config
+	log *slog.Logger
+
+	mu sync.Mutex // guards everything below
+	// agent
+	agent      Agent
+	agentUp    bool
+	gen        uint64 // current agent generation
+	nextCallID int64  // ids of requests the bridge sends to the agent
+	calls      map[int64]*call
+	init       initState
+	// agent requests awaiting a client answer, keyed by the id clients see
+	nextReqID  int64
+	requests   map[int64]*agentRequest
+	orphans    []*agentRequest // agent requests without a session, waiting for a client
+	resolved   map[int64]string // recently answered request id -> session, for late answers
+	resolvedQ  []int64
+	conns      map[uint64]*Client
+	sessions   map[string]*Session
+	nextConnID uint64
+	stopping   bool
+
+	clientMessages atomic.Uint64
+	agentMessages  atomic.Uint64
+	deliveries     atomic.Uint64
+	errors         atomic.Uint64
+	denied         atomic.Uint64
+	restarts       atomic.Uint64
+}
+
+// Client is a registered connection. Its fields are guarded by the hub mutex.
+type Client struct {
+	ID   uint64
+	info ConnInfo
+	conn Conn
+	opts Options
+	// attached sessions
+	attached map[string]*Session
+	closed   bool
+}
+
+// Role is the connection's role.
+func (c *Client) Role() auth.Role { return c.info.Role }
+
+// call is a client request forwarded to the agent, keyed by the bridge id.
+type call struct {
+	cl        *Client // nil: the bridge's own request
+	id        []byte  // the client's id, raw JSON
+	method    string
+	sessionID string
+	gen       uint64
+	internal  func(h *Hub, body []byte) // for the bridge's own requests; under h.mu
+}
+
+// agentRequest is a request from the agent awaiting a client's answer.
+type agentRequest struct {
+	id        int64  // the id clients see
+	agentID   []byte // the agent's id, raw JSON
+	gen       uint64
+	method    string
+	sessionID string
+	msg       *wire.Msg // the request as clients see it
+	sentTo    map[*Client]struct{}
+	timer     *time.Timer
+	created   time.Time
+}
+
+type initState struct {
+	request   []byte // the first client initialize, for re-initialising a restarted agent
+	response  []byte // the agent's response to it (id spliced per client)
+	inflight  bool
+	waiters   []waiter
+	notified  []byte // the client's "initialized" notification (LSP), replayed after re-init
+	sentNotif bool   // "initialized" already reached the current generation
+}
+
+type waiter struct {
+	cl *Client
+	id []byte
+}
+
+// New returns a Hub. Call SetAgent before AgentStarted.
+func New(cfg Config) *Hub {
+	cfg.fill()
+	return &Hub{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		calls:    make(map[int64]*call),
+		requests: make(map[int64]*agentRequest),
+		resolved: make(map[int64]string),
+		conns:    make(map[uint64]*Client),
+		sessions: make(map[string]*Session),
+	}
+}
+
+// SetAgent sets the agent the hub forwards to. Safe from any goroutine.
+func (h *Hub) SetAgent(a Agent) {
+	h.mu.Lock()
+	h.agent = a
+	h.mu.Unlock()
+}
+
+// Open registers a connection and returns its handle. Safe from any goroutine.
+func (h *Hub) Open(c Conn, info ConnInfo) *Client {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.nextConnID++
+	cl := &Client{ID: h.nextConnID, info: info, conn: c, attached: make(map[string]*Session)}
+	if info.Role == auth.RoleViewer {
+		cl.opts.OnSlow = "degrade"
+	} else {
+		cl.opts.OnSlow = "disconnect"
+	}
+	h.conns[cl.ID] = cl
+	if h.stopping {
+		c.Close(CloseGoingAway, "daemon is stopping")
+		return cl
+	}
+	if !h.agentUp && h.gen > 0 {
+		h.send(cl, h.statusMsg("", StatusBlocked), wire.Control)
+	}
+	if cl.info.Role == auth.RoleClient {
+		for _, ar := range h.orphans {
+			h.deliverRequest(ar, cl)
+		}
+	}
+	return cl
+}
+
+// Closed unregisters a connection after its transport closed it. Safe from
+// any goroutine; idempotent.
+func (h *Hub) Closed(cl *Client) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if cl.closed {
+		return
+	}
+	cl.closed = true
+	delete(h.conns, cl.ID)
+	for _, s := range cl.attached {
+		s.detach(cl)
+		if s.owner == cl {
+			s.owner = nil
+		}
+	}
+	cl.attached = nil
+	for _, ar := range h.requests {
+		delete(ar.sentTo, cl)
+	}
+}
+
+// Stats returns the hub's counters. Safe from any goroutine.
+func (h *Hub) Stats() Stats {
+	h.mu.Lock()
+	st := Stats{Sessions: len(h.sessions), Connections: len(h.conns), PendingCalls: len(h.calls), PendingRequests: len(h.requests), AgentUp: h.agentUp}
+	h.mu.Unlock()
+	st.ClientMessages = h.clientMessages.Load()
+	st.AgentMessages = h.agentMessages.Load()
+	st.Deliveries = h.deliveries.Load()
+	st.Errors = h.errors.Load()
+	st.Denied = h.denied.Load()
+	st.AgentRestarts = h.restarts.Load()
+	return st
+}
+
+// SessionInfo is one row of bridge/sessions.
+type SessionInfo struct {
+	SessionID string `json:"sessionId"`
+	Status    Status `json:"status"`
+	Seq       uint64 `json:"seq"`
+	Clients   int    `json:"clients"`
+}
+
+// Sessions lists the sessions, ordered by id. Safe from any goroutine.
+func (h *Hub) Sessions() []SessionInfo {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sessionsLocked()
+}
+
+func (h *Hub) sessionsLocked() []SessionInfo {
+	out := make([]SessionInfo, 0, len(h.sessions))
+	for _, s := range h.sessions {
+		out = append(out, SessionInfo{SessionID: s.ID, Status: s.status, Seq: s.seq, Clients: len(s.attached)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].SessionID < out[j].SessionID })
+	return out
+}
+
+// Shutdown fails every pending client request with -32003 (the daemon is
+// stopping), answers the agent's pending requests with an error, and closes
+// every connection with CloseGoingAway. Safe from any goroutine.
+func (h *Hub) Shutdown(reason string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.stopping = true
+	h.failCalls(func(*call) bool { return true }, "agentbridge is shutting down ("+reason+"); the request was not completed")
+	for _, ar := range h.requests {
+		h.answerAgentError(ar, codeAgentUnavailable, "agentbridge is shutting down")
+		h.retireRequest(ar, nil)
+	}
+	for _, cl := range h.conns {
+		cl.conn.Close(CloseGoingAway, reason)
+	}
+}
+
+func (h *Hub) send(cl *Client, m *wire.Msg, c wire.Class) {
+	if cl.closed {
+		return
+	}
+	h.deliveries.Add(1)
+	cl.conn.Send(m, c)
+}
+
+func (h *Hub) audit(cl *Client, session, method, outcome, detail string) {
+	if h.cfg.Audit == nil {
+		return
+	}
+	rec := AuditRecord{Time: time.Now().UTC(), Method: method, Session: session, Outcome: outcome, Detail: detail}
+	if cl != nil {
+		rec.Connection, rec.Role, rec.Peer = cl.ID, cl.info.Role.String(), cl.info.Peer
+	} else {
+		rec.Role = "agent"
+	}
+	h.cfg.Audit(rec)
+}

@@ -1,0 +1,122 @@
+package session
+
+import (
+	"github.com/agentbridge/agentbridge/auth"
+	"github.com/agentbridge/agentbridge/wire"
+)
+
+// Status is a session's task state.
+type Status string
+
+const (
+	StatusIdle         Status = "idle"
+	StatusRunning      Status = "running"       // a prompt is in flight
+	StatusAwaitingHITL Status = "awaiting_hitl" // an agent request awaits a human
+	StatusBlocked      Status = "blocked"       // the agent is unavailable
+	StatusClosed       Status = "closed"        // the agent no longer has it
+)
+
+// Session is one agent session. Guarded by the hub mutex.
+type Session struct {
+	ID       string
+	owner    *Client // nil while the owner is away
+	attached []*Client
+	log      *eventLog
+	seq      uint64
+	status   Status
+	prompts  int             // session/prompt requests in flight
+	pending  []*agentRequest // agent requests awaiting an answer, oldest first
+	gen      uint64          // agent generation that knows the session
+	closed   bool
+}
+
+func (h *Hub) session(id string) *Session {
+	s := h.sessions[id]
+	if s == nil {
+		s = &Session{ID: id, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes), status: StatusIdle, gen: h.gen}
+		h.sessions[id] = s
+	}
+	return s
+}
+
+func (s *Session) isAttached(cl *Client) bool {
+	for _, c := range s.attached {
+		if c == cl {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Session) attach(cl *Client) {
+	if !s.isAttached(cl) {
+		s.attached = append(s.attached, cl)
+		cl.attached[s.ID] = s
+	}
+}
+
+func (s *Session) detach(cl *Client) {
+	for i, c := range s.attached {
+		if c == cl {
+			s.attached = append(s.attached[:i], s.attached[i+1:]...)
+			break
+		}
+	}
+}
+
+// eligible reports whether cl should be asked an agent request of method
+// for this session: the owner always, attached operators for permissions.
+func (s *Session) eligible(cl *Client, method string) bool {
+	if s.owner == cl {
+		return true
+	}
+	return method == "session/request_permission" && cl.info.Role == auth.RoleOperator && s.isAttached(cl)
+}
+
+func (s *Session) computeStatus(agentUp bool) Status {
+	switch {
+	case s.closed:
+		return StatusClosed
+	case !agentUp:
+		return StatusBlocked
+	case len(s.pending) > 0:
+		return StatusAwaitingHITL
+	case s.prompts > 0:
+		return StatusRunning
+	default:
+		return StatusIdle
+	}
+}
+
+// refreshStatus recomputes the session's status and announces a change to
+// its attached clients with bridge/status.
+func (h *Hub) refreshStatus(s *Session) {
+	st := s.computeStatus(h.agentUp)
+	if st == s.status {
+		return
+	}
+	s.status = st
+	if len(s.attached) == 0 {
+		return
+	}
+	m := h.statusMsg(s.ID, st)
+	for _, cl := range s.attached {
+		h.send(cl, m, wire.Control)
+	}
+}
+
+// publish appends an agent notification to the session's log and delivers
+// it to every attached client. This is the fan-out hot path: one *wire.Msg
+// for all recipients, enveloped once for those that asked for envelopes.
+func (h *Hub) publish(s *Session, m *wire.Msg) {
+	s.seq++
+	m.SessionID, m.Seq = s.ID, s.seq
+	s.log.append(m)
+	for _, cl := range s.attached {
+		if cl.opts.Envelope {
+			h.send(cl, m.Enveloped(), wire.Data)
+		} else {
+			h.send(cl, m, wire.Data)
+		}
+	}
+}
