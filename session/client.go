@@ -26,7 +26,11 @@ func (h *Hub) Handle(cl *Client, msg []byte) {
 	if err != nil {
 		var je *jsonrpc.Error
 		if errors.As(err, &je) {
-			h.replyError(cl, nil, je.Code, je.Message)
+			var id []byte
+			if je.Code == codeInvalidRequest {
+				id = hd.ID // known when the id itself was well-formed
+			}
+			h.replyError(cl, id, je.Code, je.Message)
 		} else {
 			h.replyError(cl, nil, codeParse, err.Error())
 		}
