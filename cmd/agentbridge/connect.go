@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/agentbridge/agentbridge/connect"
+	"github.com/agentbridge/agentbridge/internal/config"
+)
+
+func runConnect(args []string) int {
+	fs := flag.NewFlagSet("connect", flag.ContinueOnError)
+	token := fs.String("token", "", "token for ws:// and wss:// (or AGENTBRIDGE_TOKEN)")
+	ca := fs.String("ca", "", "PEM file of a CA to trust for wss:// (self-signed certificates)")
+	maxMsg := fs.Int("max-message", 16<<20, "largest message, bytes")
+	logLevel := fs.String("log-level", "warn", "debug, info, warn or error (logs go to stderr)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: agentbridge connect [flags] URL\n\nURL is unix:///path/to.sock, ws://host:port/acp or wss://host:port/acp.\nstdin and stdout carry newline-delimited JSON-RPC, so an editor can run this as its agent command.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if config.IsHelp(err) {
+			return 0
+		}
+		return 2
+	}
+	if err := config.Apply(fs, ""); err != nil {
+		fmt.Fprintf(os.Stderr, "agentbridge connect: %v\n", err)
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "agentbridge connect: exactly one URL is required (unix:///path.sock, ws://host:port/acp or wss://host:port/acp)")
+		return 2
+	}
+	log, err := newLogger(os.Stderr, *logLevel, "text")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "agentbridge connect: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	err = connect.Run(ctx, connect.Options{URL: fs.Arg(0), Token: *token, CA: *ca, MaxMessage: *maxMsg,
+		Stdin: os.Stdin, Stdout: os.Stdout, Logger: log.With(slog.String("src", "connect"))})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "agentbridge connect: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,258 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/agentbridge/agentbridge/agent"
+	"github.com/agentbridge/agentbridge/auth"
+	"github.com/agentbridge/agentbridge/internal/config"
+	"github.com/agentbridge/agentbridge/loop"
+	"github.com/agentbridge/agentbridge/ring"
+	"github.com/agentbridge/agentbridge/session"
+)
+
+type serveFlags struct {
+	uds, listen, tlsCert, tlsKey, tokens, config string
+	logLevel, logFormat, framing                 config.Choice
+	allowOrigin                                  config.List
+	allowUID                                     config.List
+	replay, maxMessage, queueItems               int
+	queueBytes, controlBytes                     int
+	heartbeat, requestTimeout, grace             time.Duration
+}
+
+func defaultSocket() string {
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "agentbridge.sock")
+	}
+	return fmt.Sprintf("/tmp/agentbridge-%d.sock", os.Getuid())
+}
+
+func newServeFlags() (*flag.FlagSet, *serveFlags) {
+	f := &serveFlags{}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.StringVar(&f.uds, "uds", defaultSocket(), "Unix socket path (\"\" disables)")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:8931", "TCP address for WebSocket/HTTP (\"\" disables)")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate file (with --tls-key: serve https/wss)")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "TLS key file")
+	fs.StringVar(&f.tokens, "tokens", "", "tokens file: one `ROLE TOKEN` per line (default: generate a client token next to the socket)")
+	fs.Var(&f.allowOrigin, "allow-origin", "browser Origin allowed to open WebSockets (repeatable; * allows any)")
+	fs.Var(&f.allowUID, "allow-uid", "extra peer uid allowed on the Unix socket (repeatable)")
+	fs.IntVar(&f.replay, "replay", 10000, "events kept per session for replay")
+	f.framing = config.Choice{Value: "ndjson", Allowed: []string{"ndjson", "lsp"}}
+	fs.Var(&f.framing, "framing", "the agent's stdio framing: ndjson or lsp")
+	fs.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "WebSocket ping interval; a peer silent for two intervals is dropped")
+	fs.StringVar(&f.config, "config", "", "config file: one `name value` per line, names as the flags")
+	f.logLevel = config.Choice{Value: "info", Allowed: []string{"debug", "info", "warn", "error"}}
+	fs.Var(&f.logLevel, "log-level", "debug, info, warn or error")
+	f.logFormat = config.Choice{Value: "text", Allowed: []string{"text", "json"}}
+	fs.Var(&f.logFormat, "log-format", "text or json")
+	fs.IntVar(&f.maxMessage, "max-message", 16<<20, "largest message accepted from a client or the agent, bytes")
+	fs.IntVar(&f.queueItems, "queue-items", 4096, "per-connection outbound queue: most messages")
+	fs.IntVar(&f.queueBytes, "queue-bytes", 1<<20, "per-connection outbound queue: data-plane bytes before eviction/degrade")
+	fs.IntVar(&f.controlBytes, "control-bytes", 4<<20, "per-connection outbound queue: control-plane bytes before the connection is closed")
+	fs.DurationVar(&f.requestTimeout, "request-timeout", 10*time.Minute, "how long an agent request waits for a client's answer")
+	fs.DurationVar(&f.grace, "grace", 5*time.Second, "on shutdown, how long the agent gets to exit after stdin closes (then SIGTERM, then SIGKILL)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: agentbridge serve [flags] [-- AGENT_CMD ARGS...]\n\nEvery flag can also be set as AGENTBRIDGE_<NAME> (e.g. AGENTBRIDGE_LISTEN) or in --config.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	return fs, f
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("invalid --log-level %q (want debug, info, warn or error)", s)
+	}
+	return l, nil
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	l, err := parseLevel(level)
+	if err != nil {
+		return nil, err
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("invalid --log-format %q (want text or json)", format)
+}
+
+func fail(format string, a ...any) int {
+	fmt.Fprintf(os.Stderr, "agentbridge serve: "+format+"\n", a...)
+	return 1
+}
+
+func runServe(args []string) int {
+	fs, f := newServeFlags()
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if config.IsHelp(err) {
+			fs.SetOutput(os.Stderr)
+			fs.Usage()
+			return 0
+		}
+		return fail("%v", err)
+	}
+	fs.SetOutput(os.Stderr)
+	if err := config.Apply(fs, "config"); err != nil {
+		return fail("%v", err)
+	}
+	log, err := newLogger(os.Stderr, f.logLevel.Value, f.logFormat.Value)
+	if err != nil {
+		return fail("%v", err)
+	}
+	framing, err := agent.ParseFraming(f.framing.Value)
+	if err != nil {
+		return fail("invalid --framing %q (want ndjson or lsp)", f.framing.Value)
+	}
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		return fail("--tls-cert and --tls-key go together")
+	}
+	for name, v := range map[string]int{"--replay": f.replay, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes} {
+		if v <= 0 {
+			return fail("invalid %s %d (must be positive)", name, v)
+		}
+	}
+	if f.heartbeat <= 0 || f.requestTimeout <= 0 || f.grace <= 0 {
+		return fail("--heartbeat, --request-timeout and --grace must be positive durations")
+	}
+	var uids []uint32
+	for _, s := range f.allowUID {
+		u, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return fail("invalid --allow-uid %q (want a numeric uid)", s)
+		}
+		uids = append(uids, uint32(u))
+	}
+	cmd := fs.Args()
+	if len(cmd) == 0 {
+		self, err := os.Executable()
+		if err != nil {
+			return fail("cannot find own executable for the demo agent: %v", err)
+		}
+		cmd = []string{self, "demo-agent"}
+	}
+
+	// Tokens: given, or generated next to the socket.
+	var tokens *auth.Tokens
+	tokenFile := ""
+	if f.tokens != "" {
+		if tokens, err = auth.LoadTokens(f.tokens); err != nil {
+			return fail("%v", err)
+		}
+	} else {
+		dir := filepath.Dir(defaultSocket())
+		if f.uds != "" {
+			dir = filepath.Dir(f.uds)
+		}
+		tok, err := auth.GenerateToken()
+		if err != nil {
+			return fail("generate token: %v", err)
+		}
+		tokenFile = filepath.Join(dir, "agentbridge.token")
+		if err := auth.WriteTokenFile(tokenFile, tok); err != nil {
+			return fail("write token file: %v", err)
+		}
+		if tokens, err = auth.NewTokens([]auth.Grant{{Role: auth.RoleClient, Token: tok}}); err != nil {
+			return fail("%v", err)
+		}
+	}
+	origins, err := auth.NewOriginPolicy(f.allowOrigin)
+	if err != nil {
+		return fail("%v", err)
+	}
+
+	hub := session.New(session.Config{Replay: f.replay, RequestTimeout: f.requestTimeout, Version: version, Logger: log})
+	sup, err := agent.New(agent.Config{Command: cmd, Framing: framing, MaxMessage: f.maxMessage, Grace: f.grace, Logger: log.With("src", "agent")}, hub)
+	if err != nil {
+		return fail("%v", err)
+	}
+	hub.SetAgent(sup)
+	metrics := loop.NewMetrics(nil)
+	srv, err := loop.New(loop.Config{
+		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
+		Queue:     ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
+		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
+		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey},
+	})
+	if err != nil {
+		return fail("%v", err)
+	}
+	if err := srv.Start(); err != nil {
+		return fail("%v", err)
+	}
+	if err := sup.Start(); err != nil {
+		stopCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = srv.Stop(stopCtx)
+		cancel()
+		return fail("cannot start the agent %q: %v", strings.Join(cmd, " "), err)
+	}
+	attrs := []any{"agent", strings.Join(cmd, " "), "pid", os.Getpid()}
+	if f.uds != "" {
+		attrs = append(attrs, "socket", f.uds)
+	}
+	if f.listen != "" {
+		scheme := "ws"
+		if f.tlsCert != "" {
+			scheme = "wss"
+		}
+		attrs = append(attrs, "websocket", scheme+"://"+f.listen+"/acp")
+	}
+	if tokenFile != "" {
+		attrs = append(attrs, "token_file", tokenFile)
+	}
+	log.Info("agentbridge serving", attrs...)
+
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	var reason string
+	select {
+	case s := <-sig:
+		reason = "received " + s.String()
+	case err := <-srv.Done():
+		reason = fmt.Sprintf("engine stopped: %v", err)
+	}
+	log.Info("shutting down", "reason", reason)
+	go func() { <-sig; log.Warn("second signal: exiting now"); os.Exit(1) }()
+
+	// Answer or fail every pending request, tell clients why, let queues
+	// flush, then stop the engine and give the agent its grace period.
+	hub.Shutdown(reason)
+	deadline := time.Now().Add(2 * time.Second)
+	for srv.Connections() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := srv.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Warn("engine stop", "err", err)
+	}
+	actx, acancel := context.WithTimeout(context.Background(), 3*f.grace)
+	defer acancel()
+	if err := sup.Stop(actx); err != nil {
+		log.Warn("agent stop", "err", err)
+	}
+	if tokenFile != "" {
+		_ = os.Remove(tokenFile)
+	}
+	log.Info("stopped")
+	return 0
+}

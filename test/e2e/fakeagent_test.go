@@ -1,0 +1,124 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+)
+
+// fakeAgent is a scriptable NDJSON agent: the test binary re-executed with
+// AB_FAKE_AGENT=1. It makes agent behaviour (crashes, counters, bursts)
+// deterministic where the demo agent would not.
+//
+//	initialize       -> {protocolVersion:1, initializeCount:N, pid}
+//	echo             -> result = params
+//	slow {ms}        -> answers after ms
+//	crash            -> exits with status 3 without answering
+//	burst {sessionId, n, size} -> n session/update notifications, then {sent:n}
+//	session/new      -> {sessionId:"s<k>"}
+//	ask {sessionId}  -> sends session/request_permission to the client, answers with the client's answer
+func fakeAgent() {
+	in := bufio.NewReaderSize(os.Stdin, 1<<20)
+	out := bufio.NewWriterSize(os.Stdout, 1<<16)
+	inits, sessions, nextID := 0, 0, 100
+	waiting := map[string]json.RawMessage{} // our request id -> client request id awaiting it
+	var mu sync.Mutex
+	write := func(v any) {
+		b, _ := json.Marshal(v)
+		mu.Lock()
+		out.Write(b)
+		out.WriteByte('\n')
+		out.Flush()
+		mu.Unlock()
+	}
+	for {
+		line, err := in.ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		var m struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+			Params json.RawMessage `json:"params"`
+			Result json.RawMessage `json:"result"`
+			Error  json.RawMessage `json:"error"`
+		}
+		if json.Unmarshal(line, &m) != nil {
+			write(map[string]any{"jsonrpc": "2.0", "id": nil, "error": map[string]any{"code": -32700, "message": "parse error"}})
+			continue
+		}
+		if m.Method == "" { // a response to our request
+			if orig, ok := waiting[string(m.ID)]; ok {
+				delete(waiting, string(m.ID))
+				write(map[string]any{"jsonrpc": "2.0", "id": orig, "result": map[string]any{"answer": m.Result, "error": m.Error}})
+			}
+			continue
+		}
+		if m.ID == nil {
+			continue // notification
+		}
+		reply := func(res any) { write(map[string]any{"jsonrpc": "2.0", "id": m.ID, "result": res}) }
+		var p map[string]any
+		_ = json.Unmarshal(m.Params, &p)
+		switch m.Method {
+		case "initialize":
+			inits++
+			reply(map[string]any{"protocolVersion": 1, "initializeCount": inits, "pid": os.Getpid()})
+		case "echo":
+			reply(p)
+		case "slow":
+			ms, _ := p["ms"].(float64)
+			go func() { // answers later; the agent keeps reading meanwhile
+				time.Sleep(time.Duration(ms) * time.Millisecond)
+				reply(p)
+			}()
+		case "crash":
+			os.Exit(3)
+		case "session/new":
+			sessions++
+			reply(map[string]any{"sessionId": fmt.Sprintf("s%d", sessions)})
+		case "burst":
+			sid, _ := p["sessionId"].(string)
+			n, _ := p["n"].(float64)
+			size, _ := p["size"].(float64)
+			pad := make([]byte, int(size))
+			for i := range pad {
+				pad[i] = 'x'
+			}
+			mu.Lock()
+			for i := 0; i < int(n); i++ {
+				b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "session/update", "params": map[string]any{"sessionId": sid, "n": i, "pad": string(pad)}})
+				out.Write(b)
+				out.WriteByte('\n')
+			}
+			mu.Unlock()
+			reply(map[string]any{"sent": int(n)})
+		case "ask":
+			nextID++
+			id := fmt.Sprint(nextID)
+			waiting[id] = m.ID
+			write(map[string]any{"jsonrpc": "2.0", "id": nextID, "method": "session/request_permission", "params": map[string]any{"sessionId": p["sessionId"], "toolCall": map[string]any{"toolCallId": "t1"}, "options": []any{map[string]any{"optionId": "allow", "name": "Allow", "kind": "allow_once"}}}})
+		default:
+			write(map[string]any{"jsonrpc": "2.0", "id": m.ID, "error": map[string]any{"code": -32601, "message": "unknown method " + m.Method}})
+		}
+	}
+}
+
+func init() {
+	if os.Getenv("AB_FAKE_AGENT") == "1" {
+		fakeAgent()
+		os.Exit(0)
+	}
+}
+
+// fakeAgentCmd is the agent command line for serve.
+func fakeAgentCmd() []string {
+	exe, err := os.Executable()
+	if err != nil {
+		panic(err)
+	}
+	return []string{"--", "env", "AB_FAKE_AGENT=1", exe}
+}

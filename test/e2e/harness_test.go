@@ -1,0 +1,298 @@
+// Package e2e tests the real agentbridge binary as a user runs it: started
+// as a process, spoken to over real Unix sockets and TCP on loopback.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "abe2e")
+	if err != nil {
+		panic(err)
+	}
+	binPath = filepath.Join(dir, "agentbridge")
+	if p := os.Getenv("AGENTBRIDGE_BIN"); p != "" {
+		binPath = p
+	} else {
+		out, err := exec.Command("go", "build", "-race", "-o", binPath, "../../cmd/agentbridge").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build agentbridge: %v\n%s", err, out)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// daemon is a running `agentbridge serve`.
+type daemon struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	dir    string
+	sock   string
+	listen string
+	logMu  sync.Mutex
+	logBuf bytes.Buffer
+	exited chan struct{}
+	err    error
+}
+
+type logWriter struct{ d *daemon }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.d.logMu.Lock()
+	defer w.d.logMu.Unlock()
+	return w.d.logBuf.Write(p)
+}
+
+func (d *daemon) logs() string {
+	d.logMu.Lock()
+	defer d.logMu.Unlock()
+	return d.logBuf.String()
+}
+
+// startDaemon runs serve with the given extra args (before "--" for the
+// agent command, if any) and waits until the socket accepts connections.
+func startDaemon(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d := &daemon{t: t, dir: dir, sock: filepath.Join(dir, "ab.sock"), exited: make(chan struct{})}
+	full := []string{"serve", "--uds", d.sock, "--listen", "", "--log-level", "debug"}
+	hasListen := false
+	for i, a := range args {
+		if a == "--listen" && i+1 < len(args) {
+			hasListen = true
+			d.listen = args[i+1]
+		}
+	}
+	if hasListen {
+		full = []string{"serve", "--uds", d.sock, "--log-level", "debug"}
+	}
+	full = append(full, args...)
+	d.cmd = exec.Command(binPath, full...)
+	d.cmd.Stdout = logWriter{d}
+	d.cmd.Stderr = logWriter{d}
+	d.cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+dir)
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = d.cmd.Wait(); close(d.exited) }()
+	t.Cleanup(func() {
+		d.stop()
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.logs())
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.Dial("unix", d.sock)
+		if err == nil {
+			c.Close()
+			return d
+		}
+		select {
+		case <-d.exited:
+			t.Fatalf("daemon exited during start: %v\n%s", d.err, d.logs())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon did not listen on %s within 15s\n%s", d.sock, d.logs())
+		}
+	}
+}
+
+func (d *daemon) stop() {
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(15 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.exited
+	}
+}
+
+// client is an NDJSON JSON-RPC client over the Unix socket.
+type client struct {
+	t    *testing.T
+	c    net.Conn
+	r    *bufio.Reader
+	msgs chan map[string]any
+	raw  chan []byte
+	mu   sync.Mutex
+}
+
+func dial(t *testing.T, d *daemon) *client {
+	t.Helper()
+	c, err := net.Dial("unix", d.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &client{t: t, c: c, r: bufio.NewReaderSize(c, 1<<20), msgs: make(chan map[string]any, 100000)}
+	go func() {
+		defer close(cl.msgs)
+		for {
+			line, err := cl.r.ReadBytes('\n')
+			if err != nil {
+				return
+			}
+			var m map[string]any
+			if err := json.Unmarshal(line, &m); err != nil {
+				m = map[string]any{"_invalid": string(line)}
+			}
+			cl.msgs <- m
+		}
+	}()
+	t.Cleanup(func() { c.Close() })
+	return cl
+}
+
+func (cl *client) sendRaw(s string) {
+	cl.t.Helper()
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if _, err := io.WriteString(cl.c, s); err != nil {
+		cl.t.Fatalf("write: %v", err)
+	}
+}
+
+func (cl *client) send(v map[string]any) {
+	cl.t.Helper()
+	v["jsonrpc"] = "2.0"
+	b, err := json.Marshal(v)
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	cl.sendRaw(string(b) + "\n")
+}
+
+func (cl *client) request(id any, method string, params any) {
+	cl.t.Helper()
+	m := map[string]any{"id": id, "method": method}
+	if params != nil {
+		m["params"] = params
+	}
+	cl.send(m)
+}
+
+// next returns the next message or fails after timeout.
+func (cl *client) next(timeout time.Duration) map[string]any {
+	cl.t.Helper()
+	select {
+	case m, ok := <-cl.msgs:
+		if !ok {
+			cl.t.Fatalf("connection closed while waiting for a message")
+		}
+		return m
+	case <-time.After(timeout):
+		cl.t.Fatalf("no message within %s", timeout)
+	}
+	return nil
+}
+
+// waitFor reads messages until match returns true, collecting the others.
+func (cl *client) waitFor(timeout time.Duration, what string, match func(map[string]any) bool) (map[string]any, []map[string]any) {
+	cl.t.Helper()
+	var others []map[string]any
+	deadline := time.After(timeout)
+	for {
+		select {
+		case m, ok := <-cl.msgs:
+			if !ok {
+				cl.t.Fatalf("connection closed while waiting for %s (saw %d others: %s)", what, len(others), brief(others))
+			}
+			if match(m) {
+				return m, others
+			}
+			others = append(others, m)
+		case <-deadline:
+			cl.t.Fatalf("no %s within %s (saw %d others: %s)", what, timeout, len(others), brief(others))
+		}
+	}
+}
+
+func brief(ms []map[string]any) string {
+	var sb strings.Builder
+	for i, m := range ms {
+		if i == 8 {
+			fmt.Fprintf(&sb, " ... %d more", len(ms)-8)
+			break
+		}
+		b, _ := json.Marshal(m)
+		if len(b) > 200 {
+			b = append(b[:200], "..."...)
+		}
+		sb.Write(b)
+		sb.WriteByte(' ')
+	}
+	return sb.String()
+}
+
+// response waits for the response with the given id.
+func (cl *client) response(id any, timeout time.Duration) (map[string]any, []map[string]any) {
+	cl.t.Helper()
+	want, _ := json.Marshal(id)
+	return cl.waitFor(timeout, "response "+string(want), func(m map[string]any) bool {
+		if _, isReq := m["method"]; isReq {
+			return false
+		}
+		got, _ := json.Marshal(m["id"])
+		return bytes.Equal(got, want)
+	})
+}
+
+func (cl *client) call(id any, method string, params any) map[string]any {
+	cl.t.Helper()
+	cl.request(id, method, params)
+	m, _ := cl.response(id, 10*time.Second)
+	if e, ok := m["error"]; ok {
+		cl.t.Fatalf("%s: error %v", method, e)
+	}
+	return m
+}
+
+func errCode(m map[string]any) int {
+	e, ok := m["error"].(map[string]any)
+	if !ok {
+		return 0
+	}
+	c, _ := e["code"].(float64)
+	return int(c)
+}
+
+func field(m map[string]any, path ...string) any {
+	var v any = m
+	for _, p := range path {
+		mm, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = mm[p]
+	}
+	return v
+}
