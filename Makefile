@@ -31,7 +31,7 @@ test-go: build
 test-fuzz:
 	./scripts/fuzz.sh $(FUZZTIME)
 
-test-node: build
+test-node: build test-deps
 	cd test/node && AGENTBRIDGE_BIN=$(CURDIR)/$(BIN) node --test --test-concurrency=1 --test-timeout=180000 .
 
 bench: build

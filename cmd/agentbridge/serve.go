@@ -16,21 +16,24 @@ import (
 	"time"
 
 	"github.com/agentbridge/agentbridge/agent"
+	"github.com/agentbridge/agentbridge/audit"
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/internal/config"
 	"github.com/agentbridge/agentbridge/loop"
 	"github.com/agentbridge/agentbridge/ring"
 	"github.com/agentbridge/agentbridge/session"
+	"github.com/agentbridge/agentbridge/store"
 )
 
 type serveFlags struct {
 	uds, listen, tlsCert, tlsKey, tokens, config string
+	stateDir, auditFile                          string
 	logLevel, logFormat, framing                 config.Choice
 	allowOrigin                                  config.List
 	allowUID                                     config.List
-	replay, maxMessage, queueItems               int
+	replay, replayBytes, maxMessage, queueItems  int
 	queueBytes, controlBytes                     int
-	heartbeat, requestTimeout, grace             time.Duration
+	heartbeat, requestTimeout, grace, stateSync  time.Duration
 }
 
 func defaultSocket() string {
@@ -51,6 +54,10 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.Var(&f.allowOrigin, "allow-origin", "browser Origin allowed to open WebSockets (repeatable; * allows any)")
 	fs.Var(&f.allowUID, "allow-uid", "extra peer uid allowed on the Unix socket (repeatable)")
 	fs.IntVar(&f.replay, "replay", 10000, "events kept per session for replay")
+	fs.IntVar(&f.replayBytes, "replay-bytes", 64<<20, "bytes of events kept per session for replay")
+	fs.StringVar(&f.stateDir, "state-dir", "", "directory persisting sessions and their events across restarts (\"\": memory only)")
+	fs.DurationVar(&f.stateSync, "state-sync", time.Second, "how often persisted events are fsynced (0: after every write)")
+	fs.StringVar(&f.auditFile, "audit", "", "append control-plane decisions to this file as JSON lines (mode 0600)")
 	f.framing = config.Choice{Value: "ndjson", Allowed: []string{"ndjson", "lsp"}}
 	fs.Var(&f.framing, "framing", "the agent's stdio framing: ndjson or lsp")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "WebSocket ping interval; a peer silent for two intervals is dropped")
@@ -126,13 +133,16 @@ func runServe(args []string) int {
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return fail("--tls-cert and --tls-key go together")
 	}
-	for name, v := range map[string]int{"--replay": f.replay, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes} {
+	for name, v := range map[string]int{"--replay": f.replay, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes} {
 		if v <= 0 {
 			return fail("invalid %s %d (must be positive)", name, v)
 		}
 	}
 	if f.heartbeat <= 0 || f.requestTimeout <= 0 || f.grace <= 0 {
 		return fail("--heartbeat, --request-timeout and --grace must be positive durations")
+	}
+	if f.stateSync < 0 {
+		return fail("invalid --state-sync %s (must be 0 or positive)", f.stateSync)
 	}
 	var uids []uint32
 	for _, s := range f.allowUID {
@@ -180,7 +190,42 @@ func runServe(args []string) int {
 		return fail("%v", err)
 	}
 
-	hub := session.New(session.Config{Replay: f.replay, RequestTimeout: f.requestTimeout, Version: version, Logger: log})
+	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, RequestTimeout: f.requestTimeout, Version: version, Logger: log}
+	var auditLog *audit.Log
+	if f.auditFile != "" {
+		if auditLog, err = audit.Open(f.auditFile, audit.Options{}); err != nil {
+			return fail("%v", err)
+		}
+		defer func() {
+			if err := auditLog.Close(); err != nil {
+				log.Warn("audit log close", "err", err)
+			}
+		}()
+		hcfg.Audit = auditLog.Record
+	}
+	var st *store.Store
+	var recovered []store.Session
+	if f.stateDir != "" {
+		sync := f.stateSync
+		if sync == 0 {
+			sync = -1 // store: negative fsyncs after every batch
+		}
+		if st, recovered, err = store.Open(f.stateDir, store.Options{MaxEvents: f.replay, MaxBytes: f.replayBytes, SyncInterval: sync, Logger: log.With("src", "store")}); err != nil {
+			return fail("%v", err)
+		}
+		// Closed after the agent stopped: its last events are persisted too.
+		defer func() {
+			if err := st.Close(); err != nil {
+				log.Warn("state dir close", "err", err)
+			}
+		}()
+		hcfg.Journal = st
+	}
+	hub := session.New(hcfg)
+	if st != nil {
+		hub.Restore(recovered)
+		log.Info("state restored", "dir", f.stateDir, "sessions", len(recovered))
+	}
 	sup, err := agent.New(agent.Config{Command: cmd, Framing: framing, MaxMessage: f.maxMessage, Grace: f.grace, Logger: log.With("src", "agent")}, hub)
 	if err != nil {
 		return fail("%v", err)
@@ -196,14 +241,16 @@ func runServe(args []string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
-	if err := srv.Start(); err != nil {
-		return fail("%v", err)
-	}
+	// The agent starts first, so a client connecting the moment the socket
+	// appears finds it running (not "restarting").
 	if err := sup.Start(); err != nil {
-		stopCtx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = srv.Stop(stopCtx)
-		cancel()
 		return fail("cannot start the agent %q: %v", strings.Join(cmd, " "), err)
+	}
+	if err := srv.Start(); err != nil {
+		actx, acancel := context.WithTimeout(context.Background(), f.grace)
+		_ = sup.Stop(actx)
+		acancel()
+		return fail("%v", err)
 	}
 	attrs := []any{"agent", strings.Join(cmd, " "), "pid", os.Getpid()}
 	if f.uds != "" {
