@@ -1,0 +1,206 @@
+package loop
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/agentbridge/agentbridge/codec/ws"
+	"github.com/agentbridge/agentbridge/session"
+	"github.com/agentbridge/agentbridge/wire"
+)
+
+// lingerer is a protocol whose close is a handshake: after its farewell the
+// socket stays open until the peer answers or a deadline passes, and input
+// that arrives meanwhile is only searched for the answer.
+type lingerer interface {
+	// linger reports, right after the farewell was written, whether the
+	// socket should stay open for the peer's answer. Event loop only.
+	linger(c *conn) bool
+	// readClosing consumes input while the connection is closing and
+	// returns gnet.Close once the handshake is complete. Event loop only.
+	readClosing(c *conn) gnet.Action
+}
+
+// wsProto is a TCP connection after its WebSocket upgrade. Frames are parsed
+// incrementally from what gnet buffered (the Reader keeps its place across
+// reads and consumes payload bytes as they arrive, so gnet's buffer never
+// holds more than a frame header or one control frame); text messages go to
+// the hub; control frames are answered directly on the loop.
+type wsProto struct {
+	f *front
+	w *watch
+	r ws.Reader
+
+	failCode   ws.CloseCode // the peer broke RFC 6455: our close carries this
+	failReason string
+	peerClosed bool // the peer's close frame arrived
+	peerCode   ws.CloseCode
+	sentClose  bool
+
+	pong []byte // scratch for pong frames (gnet copies what it cannot send at once)
+}
+
+var (
+	_ protocol = (*wsProto)(nil)
+	_ lingerer = (*wsProto)(nil)
+)
+
+func newWSProto(f *front, c *conn, w *watch) *wsProto {
+	p := &wsProto{f: f, w: w}
+	p.r.MaxMessage = f.s.cfg.MaxMessage
+	p.r.RequireMask = true
+	w.seen.Store(f.now())
+	w.deadline.Store(0)
+	w.kind.Store(watchWS)
+	return p
+}
+
+func (p *wsProto) name() string { return "ws" }
+
+// frame is the message's shared WebSocket frame: encoded once, written to
+// every recipient.
+func (p *wsProto) frame(m *wire.Msg) []byte { return m.Frame() }
+
+func (p *wsProto) closed() { p.f.unwatch(p.w) }
+
+func (p *wsProto) read(c *conn, buf []byte) (int, error) {
+	now := time.Now()
+	p.w.seen.Store(now.UnixNano())
+	used := 0
+	for {
+		ev, n, err := p.r.Next(buf[used:])
+		used += n
+		if err != nil {
+			return len(buf), p.fail(c, err)
+		}
+		switch ev.Kind {
+		case ws.EventNone:
+			return used, nil
+		case ws.EventText:
+			p.f.m.in("ws", len(ev.Payload))
+			if c.admit(ev.Payload, now) {
+				p.f.s.hub.Handle(c.cl, ev.Payload)
+			}
+			if c.closing.Load() {
+				// What follows is left for readClosing: it may hold the
+				// peer's close frame.
+				return used, nil
+			}
+		case ws.EventBinary:
+			return len(buf), p.failWith(c, ws.CloseUnsupportedData, "binary messages are not accepted; send JSON-RPC as text frames")
+		case ws.EventPing:
+			// Control frames go out at once, between whole queued frames.
+			p.pong = ws.AppendFrame(p.pong[:0], true, ws.OpPong, ev.Payload)
+			_, _ = c.gc.Write(p.pong)
+		case ws.EventPong:
+		case ws.EventClose:
+			p.peerClosed, p.peerCode = true, ev.CloseCode
+			c.Close(session.CloseGoingAway, "peer closed: "+strconv.Itoa(int(ev.CloseCode)))
+			return len(buf), nil
+		}
+	}
+}
+
+// fail turns the Reader's error into our close: the ProtocolError's code in
+// the close frame, a short class for logs and metrics.
+func (p *wsProto) fail(c *conn, err error) error {
+	var pe *ws.ProtocolError
+	if errors.As(err, &pe) {
+		return p.failWith(c, pe.Code, pe.Reason)
+	}
+	return p.failWith(c, ws.CloseProtocolError, err.Error())
+}
+
+func (p *wsProto) failWith(c *conn, code ws.CloseCode, reason string) error {
+	p.failCode, p.failReason = code, reason
+	p.f.m.protocolError(uint16(code))
+	p.f.s.log.Debug("websocket protocol error", "peer", c.peer, "code", int(code), "detail", reason)
+	return &closeError{code: session.ClosePolicy, reason: "ws " + strconv.Itoa(int(code)) + " " + code.String()}
+}
+
+// wsCloseCode maps the hub's close reasons to RFC 6455 status codes.
+func wsCloseCode(code session.CloseCode) ws.CloseCode {
+	switch code {
+	case session.ClosePolicy:
+		return ws.ClosePolicyViolation
+	case session.CloseTooBig:
+		return ws.CloseTooBig
+	case session.CloseTryAgain:
+		return ws.CloseTryAgainLater
+	case session.CloseGoingAway:
+		return ws.CloseGoingAway
+	}
+	return ws.CloseInternalError
+}
+
+// farewell is our close frame: the echo of the peer's, the code of its
+// protocol error, or the hub's reason.
+func (p *wsProto) farewell(code session.CloseCode, reason string) []byte {
+	p.sentClose = true
+	switch {
+	case p.peerClosed:
+		return ws.AppendClose(nil, p.peerCode, "")
+	case p.failCode != 0:
+		return ws.AppendClose(nil, p.failCode, p.failReason)
+	}
+	return ws.AppendClose(nil, wsCloseCode(code), reason)
+}
+
+// linger keeps the socket open after our close frame until the peer's
+// arrives (or it closes, or the close deadline passes), so a peer still
+// sending does not get a reset that could destroy our close frame before it
+// reads it. The write side is shut at once when nothing else is pending:
+// the peer sees our close frame followed by end of stream.
+func (p *wsProto) linger(c *conn) bool {
+	if p.peerClosed || p.w.halfOpen.Load() {
+		return false
+	}
+	p.w.deadline.Store(p.f.now() + int64(p.f.cfg.CloseTimeout))
+	if c.gc.OutboundBuffered() == 0 {
+		_ = unix.Shutdown(c.gc.Fd(), unix.SHUT_WR)
+	}
+	return true
+}
+
+func (p *wsProto) readClosing(c *conn) gnet.Action {
+	done := false
+	if n := c.gc.InboundBuffered(); n > 0 {
+		buf, _ := c.gc.Peek(n)
+		used := len(buf)
+		if p.failCode == 0 && !p.peerClosed {
+			used = 0
+			for {
+				ev, k, err := p.r.Next(buf[used:])
+				used += k
+				if err != nil {
+					// The peer breaks the protocol while we close: there is
+					// no answer left to wait for.
+					if !p.sentClose {
+						p.failCode, p.failReason = ws.CloseProtocolError, err.Error()
+					}
+					used, done = len(buf), true
+					break
+				}
+				if ev.Kind == ws.EventNone {
+					break
+				}
+				if ev.Kind == ws.EventClose {
+					p.peerClosed, p.peerCode = true, ev.CloseCode
+					used, done = len(buf), true
+					break
+				}
+			}
+		}
+		if used > 0 { // gnet's Discard(0) drops everything buffered
+			_, _ = c.gc.Discard(used)
+		}
+	}
+	if p.sentClose && (done || p.peerClosed) {
+		return gnet.Close
+	}
+	return gnet.None
+}

@@ -1,0 +1,495 @@
+package tlsserve
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lxzan/gws"
+
+	"github.com/agentbridge/agentbridge/codec/jsonrpc"
+	"github.com/agentbridge/agentbridge/codec/ws"
+	"github.com/agentbridge/agentbridge/delivery"
+	"github.com/agentbridge/agentbridge/session"
+	"github.com/agentbridge/agentbridge/wire"
+)
+
+// writeBatch is how many bytes of frames one write to the socket carries.
+const writeBatch = 256 << 10
+
+var pingFrame = ws.AppendFrame(nil, true, ws.OpPing, nil)
+
+// wsConn is one WebSocket connection over TLS, as the hub sees it.
+type wsConn struct {
+	s    *Server
+	ws   *gws.Conn
+	raw  *guardConn
+	out  *delivery.Outbox
+	cl   *session.Client // set before the read loop starts
+	peer string
+
+	wake       chan struct{} // capacity 1: the outbox has something
+	quit       chan struct{} // closed by Close
+	readerDone chan struct{} // closed when gws's read loop ends
+
+	closing     atomic.Bool
+	closeCode   session.CloseCode // written before quit is closed
+	wsCode      ws.CloseCode      // non-zero overrides the mapping of closeCode
+	closeReason string
+
+	// Owned by the read loop.
+	deadlineAt time.Time
+	lim        *delivery.Limiter
+
+	// Owned by the writer.
+	msgs []*wire.Msg
+	buf  []byte
+}
+
+func newWSConn(s *Server, socket *gws.Conn, raw *guardConn, peer string) *wsConn {
+	c := &wsConn{s: s, ws: socket, raw: raw, peer: peer,
+		wake: make(chan struct{}, 1), quit: make(chan struct{}), readerDone: make(chan struct{})}
+	c.out = delivery.NewOutbox(s.cfg.Delivery, delivery.Hooks{
+		Wake: func() {
+			select {
+			case c.wake <- struct{}{}:
+			default:
+			}
+		},
+		Close: func(r delivery.CloseReason, detail string) {
+			s.log.Info("closing websocket", "peer", peer, "transport", Transport, "reason", detail, "class", r.String())
+			c.Close(session.CloseTryAgain, detail)
+		},
+	})
+	now := time.Now()
+	c.lim = delivery.NewLimiter(s.cfg.Rate, now)
+	c.extendReadDeadline(now)
+	return c
+}
+
+// SetOptions applies what the client chose with bridge/hello; see
+// session.OptionsListener. Safe from any goroutine.
+func (c *wsConn) SetOptions(o session.Options) {
+	if p, err := delivery.ParsePolicy(o.OnSlow); err == nil {
+		c.out.SetPolicy(p)
+	}
+}
+
+var _ session.OptionsListener = (*wsConn)(nil)
+
+// admit applies the input rate limit to one message, as the event loop
+// does: a refused request is answered -32004, a refused notification
+// dropped, answers to the agent always pass, a flood closes with 1008.
+// Read loop only.
+func (c *wsConn) admit(msg []byte, now time.Time) bool {
+	if c.lim == nil {
+		return true
+	}
+	switch c.lim.Admit(now, len(msg)) {
+	case delivery.Admit:
+		return true
+	case delivery.Flood:
+		why := fmt.Sprintf("input flood: more than %d times the rate limit (%s) for %d seconds", delivery.FloodFactor, c.lim.Rate(), delivery.FloodWindows)
+		c.s.log.Info("closing websocket", "peer", c.peer, "transport", Transport, "reason", why)
+		c.s.m.Closed(Transport, "flood")
+		c.Close(session.ClosePolicy, why)
+		return false
+	}
+	hd, err := jsonrpc.Peek(msg)
+	if err == nil && hd.Kind == jsonrpc.KindResponse {
+		return true
+	}
+	kind := "notification"
+	if err == nil && hd.Kind == jsonrpc.KindRequest {
+		kind = "request"
+		c.Send(delivery.OverloadedReply(hd.ID, c.lim.Rate()), wire.Control)
+	}
+	c.s.m.RateLimited(kind)
+	if n, logNow := c.lim.Refused(now); logNow {
+		c.s.log.Info("rate limited: refusing input", "peer", c.peer, "transport", Transport, "refused", n, "rate", c.lim.Rate().String())
+	}
+	return false
+}
+
+// Send queues m; see session.Conn. Safe from any goroutine.
+func (c *wsConn) Send(m *wire.Msg, cls wire.Class) bool {
+	if c.closing.Load() {
+		return cls == wire.Data
+	}
+	return c.out.Send(m, cls)
+}
+
+// Close schedules the close: the writer flushes what is queued (unless the
+// queue overflowed), sends a close frame and waits for the peer's. Safe from
+// any goroutine.
+func (c *wsConn) Close(code session.CloseCode, reason string) {
+	c.closeWith(code, 0, reason)
+}
+
+func (c *wsConn) closeWith(code session.CloseCode, wsCode ws.CloseCode, reason string) {
+	if !c.closing.CompareAndSwap(false, true) {
+		return
+	}
+	c.closeCode, c.wsCode, c.closeReason = code, wsCode, reason
+	close(c.quit)
+}
+
+// wsCloseCode maps the hub's close reasons to RFC 6455 status codes.
+func wsCloseCode(code session.CloseCode) ws.CloseCode {
+	switch code {
+	case session.ClosePolicy:
+		return ws.ClosePolicyViolation
+	case session.CloseTooBig:
+		return ws.CloseTooBig
+	case session.CloseTryAgain:
+		return ws.CloseTryAgainLater
+	case session.CloseGoingAway:
+		return ws.CloseGoingAway
+	}
+	return ws.CloseInternalError
+}
+
+// writeLoop is the connection's writer goroutine.
+func (c *wsConn) writeLoop() {
+	t := time.NewTicker(c.s.cfg.Heartbeat)
+	defer func() {
+		t.Stop()
+		c.out.Close()
+	}()
+	for {
+		select {
+		case <-c.wake:
+			ok := c.flush()
+			// Writes here are synchronous, so the writer is never
+			// "blocked" in the loop's sense: a peer that stops reading
+			// fails the write at WriteTimeout instead.
+			c.out.Observe(false, 0)
+			if !ok {
+				return
+			}
+		case <-t.C:
+			if err := c.raw.writeFrames(pingFrame, false); err != nil {
+				c.drop(err)
+				return
+			}
+		case <-c.quit:
+			c.finish()
+			return
+		case <-c.readerDone:
+			return
+		}
+	}
+}
+
+// flush writes everything queued, in batches of whole frames. Each message
+// is the shared frame of wire.Msg: encoded once for every recipient.
+func (c *wsConn) flush() bool {
+	for {
+		c.msgs = c.out.Drain(c.msgs[:0], writeBatch)
+		if len(c.msgs) == 0 {
+			return true
+		}
+		c.buf = c.buf[:0]
+		for _, m := range c.msgs {
+			c.buf = append(c.buf, m.Frame()...)
+		}
+		n := len(c.msgs)
+		clear(c.msgs)
+		if err := c.raw.writeFrames(c.buf, false); err != nil {
+			c.drop(err)
+			return false
+		}
+		c.s.m.Out(Transport, n, len(c.buf))
+		if cap(c.buf) > 4*writeBatch {
+			c.buf = nil
+		}
+	}
+}
+
+// drop closes a connection whose socket failed under the writer.
+func (c *wsConn) drop(err error) {
+	reason := "write failed"
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		reason = "write timeout (peer not reading)"
+	}
+	c.s.log.Info("closing websocket", "peer", c.peer, "transport", Transport, "reason", reason, "err", err)
+	c.s.m.Closed(Transport, reason)
+	_ = c.raw.Close()
+}
+
+// finish is our side of the close handshake, on the writer goroutine.
+func (c *wsConn) finish() {
+	if c.closeCode != session.CloseTryAgain {
+		if !c.flush() {
+			return
+		}
+	}
+	code := c.wsCode
+	if code == 0 {
+		code = wsCloseCode(c.closeCode)
+	}
+	c.s.m.Closed(Transport, code.String())
+	if err := c.raw.writeFrames(ws.AppendClose(nil, code, c.closeReason), true); err != nil {
+		_ = c.raw.Close()
+		return
+	}
+	// gws reads the peer's close frame, tries to echo it (the guard drops
+	// the echo: ours is already out) and closes the socket, which ends the
+	// read loop. A peer that never answers is cut off.
+	t := time.NewTimer(c.s.cfg.CloseTimeout)
+	defer t.Stop()
+	select {
+	case <-c.readerDone:
+	case <-t.C:
+	}
+	_ = c.raw.Close()
+}
+
+// extendReadDeadline moves the read deadline to two heartbeats from now:
+// a peer that sends no frame of any kind for that long fails its read. It
+// skips most calls because every frame calls it. Read loop only.
+func (c *wsConn) extendReadDeadline(now time.Time) {
+	hb := c.s.cfg.Heartbeat
+	if now.Sub(c.deadlineAt) < hb/4 {
+		return
+	}
+	c.deadlineAt = now
+	_ = c.raw.SetReadDeadline(now.Add(2 * hb))
+}
+
+// handler receives gws's read-loop events for every connection.
+type handler struct{ s *Server }
+
+const connKey = "c"
+
+func connOf(socket *gws.Conn) *wsConn {
+	v, _ := socket.Session().Load(connKey)
+	c, _ := v.(*wsConn)
+	return c
+}
+
+func (h *handler) OnOpen(*gws.Conn) {}
+
+func (h *handler) OnClose(socket *gws.Conn, err error) {
+	c := connOf(socket)
+	if c == nil {
+		return
+	}
+	close(c.readerDone)
+	if c.cl != nil {
+		h.s.cfg.Hub.Closed(c.cl)
+	}
+	h.s.untrack(c)
+	h.s.m.ClosedConn(Transport)
+	var ce *gws.CloseError
+	switch {
+	case errors.As(err, &ce):
+		h.s.log.Debug("websocket closed by peer", "peer", c.peer, "code", ce.Code)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		h.s.m.HalfOpen(Transport)
+		h.s.log.Info("closing websocket", "peer", c.peer, "transport", Transport, "reason", "no frame from the peer for two heartbeats (half-open)")
+	default:
+		var code ws.CloseCode
+		if isProtocolCode(err, &code) {
+			h.s.m.ProtocolError(uint16(code))
+		}
+		h.s.log.Debug("websocket closed", "peer", c.peer, "err", err, "reason", c.closeReason)
+	}
+}
+
+// isProtocolCode recognises gws's protocol failures: it reports most as its
+// internal status-code type (which has Uint16) and invalid UTF-8 as
+// ErrTextEncoding.
+func isProtocolCode(err error, code *ws.CloseCode) bool {
+	if errors.Is(err, gws.ErrTextEncoding) {
+		*code = ws.CloseInvalidPayload
+		return true
+	}
+	var sc interface{ Uint16() uint16 }
+	if errors.As(err, &sc) {
+		*code = ws.CloseCode(sc.Uint16())
+		return *code != ws.CloseNormal
+	}
+	return false
+}
+
+func (h *handler) OnPing(socket *gws.Conn, payload []byte) {
+	if c := connOf(socket); c != nil {
+		c.extendReadDeadline(time.Now())
+	}
+	_ = socket.WritePong(payload)
+}
+
+func (h *handler) OnPong(socket *gws.Conn, _ []byte) {
+	if c := connOf(socket); c != nil {
+		c.extendReadDeadline(time.Now())
+	}
+}
+
+func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
+	defer msg.Close()
+	c := connOf(socket)
+	if c == nil || c.closing.Load() {
+		return
+	}
+	now := time.Now()
+	c.extendReadDeadline(now)
+	if msg.Opcode != gws.OpcodeText {
+		c.closeWith(session.ClosePolicy, ws.CloseUnsupportedData, "binary messages are not accepted; send JSON-RPC as text frames")
+		return
+	}
+	b := msg.Bytes()
+	h.s.m.In(Transport, len(b))
+	if c.admit(b, now) {
+		h.s.cfg.Hub.Handle(c.cl, b)
+	}
+}
+
+// guardConn serialises writes to the TLS connection, a whole frame or batch
+// of frames per Write, and owns the close handshake: once a close frame is
+// out, later writes (gws echoing the peer's close) are dropped; and when gws
+// fails a connection for a protocol error it closes the socket right after
+// its close frame, which the guard turns into a lingering close.
+type guardConn struct {
+	net.Conn
+	writeTimeout time.Duration
+	lingerFor    time.Duration
+
+	mu        sync.Mutex
+	closeSent bool
+	linger    bool // gws failed the connection: close by half-closing and draining
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Write is gws's path: the 101 response, pongs and its own close frames
+// (always final, so a close frame starts with 0x88; an HTTP response with
+// 'H').
+func (g *guardConn) Write(b []byte) (int, error) {
+	isClose := len(b) > 0 && b[0] == 0x80|byte(ws.OpClose)
+	if isClose && failureClose(b) {
+		g.mu.Lock()
+		g.linger = !g.closeSent
+		g.mu.Unlock()
+	}
+	if err := g.writeFrames(b, isClose); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// failureClose reports whether a close frame gws wrote fails the connection
+// (a protocol error, invalid data, too big) rather than answering the peer's
+// close (gws answers those with 1000, or with the peer's 3000-4999 code).
+func failureClose(frame []byte) bool {
+	if len(frame) < 4 || frame[1]&0x7F < 2 {
+		return false
+	}
+	switch ws.CloseCode(uint16(frame[2])<<8 | uint16(frame[3])) {
+	case ws.CloseProtocolError, ws.CloseUnsupportedData, ws.CloseInvalidPayload,
+		ws.ClosePolicyViolation, ws.CloseTooBig, ws.CloseMandatoryExt, ws.CloseInternalError:
+		return true
+	}
+	return false
+}
+
+func (g *guardConn) writeFrames(b []byte, isClose bool) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closeSent {
+		return nil
+	}
+	if isClose {
+		g.closeSent = true
+	}
+	_ = g.Conn.SetWriteDeadline(time.Now().Add(g.writeTimeout))
+	_, err := g.Conn.Write(b)
+	return err
+}
+
+// Close closes the socket once; gws and the writer may both call it. After
+// a failure close it half-closes instead and drains what the peer still
+// sends until it closes or lingerFor passes: closing with unread input would
+// reset the connection and could destroy the close frame before the peer
+// reads it.
+func (g *guardConn) Close() error {
+	g.closeOnce.Do(func() {
+		g.mu.Lock()
+		linger := g.linger
+		g.mu.Unlock()
+		if linger && g.lingerFor > 0 {
+			go g.lingerClose()
+			return
+		}
+		g.closeErr = g.Conn.Close()
+	})
+	return g.closeErr
+}
+
+func (g *guardConn) lingerClose() {
+	if tc, ok := g.Conn.(*tls.Conn); ok {
+		_ = tc.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = tc.CloseWrite() // TLS close_notify
+		if hc, ok := tc.NetConn().(interface{ CloseWrite() error }); ok {
+			_ = hc.CloseWrite() // TCP FIN
+		}
+	}
+	_ = g.Conn.SetReadDeadline(time.Now().Add(g.lingerFor))
+	_, _ = io.Copy(io.Discard, g.Conn)
+	_ = g.Conn.Close()
+}
+
+// slot is gws session storage holding one value: the connection.
+type slot struct {
+	mu sync.Mutex
+	v  any
+}
+
+func (s *slot) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.v == nil {
+		return 0
+	}
+	return 1
+}
+
+func (s *slot) Load(key string) (any, bool) {
+	if key != connKey {
+		return nil, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.v, s.v != nil
+}
+
+func (s *slot) Delete(key string) {
+	if key == connKey {
+		s.mu.Lock()
+		s.v = nil
+		s.mu.Unlock()
+	}
+}
+
+func (s *slot) Store(key string, v any) {
+	if key == connKey {
+		s.mu.Lock()
+		s.v = v
+		s.mu.Unlock()
+	}
+}
+
+func (s *slot) Range(f func(string, any) bool) {
+	s.mu.Lock()
+	v := s.v
+	s.mu.Unlock()
+	if v != nil {
+		f(connKey, v)
+	}
+}
