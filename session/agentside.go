@@ -3,6 +3,7 @@ package session
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/agentbridge/agentbridge/agent"
@@ -83,6 +84,9 @@ func (h *Hub) AgentExited(gen uint64, err error, restartIn time.Duration) {
 	h.failInitWaiters(why)
 	for _, ar := range h.requests {
 		if ar.gen == gen {
+			if ar.method == "session/request_permission" {
+				h.audit(nil, AuditRecord{Session: ar.sessionID, Method: ar.method, Outcome: "abandoned", RequestID: ar.id, ToolCall: ar.toolCall, Detail: why})
+			}
 			h.retireRequest(ar, nil)
 		}
 	}
@@ -96,11 +100,18 @@ func (h *Hub) AgentExited(gen uint64, err error, restartIn time.Duration) {
 	}
 }
 
+// failCalls answers the matching calls with -32003, in the order they were
+// sent (bridge ids ascend), so a client sees its errors in request order.
 func (h *Hub) failCalls(match func(*call) bool, why string) {
+	ids := make([]int64, 0, len(h.calls))
 	for id, c := range h.calls {
-		if !match(c) {
-			continue
+		if match(c) {
+			ids = append(ids, id)
 		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		c := h.calls[id]
 		delete(h.calls, id)
 		if c.cl != nil {
 			h.replyError(c.cl, c.id, codeAgentUnavailable, why)
@@ -152,28 +163,32 @@ func (h *Hub) agentResponse(msg []byte, hd jsonrpc.Header) {
 		return
 	}
 	s := h.sessions[c.sessionID]
+	refresh := false // announced after the response: the answer comes first
 	switch c.method {
 	case "session/new":
 		if sid := jsonrpc.ResultSessionID(msg); !hd.IsError && len(sid) > 0 {
 			s = h.session(string(sid))
 			s.gen, s.closed = h.gen, false
 			if !c.cl.closed {
-				s.owner = c.cl
+				h.setOwner(s, c.cl)
 				s.attach(c.cl)
+			} else if p := c.cl.park; p != nil && h.parked[p.key] == p {
+				// Its successor owns it and gets its events from the start.
+				p.created = append(p.created, s.ID)
 			}
-			h.refreshStatus(s)
+			refresh = true
 		}
 	case "session/prompt":
 		if s != nil && s.prompts > 0 {
 			s.prompts--
-			h.refreshStatus(s)
+			refresh = true
 		}
 	}
-	if c.cl.closed {
-		return
-	}
 	out := jsonrpc.ReplaceID(make([]byte, 0, len(msg)+len(c.id)+1), msg, hd, c.id)
-	h.send(c.cl, lineOf(out), wire.Control)
+	h.reply(c.cl, c.id, lineOf(out))
+	if refresh {
+		h.refreshStatus(s)
+	}
 }
 
 func (h *Hub) agentNotification(msg []byte, hd jsonrpc.Header) {
@@ -207,6 +222,9 @@ func (h *Hub) agentRequest(msg []byte, hd jsonrpc.Header) {
 	var idb [20]byte
 	ar.msg = lineOf(jsonrpc.ReplaceID(make([]byte, 0, len(msg)+8), msg, hd, appendID(idb[:0], ar.id)))
 	ar.msg.SessionID = ar.sessionID
+	if ar.method == "session/request_permission" {
+		ar.toolCall = toolCallOf(msg)
+	}
 	h.requests[ar.id] = ar
 	timeout := h.cfg.RequestTimeout
 	ar.timer = time.AfterFunc(timeout, func() { h.expireRequest(ar, timeout) })
@@ -247,8 +265,30 @@ func (h *Hub) expireRequest(ar *agentRequest, after time.Duration) {
 		return
 	}
 	h.answerAgentError(ar, codeTimeout, fmt.Sprintf("no client answered %s within %s", ar.method, after))
-	h.audit(nil, ar.sessionID, ar.method, "timed-out", "")
+	h.audit(nil, AuditRecord{Role: "bridge", Session: ar.sessionID, Method: ar.method, Outcome: "timed-out", RequestID: ar.id, ToolCall: ar.toolCall,
+		Detail: fmt.Sprintf("no answer within %s; the agent got error %d", after, codeTimeout)})
 	h.retireRequest(ar, nil)
+}
+
+// toolCallOf names what a permission request is about: its toolCall's id
+// and title.
+func toolCallOf(msg []byte) string {
+	var v struct {
+		Params struct {
+			ToolCall struct {
+				ID    string `json:"toolCallId"`
+				Title string `json:"title"`
+			} `json:"toolCall"`
+		} `json:"params"`
+	}
+	if jsonrpc.Unmarshal(msg, &v) != nil {
+		return ""
+	}
+	tc := v.Params.ToolCall
+	if tc.Title != "" {
+		return tc.ID + " (" + tc.Title + ")"
+	}
+	return tc.ID
 }
 
 func (h *Hub) answerAgentError(ar *agentRequest, code int, why string) {

@@ -10,16 +10,18 @@ import (
 )
 
 type helloParams struct {
-	Envelope *bool  `json:"envelope"`
-	OnSlow   string `json:"onSlow"`
+	Envelope *bool   `json:"envelope"`
+	OnSlow   string  `json:"onSlow"`
+	Resume   *string `json:"resume"`
 }
 
 type helloResult struct {
-	Version      string `json:"version"`
-	ConnectionID uint64 `json:"connectionId"`
-	Role         string `json:"role"`
-	Envelope     bool   `json:"envelope"`
-	OnSlow       string `json:"onSlow"`
+	Version      string        `json:"version"`
+	ConnectionID uint64        `json:"connectionId"`
+	Role         string        `json:"role"`
+	Envelope     bool          `json:"envelope"`
+	OnSlow       string        `json:"onSlow"`
+	Resume       *resumeResult `json:"resume,omitempty"`
 }
 
 type sessionParams struct {
@@ -53,6 +55,7 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 	}
 	if !auth.AllowRequest(cl.info.Role, method) {
 		h.denied.Add(1)
+		h.audit(cl, AuditRecord{Method: method, Outcome: "denied", Detail: "not allowed for role " + cl.info.Role.String()})
 		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("method %q is not allowed for role %s", method, cl.info.Role))
 		return
 	}
@@ -90,6 +93,15 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 			h.replyError(cl, hd.ID, codeInvalidParams, fmt.Sprintf("bridge/hello: onSlow must be \"degrade\" or \"disconnect\", not %q", p.OnSlow))
 			return
 		}
+		var rr *resumeResult
+		var deliver func()
+		if p.Resume != nil {
+			var jerr *jsonrpc.Error
+			if rr, deliver, jerr = h.resume(cl, *p.Resume); jerr != nil {
+				h.replyError(cl, hd.ID, jerr.Code, jerr.Message)
+				return
+			}
+		}
 		if p.Envelope != nil {
 			cl.opts.Envelope = *p.Envelope
 		}
@@ -99,7 +111,10 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 		if ol, ok := cl.conn.(OptionsListener); ok {
 			ol.SetOptions(cl.opts)
 		}
-		h.replyResult(cl, hd.ID, helloResult{Version: h.cfg.Version, ConnectionID: cl.ID, Role: cl.info.Role.String(), Envelope: cl.opts.Envelope, OnSlow: cl.opts.OnSlow})
+		h.replyResult(cl, hd.ID, helloResult{Version: h.cfg.Version, ConnectionID: cl.ID, Role: cl.info.Role.String(), Envelope: cl.opts.Envelope, OnSlow: cl.opts.OnSlow, Resume: rr})
+		if deliver != nil {
+			deliver()
+		}
 	case "bridge/sessions":
 		var p struct{}
 		if !decode(&p) {
@@ -156,32 +171,49 @@ func (h *Hub) attach(cl *Client, id []byte, s *Session, since *uint64, last *int
 			return
 		}
 		replay = s.log.since(after)
-		if oldest := s.log.oldest(); after < s.seq && (oldest == 0 || after+1 < oldest) {
-			to := s.seq
-			if oldest != 0 {
-				to = oldest - 1
-			}
-			h.send(cl, GapMsg(s.ID, after+1, to, "evicted from the replay log"), wire.Control)
-		}
+		h.sendGaps(cl, s, after, replay)
 	case last != nil:
 		replay = s.log.last(*last)
+		if len(replay) > 0 {
+			h.sendGaps(cl, s, replay[0].Seq-1, replay)
+		}
 	}
 	if s.owner == nil && cl.info.Role == auth.RoleClient {
-		s.owner = cl
+		h.setOwner(s, cl)
 	}
 	s.attach(cl)
 	h.replyResult(cl, id, attachResult{SessionID: s.ID, Seq: s.seq, Status: s.status, Replayed: len(replay)})
 	for _, m := range replay {
-		if cl.opts.Envelope {
-			h.send(cl, m.Enveloped(), wire.Data)
-		} else {
-			h.send(cl, m, wire.Data)
-		}
+		h.sendEvent(cl, m)
 	}
 	for _, ar := range s.pending {
 		if s.eligible(cl, ar.method) {
 			h.deliverRequest(ar, cl)
 		}
+	}
+}
+
+// sendGaps sends a bridge/gap for every seq range in (after, s.seq] that
+// replay (the log's events after `after`) does not hold: evicted from the
+// log, or never persisted before a daemon restart. Precondition: h.mu held.
+func (h *Hub) sendGaps(cl *Client, s *Session, after uint64, replay []*wire.Msg) {
+	oldest := s.log.oldest()
+	gap := func(from, to uint64) {
+		reason := "evicted from the replay log"
+		if s.restored && (oldest == 0 || to >= oldest) {
+			reason = "not persisted before the daemon stopped"
+		}
+		h.send(cl, GapMsg(s.ID, from, to, reason), wire.Control)
+	}
+	next := after + 1
+	for _, m := range replay {
+		if m.Seq > next {
+			gap(next, m.Seq-1)
+		}
+		next = m.Seq + 1
+	}
+	if next <= s.seq {
+		gap(next, s.seq)
 	}
 }
 

@@ -23,6 +23,7 @@ func (h *Hub) Handle(cl *Client, msg []byte) {
 	if cl.closed {
 		return
 	}
+	cl.received++
 	if err != nil {
 		var je *jsonrpc.Error
 		if errors.As(err, &je) {
@@ -47,7 +48,7 @@ func (h *Hub) Handle(cl *Client, msg []byte) {
 	method := string(hd.Method)
 	if !auth.AllowRequest(cl.info.Role, method) {
 		h.denied.Add(1)
-		h.audit(cl, string(hd.SessionID), method, "denied", "role "+cl.info.Role.String())
+		h.audit(cl, AuditRecord{Session: string(hd.SessionID), Method: method, Outcome: "denied", Detail: "not allowed for role " + cl.info.Role.String()})
 		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("method %q is not allowed for role %s", method, cl.info.Role))
 		return
 	}
@@ -59,17 +60,26 @@ func (h *Hub) Handle(cl *Client, msg []byte) {
 }
 
 // sessionGate checks that a request naming a session may be sent by cl: the
-// session must be attached on this connection (sessions are isolated between
-// clients). Unknown sessions are the agent's business.
+// session must be attached on this connection, or owned by it (an owner
+// that detached from the data plane still drives its session; sessions are
+// isolated between clients). For a client, unknown sessions are the agent's business; an
+// operator (who may only cancel) must name a session it has attached.
 func (h *Hub) sessionGate(cl *Client, sid []byte, method string) (*Session, string) {
+	full := cl.info.Role == auth.RoleClient
 	if len(sid) == 0 {
+		if !full {
+			return nil, fmt.Sprintf("%s from a %s must name a session (params.sessionId) attached on this connection", method, cl.info.Role)
+		}
 		return nil, ""
 	}
 	s := h.sessions[string(sid)]
-	if s == nil || method == "session/load" {
+	if s == nil && !full {
+		return nil, fmt.Sprintf("unknown session %q; bridge/sessions lists the known ones", sid)
+	}
+	if s == nil || (method == "session/load" && full) {
 		return s, ""
 	}
-	if _, ok := cl.attached[s.ID]; !ok {
+	if _, ok := cl.attached[s.ID]; !ok && s.owner != cl {
 		return s, fmt.Sprintf("session %q is not attached on this connection; call bridge/attach first", s.ID)
 	}
 	return s, ""
@@ -78,6 +88,9 @@ func (h *Hub) sessionGate(cl *Client, sid []byte, method string) (*Session, stri
 func (h *Hub) forwardNotification(cl *Client, msg []byte, hd jsonrpc.Header, method string) {
 	s, why := h.sessionGate(cl, hd.SessionID, method)
 	if why != "" {
+		if method == "session/cancel" {
+			h.audit(cl, AuditRecord{Session: string(hd.SessionID), Method: method, Outcome: "denied", Detail: why})
+		}
 		h.replyError(cl, nil, codeUnknownSession, why)
 		return
 	}
@@ -94,14 +107,44 @@ func (h *Hub) forwardNotification(cl *Client, msg []byte, hd jsonrpc.Header, met
 	case "exit":
 		// LSP: one client leaving must not stop the shared server.
 		return
-	case "session/cancel":
-		h.audit(cl, string(hd.SessionID), method, "forwarded", "")
 	}
 	if err := h.toAgent(clone(msg)); err != nil {
+		if method == "session/cancel" {
+			h.audit(cl, AuditRecord{Session: string(hd.SessionID), Method: method, Outcome: "failed", Detail: err.Error()})
+		}
 		h.replyError(cl, nil, codeAgentUnavailable, "notification "+method+" not delivered: "+err.Error())
 		return
 	}
-	_ = s
+	if method == "session/cancel" {
+		h.audit(cl, AuditRecord{Session: string(hd.SessionID), Method: method, Outcome: "forwarded"})
+		h.cancelPermissions(cl, s)
+	}
+}
+
+// cancelledOutcome is ACP's answer to a permission request whose prompt
+// turn was cancelled.
+var cancelledOutcome = []byte(`{"outcome":{"outcome":"cancelled"}}`)
+
+// cancelPermissions answers the session's pending permission requests with
+// the cancelled outcome after a session/cancel, as ACP asks of the client:
+// the bridge does it on the clients' behalf so that a cancel sent while
+// the owner is away does not leave the agent waiting for an answer nobody
+// will give. Precondition: h.mu held.
+func (h *Hub) cancelPermissions(cl *Client, s *Session) {
+	if s == nil {
+		return
+	}
+	for _, ar := range append([]*agentRequest(nil), s.pending...) {
+		if ar.method != "session/request_permission" || ar.gen != h.gen || !h.agentUp {
+			continue
+		}
+		if err := h.toAgent(jsonrpc.AppendRawResponse(nil, ar.agentID, cancelledOutcome)); err != nil {
+			continue
+		}
+		h.audit(cl, AuditRecord{Session: s.ID, Method: ar.method, Outcome: "cancelled", RequestID: ar.id, ToolCall: ar.toolCall,
+			Option: "cancelled", Detail: "answered by the bridge after session/cancel"})
+		h.retireRequest(ar, nil)
+	}
 }
 
 func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method string) {
@@ -128,6 +171,9 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 		return
 	}
 	switch method {
+	case "session/cancel": // sent as a request by some clients
+		h.audit(cl, AuditRecord{Session: c.sessionID, Method: method, Outcome: "forwarded"})
+		h.cancelPermissions(cl, s)
 	case "session/prompt":
 		if s != nil {
 			s.prompts++
@@ -141,7 +187,7 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 		s.gen = h.gen
 		s.attach(cl)
 		if s.owner == nil {
-			s.owner = cl
+			h.setOwner(s, cl)
 		}
 		h.refreshStatus(s)
 	}
@@ -205,7 +251,7 @@ func (h *Hub) sendInitialize() {
 			// Not cached: each waiter sees the agent's error; the next
 			// initialize tries again.
 			for _, w := range in.waiters {
-				h.send(w.cl, lineOf(jsonrpc.ReplaceID(nil, body, rh, w.id)), wire.Control)
+				h.reply(w.cl, w.id, lineOf(jsonrpc.ReplaceID(nil, body, rh, w.id)))
 			}
 			in.waiters = nil
 			in.request = nil
@@ -241,7 +287,7 @@ func (h *Hub) replyCached(cl *Client, id []byte) {
 		h.replyError(cl, id, codeAgentUnavailable, "cached initialize result is unreadable")
 		return
 	}
-	h.send(cl, lineOf(jsonrpc.ReplaceID(make([]byte, 0, len(body)+8), body, rh, id)), wire.Control)
+	h.reply(cl, id, lineOf(jsonrpc.ReplaceID(make([]byte, 0, len(body)+8), body, rh, id)))
 }
 
 // clientAnswer handles a client's response to an agent request: the first
@@ -259,12 +305,15 @@ func (h *Hub) clientAnswer(cl *Client, msg []byte, hd jsonrpc.Header) {
 	}
 	if !auth.AllowAnswer(cl.info.Role, ar.method) {
 		h.denied.Add(1)
-		h.audit(cl, ar.sessionID, ar.method, "denied", "role "+cl.info.Role.String()+" may not answer")
+		h.audit(cl, AuditRecord{Session: ar.sessionID, Method: ar.method, Outcome: "denied", RequestID: ar.id, ToolCall: ar.toolCall,
+			Detail: "role " + cl.info.Role.String() + " may not answer"})
 		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("role %s may not answer %s", cl.info.Role, ar.method))
 		return
 	}
 	if _, asked := ar.sentTo[cl]; !asked {
 		h.denied.Add(1)
+		h.audit(cl, AuditRecord{Session: ar.sessionID, Method: ar.method, Outcome: "denied", RequestID: ar.id, ToolCall: ar.toolCall,
+			Detail: "the request was not sent to this connection"})
 		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("agent request %d was not sent to this connection", id))
 		return
 	}
@@ -282,7 +331,7 @@ func (h *Hub) clientAnswer(cl *Client, msg []byte, hd jsonrpc.Header) {
 	if hd.IsError {
 		outcome = "answered-error"
 	}
-	h.audit(cl, ar.sessionID, ar.method, outcome, answerDetail(msg))
+	h.audit(cl, AuditRecord{Session: ar.sessionID, Method: ar.method, Outcome: outcome, RequestID: ar.id, ToolCall: ar.toolCall, Option: answerDetail(msg)})
 	h.retireRequest(ar, cl)
 }
 

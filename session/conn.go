@@ -23,11 +23,11 @@ type Conn interface {
 type CloseCode uint8
 
 const (
-	ClosePolicy     CloseCode = iota + 1 // a rule was broken (WebSocket 1008)
-	CloseTooBig                          // a message over the size limit (1009)
-	CloseTryAgain                        // overloaded: resume later by cursor (1013)
-	CloseGoingAway                       // the daemon is stopping (1001)
-	CloseInternal                        // an internal error (1011)
+	ClosePolicy    CloseCode = iota + 1 // a rule was broken (WebSocket 1008)
+	CloseTooBig                         // a message over the size limit (1009)
+	CloseTryAgain                       // overloaded: resume later by cursor (1013)
+	CloseGoingAway                      // the daemon is stopping (1001)
+	CloseInternal                       // an internal error (1011)
 )
 
 // Agent is the agent process as the hub sees it (agent.Supervisor).

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/agentbridge/agentbridge/audit"
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/wire"
 )
@@ -27,8 +28,36 @@ type Config struct {
 	Version string
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
-	// Audit receives every control-plane decision; nil means none.
+	// Audit receives every control-plane decision; nil means none. It is
+	// called under the hub lock and must not block (audit.Log.Record only
+	// enqueues).
 	Audit func(AuditRecord)
+	// Journal persists events and sessions (--state-dir); nil means
+	// memory only.
+	Journal Journal
+	// ResumeWindow is how long the calls of a connection that said
+	// bridge/hello {resume} are kept after it drops. Zero means 2 minutes.
+	ResumeWindow time.Duration
+	// ResumeBytes caps the answers buffered for one dropped connection;
+	// past it an answer is replaced by a -32004 error. Zero means 4 MiB.
+	ResumeBytes int
+	// ResumeTotalBytes caps the answers buffered for all dropped
+	// connections together. Zero means 64 MiB.
+	ResumeTotalBytes int
+	// ResumeKeys caps how many dropped connections are kept for resuming;
+	// past it the oldest is forgotten. Zero means 4096.
+	ResumeKeys int
+}
+
+// Journal persists sessions and their events (store.Store). Both methods
+// are called under the hub lock, in seq order per session: they must only
+// enqueue, never block on I/O.
+type Journal interface {
+	// Create records that a session exists.
+	Create(sessionID string)
+	// Append records one event; body is immutable and may be kept without
+	// a copy.
+	Append(sessionID string, seq uint64, body []byte)
 }
 
 func (c *Config) fill() {
@@ -47,19 +76,22 @@ func (c *Config) fill() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.ResumeWindow <= 0 {
+		c.ResumeWindow = 2 * time.Minute
+	}
+	if c.ResumeBytes <= 0 {
+		c.ResumeBytes = 4 << 20
+	}
+	if c.ResumeTotalBytes <= 0 {
+		c.ResumeTotalBytes = 64 << 20
+	}
+	if c.ResumeKeys <= 0 {
+		c.ResumeKeys = 4096
+	}
 }
 
 // AuditRecord is one control-plane decision.
-type AuditRecord struct {
-	Time       time.Time `json:"time"`
-	Connection uint64    `json:"connection"`
-	Role       string    `json:"role"`
-	Peer       string    `json:"peer,omitempty"`
-	Session    string    `json:"session,omitempty"`
-	Method     string    `json:"method"`
-	Outcome    string    `json:"outcome"`
-	Detail     string    `json:"detail,omitempty"`
-}
+type AuditRecord = audit.Record
 
 // Stats are the hub's counters; read with Hub.Stats.
 type Stats struct {
@@ -74,6 +106,7 @@ type Stats struct {
 	Connections     int
 	PendingCalls    int // client requests awaiting the agent
 	PendingRequests int // agent requests awaiting a client
+	Resumable       int // dropped connections kept for bridge/hello {resume}
 }
 
 // Hub routes JSON-RPC messages between clients and one agent.
@@ -92,13 +125,18 @@ type Hub struct {
 	// agent requests awaiting a client answer, keyed by the id clients see
 	nextReqID  int64
 	requests   map[int64]*agentRequest
-	orphans    []*agentRequest // agent requests without a session, waiting for a client
+	orphans    []*agentRequest  // agent requests without a session, waiting for a client
 	resolved   map[int64]string // recently answered request id -> session, for late answers
 	resolvedQ  []int64
 	conns      map[uint64]*Client
 	sessions   map[string]*Session
 	nextConnID uint64
 	stopping   bool
+	// resumable connections: the live holder of each key, and the calls
+	// of dropped ones awaiting a new connection with the same key
+	resumeKeys  map[string]*Client
+	parked      map[string]*park
+	parkedBytes int
 
 	clientMessages atomic.Uint64
 	agentMessages  atomic.Uint64
@@ -116,7 +154,12 @@ type Client struct {
 	opts Options
 	// attached sessions
 	attached map[string]*Session
-	closed   bool
+	// owned sessions (attached or not)
+	owns      map[string]*Session
+	closed    bool
+	received  uint64 // messages handled, reported to a resuming successor
+	resumeKey string
+	park      *park // set once closed with a resume key, until resumed or expired
 }
 
 // Role is the connection's role.
@@ -139,6 +182,7 @@ type agentRequest struct {
 	gen       uint64
 	method    string
 	sessionID string
+	toolCall  string    // what a permission request is about, for the audit log
 	msg       *wire.Msg // the request as clients see it
 	sentTo    map[*Client]struct{}
 	timer     *time.Timer
@@ -163,13 +207,15 @@ type waiter struct {
 func New(cfg Config) *Hub {
 	cfg.fill()
 	return &Hub{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		calls:    make(map[int64]*call),
-		requests: make(map[int64]*agentRequest),
-		resolved: make(map[int64]string),
-		conns:    make(map[uint64]*Client),
-		sessions: make(map[string]*Session),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		calls:      make(map[int64]*call),
+		requests:   make(map[int64]*agentRequest),
+		resolved:   make(map[int64]string),
+		conns:      make(map[uint64]*Client),
+		sessions:   make(map[string]*Session),
+		resumeKeys: make(map[string]*Client),
+		parked:     make(map[string]*park),
 	}
 }
 
@@ -185,7 +231,7 @@ func (h *Hub) Open(c Conn, info ConnInfo) *Client {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.nextConnID++
-	cl := &Client{ID: h.nextConnID, info: info, conn: c, attached: make(map[string]*Session)}
+	cl := &Client{ID: h.nextConnID, info: info, conn: c, attached: make(map[string]*Session), owns: make(map[string]*Session)}
 	if info.Role == auth.RoleViewer {
 		cl.opts.OnSlow = "degrade"
 	} else {
@@ -207,32 +253,62 @@ func (h *Hub) Open(c Conn, info ConnInfo) *Client {
 	return cl
 }
 
-// Closed unregisters a connection after its transport closed it. Safe from
-// any goroutine; idempotent.
+// Closed unregisters a connection after its transport closed it. A
+// connection that said bridge/hello {resume} leaves its calls behind for
+// the next connection with the same key. Safe from any goroutine;
+// idempotent.
 func (h *Hub) Closed(cl *Client) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if cl.closed {
 		return
 	}
+	h.closeLocked(cl)
+}
+
+// closeLocked forgets a connection: it detaches it, gives up its
+// ownerships and, with a resume key, parks it. Precondition: h.mu held.
+func (h *Hub) closeLocked(cl *Client) {
 	cl.closed = true
 	delete(h.conns, cl.ID)
 	for _, s := range cl.attached {
 		s.detach(cl)
-		if s.owner == cl {
-			s.owner = nil
-		}
 	}
 	cl.attached = nil
+	owned := make([]string, 0, len(cl.owns))
+	for id, s := range cl.owns {
+		if s.owner == cl {
+			s.owner = nil
+			owned = append(owned, id)
+		}
+	}
+	cl.owns = nil
 	for _, ar := range h.requests {
 		delete(ar.sentTo, cl)
+	}
+	if cl.resumeKey != "" && h.resumeKeys[cl.resumeKey] == cl {
+		delete(h.resumeKeys, cl.resumeKey)
+		if !h.stopping {
+			h.parkClient(cl, owned)
+		}
+	}
+}
+
+// setOwner makes cl the owner of s. Precondition: h.mu held.
+func (h *Hub) setOwner(s *Session, cl *Client) {
+	if s.owner != nil && s.owner.owns != nil {
+		delete(s.owner.owns, s.ID)
+	}
+	s.owner = cl
+	if cl != nil && cl.owns != nil {
+		cl.owns[s.ID] = s
 	}
 }
 
 // Stats returns the hub's counters. Safe from any goroutine.
 func (h *Hub) Stats() Stats {
 	h.mu.Lock()
-	st := Stats{Sessions: len(h.sessions), Connections: len(h.conns), PendingCalls: len(h.calls), PendingRequests: len(h.requests), AgentUp: h.agentUp}
+	st := Stats{Sessions: len(h.sessions), Connections: len(h.conns), PendingCalls: len(h.calls), PendingRequests: len(h.requests), AgentUp: h.agentUp, Resumable: len(h.parked)}
 	h.mu.Unlock()
 	st.ClientMessages = h.clientMessages.Load()
 	st.AgentMessages = h.agentMessages.Load()
@@ -279,6 +355,9 @@ func (h *Hub) Shutdown(reason string) {
 		h.answerAgentError(ar, codeAgentUnavailable, "agentbridge is shutting down")
 		h.retireRequest(ar, nil)
 	}
+	for _, p := range h.parked {
+		h.discardPark(p)
+	}
 	for _, cl := range h.conns {
 		cl.conn.Close(CloseGoingAway, reason)
 	}
@@ -292,15 +371,41 @@ func (h *Hub) send(cl *Client, m *wire.Msg, c wire.Class) {
 	cl.conn.Send(m, c)
 }
 
-func (h *Hub) audit(cl *Client, session, method, outcome, detail string) {
+// reply queues a response to one of cl's requests. A connection that
+// dropped with a resume key gets it buffered for its successor.
+// Precondition: h.mu held.
+func (h *Hub) reply(cl *Client, id []byte, m *wire.Msg) {
+	if !cl.closed {
+		h.send(cl, m, wire.Control)
+		return
+	}
+	if p := cl.park; p != nil && h.parked[p.key] == p {
+		h.buffer(p, id, m)
+	}
+}
+
+// audit records a decision taken by cl (nil: by the agent or the bridge,
+// as r.Role says; "agent" when unset). Precondition: h.mu held.
+func (h *Hub) audit(cl *Client, r AuditRecord) {
 	if h.cfg.Audit == nil {
 		return
 	}
-	rec := AuditRecord{Time: time.Now().UTC(), Method: method, Session: session, Outcome: outcome, Detail: detail}
+	r.Time = time.Now().UTC()
 	if cl != nil {
-		rec.Connection, rec.Role, rec.Peer = cl.ID, cl.info.Role.String(), cl.info.Peer
-	} else {
-		rec.Role = "agent"
+		r.Connection, r.Role, r.Peer, r.Transport = cl.ID, cl.info.Role.String(), cl.info.Peer, cl.info.Transport
+	} else if r.Role == "" {
+		r.Role = "agent"
 	}
-	h.cfg.Audit(rec)
+	h.cfg.Audit(r)
+}
+
+// AuditAuthFailure records a connection refused before it reached the hub
+// (bad or missing token, Origin not allowed, uid refused). reason must say
+// what was wrong without quoting the credential. Safe from any goroutine;
+// never blocks.
+func (h *Hub) AuditAuthFailure(peer, transport, reason string) {
+	if h.cfg.Audit == nil {
+		return
+	}
+	h.cfg.Audit(AuditRecord{Time: time.Now().UTC(), Role: "none", Peer: peer, Transport: transport, Method: "auth", Outcome: "denied", Detail: reason})
 }

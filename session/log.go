@@ -1,9 +1,15 @@
 package session
 
-import "github.com/agentbridge/agentbridge/wire"
+import (
+	"sort"
+
+	"github.com/agentbridge/agentbridge/wire"
+)
 
 // eventLog keeps the last events of a session for replay, bounded in count
-// and bytes. Guarded by the hub mutex.
+// and bytes. Seqs ascend; a log restored from disk may have holes (events
+// that were never persisted), which attach reports as bridge/gap. Guarded
+// by the hub mutex.
 type eventLog struct {
 	buf      []*wire.Msg // circular; len(buf) is the capacity once grown
 	head     int         // index of the oldest event
@@ -67,14 +73,8 @@ func (l *eventLog) oldest() uint64 {
 
 // since returns the kept events with seq > after, in order.
 func (l *eventLog) since(after uint64) []*wire.Msg {
-	if l.n == 0 {
-		return nil
-	}
-	first := l.at(0).Seq
-	start := 0
-	if after >= first {
-		start = int(after - first + 1)
-	}
+	// Binary search rather than arithmetic on the first seq: holes.
+	start := sort.Search(l.n, func(i int) bool { return l.at(i).Seq > after })
 	if start >= l.n {
 		return nil
 	}

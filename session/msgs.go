@@ -28,11 +28,11 @@ func (h *Hub) replyError(cl *Client, id []byte, code int, msg string) {
 	if id == nil {
 		id = nullID
 	}
-	h.send(cl, lineOf(jsonrpc.AppendError(nil, id, &jsonrpc.Error{Code: code, Message: msg})), wire.Control)
+	h.reply(cl, id, lineOf(jsonrpc.AppendError(nil, id, &jsonrpc.Error{Code: code, Message: msg})))
 }
 
 func (h *Hub) replyResult(cl *Client, id []byte, result any) {
-	h.send(cl, lineOf(jsonrpc.AppendResponse(nil, id, result)), wire.Control)
+	h.reply(cl, id, lineOf(jsonrpc.AppendResponse(nil, id, result)))
 }
 
 func notification(method string, params any) *wire.Msg {

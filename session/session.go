@@ -2,6 +2,7 @@ package session
 
 import (
 	"github.com/agentbridge/agentbridge/auth"
+	"github.com/agentbridge/agentbridge/store"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -28,6 +29,7 @@ type Session struct {
 	pending  []*agentRequest // agent requests awaiting an answer, oldest first
 	gen      uint64          // agent generation that knows the session
 	closed   bool
+	restored bool // recovered from the state directory
 }
 
 func (h *Hub) session(id string) *Session {
@@ -35,8 +37,36 @@ func (h *Hub) session(id string) *Session {
 	if s == nil {
 		s = &Session{ID: id, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes), status: StatusIdle, gen: h.gen}
 		h.sessions[id] = s
+		if h.cfg.Journal != nil {
+			h.cfg.Journal.Create(id)
+		}
 	}
 	return s
+}
+
+// Restore adds sessions recovered from the state directory: their history
+// can be listed, snapshotted and attached; their status is closed until a
+// client loads them into the agent again (session/load). Sessions the hub
+// already knows are left alone. Safe from any goroutine; call it before
+// serving connections.
+func (h *Hub) Restore(sessions []store.Session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, rs := range sessions {
+		if h.sessions[rs.ID] != nil {
+			continue
+		}
+		s := &Session{ID: rs.ID, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes), status: StatusClosed, closed: true, restored: true, seq: rs.Seq}
+		for _, e := range rs.Events {
+			if e.Seq > s.seq {
+				s.seq = e.Seq
+			}
+			m := wire.New(e.Body)
+			m.SessionID, m.Seq = s.ID, e.Seq
+			s.log.append(m)
+		}
+		h.sessions[s.ID] = s
+	}
 }
 
 func (s *Session) isAttached(cl *Client) bool {
@@ -112,11 +142,10 @@ func (h *Hub) publish(s *Session, m *wire.Msg) {
 	s.seq++
 	m.SessionID, m.Seq = s.ID, s.seq
 	s.log.append(m)
+	if h.cfg.Journal != nil {
+		h.cfg.Journal.Append(s.ID, s.seq, m.Body())
+	}
 	for _, cl := range s.attached {
-		if cl.opts.Envelope {
-			h.send(cl, m.Enveloped(), wire.Data)
-		} else {
-			h.send(cl, m, wire.Data)
-		}
+		h.sendEvent(cl, m)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/agentbridge/agentbridge/agent"
 	"github.com/agentbridge/agentbridge/audit"
 	"github.com/agentbridge/agentbridge/auth"
+	"github.com/agentbridge/agentbridge/delivery"
 	"github.com/agentbridge/agentbridge/internal/config"
 	"github.com/agentbridge/agentbridge/loop"
 	"github.com/agentbridge/agentbridge/ring"
@@ -34,6 +35,8 @@ type serveFlags struct {
 	replay, replayBytes, maxMessage, queueItems  int
 	queueBytes, controlBytes                     int
 	heartbeat, requestTimeout, grace, stateSync  time.Duration
+	summaryInterval                              time.Duration
+	rate                                         string
 }
 
 func defaultSocket() string {
@@ -61,6 +64,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	f.framing = config.Choice{Value: "ndjson", Allowed: []string{"ndjson", "lsp"}}
 	fs.Var(&f.framing, "framing", "the agent's stdio framing: ndjson or lsp")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "WebSocket ping interval; a peer silent for two intervals is dropped")
+	fs.DurationVar(&f.summaryInterval, "summary-interval", time.Second, "a degraded (slow) connection gets at most one bridge/summary per session per interval")
+	fs.StringVar(&f.rate, "rate", "off", "per-connection input limit, `MSGS/s,BYTES/s` (e.g. 200/s,4MiB/s; either part may be left out): over it requests get -32004 and notifications are dropped, 10x over for 3s closes the connection; off = no limit")
 	fs.StringVar(&f.config, "config", "", "config file: one `name value` per line, names as the flags")
 	f.logLevel = config.Choice{Value: "info", Allowed: []string{"debug", "info", "warn", "error"}}
 	fs.Var(&f.logLevel, "log-level", "debug, info, warn or error")
@@ -141,6 +146,13 @@ func runServe(args []string) int {
 	if f.heartbeat <= 0 || f.requestTimeout <= 0 || f.grace <= 0 {
 		return fail("--heartbeat, --request-timeout and --grace must be positive durations")
 	}
+	if f.summaryInterval <= 0 {
+		return fail("invalid --summary-interval %s (must be positive)", f.summaryInterval)
+	}
+	rate, err := delivery.ParseRate(f.rate)
+	if err != nil {
+		return fail("invalid --rate %q: %v", f.rate, err)
+	}
 	if f.stateSync < 0 {
 		return fail("invalid --state-sync %s (must be 0 or positive)", f.stateSync)
 	}
@@ -206,11 +218,11 @@ func runServe(args []string) int {
 	var st *store.Store
 	var recovered []store.Session
 	if f.stateDir != "" {
-		sync := f.stateSync
-		if sync == 0 {
-			sync = -1 // store: negative fsyncs after every batch
+		syncEvery := f.stateSync
+		if syncEvery == 0 {
+			syncEvery = -1 // store: negative fsyncs after every batch
 		}
-		if st, recovered, err = store.Open(f.stateDir, store.Options{MaxEvents: f.replay, MaxBytes: f.replayBytes, SyncInterval: sync, Logger: log.With("src", "store")}); err != nil {
+		if st, recovered, err = store.Open(f.stateDir, store.Options{MaxEvents: f.replay, MaxBytes: f.replayBytes, SyncInterval: syncEvery, Logger: log.With("src", "store")}); err != nil {
 			return fail("%v", err)
 		}
 		// Closed after the agent stopped: its last events are persisted too.
@@ -235,6 +247,8 @@ func runServe(args []string) int {
 	srv, err := loop.New(loop.Config{
 		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
 		Queue:     ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
+		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval},
+		Rate:      rate,
 		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
 		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey},
 	})

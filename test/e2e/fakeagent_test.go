@@ -20,6 +20,10 @@ import (
 //	burst {sessionId, n, size} -> n session/update notifications, then {sent:n}
 //	session/new      -> {sessionId:"s<k>"}
 //	ask {sessionId}  -> sends session/request_permission to the client, answers with the client's answer
+//	stream {sessionId, n, size, every, pauseUs} -> n session/update notifications
+//	                    (streamEvent bytes), flushed every `every` with a pause
+//	                    of pauseUs between flushes, then {sent:n}; the agent
+//	                    keeps reading meanwhile
 func fakeAgent() {
 	in := bufio.NewReaderSize(os.Stdin, 1<<20)
 	out := bufio.NewWriterSize(os.Stdout, 1<<16)
@@ -96,6 +100,31 @@ func fakeAgent() {
 			}
 			mu.Unlock()
 			reply(map[string]any{"sent": int(n)})
+		case "stream":
+			sid, _ := p["sessionId"].(string)
+			n, _ := p["n"].(float64)
+			size, _ := p["size"].(float64)
+			every, _ := p["every"].(float64)
+			pause, _ := p["pauseUs"].(float64)
+			if every < 1 {
+				every = 1
+			}
+			go func() {
+				for i := 0; i < int(n); {
+					mu.Lock()
+					for k := 0; k < int(every) && i < int(n); k++ {
+						out.Write(streamEvent(sid, i, int(size)))
+						out.WriteByte('\n')
+						i++
+					}
+					out.Flush()
+					mu.Unlock()
+					if pause > 0 {
+						time.Sleep(time.Duration(pause) * time.Microsecond)
+					}
+				}
+				reply(map[string]any{"sent": int(n)})
+			}()
 		case "ask":
 			nextID++
 			id := fmt.Sprint(nextID)
@@ -105,6 +134,19 @@ func fakeAgent() {
 			write(map[string]any{"jsonrpc": "2.0", "id": m.ID, "error": map[string]any{"code": -32601, "message": "unknown method " + m.Method}})
 		}
 	}
+}
+
+// streamEvent is the i-th event of a stream, exactly as the fake agent
+// writes it: tests compare what clients reassemble with it byte for byte.
+// The text mixes escapes and multi-byte UTF-8 so that any re-encoding on
+// the way shows.
+func streamEvent(sid string, i, size int) []byte {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789 /<>&"
+	pad := make([]byte, size)
+	for k := range pad {
+		pad[k] = alphabet[(i*7+k*13)%len(alphabet)]
+	}
+	return []byte(fmt.Sprintf(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":%q,"update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"%d é中 \"q\" \\u2028 \u00e9 %s"}}}}`, sid, i, pad))
 }
 
 func init() {
