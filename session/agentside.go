@@ -82,6 +82,7 @@ func (h *Hub) AgentExited(gen uint64, err error, restartIn time.Duration) {
 	h.failCalls(func(c *call) bool { return c.gen == gen }, why+"; the request was not completed")
 	h.init.inflight = false
 	h.failInitWaiters(why)
+	h.failHeld(why)
 	for _, ar := range h.requests {
 		if ar.gen == gen {
 			if ar.method == "session/request_permission" {

@@ -147,6 +147,7 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 			}
 			h.attach(cl, hd.ID, s, p.Since, p.Last)
 		case "bridge/detach":
+			h.endCatchup(cl, s)
 			s.detach(cl)
 			delete(cl.attached, s.ID)
 			h.replyResult(cl, hd.ID, struct{}{})
@@ -162,30 +163,27 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 // respect to the agent's stream (both happen under the hub mutex), so the
 // replay and live events meet with no hole and no duplicate.
 func (h *Hub) attach(cl *Client, id []byte, s *Session, since *uint64, last *int) {
-	var replay []*wire.Msg
+	// The replay starts after cursor; it is paced out by the pump.
+	cursor, replay := s.seq, 0
 	switch {
 	case since != nil:
-		after := *since
-		if after > s.seq {
-			h.replyError(cl, id, codeInvalidParams, fmt.Sprintf("bridge/attach: since %d is beyond the session's last seq %d", after, s.seq))
+		if *since > s.seq {
+			h.replyError(cl, id, codeInvalidParams, fmt.Sprintf("bridge/attach: since %d is beyond the session's last seq %d", *since, s.seq))
 			return
 		}
-		replay = s.log.since(after)
-		h.sendGaps(cl, s, after, replay)
+		cursor = *since
+		replay = s.log.countSince(cursor)
 	case last != nil:
-		replay = s.log.last(*last)
-		if len(replay) > 0 {
-			h.sendGaps(cl, s, replay[0].Seq-1, replay)
+		if tail := s.log.last(*last); len(tail) > 0 {
+			cursor, replay = tail[0].Seq-1, len(tail)
 		}
 	}
 	if s.owner == nil && cl.info.Role == auth.RoleClient {
 		h.setOwner(s, cl)
 	}
 	s.attach(cl)
-	h.replyResult(cl, id, attachResult{SessionID: s.ID, Seq: s.seq, Status: s.status, Replayed: len(replay)})
-	for _, m := range replay {
-		h.sendEvent(cl, m)
-	}
+	h.replyResult(cl, id, attachResult{SessionID: s.ID, Seq: s.seq, Status: s.status, Replayed: replay})
+	h.startCatchup(cl, s, cursor)
 	for _, ar := range s.pending {
 		if s.eligible(cl, ar.method) {
 			h.deliverRequest(ar, cl)
@@ -193,10 +191,12 @@ func (h *Hub) attach(cl *Client, id []byte, s *Session, since *uint64, last *int
 	}
 }
 
-// sendGaps sends a bridge/gap for every seq range in (after, s.seq] that
-// replay (the log's events after `after`) does not hold: evicted from the
-// log, or never persisted before a daemon restart. Precondition: h.mu held.
-func (h *Hub) sendGaps(cl *Client, s *Session, after uint64, replay []*wire.Msg) {
+// sendReplay queues the events of replay (the log's events after `after`,
+// in order) and, where the events they stand for would be, a bridge/gap for
+// every seq range the log does not hold: evicted from it, or never persisted
+// before a daemon restart. toEnd also covers the range after the last event
+// up to the session's seq. Precondition: h.mu held.
+func (h *Hub) sendReplay(cl *Client, s *Session, after uint64, replay []*wire.Msg, toEnd bool) {
 	oldest := s.log.oldest()
 	gap := func(from, to uint64) {
 		reason := "evicted from the replay log"
@@ -210,9 +210,10 @@ func (h *Hub) sendGaps(cl *Client, s *Session, after uint64, replay []*wire.Msg)
 		if m.Seq > next {
 			gap(next, m.Seq-1)
 		}
+		h.sendEventDirect(cl, m)
 		next = m.Seq + 1
 	}
-	if next <= s.seq {
+	if toEnd && next <= s.seq {
 		gap(next, s.seq)
 	}
 }

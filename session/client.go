@@ -24,6 +24,16 @@ func (h *Hub) Handle(cl *Client, msg []byte) {
 		return
 	}
 	cl.received++
+	h.routePeeked(cl, msg, hd, err)
+}
+
+// route is Handle under the hub mutex, for messages routed again later.
+func (h *Hub) route(cl *Client, msg []byte) {
+	hd, err := jsonrpc.Peek(msg)
+	h.routePeeked(cl, msg, hd, err)
+}
+
+func (h *Hub) routePeeked(cl *Client, msg []byte, hd jsonrpc.Header, err error) {
 	if err != nil {
 		var je *jsonrpc.Error
 		if errors.As(err, &je) {
@@ -50,6 +60,10 @@ func (h *Hub) Handle(cl *Client, msg []byte) {
 		h.denied.Add(1)
 		h.audit(cl, AuditRecord{Session: string(hd.SessionID), Method: method, Outcome: "denied", Detail: "not allowed for role " + cl.info.Role.String()})
 		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("method %q is not allowed for role %s", method, cl.info.Role))
+		return
+	}
+	if method != "initialize" && h.reinitialising() {
+		h.hold(cl, msg, hd)
 		return
 	}
 	if hd.Kind == jsonrpc.KindNotification {
@@ -255,6 +269,7 @@ func (h *Hub) sendInitialize() {
 			}
 			in.waiters = nil
 			in.request = nil
+			h.releaseHeld()
 			return
 		}
 		in.response = clone(body)
@@ -266,6 +281,7 @@ func (h *Hub) sendInitialize() {
 			in.sentNotif = true
 			_ = h.toAgent(clone(in.notified))
 		}
+		h.releaseHeld()
 	}}
 	if !h.sendCall(c, in.request, hd) {
 		in.inflight = false

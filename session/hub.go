@@ -160,7 +160,17 @@ type Client struct {
 	received  uint64 // messages handled, reported to a resuming successor
 	resumeKey string
 	park      *park // set once closed with a resume key, until resumed or expired
+	// catchup holds, per session still being replayed to this client, the
+	// last seq queued. Live events of such a session are not pushed: the
+	// pump reads them from the log in order once the replay reaches them.
+	catchup  map[*Session]uint64
+	catching atomic.Bool // len(catchup) > 0, readable without the hub mutex
 }
+
+// Catching reports whether a replay is still being paced out to this
+// client; its transport then calls Hub.Pump whenever its queue has drained.
+// Safe from any goroutine.
+func (c *Client) Catching() bool { return c.catching.Load() }
 
 // Role is the connection's role.
 func (c *Client) Role() auth.Role { return c.info.Role }
@@ -196,7 +206,20 @@ type initState struct {
 	waiters   []waiter
 	notified  []byte // the client's "initialized" notification (LSP), replayed after re-init
 	sentNotif bool   // "initialized" already reached the current generation
+	// held are client messages that arrived while a restarted agent was
+	// being initialised again: forwarding them earlier would reach an agent
+	// that refuses anything before initialize.
+	held []heldMsg
 }
+
+type heldMsg struct {
+	cl  *Client
+	msg []byte
+}
+
+// maxHeld bounds the messages held during a re-initialisation; past it
+// requests get -32004.
+const maxHeld = 1024
 
 type waiter struct {
 	cl *Client

@@ -361,16 +361,16 @@ func TestAttachReplaySinceLastAndGap(t *testing.T) {
 	fv.take(t)
 	r.from(v, `{"jsonrpc":"2.0","id":2,"method":"bridge/attach","params":{"sessionId":"s1","since":1}}`)
 	got := fv.take(t)
-	// gap 2..3 (evicted), the answer, then seq 4..8 enveloped
-	if len(got) != 7 || got[0]["method"] != "bridge/gap" {
+	// the answer, gap 2..3 (evicted), then seq 4..8 enveloped
+	if len(got) != 7 || got[1]["method"] != "bridge/gap" {
 		t.Fatalf("attach since=1 got %d: %v", len(got), got)
 	}
-	gp := got[0]["params"].(map[string]any)
+	gp := got[1]["params"].(map[string]any)
 	if gp["fromSeq"] != float64(2) || gp["toSeq"] != float64(3) {
 		t.Fatalf("gap %v", gp)
 	}
-	if res := got[1]["result"].(map[string]any); res["replayed"] != float64(5) || res["seq"] != float64(8) {
-		t.Fatalf("attach result %v", got[1])
+	if res := got[0]["result"].(map[string]any); res["replayed"] != float64(5) || res["seq"] != float64(8) {
+		t.Fatalf("attach result %v", got[0])
 	}
 	for i, m := range got[2:] {
 		p := m["params"].(map[string]any)

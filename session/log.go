@@ -85,6 +85,24 @@ func (l *eventLog) since(after uint64) []*wire.Msg {
 	return out
 }
 
+// sinceN returns up to n events (and about maxBytes) with seq > after.
+func (l *eventLog) sinceN(after uint64, n, maxBytes int) []*wire.Msg {
+	start := sort.Search(l.n, func(i int) bool { return l.at(i).Seq > after })
+	var out []*wire.Msg
+	bytes := 0
+	for i := start; i < l.n && len(out) < n && (len(out) == 0 || bytes < maxBytes); i++ {
+		m := l.at(i)
+		out = append(out, m)
+		bytes += m.Size()
+	}
+	return out
+}
+
+// countSince is how many kept events have seq > after.
+func (l *eventLog) countSince(after uint64) int {
+	return l.n - sort.Search(l.n, func(i int) bool { return l.at(i).Seq > after })
+}
+
 // last returns the last k events, in order.
 func (l *eventLog) last(k int) []*wire.Msg {
 	if k > l.n {

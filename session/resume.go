@@ -188,12 +188,8 @@ func (h *Hub) resume(cl *Client, key string) (*resumeResult, func(), *jsonrpc.Er
 		// chance to attach them, so it is attached with their whole log.
 		for _, id := range created {
 			if s := h.sessions[id]; s != nil && s.owner == cl {
-				replay := s.log.since(0)
-				h.sendGaps(cl, s, 0, replay)
 				s.attach(cl)
-				for _, m := range replay {
-					h.sendEvent(cl, m)
-				}
+				h.startCatchup(cl, s, 0)
 			}
 		}
 		for _, s := range sessions {
@@ -217,6 +213,13 @@ func parkedClient(p *park) *Client {
 // sendEvent queues a data-plane event in the connection's chosen form.
 // Precondition: h.mu held.
 func (h *Hub) sendEvent(cl *Client, m *wire.Msg) {
+	if cl.catchup != nil {
+		if s := h.sessions[m.SessionID]; s != nil {
+			if _, ok := cl.catchup[s]; ok {
+				return // the pump will read it from the log, in order
+			}
+		}
+	}
 	if cl.opts.Envelope {
 		h.send(cl, m.Enveloped(), wire.Data)
 	} else {

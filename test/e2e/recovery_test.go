@@ -234,9 +234,11 @@ func TestRecoverySinceOlderThanLogAndUnknownSession(t *testing.T) {
 	owner.call(3, "burst", map[string]any{"sessionId": sid, "n": 500, "size": 10})
 	c := dialUnixRaw(t, d)
 	rawCall(t, c, 1, "bridge/hello", map[string]any{"envelope": true})
-	res, before := rawCall(t, c, 2, "bridge/attach", map[string]any{"sessionId": sid, "since": 10})
-	if len(before) != 1 || before[0].Method != "bridge/gap" || before[0].Params.FromSeq != 11 || before[0].Params.ToSeq != 400 {
-		t.Fatalf("want bridge/gap 11..400 first, got %+v", before)
+	res, _ := rawCall(t, c, 2, "bridge/attach", map[string]any{"sessionId": sid, "since": 10})
+	// The replay is a stream: the gap stands where seq 11..400 would be,
+	// right after the answer and before seq 401.
+	if first := parseFrame(t, <-c.recv()); first.Method != "bridge/gap" || first.Params.FromSeq != 11 || first.Params.ToSeq != 400 {
+		t.Fatalf("want bridge/gap 11..400 first, got %+v", first)
 	}
 	var ar struct{ Seq, Replayed int }
 	json.Unmarshal(res.Result, &ar)
@@ -359,10 +361,16 @@ func attachAll(t *testing.T, d *daemon, sid string) (seq uint64, status string, 
 	json.Unmarshal(res.Result, &ar)
 	gaps = before
 	events = map[uint64][]byte{}
-	for len(events) < ar.Replayed {
+	// Events and gaps together cover 1..seq, in stream order.
+	for covered := uint64(0); covered < ar.Seq; {
 		f := parseFrame(t, <-c.recv())
-		if f.Method == "bridge/event" {
+		switch f.Method {
+		case "bridge/event":
 			events[f.Params.Seq] = f.Params.Message
+			covered++
+		case "bridge/gap":
+			gaps = append(gaps, f)
+			covered += f.Params.ToSeq - f.Params.FromSeq + 1
 		}
 	}
 	c.close()

@@ -62,6 +62,7 @@ export class Daemon {
    * @param {object} [opts]
    * @param {string[]} [opts.args] extra serve flags (before "--")
    * @param {string[]} [opts.agent] agent command; none runs the built-in demo agent
+   * @param {string} [opts.listen] --listen address (host:port); none disables the TCP listener
    */
   constructor(opts = {}) {
     this.dir = mkdtempSync(path.join(os.tmpdir(), "abn"));
@@ -69,7 +70,7 @@ export class Daemon {
     this.url = "unix://" + this.sock;
     this.log = new Tail();
     this.cleanups = [];
-    const args = ["serve", "--uds", this.sock, "--listen", "", "--log-level", "debug", ...(opts.args ?? [])];
+    const args = ["serve", "--uds", this.sock, "--listen", opts.listen ?? "", "--log-level", "debug", ...(opts.args ?? [])];
     if (opts.agent?.length) args.push("--", ...opts.agent);
     this.proc = spawn(binPath(), args, {
       cwd: testDir,

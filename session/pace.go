@@ -1,0 +1,139 @@
+package session
+
+import (
+	"github.com/agentbridge/agentbridge/codec/jsonrpc"
+	"github.com/agentbridge/agentbridge/wire"
+)
+
+// reinitialising reports whether client traffic must wait: a restarted
+// agent is being initialised again with the cached initialize (the first
+// initialize of all is not held: its own client waits for the answer).
+// Precondition: h.mu held.
+func (h *Hub) reinitialising() bool {
+	return h.init.inflight && h.init.response != nil
+}
+
+// hold keeps a client message until the re-initialisation completes.
+// Precondition: h.mu held.
+func (h *Hub) hold(cl *Client, msg []byte, hd jsonrpc.Header) {
+	if len(h.init.held) >= maxHeld {
+		if hd.Kind == jsonrpc.KindRequest {
+			h.replyError(cl, hd.ID, codeOverloaded, "the agent is being re-initialised after a restart and too many requests are waiting; retry shortly")
+		}
+		return
+	}
+	h.init.held = append(h.init.held, heldMsg{cl: cl, msg: clone(msg)})
+}
+
+// releaseHeld routes the held messages, in arrival order, once the agent is
+// initialised (or failed). Precondition: h.mu held.
+func (h *Hub) releaseHeld() {
+	held := h.init.held
+	h.init.held = nil
+	for _, m := range held {
+		if !m.cl.closed {
+			h.route(m.cl, m.msg)
+		}
+	}
+}
+
+// failHeld answers held requests with -32003 when the agent died again
+// before its re-initialisation finished. Precondition: h.mu held.
+func (h *Hub) failHeld(why string) {
+	held := h.init.held
+	h.init.held = nil
+	for _, m := range held {
+		if hd, err := jsonrpc.Peek(m.msg); err == nil && hd.Kind == jsonrpc.KindRequest {
+			h.replyError(m.cl, hd.ID, codeAgentUnavailable, why)
+		}
+	}
+}
+
+// Replay pacing. An attach with a cursor does not queue its whole replay at
+// once (10,000 events would overflow a connection's queue and get it closed
+// as a slow consumer); it queues a chunk, and the transport calls Pump
+// whenever the connection's queue has drained, until the client has caught
+// up with the live stream. Live events of the session are not pushed to a
+// catching-up client: they are read from the log in order, so replay and
+// live meet with no hole and no duplicate.
+const (
+	pumpEvents = 256
+	pumpBytes  = 256 << 10
+)
+
+// startCatchup makes cl catch up on s from after (exclusive).
+// Precondition: h.mu held.
+func (h *Hub) startCatchup(cl *Client, s *Session, after uint64) {
+	if after >= s.seq {
+		return
+	}
+	if cl.catchup == nil {
+		cl.catchup = make(map[*Session]uint64)
+	}
+	cl.catchup[s] = after
+	cl.catching.Store(true)
+	h.pumpSession(cl, s)
+}
+
+// Pump queues the next chunk of every replay still being paced out to cl.
+// Transports call it from the goroutine that drains cl's queue, when the
+// queue is empty. It reports whether it queued anything. Safe from any
+// goroutine.
+func (h *Hub) Pump(cl *Client) bool {
+	if !cl.catching.Load() {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if cl.closed {
+		return false
+	}
+	queued := false
+	for s := range cl.catchup {
+		if h.pumpSession(cl, s) {
+			queued = true
+		}
+	}
+	return queued
+}
+
+// pumpSession queues up to one chunk of s's log after cl's cursor, with a
+// bridge/gap for anything the log no longer holds, and switches cl to live
+// delivery once it has caught up. Precondition: h.mu held.
+func (h *Hub) pumpSession(cl *Client, s *Session) bool {
+	cur, ok := cl.catchup[s]
+	if !ok {
+		return false
+	}
+	if _, attached := cl.attached[s.ID]; !attached {
+		h.endCatchup(cl, s)
+		return false
+	}
+	events := s.log.sinceN(cur, pumpEvents, pumpBytes)
+	h.sendReplay(cl, s, cur, events, len(events) == 0)
+	if len(events) > 0 {
+		cur = events[len(events)-1].Seq
+	}
+	if len(events) == 0 || cur >= s.seq {
+		h.endCatchup(cl, s)
+	} else {
+		cl.catchup[s] = cur
+	}
+	return true
+}
+
+func (h *Hub) endCatchup(cl *Client, s *Session) {
+	delete(cl.catchup, s)
+	if len(cl.catchup) == 0 {
+		cl.catching.Store(false)
+	}
+}
+
+// sendEventDirect queues an event regardless of catch-up state.
+func (h *Hub) sendEventDirect(cl *Client, m *wire.Msg) {
+	if cl.opts.Envelope {
+		h.send(cl, m.Enveloped(), wire.Data)
+	} else {
+		h.send(cl, m, wire.Data)
+	}
+}
