@@ -1,11 +1,13 @@
 package main
 
 import (
-	"fmt"
 	"os"
+
+	"github.com/agentbridge/agentbridge/bench"
 )
 
+// runBench is `agentbridge bench`: the flags, scenarios and helpers live in
+// package bench.
 func runBench(args []string) int {
-	fmt.Fprintln(os.Stderr, "agentbridge bench: the benchmark suite is not in this build yet")
-	return 1
+	return bench.Run(args, os.Stdout, os.Stderr, bench.Build{Version: version, Commit: revision()})
 }

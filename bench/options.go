@@ -1,0 +1,399 @@
+package bench
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Scenarios are the scenario names, in the order a full run takes them.
+var Scenarios = []string{"rtt", "throughput", "fanout", "idle", "stall", "reconnect"}
+
+// Transports are the transport names.
+var Transports = []string{"unix", "ws"}
+
+// Options configure a run. Fill them with RegisterFlags (which sets the
+// documented defaults) or start from DefaultOptions; the zero value is not a
+// usable configuration.
+type Options struct {
+	// Scenarios to run, from Scenarios. Empty means all.
+	Scenarios []string `json:"scenarios"`
+	// Transports to run them over, from Transports. Empty means both, or
+	// the ones UDS and WS name when a running daemon is targeted.
+	Transports []string `json:"transports"`
+
+	// Bin is the agentbridge binary that runs the daemon, the demo agent,
+	// the echo agent and the baseline helper. Empty means this executable.
+	Bin string `json:"-"`
+	// UDS targets a running daemon at this Unix socket instead of starting
+	// one. Empty means bench starts its own daemon per scenario.
+	UDS string `json:"uds,omitempty"`
+	// WS targets a running daemon at this ws:// URL. Empty: see UDS.
+	WS string `json:"ws,omitempty"`
+	// Token authenticates WS; empty means $AGENTBRIDGE_TOKEN.
+	Token string `json:"-"`
+
+	// Duration is the measured time of each run. Default 5s.
+	Duration time.Duration `json:"duration"`
+	// Warmup precedes each measured run and is excluded from its figures.
+	// Default 1s.
+	Warmup time.Duration `json:"warmup"`
+	// Timeout bounds each run beyond Warmup+Duration (setup, drain); a run
+	// that exceeds it fails. Default 30s.
+	Timeout time.Duration `json:"timeout"`
+	// Pin runs rtt with the daemon, its agent and the baselines under
+	// `taskset -c CPU` and the load generator's threads on CPU too, since a
+	// wake-up across vCPUs adds ~40 µs to every hop. Default false.
+	Pin bool `json:"pin"`
+	// CPU is the CPU Pin uses. Default 0.
+	CPU int `json:"cpu"`
+	// Baselines runs the baselines beside the bridge. Default true.
+	Baselines bool `json:"baselines"`
+	// Websocketd is the websocketd binary for its baseline; empty skips
+	// it. Default /usr/bin/websocketd.
+	Websocketd string `json:"websocketd"`
+
+	// Agent is what the spawned daemon runs for rtt and throughput: "echo"
+	// (bench's own one-scan echo agent, so the figures are the bridge's) or
+	// "demo" (the demo agent answering -32601). Default echo.
+	Agent string `json:"agent"`
+	// Count caps the requests measured by one rtt run. Default 1,000,000.
+	Count int `json:"count"`
+	// Size is the request size in bytes for rtt and throughput. Default 100.
+	Size int `json:"size"`
+	// Rate, when positive, adds an open-loop rtt run per system at this many
+	// requests/s, latency counted from each request's scheduled send time.
+	// Default 0 (closed loop only).
+	Rate int `json:"rate"`
+	// Conns is the connection count of the many-connection throughput run.
+	// Default 64.
+	Conns int `json:"conns"`
+	// Window is the requests in flight per connection in throughput.
+	// Default 256.
+	Window int `json:"window"`
+	// WebsocketdWindow caps Window for websocketd, which deadlocks once
+	// about 128 KiB is in flight. Default 64.
+	WebsocketdWindow int `json:"websocketdWindow"`
+
+	// Sessions and Clients shape fanout: Sessions sessions with Clients
+	// attached clients each (the owner included). Defaults 10 and 100.
+	Sessions int `json:"sessions"`
+	Clients  int `json:"clients"`
+	// ChunkSize is the text per streamed chunk in fanout and reconnect.
+	// Default 64.
+	ChunkSize int `json:"chunkSize"`
+	// FanoutPace is the agent's delay between chunks in fanout; zero
+	// streams at full speed. Default 0.
+	FanoutPace time.Duration `json:"fanoutPace"`
+
+	// IdleConns is the connection count of idle. Default 10,000.
+	IdleConns int `json:"idleConns"`
+
+	// StallFast, StallSessions, StallCounts, StallPace, StallChunkSize and
+	// StallQueueBytes shape stall: StallFast reading clients over
+	// StallSessions sessions streaming a StallChunkSize-byte chunk every
+	// StallPace, beside each count of StallCounts clients that never read;
+	// the daemon runs with --queue-bytes StallQueueBytes so a stalled
+	// client reaches its ceiling within the run (0 keeps the daemon's
+	// default). Stalled clients attach to every session. Defaults 1000, 10,
+	// [0 1 100], 10ms, 512, 65536.
+	StallFast       int           `json:"stallFast"`
+	StallSessions   int           `json:"stallSessions"`
+	StallCounts     []int         `json:"stallCounts"`
+	StallPace       time.Duration `json:"stallPace"`
+	StallChunkSize  int           `json:"stallChunkSize"`
+	StallQueueBytes int           `json:"stallQueueBytes"`
+
+	// ReconnectClients clients over ReconnectSessions sessions streaming a
+	// chunk every ReconnectPace drop at once and re-attach with since.
+	// Defaults 1000, 10, 10ms.
+	ReconnectClients  int           `json:"reconnectClients"`
+	ReconnectSessions int           `json:"reconnectSessions"`
+	ReconnectPace     time.Duration `json:"reconnectPace"`
+
+	// Outputs; empty means none.
+	JSON    string `json:"-"` // every figure plus machine facts
+	Plot    string `json:"-"` // chart, .svg or .png
+	Report  string `json:"-"` // Markdown report (docs/benchmarks.md)
+	History string `json:"-"` // JSON history the report compares against
+	Micro   string `json:"-"` // benchstat output to include in the report
+}
+
+// DefaultOptions returns the documented defaults. Any goroutine.
+func DefaultOptions() Options {
+	return Options{
+		Duration: 5 * time.Second, Warmup: time.Second, Timeout: 30 * time.Second,
+		Baselines: true, Websocketd: "/usr/bin/websocketd", Agent: "echo",
+		Count: 1_000_000, Size: 100, Conns: 64, Window: 256, WebsocketdWindow: 64,
+		Sessions: 10, Clients: 100, ChunkSize: 64,
+		IdleConns: 10_000,
+		StallFast: 1000, StallSessions: 10, StallCounts: []int{0, 1, 100}, StallPace: 10 * time.Millisecond,
+		StallChunkSize: 512, StallQueueBytes: 64 << 10,
+		ReconnectClients: 1000, ReconnectSessions: 10, ReconnectPace: 10 * time.Millisecond,
+	}
+}
+
+// intList is a comma-separated list of non-negative integers.
+type intList struct{ v *[]int }
+
+func (l intList) String() string {
+	if l.v == nil {
+		return ""
+	}
+	s := make([]string, len(*l.v))
+	for i, n := range *l.v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
+
+func (l intList) Set(s string) error {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 0 {
+			return fmt.Errorf("want comma-separated non-negative integers, got %q", s)
+		}
+		out = append(out, n)
+	}
+	*l.v = out
+	return nil
+}
+
+// nameList is a comma-separated list of names from a fixed set.
+type nameList struct {
+	v       *[]string
+	allowed []string
+}
+
+func (l nameList) String() string {
+	if l.v == nil {
+		return ""
+	}
+	return strings.Join(*l.v, ",")
+}
+
+func (l nameList) Set(s string) error {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if !slices.Contains(l.allowed, f) {
+			return fmt.Errorf("%q is not one of %s", f, strings.Join(l.allowed, ", "))
+		}
+		out = append(out, f)
+	}
+	*l.v = out
+	return nil
+}
+
+// RegisterFlags binds every option to fs with DefaultOptions as defaults.
+// Call before fs.Parse, from the goroutine that owns o.
+func (o *Options) RegisterFlags(fs *flag.FlagSet) {
+	*o = DefaultOptions()
+	fs.StringVar(&o.Bin, "bin", "", "agentbridge binary for the daemon, agents and helpers (default: this executable)")
+	fs.StringVar(&o.UDS, "uds", "", "bench the running daemon at this Unix socket instead of starting one")
+	fs.StringVar(&o.WS, "ws", "", "bench the running daemon at this ws://HOST:PORT/acp URL instead of starting one")
+	fs.StringVar(&o.Token, "token", "", "token for --ws (default $AGENTBRIDGE_TOKEN)")
+	fs.Var(nameList{&o.Transports, Transports}, "transport", "transports to run: unix, ws or unix,ws (default: both, or those --uds/--ws name)")
+	fs.DurationVar(&o.Duration, "duration", o.Duration, "measured time of each run")
+	fs.DurationVar(&o.Warmup, "warmup", o.Warmup, "time before each run that is excluded from its figures")
+	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "bound on each run beyond warmup+duration (setup, drain); past it the run fails")
+	fs.BoolVar(&o.Pin, "pin", o.Pin, "rtt: run the daemon, its agent and the baselines under taskset -c CPU and the load generator on CPU too")
+	fs.IntVar(&o.CPU, "cpu", o.CPU, "the CPU --pin uses")
+	fs.BoolVar(&o.Baselines, "baselines", o.Baselines, "run the baselines (direct socket, uds-echo, gws, websocketd) beside the bridge")
+	fs.StringVar(&o.Websocketd, "websocketd", o.Websocketd, "websocketd binary for its baseline (\"\" skips it)")
+	fs.StringVar(&o.Agent, "agent", o.Agent, "agent behind rtt and throughput: echo (bench's one-scan echo agent) or demo (demo agent, -32601)")
+	fs.IntVar(&o.Count, "count", o.Count, "rtt: most requests measured per run")
+	fs.IntVar(&o.Size, "size", o.Size, "rtt, throughput: request size in bytes")
+	fs.IntVar(&o.Rate, "rate", o.Rate, "rtt: also run open-loop at this many requests/s (0: closed loop only)")
+	fs.IntVar(&o.Conns, "conns", o.Conns, "throughput: connections of the many-connection run")
+	fs.IntVar(&o.Window, "window", o.Window, "throughput: requests in flight per connection")
+	fs.IntVar(&o.WebsocketdWindow, "websocketd-window", o.WebsocketdWindow, "throughput: cap on --window for websocketd, which deadlocks past ~128 KiB in flight")
+	fs.IntVar(&o.Sessions, "sessions", o.Sessions, "fanout: sessions")
+	fs.IntVar(&o.Clients, "clients", o.Clients, "fanout: clients attached to each session, the owner included")
+	fs.IntVar(&o.ChunkSize, "chunk-size", o.ChunkSize, "fanout, reconnect: bytes of text per streamed chunk")
+	fs.DurationVar(&o.FanoutPace, "fanout-pace", o.FanoutPace, "fanout: the agent's delay between chunks (0: full speed)")
+	fs.IntVar(&o.IdleConns, "idle-conns", o.IdleConns, "idle: connections held open")
+	fs.IntVar(&o.StallFast, "stall-fast", o.StallFast, "stall: clients that read everything")
+	fs.IntVar(&o.StallSessions, "stall-sessions", o.StallSessions, "stall: sessions the clients spread over")
+	fs.Var(intList{&o.StallCounts}, "stall-counts", "stall: stalled-client counts to compare, e.g. 0,1,100 (the first is the baseline)")
+	fs.DurationVar(&o.StallPace, "stall-pace", o.StallPace, "stall: the agent's delay between chunks (fixed rate)")
+	fs.IntVar(&o.StallChunkSize, "stall-chunk-size", o.StallChunkSize, "stall: bytes of text per chunk")
+	fs.IntVar(&o.StallQueueBytes, "stall-queue-bytes", o.StallQueueBytes, "stall: the daemon's --queue-bytes, so stalled clients reach their ceiling within the run (0: daemon default)")
+	fs.IntVar(&o.ReconnectClients, "reconnect-clients", o.ReconnectClients, "reconnect: clients that drop at once and re-attach")
+	fs.IntVar(&o.ReconnectSessions, "reconnect-sessions", o.ReconnectSessions, "reconnect: sessions streaming meanwhile")
+	fs.DurationVar(&o.ReconnectPace, "reconnect-pace", o.ReconnectPace, "reconnect: the agent's delay between chunks")
+	fs.StringVar(&o.JSON, "json", "", "write every figure and the machine facts to this JSON file")
+	fs.StringVar(&o.Plot, "plot", "", "chart latency percentiles, throughput and stall isolation against the baselines (.svg or .png)")
+	fs.StringVar(&o.Report, "report", "", "write a Markdown report (table, chart, machine, command) to this file")
+	fs.StringVar(&o.History, "history", "", "JSON history: compare with its last run, then append this one")
+	fs.StringVar(&o.Micro, "micro", "", "benchstat output of the micro-benchmarks to include in --report")
+}
+
+const helpText = `Usage: agentbridge bench [flags] [SCENARIO...]
+
+Measures the bridge black-box over real sockets, each figure next to a
+baseline measured in the same run, and prints a table (bridge, baseline,
+bridge ÷ baseline, target). Unless --uds or --ws names a running daemon,
+bench starts its own per scenario (agentbridge serve on a private socket
+and a free port) and stops it afterwards. Every run is bounded by
+--warmup + --duration (+ --timeout); warm-up is excluded from the figures;
+latency goes into HdrHistograms (1 ns .. 60 s, 3 significant digits).
+
+Scenarios (default: all, in this order):
+  rtt         One request in flight, round-trip latency p50/p90/p99/p99.9.
+              unix: bridge vs direct (the same agent on the other end of a
+              socketpair: one hop fewer) and uds-echo (a Go net echo: the
+              raw floor). ws: bridge vs gws echo server vs websocketd
+              serving the same agent. With --rate, also open-loop at a fixed
+              rate, latency counted from each scheduled send time (no
+              coordinated omission). With --pin, pinned to --cpu.
+  throughput  Pipelined requests, --window in flight per connection, on 1
+              connection and on --conns: answered messages/s. Baselines as
+              rtt (direct on 1 connection only; websocketd's window capped
+              by --websocketd-window).
+  fanout      --sessions sessions x --clients attached clients each; the
+              demo agent streams stamped chunks (full speed, or every
+              --fanout-pace): delivered messages/s across all clients and
+              delivery latency from the agent's send stamp. Baseline: the
+              same stream from a plain Go (unix) or gws Broadcaster (ws)
+              server.
+  idle        --idle-conns connections that each did one round trip, then
+              sit: the daemon's RSS growth per connection (VmRSS from
+              /proc/PID/status before and after). Baseline: uds-echo (Go net,
+              goroutine per connection) and gws. Raises RLIMIT_NOFILE itself.
+  stall       --stall-fast reading clients over --stall-sessions sessions
+              beside 0, 1, 100 (--stall-counts) clients that attach to every
+              session and never read, at a fixed rate: delivery latency
+              p50/p99 of the fast clients and the daemon's RSS growth; the
+              baseline is the first count (no stalled client).
+  reconnect   --reconnect-clients enveloped clients drop at once while the
+              agent streams and re-attach with since=<last seq>: time until
+              all are live again, events lost and duplicated (target 0, 0).
+
+Targets (issue 6): unix rtt p50 <= 2.2x direct; ws throughput >= 2x gws and
+>= 20x websocketd; idle ws <= 1/5 of gws and <= 2 KB per connection; fanout
+>= 1,000,000 delivered msgs/s across 1,000 clients; stall p99 <= 1.2x.
+
+Output: the table on stdout; a live progress line on stderr when it is a
+terminal; --json, --plot, --report, --history as below. Exit status 1 when a
+scenario failed (the others still run), 2 on bad flags.
+
+Internal helpers (bench starts them itself):
+  agentbridge bench echo-agent      the one-scan NDJSON echo agent
+  agentbridge bench helper-server   the uds-echo, gws and fan-out baselines
+
+Flags:
+`
+
+// parseArgs parses flags and scenario names, which may be interleaved.
+func parseArgs(args []string, stderr io.Writer) (Options, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var o Options
+	o.RegisterFlags(fs)
+	fs.SetOutput(io.Discard)
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fs.SetOutput(stderr)
+				fmt.Fprint(stderr, helpText)
+				fs.PrintDefaults()
+				return o, errHelp
+			}
+			return o, err
+		}
+		args = fs.Args()
+		for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+			if !slices.Contains(Scenarios, args[0]) {
+				return o, fmt.Errorf("unknown scenario %q (want %s)", args[0], strings.Join(Scenarios, ", "))
+			}
+			if !slices.Contains(o.Scenarios, args[0]) {
+				o.Scenarios = append(o.Scenarios, args[0])
+			}
+			args = args[1:]
+		}
+		if len(args) == 0 {
+			break
+		}
+		if args[0] == "--" {
+			return o, fmt.Errorf("unexpected arguments after --: %q", args[1:])
+		}
+	}
+	if len(o.Scenarios) == 0 {
+		o.Scenarios = slices.Clone(Scenarios)
+	} else {
+		// Run in the documented order whatever order they were named in.
+		slices.SortFunc(o.Scenarios, func(a, b string) int {
+			return slices.Index(Scenarios, a) - slices.Index(Scenarios, b)
+		})
+	}
+	if o.Token == "" {
+		o.Token = os.Getenv("AGENTBRIDGE_TOKEN")
+	}
+	if len(o.Transports) == 0 {
+		switch {
+		case o.UDS != "" || o.WS != "":
+			if o.UDS != "" {
+				o.Transports = append(o.Transports, "unix")
+			}
+			if o.WS != "" {
+				o.Transports = append(o.Transports, "ws")
+			}
+		default:
+			o.Transports = slices.Clone(Transports)
+		}
+	}
+	return o, o.validate()
+}
+
+func (o *Options) validate() error {
+	external := o.UDS != "" || o.WS != ""
+	if external {
+		for _, t := range o.Transports {
+			if t == "unix" && o.UDS == "" {
+				return errors.New("--transport unix with a running daemon needs --uds")
+			}
+			if t == "ws" && o.WS == "" {
+				return errors.New("--transport ws with a running daemon needs --ws")
+			}
+		}
+	}
+	pos := map[string]int{"--count": o.Count, "--size": o.Size, "--conns": o.Conns, "--window": o.Window,
+		"--websocketd-window": o.WebsocketdWindow, "--sessions": o.Sessions, "--clients": o.Clients,
+		"--chunk-size": o.ChunkSize, "--idle-conns": o.IdleConns, "--stall-fast": o.StallFast,
+		"--stall-sessions": o.StallSessions, "--stall-chunk-size": o.StallChunkSize,
+		"--reconnect-clients": o.ReconnectClients, "--reconnect-sessions": o.ReconnectSessions}
+	for name, v := range pos {
+		if v <= 0 {
+			return fmt.Errorf("invalid %s %d (must be positive)", name, v)
+		}
+	}
+	if o.Size < 64 {
+		return fmt.Errorf("invalid --size %d (at least 64: a JSON-RPC request needs the room)", o.Size)
+	}
+	if o.Duration <= 0 || o.Timeout <= 0 || o.Warmup < 0 || o.FanoutPace < 0 || o.StallPace <= 0 || o.ReconnectPace <= 0 {
+		return errors.New("--duration, --timeout, --stall-pace and --reconnect-pace must be positive; --warmup and --fanout-pace not negative")
+	}
+	if o.Rate < 0 || o.CPU < 0 || o.StallQueueBytes < 0 {
+		return errors.New("--rate, --cpu and --stall-queue-bytes must not be negative")
+	}
+	if len(o.StallCounts) == 0 {
+		return errors.New("--stall-counts needs at least one count")
+	}
+	if o.Agent != "echo" && o.Agent != "demo" {
+		return fmt.Errorf("invalid --agent %q (want echo or demo)", o.Agent)
+	}
+	if o.StallFast < o.StallSessions || o.ReconnectClients < o.ReconnectSessions {
+		return errors.New("--stall-fast and --reconnect-clients must be at least their session counts")
+	}
+	if o.Plot != "" && !strings.HasSuffix(o.Plot, ".svg") && !strings.HasSuffix(o.Plot, ".png") {
+		return fmt.Errorf("invalid --plot %q (want a .svg or .png file)", o.Plot)
+	}
+	return nil
+}
