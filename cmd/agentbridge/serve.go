@@ -7,9 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -33,6 +37,8 @@ type serveFlags struct {
 	allowOrigin                                  config.List
 	allowUID                                     config.List
 	replay, replayBytes, maxMessage, queueItems  int
+	loops                                        int
+	pprof                                        string
 	queueBytes, controlBytes                     int
 	heartbeat, requestTimeout, grace, stateSync  time.Duration
 	summaryInterval                              time.Duration
@@ -73,6 +79,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.Var(&f.logFormat, "log-format", "text or json")
 	fs.IntVar(&f.maxMessage, "max-message", 16<<20, "largest message accepted from a client or the agent, bytes")
 	fs.IntVar(&f.queueItems, "queue-items", 4096, "per-connection outbound queue: most messages")
+	fs.IntVar(&f.loops, "loops", 0, "event loops (0: half the CPUs, at least one: the agent and its reader need the rest)")
+	fs.StringVar(&f.pprof, "pprof", "", "debugging: serve net/http/pprof on this address (e.g. 127.0.0.1:6060; keep it on loopback)")
 	fs.IntVar(&f.queueBytes, "queue-bytes", 1<<20, "per-connection outbound queue: data-plane bytes before eviction/degrade")
 	fs.IntVar(&f.controlBytes, "control-bytes", 4<<20, "per-connection outbound queue: control-plane bytes before the connection is closed")
 	fs.DurationVar(&f.requestTimeout, "request-timeout", 10*time.Minute, "how long an agent request waits for a client's answer")
@@ -142,6 +150,9 @@ func runServe(args []string) int {
 		if v <= 0 {
 			return fail("invalid %s %d (must be positive)", name, v)
 		}
+	}
+	if f.loops < 0 {
+		return fail("invalid --loops %d (0 means half the CPUs)", f.loops)
 	}
 	if f.heartbeat <= 0 || f.requestTimeout <= 0 || f.grace <= 0 {
 		return fail("--heartbeat, --request-timeout and --grace must be positive durations")
@@ -233,6 +244,25 @@ func runServe(args []string) int {
 		}()
 		hcfg.Journal = st
 	}
+	// Each gnet loop's thread keeps its P while it waits in epoll_wait, so
+	// with GOMAXPROCS equal to the loop count the agent's reader goroutine
+	// can wait for the scheduler to take a P back (up to milliseconds when
+	// pinned to one CPU). Two spare Ps keep the agent path responsive.
+	loops := f.loops
+	if loops <= 0 {
+		loops = max(1, runtime.NumCPU()/2)
+	}
+	if runtime.GOMAXPROCS(0) < loops+2 {
+		runtime.GOMAXPROCS(loops + 2)
+	}
+	if f.pprof != "" {
+		ln, err := net.Listen("tcp", f.pprof)
+		if err != nil {
+			return fail("invalid --pprof %q: %v", f.pprof, err)
+		}
+		go func() { _ = http.Serve(ln, nil) }() // net/http/pprof registers on the default mux
+		log.Info("pprof serving", "addr", ln.Addr().String())
+	}
 	hub := session.New(hcfg)
 	if st != nil {
 		hub.Restore(recovered)
@@ -247,6 +277,7 @@ func runServe(args []string) int {
 	srv, err := loop.New(loop.Config{
 		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
 		Queue:     ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
+		Loops:     loops,
 		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval},
 		Rate:      rate,
 		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
