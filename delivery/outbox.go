@@ -1,41 +1,164 @@
-// Package delivery owns what happens to a message between the router and a
-// socket: the per-connection bounded queue (ring), the classes that decide
-// what may be dropped, gap reporting for evicted events, and the degrade
-// policy for slow consumers. It is transport-agnostic: the gnet loop (Unix
-// socket, WebSocket, SSE) and the TLS listener both drain an Outbox and only
-// choose how a message is framed.
 package delivery
 
 import (
+	"fmt"
+	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/agentbridge/agentbridge/breaker"
 	"github.com/agentbridge/agentbridge/ring"
 	"github.com/agentbridge/agentbridge/session"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
-// Hooks connect an Outbox to its transport.
+// CloseReason says why an Outbox asked for its connection to be closed; it
+// is the label of the close counter.
+type CloseReason uint8
+
+const (
+	// CloseControlCeiling: a control message (or a summary or gap) did not
+	// fit under the queue's control ceiling or in its slots.
+	CloseControlCeiling CloseReason = iota + 1
+	// CloseSlowConsumer: the onSlow "disconnect" policy fired: the breaker
+	// opened or a data event would have been evicted.
+	CloseSlowConsumer
+)
+
+// String returns the metric label: "control_ceiling" or "slow_consumer".
+func (r CloseReason) String() string {
+	switch r {
+	case CloseControlCeiling:
+		return "control_ceiling"
+	case CloseSlowConsumer:
+		return "slow_consumer"
+	default:
+		return fmt.Sprintf("CloseReason(%d)", uint8(r))
+	}
+}
+
+// LostDegraded is the Metrics.Lost reason of data events a degraded
+// connection was not sent; the ring's reasons (ring.Reason.String) label
+// the others.
+const LostDegraded = "degraded"
+
+// Metrics receives an Outbox's counters. Every method must be safe from
+// any goroutine, quick, and must not call back into the Outbox.
+type Metrics interface {
+	// Lost counts data events that did not reach the socket, by reason.
+	Lost(reason string, n uint64)
+	// Transition counts a breaker state change. It runs under the
+	// breaker's lock.
+	Transition(from, to breaker.State)
+	// Degraded reports that the connection entered (true) or left (false)
+	// degraded delivery; the two always pair up.
+	Degraded(on bool)
+	// Summary counts one bridge/summary and Gap one bridge/gap queued.
+	Summary()
+	Gap()
+	// Closed counts a close the Outbox asked for.
+	Closed(reason CloseReason)
+	// Queue samples the queue's depth at a drain.
+	Queue(items, dataBytes int)
+}
+
+// Hooks connect an Outbox to its transport. Each must not block and must
+// not call back into the Outbox: they may run under its lock.
 type Hooks struct {
 	// Wake asks the transport to drain soon; called on an empty->non-empty
-	// transition from whichever goroutine pushed. Must not block.
+	// transition from whichever goroutine pushed, and when queued gaps or
+	// summaries are waiting for the drainer.
 	Wake func()
-	// Overflow is called once when a control message cannot be queued; the
-	// transport closes the connection (the client resumes by cursor).
-	Overflow func(reason string)
+	// Close is called once when the connection must be closed with
+	// session.CloseTryAgain (WebSocket 1013); the client resumes by cursor.
+	// When nil, Overflow(detail) is called instead.
+	Close func(reason CloseReason, detail string)
+	// Overflow is the older form of Close, for transports that only log the
+	// detail.
+	Overflow func(detail string)
+	// Metrics receives counters; nil means none.
+	Metrics Metrics
 }
 
 // Outbox is one connection's outbound queue and delivery policy.
 //
-// Send is safe from any goroutine. Drain only from the goroutine that
-// writes the connection's socket.
+// Send, SetPolicy, SetDefaultPolicy, Degraded, State, Len, Level and Close
+// are safe from any goroutine. Drain and Observe only from the goroutine
+// that writes the connection's socket (the drainer).
 type Outbox struct {
-	q        *ring.Queue[*wire.Msg]
-	hooks    Hooks
-	overflow atomic.Bool
+	cfg       Config // immutable, defaults filled
+	itemsHigh int    // slot watermarks, like the byte ones
+	itemsLow  int
+	q         *ring.Queue[slot]
+	br        *breaker.Breaker
+	hooks     Hooks
+	m         Metrics
 
-	// Owned by the draining goroutine.
-	batch []ring.Entry[*wire.Msg]
-	gap   gapRun
+	policy   atomic.Uint32 // Policy | explicitPolicy
+	dead     atomic.Bool   // a close was requested: queue nothing more
+	slow     atomic.Bool   // degraded or gaps pending: Send takes mu
+	degraded atomic.Bool   // written under mu; read anywhere
+	skipped  atomic.Uint64 // events not sent while degraded, not yet reported
+
+	markers map[string]*wire.Msg // per session: what a tombstone keeps; under the ring's lock
+
+	mu sync.Mutex // lock order: mu, then the ring's lock
+	// Guarded by mu.
+	pending map[string]*acc // per session: skipped events not yet reported
+	timer   *time.Timer     // the summary timer; runs only while degraded
+	closed  bool
+
+	// Owned by the drainer.
+	batch        []ring.Entry[slot]
+	gap          gapRun    // the run of tombstones being collected
+	stuckSince   time.Time // blocked without progress since; zero while not blocked
+	lastBuffered int       // the transport's buffer at the previous blocked attempt
+	drained      bool      // Drain handed out messages since the last Observe
+	unhealthy    int       // unhealthy observations since the last healthy one
+	why          string    // what the last unhealthy observation saw, for the close reason
+	reported     [ring.NumReasons]uint64
+}
+
+// explicitPolicy marks a policy the client chose (bridge/hello); a default
+// never overrides it.
+const explicitPolicy = 1 << 8
+
+// maxRuns bounds the gap runs one session may hold before they are queued
+// early; runs only fragment when a client re-attaches with an older cursor.
+const maxRuns = 64
+
+// slot is what the ring holds per message (32 bytes a slot with the ring's
+// entry header). Data keeps its seq beside the message because eviction
+// swaps the message for its session's marker: a tombstone must not keep an
+// evicted payload alive, yet the drainer still names it in a gap.
+type slot struct {
+	m   *wire.Msg
+	seq uint64
+}
+
+// maxMarkers bounds the marker cache; sessions a connection no longer
+// follows are forgotten when it fills.
+const maxMarkers = 64
+
+// dropPayload is the ring's eviction hook: it runs under the ring's lock,
+// which is also what guards markers.
+func (o *Outbox) dropPayload(s *slot) {
+	if s.m == nil || s.m.SessionID == "" || s.seq == 0 {
+		s.m = nil // nothing to name in a gap
+		return
+	}
+	sid := s.m.SessionID
+	mk := o.markers[sid]
+	if mk == nil {
+		if len(o.markers) >= maxMarkers {
+			clear(o.markers)
+		}
+		// A marker is never written to a socket: only its SessionID is
+		// read, by Drain, for the gap.
+		mk = &wire.Msg{SessionID: sid}
+		o.markers[sid] = mk
+	}
+	s.m = mk
 }
 
 type gapRun struct {
@@ -44,9 +167,42 @@ type gapRun struct {
 	n        int
 }
 
-// New returns an Outbox with a queue of the given configuration.
-func New(cfg ring.Config, hooks Hooks) *Outbox {
-	return &Outbox{q: ring.New[*wire.Msg](cfg), hooks: hooks}
+// Gap reasons, as clients read them in bridge/gap.
+const (
+	reasonEvicted  = "slow consumer: evicted from the connection's queue"
+	reasonFull     = "slow consumer: the connection's queue had no free slot"
+	reasonDegraded = "slow consumer: degraded to bridge/summary"
+)
+
+// New returns an Outbox with a queue of the given configuration and every
+// other setting at its default. See NewOutbox.
+func New(q ring.Config, hooks Hooks) *Outbox {
+	return NewOutbox(Config{Queue: q}, hooks)
+}
+
+// NewOutbox returns an Outbox configured by cfg. It panics if cfg fails
+// Validate: configuration is checked where it is read.
+func NewOutbox(cfg Config, hooks Hooks) *Outbox {
+	if err := cfg.Validate(); err != nil {
+		panic(err)
+	}
+	cfg = cfg.WithDefaults()
+	o := &Outbox{
+		cfg:       cfg,
+		itemsHigh: (cfg.Queue.MaxItems - cfg.Queue.ControlSlots) / 4 * 3,
+		itemsLow:  max((cfg.Queue.MaxItems-cfg.Queue.ControlSlots)/4, 1),
+		q:         ring.New[slot](cfg.Queue),
+		hooks:     hooks,
+		m:         hooks.Metrics,
+	}
+	if o.m == nil {
+		o.m = nopMetrics{}
+	}
+	o.markers = make(map[string]*wire.Msg)
+	o.q.SetOnEvict(o.dropPayload)
+	o.policy.Store(uint32(cfg.OnSlow))
+	o.br = breaker.New("outbox", cfg.Breaker, o.m.Transition)
+	return o
 }
 
 var _ session.Conn = (*connAdapter)(nil)
@@ -57,68 +213,519 @@ type connAdapter struct{ *Outbox }
 
 func (connAdapter) Close(session.CloseCode, string) {}
 
-// Send queues m. It reports false when a control message did not fit: the
-// connection is then being closed through Hooks.Overflow.
-func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
-	cls := ring.Data
-	if c == wire.Control {
-		cls = ring.Control
-	}
-	wasEmpty, err := o.q.Push(m, m.Size(), cls)
-	if err != nil {
-		if cls == ring.Control && o.overflow.CompareAndSwap(false, true) && o.hooks.Overflow != nil {
-			o.hooks.Overflow("control queue over its ceiling: " + err.Error())
+// Policy returns the connection's current onSlow policy. Safe from any
+// goroutine.
+func (o *Outbox) Policy() Policy { return Policy(o.policy.Load() &^ explicitPolicy) }
+
+// SetPolicy sets the policy the client chose (bridge/hello onSlow). Safe
+// from any goroutine; it only stores a word, so the hub may call it under
+// its lock.
+func (o *Outbox) SetPolicy(p Policy) { o.policy.Store(uint32(p) | explicitPolicy) }
+
+// SetDefaultPolicy sets the policy unless the client already chose one:
+// transports call it once they know the connection's role. Safe from any
+// goroutine.
+func (o *Outbox) SetDefaultPolicy(p Policy) {
+	for {
+		old := o.policy.Load()
+		if old&explicitPolicy != 0 || o.policy.CompareAndSwap(old, uint32(p)) {
+			return
 		}
-		return cls == ring.Data
 	}
-	if wasEmpty && o.hooks.Wake != nil {
-		o.hooks.Wake()
+}
+
+// Degraded reports whether the connection is getting summaries instead of
+// the data plane. Safe from any goroutine.
+func (o *Outbox) Degraded() bool { return o.degraded.Load() }
+
+// State is the connection's breaker state. Safe from any goroutine.
+func (o *Outbox) State() breaker.State { return o.br.State() }
+
+// Send queues m. It reports false when a control message could not be
+// queued: the connection is then being closed through the hooks. Data
+// always reports true: what is not delivered is named by a bridge/gap.
+// Safe from any goroutine; one connection's messages must be sent in order
+// (the hub serialises them).
+func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
+	if o.dead.Load() {
+		return c == wire.Data
+	}
+	if c == wire.Control {
+		wasEmpty, err := o.q.Push(slot{m: m}, m.Size(), ring.Control)
+		if err != nil {
+			if err == ring.ErrControlOverflow {
+				o.fail(CloseControlCeiling, "control queue over its ceiling ("+o.ceilings()+"): "+err.Error())
+			}
+			return false
+		}
+		if wasEmpty {
+			o.wake()
+		}
+		return true
+	}
+	full := false
+	if !o.slow.Load() {
+		if o.pushData(m) {
+			return true
+		}
+		full = true
+	}
+	o.mu.Lock()
+	wake := o.sendSlow(m, full)
+	o.mu.Unlock()
+	if wake {
+		o.wake()
 	}
 	return true
 }
 
-// Drain appends to dst, in order, up to maxBytes of messages to write,
-// replacing runs of evicted events with one bridge/gap each.
+// pushData queues a data message by the connection's policy. It reports
+// false only when the message was dropped for want of a slot (the caller
+// records the gap).
+func (o *Outbox) pushData(m *wire.Msg) bool {
+	var (
+		wasEmpty bool
+		err      error
+	)
+	s := slot{m: m, seq: m.Seq}
+	if o.Policy() == Disconnect {
+		wasEmpty, err = o.q.PushNoEvict(s, m.Size(), ring.Data)
+	} else {
+		wasEmpty, err = o.q.Push(s, m.Size(), ring.Data)
+	}
+	switch err {
+	case nil:
+		if wasEmpty {
+			o.wake()
+		}
+	case ring.ErrWouldEvict:
+		o.fail(CloseSlowConsumer, "slow consumer (onSlow=disconnect): its queue is full ("+o.ceilings()+"); resume by cursor")
+	case ring.ErrFull:
+		return false
+	}
+	return true
+}
+
+// sendSlow is Send while the connection is degraded or has gaps pending,
+// or after a push found no slot (full). It reports whether to wake the
+// drainer. Precondition: mu held.
+func (o *Outbox) sendSlow(m *wire.Msg, full bool) (wake bool) {
+	if o.closed {
+		return false
+	}
+	sid, seq := m.SessionID, m.Seq
+	sequenced := sid != "" && seq != 0
+	if o.degraded.Load() {
+		o.skipped.Add(1)
+		if sequenced {
+			o.skip(m)
+		}
+		return false
+	}
+	if !full && sequenced {
+		if a := o.pending[sid]; a != nil {
+			// The session's earlier gap must precede this event; without
+			// room for both, this event joins the gap.
+			if !o.flushToRing(a, false, time.Now()) {
+				full = true
+			} else {
+				delete(o.pending, sid)
+			}
+		}
+	}
+	if !full {
+		full = !o.pushData(m)
+	}
+	if full && sequenced {
+		o.accFor(sid).addRun(seq, reasonFull)
+		// A drainer that already emptied the queue would not come back
+		// for this gap on its own.
+		wake = wake || o.q.Len() == 0
+	}
+	o.updateSlow()
+	return wake
+}
+
+// skip accounts for an event a degraded connection is not sent.
+// Precondition: mu held, m sequenced.
+func (o *Outbox) skip(m *wire.Msg) {
+	a := o.accFor(m.SessionID)
+	a.addRun(m.Seq, reasonDegraded)
+	a.dropped++
+	a.bytes += uint64(m.Size())
+	a.seq = m.Seq
+	a.owed = true
+	if t := m.Text(ChunkText); t != "" {
+		a.tail = appendTail(a.tail, t, o.cfg.TextTail)
+	}
+	if len(a.runs) > maxRuns {
+		o.queueGaps(a)
+	}
+}
+
+// queueGaps queues a's runs as gaps now, without a summary. Precondition:
+// mu held.
+func (o *Outbox) queueGaps(a *acc) {
+	for _, r := range a.runs {
+		if !o.pushControl(session.GapMsg(a.sid, r.from, r.to, r.why)) {
+			return
+		}
+		o.m.Gap()
+	}
+	a.runs = a.runs[:0]
+}
+
+func (o *Outbox) accFor(sid string) *acc {
+	a := o.pending[sid]
+	if a == nil {
+		if o.pending == nil {
+			o.pending = make(map[string]*acc)
+		}
+		a = &acc{sid: sid}
+		o.pending[sid] = a
+	}
+	return a
+}
+
+// updateSlow recomputes the slow-path flag. Precondition: mu held.
+func (o *Outbox) updateSlow() {
+	o.slow.Store(o.degraded.Load() || len(o.pending) > 0)
+}
+
+// pushControl queues a gap or summary; one that does not fit closes the
+// connection, as any control message. Precondition: mu held.
+func (o *Outbox) pushControl(m *wire.Msg) bool {
+	wasEmpty, err := o.q.Push(slot{m: m}, m.Size(), ring.Control)
+	if err != nil {
+		if err == ring.ErrControlOverflow {
+			o.fail(CloseControlCeiling, "control queue over its ceiling ("+o.ceilings()+") with gaps or summaries to report: "+err.Error())
+		}
+		return false
+	}
+	if wasEmpty {
+		o.wake()
+	}
+	return true
+}
+
+// flushToRing queues a's gaps and, if one is owed, its summary. Unless
+// mustFit, it first checks there is room for them and one more event and
+// reports false (queuing nothing) when there is not; with mustFit a
+// message that does not fit closes the connection. Precondition: mu held.
+func (o *Outbox) flushToRing(a *acc, mustFit bool, now time.Time) bool {
+	if !mustFit && o.q.Len()+len(a.runs)+2 > o.cfg.Queue.MaxItems-o.cfg.Queue.ControlSlots {
+		return false
+	}
+	for _, m := range o.accMsgs(a, now, nil) {
+		if !o.pushControl(m) {
+			return false
+		}
+	}
+	return true
+}
+
+// accMsgs appends a's gaps and owed summary to dst and resets a. Counted as
+// sent. Precondition: mu held.
+func (o *Outbox) accMsgs(a *acc, now time.Time, dst []*wire.Msg) []*wire.Msg {
+	for _, r := range a.runs {
+		dst = append(dst, session.GapMsg(a.sid, r.from, r.to, r.why))
+		o.m.Gap()
+	}
+	a.runs = a.runs[:0]
+	if a.owed {
+		dst = append(dst, SummaryMsg(a.sid, a.seq, a.dropped, a.bytes, string(a.tail)))
+		o.m.Summary()
+		a.owed, a.dropped, a.bytes, a.lastSummary = false, 0, 0, now
+	}
+	return dst
+}
+
+// Drain appends to dst, in order, up to maxBytes of messages to write:
+// queued messages, one bridge/gap per run of evicted events, and, once the
+// queue is empty, the gaps and final summaries still pending. Drainer only.
 func (o *Outbox) Drain(dst []*wire.Msg, maxBytes int) []*wire.Msg {
 	o.batch = o.q.PopBatch(o.batch[:0], maxBytes)
 	for i := range o.batch {
 		e := &o.batch[i]
-		m := e.V
 		if e.Evicted {
-			if o.gap.n > 0 && (o.gap.session != m.SessionID || m.Seq != o.gap.to+1) {
+			if e.V.m == nil {
+				continue // no seq to name; counted by the ring
+			}
+			sid, seq := e.V.m.SessionID, e.V.seq
+			if sid == "" || seq == 0 {
+				continue // no seq to name; counted by the ring
+			}
+			if o.gap.n > 0 && (o.gap.session != sid || seq != o.gap.to+1) {
 				dst = append(dst, o.flushGap())
 			}
 			if o.gap.n == 0 {
-				o.gap.session, o.gap.from = m.SessionID, m.Seq
+				o.gap.session, o.gap.from = sid, seq
 			}
-			o.gap.to = m.Seq
+			o.gap.to = seq
 			o.gap.n++
 			continue
 		}
 		if o.gap.n > 0 {
 			dst = append(dst, o.flushGap())
 		}
-		dst = append(dst, m)
-		e.V = nil
+		dst = append(dst, e.V.m)
 	}
-	if o.gap.n > 0 && o.q.Len() == 0 {
-		dst = append(dst, o.flushGap())
+	if len(o.batch) > 0 {
+		o.drained = true
 	}
 	clear(o.batch)
+	if (o.gap.n > 0 || o.slow.Load()) && o.q.Len() == 0 {
+		if o.gap.n > 0 {
+			dst = append(dst, o.flushGap())
+		}
+		if o.slow.Load() {
+			dst = o.drainPending(dst)
+		}
+	}
+	return dst
+}
+
+// drainPending appends every pending gap and owed summary once the queue is
+// empty, unless degraded (the timer paces those). Drainer only.
+func (o *Outbox) drainPending(dst []*wire.Msg) []*wire.Msg {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed || o.degraded.Load() || o.q.Len() != 0 {
+		return dst
+	}
+	now := time.Now()
+	for sid, a := range o.pending {
+		dst = o.accMsgs(a, now, dst)
+		delete(o.pending, sid)
+	}
+	o.updateSlow()
 	return dst
 }
 
 func (o *Outbox) flushGap() *wire.Msg {
 	g := o.gap
 	o.gap = gapRun{}
-	return session.GapMsg(g.session, g.from, g.to, "slow consumer: evicted from the connection's queue")
+	o.m.Gap()
+	return session.GapMsg(g.session, g.from, g.to, reasonEvicted)
+}
+
+// Observe records one drain attempt: blocked reports that the transport
+// stopped because its own buffer is over its watermark, and buffered is
+// how many bytes that buffer holds. A blocked attempt made progress if
+// Drain handed out anything since the previous one or the buffer shrank;
+// blocked without progress for DrainDeadline (the peer read nothing) is a
+// missed deadline. Observe
+// feeds the breaker and applies the policy: degrade, recover or
+// disconnect. Drainer only; call it once per drain attempt, not per Drain
+// call.
+func (o *Outbox) Observe(blocked bool, buffered int) {
+	if o.dead.Load() {
+		return
+	}
+	lvl := o.q.Level()
+	o.report(lvl)
+	missed := false
+	progress := o.drained
+	o.drained = false
+	if blocked {
+		now := time.Now()
+		if o.stuckSince.IsZero() || progress || buffered < o.lastBuffered {
+			o.stuckSince = now
+		} else if now.Sub(o.stuckSince) >= o.cfg.DrainDeadline {
+			missed = true
+		}
+		o.lastBuffered = buffered
+	} else {
+		o.stuckSince = time.Time{}
+	}
+	qc := &o.cfg.Queue
+	switch {
+	case missed || lvl.DataBytes > qc.HighWater || lvl.Items > o.itemsHigh:
+		o.unhealthy++
+		if missed {
+			o.why = fmt.Sprintf("its peer took nothing for %v", time.Since(o.stuckSince).Round(time.Millisecond))
+		} else {
+			o.why = fmt.Sprintf("its queue stayed over the high watermark (%d messages, %d data bytes queued)", lvl.Items, lvl.DataBytes)
+		}
+		o.br.Observe(false)
+	case !blocked && lvl.DataBytes < qc.LowWater && lvl.Items < o.itemsLow:
+		// A healthy observation in the closed state changes nothing
+		// unless it breaks a run of unhealthy ones.
+		if o.unhealthy > 0 || o.br.State() != breaker.Closed {
+			o.br.Observe(true)
+		}
+		o.unhealthy = 0
+	}
+	o.apply(o.why)
+}
+
+// report hands the ring's new losses and a depth sample to Metrics.
+// Drainer only.
+func (o *Outbox) report(lvl ring.Level) {
+	o.m.Queue(lvl.Items, lvl.DataBytes)
+	for _, r := range [...]ring.Reason{ring.ReasonCeiling, ring.ReasonTooLarge, ring.ReasonFull, ring.ReasonPurged} {
+		if d := lvl.Stats.Lost[r] - o.reported[r]; d > 0 {
+			o.reported[r] = lvl.Stats.Lost[r]
+			o.m.Lost(r.String(), d)
+		}
+	}
+	if n := o.skipped.Swap(0); n > 0 {
+		o.m.Lost(LostDegraded, n)
+	}
+}
+
+// apply moves the connection between full and degraded delivery, or
+// closes it, as the breaker and the policy say; why is what made the
+// consumer unhealthy, for a close's reason. Safe from any goroutine.
+func (o *Outbox) apply(why string) {
+	open := o.br.State() == breaker.Open
+	deg := o.degraded.Load()
+	pol := o.Policy()
+	switch {
+	case open && pol == Disconnect:
+		o.fail(CloseSlowConsumer, "slow consumer (onSlow=disconnect): "+why+"; resume by cursor")
+		return
+	case open == deg:
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return
+	}
+	switch {
+	case open && !o.degraded.Load():
+		o.enter()
+	case !open && o.degraded.Load():
+		o.leave()
+	}
+}
+
+// enter starts degraded delivery: the backlog is purged (the drainer
+// reports it as gaps) and the summary timer starts. Precondition: mu held.
+func (o *Outbox) enter() {
+	o.degraded.Store(true)
+	o.slow.Store(true)
+	o.q.EvictData()
+	o.m.Degraded(true)
+	if o.timer == nil {
+		o.timer = time.AfterFunc(o.cfg.tickEvery(), o.tick)
+	} else {
+		o.timer.Reset(o.cfg.tickEvery())
+	}
+	// The drainer turns the purged backlog into gaps at once.
+	o.wake()
+}
+
+// leave ends degraded delivery; what is pending goes out before each
+// session's next event or when the queue empties. Precondition: mu held.
+func (o *Outbox) leave() {
+	o.degraded.Store(false)
+	o.m.Degraded(false)
+	if o.timer != nil {
+		o.timer.Stop()
+	}
+	o.updateSlow()
+	if len(o.pending) > 0 {
+		o.wake()
+	}
+}
+
+// tick is the summary timer: it queues each session's gaps and summary
+// when its interval has passed, and notices the breaker half-opening (which
+// gobreaker does lazily, and no drain may come to ask). It runs on the
+// timer's goroutine.
+func (o *Outbox) tick() {
+	if n := o.skipped.Swap(0); n > 0 {
+		o.m.Lost(LostDegraded, n)
+	}
+	if o.Policy() == Disconnect && o.degraded.Load() {
+		o.apply("it was degraded when it chose onSlow=disconnect")
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed || !o.degraded.Load() || o.dead.Load() {
+		return
+	}
+	if o.br.State() != breaker.Open {
+		o.leave()
+		return
+	}
+	now := time.Now()
+	for _, a := range o.pending {
+		if len(a.runs) == 0 && !a.owed {
+			continue
+		}
+		if a.owed && now.Sub(a.lastSummary) < o.cfg.SummaryInterval {
+			continue
+		}
+		if !o.flushToRing(a, true, now) {
+			return // closed: the control ceiling
+		}
+	}
+	o.timer.Reset(o.cfg.tickEvery())
+}
+
+// fail asks the transport, once, to close the connection.
+func (o *Outbox) fail(r CloseReason, detail string) {
+	if !o.dead.CompareAndSwap(false, true) {
+		return
+	}
+	o.m.Closed(r)
+	switch {
+	case o.hooks.Close != nil:
+		o.hooks.Close(r, detail)
+	case o.hooks.Overflow != nil:
+		o.hooks.Overflow(detail)
+	}
+}
+
+func (o *Outbox) wake() {
+	if o.hooks.Wake != nil {
+		o.hooks.Wake()
+	}
+}
+
+func (o *Outbox) ceilings() string {
+	q := &o.cfg.Queue
+	return fmt.Sprintf("%d messages, %d data bytes, %d control bytes", q.MaxItems, q.MaxDataBytes, q.MaxControlBytes)
 }
 
 // Len is the number of queued entries. Safe from any goroutine.
 func (o *Outbox) Len() int { return o.q.Len() }
 
-// Queue exposes the ring for metrics. Safe from any goroutine.
-func (o *Outbox) Queue() *ring.Queue[*wire.Msg] { return o.q }
+// Level is the queue's occupancy and counters, for metrics and tests. Safe
+// from any goroutine.
+func (o *Outbox) Level() ring.Level { return o.q.Level() }
 
-// Close releases the queue; later Sends are dropped.
-func (o *Outbox) Close() { o.q.Close() }
+// Close releases the queue and stops the summary timer; later Sends are
+// dropped. Safe from any goroutine; idempotent.
+func (o *Outbox) Close() {
+	o.mu.Lock()
+	if !o.closed {
+		o.closed = true
+		if o.timer != nil {
+			o.timer.Stop()
+		}
+		if o.degraded.Load() {
+			o.degraded.Store(false)
+			o.m.Degraded(false)
+		}
+		o.pending = nil
+		o.slow.Store(false)
+	}
+	o.mu.Unlock()
+	o.dead.Store(true)
+	o.q.Close()
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) Lost(string, uint64)                     {}
+func (nopMetrics) Transition(breaker.State, breaker.State) {}
+func (nopMetrics) Degraded(bool)                           {}
+func (nopMetrics) Summary()                                {}
+func (nopMetrics) Gap()                                    {}
+func (nopMetrics) Closed(CloseReason)                      {}
+func (nopMetrics) Queue(int, int)                          {}

@@ -177,6 +177,10 @@ func (c *conn) drain(force bool) {
 		}
 		c.msgs = c.out.Drain(c.msgs[:0], drainBytes)
 		if len(c.msgs) == 0 {
+			// A replay being paced out continues once the queue is empty.
+			if !force && c.cl != nil && c.cl.Catching() && c.srv.hub.Pump(c.cl) {
+				continue
+			}
 			return
 		}
 		bytes := 0
@@ -211,7 +215,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 			s.log.Info("closing connection", "peer", c.peer, "reason", detail, "class", r.String())
 			c.Close(session.CloseTryAgain, detail)
 		},
-		Metrics: outboxMetrics{m: &s.cfg.Metrics.bp, c: c},
+		Metrics: s.cfg.Metrics.outbox(s.log, func() string { return c.peer }),
 	})
 	c.lim = delivery.NewLimiter(s.cfg.Rate, time.Now())
 	switch gc.LocalAddr().Network() {

@@ -1,6 +1,8 @@
 package loop
 
 import (
+	"log/slog"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/agentbridge/agentbridge/breaker"
@@ -68,13 +70,19 @@ func (b *bpMetrics) collectors() []prometheus.Collector {
 }
 
 // outboxMetrics adapts Metrics to delivery.Metrics for one connection, so
-// that breaker transitions can be logged with the peer.
+// that breaker transitions and degrades are logged with the peer.
 type outboxMetrics struct {
-	m *bpMetrics
-	c *conn
+	m    *bpMetrics
+	log  *slog.Logger
+	peer func() string // read when logging: the peer may be set after the outbox is made
 }
 
 var _ delivery.Metrics = outboxMetrics{}
+
+// outbox returns the delivery.Metrics of one connection.
+func (m *Metrics) outbox(log *slog.Logger, peer func() string) delivery.Metrics {
+	return outboxMetrics{m: &m.bp, log: log, peer: peer}
+}
 
 func (o outboxMetrics) Lost(reason string, n uint64) {
 	o.m.lost.WithLabelValues(reason).Add(float64(n))
@@ -82,7 +90,7 @@ func (o outboxMetrics) Lost(reason string, n uint64) {
 
 func (o outboxMetrics) Transition(from, to breaker.State) {
 	o.m.transitions.WithLabelValues(from.String(), to.String()).Inc()
-	o.c.srv.log.Debug("consumer breaker", "peer", o.c.peer, "from", from.String(), "to", to.String())
+	o.log.Debug("consumer breaker", "peer", o.peer(), "from", from.String(), "to", to.String())
 }
 
 func (o outboxMetrics) Degraded(on bool) {
@@ -91,7 +99,7 @@ func (o outboxMetrics) Degraded(on bool) {
 	} else {
 		o.m.degraded.Dec()
 	}
-	o.c.srv.log.Debug("delivery", "peer", o.c.peer, "degraded", on)
+	o.log.Debug("delivery", "peer", o.peer(), "degraded", on)
 }
 
 func (o outboxMetrics) Summary() { o.m.summaries.Inc() }

@@ -266,7 +266,8 @@ func (f *front) serveSSE(w http.ResponseWriter, r *http.Request) {
 			default:
 			}
 		},
-		Close: func(_ delivery.CloseReason, detail string) { st.Close(session.CloseTryAgain, detail) },
+		Close:   func(_ delivery.CloseReason, detail string) { st.Close(session.CloseTryAgain, detail) },
+		Metrics: f.s.cfg.Metrics.outbox(f.s.log, func() string { return r.RemoteAddr }),
 	})
 	st.out.SetDefaultPolicy(delivery.DefaultPolicy(auth.RoleViewer))
 	defer st.out.Close()
@@ -308,6 +309,9 @@ func (f *front) serveSSE(w http.ResponseWriter, r *http.Request) {
 		for {
 			msgs = st.out.Drain(msgs[:0], drainBytes)
 			if len(msgs) == 0 {
+				if cl.Catching() && f.s.hub.Pump(cl) {
+					continue // the replay is paced out as the stream drains
+				}
 				return true
 			}
 			buf = buf[:0]

@@ -3,6 +3,7 @@ package loop
 import (
 	"context"
 
+	"github.com/agentbridge/agentbridge/delivery"
 	"github.com/agentbridge/agentbridge/tlsserve"
 )
 
@@ -38,6 +39,11 @@ func (s *Server) startTLS() error {
 		CloseTimeout:   f.cfg.CloseTimeout,
 		Logger:         s.log.With("src", "tls"),
 		Metrics:        tlsMetrics{m: s.cfg.Metrics, x: f.x},
+		// One delivery.Metrics per connection, so /metrics counts both
+		// listeners and debug logs name the peer.
+		OutboxMetrics: func(peer string) delivery.Metrics {
+			return s.cfg.Metrics.outbox(s.log.With("src", "tls"), func() string { return peer })
+		},
 	})
 	if err != nil {
 		return err

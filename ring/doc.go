@@ -19,6 +19,15 @@
 // connection before anything is evicted, and restore it only once the
 // queue has really drained (hysteresis).
 //
+// A few tools serve the delivery policy built on top: ControlSlots keeps
+// slots that data may not take (a burst of small events must not take the
+// slot a response needs); PushNoEvict refuses data that would need an
+// eviction, for consumers that would rather be disconnected; EvictData
+// turns the whole live backlog into tombstones when a consumer is
+// degraded; SetOnEvict lets the owner drop an evicted value's payload, so
+// that tombstones, which keep their slots until drained, keep nothing else
+// alive; Level reads occupancy and counters under one lock.
+//
 // # Wake-up contract
 //
 // Push reports wasEmpty on the empty to non-empty transition; the caller

@@ -12,6 +12,9 @@ var (
 	// ErrFull is returned when a data item was dropped because no slot was
 	// free. Unlike an eviction it leaves no tombstone; see Push.
 	ErrFull = errors.New("ring: full")
+	// ErrWouldEvict is returned by PushNoEvict when a data item would need
+	// an eviction (or a free slot) to fit. Nothing was queued.
+	ErrWouldEvict = errors.New("ring: would evict")
 	// ErrBadConfig wraps every error from Config.Validate.
 	ErrBadConfig = errors.New("ring: bad config")
 )

@@ -41,13 +41,20 @@ const (
 	// queued directly as a tombstone (evicting others could never make it
 	// fit, so none were evicted for it).
 	ReasonTooLarge
-	// ReasonFull: a data item was dropped because every slot was taken.
+	// ReasonFull: a data item was dropped because every slot data may
+	// take was taken.
 	// It leaves no tombstone (Push returned ErrFull).
 	ReasonFull
 	// ReasonControl: a control item was refused with ErrControlOverflow.
 	ReasonControl
 	// ReasonClosed: an item was refused with ErrClosed.
 	ReasonClosed
+	// ReasonWouldEvict: PushNoEvict refused a data item that would have
+	// needed an eviction (or a slot there was none of).
+	ReasonWouldEvict
+	// ReasonPurged: EvictData turned a queued live data entry into a
+	// tombstone (the consumer was degraded).
+	ReasonPurged
 
 	// NumReasons is the number of reasons, for sizing Stats.Lost.
 	NumReasons
@@ -66,6 +73,10 @@ func (r Reason) String() string {
 		return "control_overflow"
 	case ReasonClosed:
 		return "closed"
+	case ReasonWouldEvict:
+		return "would_evict"
+	case ReasonPurged:
+		return "purged"
 	default:
 		return fmt.Sprintf("Reason(%d)", uint8(r))
 	}
@@ -75,6 +86,10 @@ func (r Reason) String() string {
 type Config struct {
 	// MaxItems is the number of slots, tombstones included. Zero means 4096.
 	MaxItems int
+	// ControlSlots are slots data may not take, so that a queue whose slots
+	// a burst of small data filled can still take a response. Zero means
+	// none are reserved. It must be below MaxItems.
+	ControlSlots int
 	// MaxDataBytes is the ceiling on live data bytes; past it the oldest
 	// data is evicted. Zero means 1 MiB.
 	MaxDataBytes int
@@ -133,6 +148,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.MaxItems < 1:
 		return fmt.Errorf("%w: MaxItems %d must be positive", ErrBadConfig, c.MaxItems)
+	case c.ControlSlots < 0 || c.ControlSlots >= c.MaxItems:
+		return fmt.Errorf("%w: ControlSlots %d must be between 0 and MaxItems-1 (MaxItems %d)", ErrBadConfig, c.ControlSlots, c.MaxItems)
 	case c.MaxDataBytes < 1:
 		return fmt.Errorf("%w: MaxDataBytes %d must be positive", ErrBadConfig, c.MaxDataBytes)
 	case c.MaxControlBytes < 1:
@@ -169,7 +186,8 @@ type Stats struct {
 // Queue is a bounded FIFO of T with per-entry classes. T is usually a
 // pointer to a message shared by every connection it is broadcast to.
 type Queue[T any] struct {
-	cfg Config // immutable after New
+	cfg     Config   // immutable after New
+	onEvict func(*T) // set before the first Push
 
 	mu sync.Mutex
 	// Everything below is guarded by mu.
@@ -194,6 +212,23 @@ func New[T any](cfg Config) *Queue[T] {
 	return &Queue[T]{cfg: cfg.WithDefaults()}
 }
 
+// SetOnEvict registers f to run, under the queue's lock, on the value of
+// every entry that becomes a tombstone (evicted, purged or queued too
+// large). f may shrink the value, e.g. drop a payload and keep only what
+// the drainer needs to report the gap, so that tombstones, which keep
+// their slots until drained, hold no more memory than their slot. f must
+// be quick and must not call into the queue. Call SetOnEvict before the
+// first Push, from the goroutine that created the queue.
+func (q *Queue[T]) SetOnEvict(f func(*T)) { q.onEvict = f }
+
+// tombstone marks e evicted. Precondition: q.mu held.
+func (q *Queue[T]) tombstone(e *Entry[T]) {
+	e.Evicted = true
+	if q.onEvict != nil {
+		q.onEvict(&e.V)
+	}
+}
+
 // Config returns the queue's configuration with defaults filled in. Safe
 // from any goroutine.
 func (q *Queue[T]) Config() Config { return q.cfg }
@@ -207,7 +242,8 @@ func (q *Queue[T]) Config() Config { return q.cfg }
 // Data past MaxDataBytes evicts the oldest live data entries until v fits.
 // A data item larger than MaxDataBytes by itself is queued already evicted
 // (a tombstone), so the drainer still reports its gap. A data item that
-// finds no free slot is dropped and ErrFull returned: it leaves no
+// finds no free slot (ControlSlots excepted) is dropped and ErrFull
+// returned: it leaves no
 // tombstone, so the drainer must notice the hole from the event sequence
 // (or Stats().Lost[ReasonFull]).
 //
@@ -238,14 +274,15 @@ func (q *Queue[T]) Push(v T, size int, c Class) (wasEmpty bool, err error) {
 		q.stats.Pushed++
 		return wasEmpty, nil
 	}
-	if q.n >= q.cfg.MaxItems {
+	if q.n >= q.cfg.MaxItems-q.cfg.ControlSlots {
 		// Tombstones keep their slots, so evicting cannot make room here.
 		q.stats.Lost[ReasonFull]++
 		return false, ErrFull
 	}
 	wasEmpty = q.n == 0
 	if size > q.cfg.MaxDataBytes {
-		q.append(Entry[T]{V: v, Size: size, Class: Data, Evicted: true})
+		q.append(Entry[T]{V: v, Size: size, Class: Data})
+		q.tombstoneTail()
 		q.stats.Lost[ReasonTooLarge]++
 		q.stats.Pushed++
 		return wasEmpty, nil
@@ -260,6 +297,64 @@ func (q *Queue[T]) Push(v T, size int, c Class) (wasEmpty bool, err error) {
 	return wasEmpty, nil
 }
 
+// PushNoEvict is Push for a consumer that must not lose data (one that
+// would rather be disconnected and replay): a data item that would need an
+// eviction, that is larger than MaxDataBytes, or that finds no free slot is
+// refused with ErrWouldEvict and nothing changes. Control items behave as in
+// Push. Safe from any goroutine.
+func (q *Queue[T]) PushNoEvict(v T, size int, c Class) (wasEmpty bool, err error) {
+	if c != Data {
+		return q.Push(v, size, c)
+	}
+	if size < 0 {
+		panic("ring: negative size")
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		q.stats.Lost[ReasonClosed]++
+		return false, ErrClosed
+	}
+	if q.n >= q.cfg.MaxItems-q.cfg.ControlSlots || size > q.cfg.MaxDataBytes-q.dataBytes {
+		q.stats.Lost[ReasonWouldEvict]++
+		return false, ErrWouldEvict
+	}
+	wasEmpty = q.n == 0
+	q.append(Entry[T]{V: v, Size: size, Class: Data})
+	q.dataBytes += size
+	q.stats.Pushed++
+	q.updateLatch()
+	return wasEmpty, nil
+}
+
+// EvictData turns every queued live data entry into a tombstone (counted as
+// ReasonPurged) and returns how many it turned. A consumer that has just been
+// degraded calls it so the drainer skips the stale backlog (reporting it as
+// gaps) and the consumer sees its summaries sooner. Safe from any goroutine;
+// O(entries queued).
+func (q *Queue[T]) EvictData() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	k := 0
+	for i := q.scan; i < q.n; i++ {
+		j := q.head + i
+		if j >= len(q.buf) {
+			j -= len(q.buf)
+		}
+		e := &q.buf[j]
+		if e.Class != Data || e.Evicted {
+			continue
+		}
+		q.tombstone(e)
+		q.dataBytes -= e.Size
+		k++
+	}
+	q.scan = q.n
+	q.stats.Lost[ReasonPurged] += uint64(k)
+	q.updateLatch()
+	return k
+}
+
 // append stores e at the tail, growing the array if it is full. The caller
 // has checked q.n < MaxItems. Precondition: q.mu held.
 func (q *Queue[T]) append(e Entry[T]) {
@@ -272,6 +367,16 @@ func (q *Queue[T]) append(e Entry[T]) {
 	}
 	q.buf[i] = e
 	q.n++
+}
+
+// tombstoneTail marks the entry just appended evicted. Precondition: q.mu
+// held, q.n > 0.
+func (q *Queue[T]) tombstoneTail() {
+	i := q.head + q.n - 1
+	if i >= len(q.buf) {
+		i -= len(q.buf)
+	}
+	q.tombstone(&q.buf[i])
 }
 
 // grow doubles the slot array (or allocates the first one), capped at
@@ -305,7 +410,7 @@ func (q *Queue[T]) evictOldest() {
 		if e.Class != Data || e.Evicted {
 			continue
 		}
-		e.Evicted = true
+		q.tombstone(e)
 		q.dataBytes -= e.Size
 		q.scan = i + 1
 		q.stats.Lost[ReasonCeiling]++
@@ -411,6 +516,25 @@ func (q *Queue[T]) Bytes() (data, control int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.dataBytes, q.ctrlBytes
+}
+
+// Level is a snapshot of a queue's occupancy and counters, taken under one
+// lock.
+type Level struct {
+	// Items is the number of queued entries, tombstones included.
+	Items int
+	// DataBytes and ControlBytes are the live bytes queued per class.
+	DataBytes, ControlBytes int
+	// Stats are the counters since New.
+	Stats Stats
+}
+
+// Level returns the queue's occupancy and counters at once. Safe from any
+// goroutine.
+func (q *Queue[T]) Level() Level {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return Level{Items: q.n, DataBytes: q.dataBytes, ControlBytes: q.ctrlBytes, Stats: q.stats}
 }
 
 // AboveHigh reports whether live data bytes exceed HighWater right now.

@@ -444,7 +444,8 @@ func TestStrings(t *testing.T) {
 	for v, want := range map[fmt.Stringer]string{
 		Control: "control", Data: "data", Class(9): "Class(9)",
 		ReasonCeiling: "ceiling", ReasonTooLarge: "too_large", ReasonFull: "full",
-		ReasonControl: "control_overflow", ReasonClosed: "closed", NumReasons: "Reason(5)",
+		ReasonControl: "control_overflow", ReasonClosed: "closed", ReasonWouldEvict: "would_evict",
+		ReasonPurged: "purged", NumReasons: "Reason(7)",
 	} {
 		if got := v.String(); got != want {
 			t.Errorf("String() = %q, want %q", got, want)
@@ -746,4 +747,110 @@ func benchProducerConsumer(b *testing.B, produce func(q *Queue[*msg], m *msg, wa
 	consumer.Wait()
 	st := q.Stats()
 	b.ReportMetric(float64(st.Lost[ReasonCeiling]+st.Lost[ReasonFull])/float64(st.Pushed+st.Lost[ReasonFull]), "lost/op")
+}
+
+func TestPushNoEvict(t *testing.T) {
+	q := New[*msg](Config{MaxItems: 4, MaxDataBytes: 100, HighWater: 75, LowWater: 25})
+	mustPush(t, q, 1, 60, Data)
+	if _, err := q.PushNoEvict(&msg{2}, 50, Data); !errors.Is(err, ErrWouldEvict) {
+		t.Fatalf("a push that needs an eviction: %v", err)
+	}
+	if _, err := q.PushNoEvict(&msg{3}, 40, Data); err != nil {
+		t.Fatalf("a push that fits: %v", err)
+	}
+	if _, err := q.PushNoEvict(&msg{4}, 500, Data); !errors.Is(err, ErrWouldEvict) {
+		t.Fatalf("a push larger than the ceiling: %v", err)
+	}
+	if _, err := q.PushNoEvict(&msg{5}, 1, Control); err != nil {
+		t.Fatalf("control through PushNoEvict: %v", err)
+	}
+	mustPush(t, q, 6, 0, Data)
+	if _, err := q.PushNoEvict(&msg{7}, 0, Data); !errors.Is(err, ErrWouldEvict) {
+		t.Fatalf("a push with no free slot: %v", err)
+	}
+	if got := ids(popAll(q)); got != "d1 d3 c5 d6" {
+		t.Fatalf("queue = %s", got)
+	}
+	if st := q.Stats(); st.Lost[ReasonWouldEvict] != 3 || st.Lost[ReasonCeiling] != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	q.Close()
+	if _, err := q.PushNoEvict(&msg{8}, 1, Data); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+}
+
+func TestEvictDataAndLevel(t *testing.T) {
+	q := New[*msg](Config{MaxDataBytes: 1000, HighWater: 750, LowWater: 250})
+	mustPush(t, q, 1, 300, Data)
+	mustPush(t, q, 2, 10, Control)
+	mustPush(t, q, 3, 500, Data)
+	if !q.Congested() {
+		t.Fatal("not congested at 800 bytes")
+	}
+	if n := q.EvictData(); n != 2 {
+		t.Fatalf("EvictData = %d", n)
+	}
+	if q.Congested() {
+		t.Fatal("still congested with no live data")
+	}
+	mustPush(t, q, 4, 100, Data)
+	// Evicting after a purge must find the new entry, not rescan tombstones.
+	mustPush(t, q, 5, 950, Data)
+	lvl := q.Level()
+	if lvl.Items != 5 || lvl.DataBytes != 950 || lvl.ControlBytes != 10 || lvl.Stats.Lost[ReasonPurged] != 2 || lvl.Stats.Lost[ReasonCeiling] != 1 {
+		t.Fatalf("level %+v", lvl)
+	}
+	if got := ids(popAll(q)); got != "d~1 c2 d~3 d~4 d5" {
+		t.Fatalf("queue = %s", got)
+	}
+}
+
+func TestControlSlots(t *testing.T) {
+	if err := (Config{MaxItems: 4, ControlSlots: 4}).Validate(); !errors.Is(err, ErrBadConfig) {
+		t.Fatalf("ControlSlots == MaxItems: %v", err)
+	}
+	q := New[*msg](Config{MaxItems: 4, ControlSlots: 1})
+	for i := 1; i <= 3; i++ {
+		mustPush(t, q, i, 1, Data)
+	}
+	if _, err := q.Push(&msg{4}, 1, Data); !errors.Is(err, ErrFull) {
+		t.Fatalf("data into the reserved slot: %v", err)
+	}
+	mustPush(t, q, 5, 1, Control)
+	if _, err := q.Push(&msg{6}, 1, Control); !errors.Is(err, ErrControlOverflow) {
+		t.Fatalf("control with no slot at all: %v", err)
+	}
+}
+
+// Tombstones keep their slots until drained; the eviction hook lets the
+// owner drop what an evicted value holds so they keep nothing else.
+func TestOnEvictDropsPayload(t *testing.T) {
+	type val struct {
+		id      int
+		payload []byte
+	}
+	q := New[val](Config{MaxDataBytes: 100, HighWater: 75, LowWater: 25})
+	dropped := 0
+	q.SetOnEvict(func(v *val) { v.payload = nil; dropped++ })
+	for i := 1; i <= 5; i++ {
+		if _, err := q.Push(val{i, make([]byte, 40)}, 40, Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := q.Push(val{6, make([]byte, 500)}, 500, Data); err != nil { // too large
+		t.Fatal(err)
+	}
+	q.Push(val{7, make([]byte, 10)}, 10, Data)
+	q.EvictData()
+	got := ""
+	for _, e := range q.PopBatch(nil, 1<<30) {
+		if e.Evicted != (e.V.payload == nil) {
+			t.Fatalf("entry %d: evicted %v, payload kept %v", e.V.id, e.Evicted, e.V.payload != nil)
+		}
+		got += fmt.Sprintf("%d ", e.V.id)
+	}
+	if got != "1 2 3 4 5 6 7 " || dropped != 7 {
+		t.Fatalf("ids %q, hook ran %d times", got, dropped)
+	}
 }

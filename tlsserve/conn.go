@@ -66,11 +66,19 @@ func newWSConn(s *Server, socket *gws.Conn, raw *guardConn, peer string) *wsConn
 			s.log.Info("closing websocket", "peer", peer, "transport", Transport, "reason", detail, "class", r.String())
 			c.Close(session.CloseTryAgain, detail)
 		},
+		Metrics: outboxMetrics(s.cfg.OutboxMetrics, peer),
 	})
 	now := time.Now()
 	c.lim = delivery.NewLimiter(s.cfg.Rate, now)
 	c.extendReadDeadline(now)
 	return c
+}
+
+func outboxMetrics(f func(string) delivery.Metrics, peer string) delivery.Metrics {
+	if f == nil {
+		return nil
+	}
+	return f(peer)
 }
 
 // SetOptions applies what the client chose with bridge/hello; see
@@ -193,6 +201,9 @@ func (c *wsConn) flush() bool {
 	for {
 		c.msgs = c.out.Drain(c.msgs[:0], writeBatch)
 		if len(c.msgs) == 0 {
+			if cl := c.cl; cl != nil && cl.Catching() && c.s.cfg.Hub.Pump(cl) {
+				continue // the replay is paced out as the socket drains
+			}
 			return true
 		}
 		c.buf = c.buf[:0]

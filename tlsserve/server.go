@@ -92,6 +92,10 @@ type Config struct {
 	Delivery delivery.Config
 	// Rate limits each connection's input; the zero Rate limits nothing.
 	Rate delivery.Rate
+	// OutboxMetrics, if not nil, returns the delivery counters of the
+	// connection from peer (the event loop's, so /metrics counts both
+	// listeners).
+	OutboxMetrics func(peer string) delivery.Metrics
 	// MaxMessage is the largest message accepted from a client; bigger ones
 	// close the connection with 1009. Zero means 16 MiB.
 	MaxMessage int
@@ -308,8 +312,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	socket.Session().Store(connKey, c)
 	s.track(c)
 	s.m.Opened(Transport)
-	go c.writeLoop()
+	// The client is registered before the writer starts, so the writer may
+	// read c.cl; what Open queues is written once the writer runs.
 	c.cl = s.cfg.Hub.Open(c, session.ConnInfo{Role: role, Transport: Transport, Peer: c.peer})
+	go c.writeLoop()
 	s.log.Debug("websocket open", "peer", c.peer, "transport", Transport, "role", role.String())
 	go socket.ReadLoop()
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/agentbridge/agentbridge/connect"
 	"github.com/agentbridge/agentbridge/internal/config"
@@ -18,6 +19,7 @@ func runConnect(args []string) int {
 	token := fs.String("token", "", "token for ws:// and wss:// (or AGENTBRIDGE_TOKEN)")
 	ca := fs.String("ca", "", "PEM file of a CA to trust for wss:// (self-signed certificates)")
 	maxMsg := fs.Int("max-message", 16<<20, "largest message, bytes")
+	retryFor := fs.Duration("retry-for", 2*time.Minute, "how long reconnecting may fail before giving up (exit 1)")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error (logs go to stderr)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: agentbridge connect [flags] URL\n\nURL is unix:///path/to.sock, ws://host:port/acp or wss://host:port/acp.\nstdin and stdout carry newline-delimited JSON-RPC, so an editor can run this as its agent command.\n\nFlags:\n")
@@ -44,7 +46,7 @@ func runConnect(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	err = connect.Run(ctx, connect.Options{URL: fs.Arg(0), Token: *token, CA: *ca, MaxMessage: *maxMsg,
+	err = connect.Run(ctx, connect.Options{URL: fs.Arg(0), Token: *token, CA: *ca, MaxMessage: *maxMsg, RetryFor: *retryFor,
 		Stdin: os.Stdin, Stdout: os.Stdout, Logger: log.With(slog.String("src", "connect"))})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "agentbridge connect: %v\n", err)

@@ -1,0 +1,129 @@
+package delivery
+
+import (
+	"bytes"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/agentbridge/agentbridge/codec/jsonrpc"
+	"github.com/agentbridge/agentbridge/wire"
+)
+
+// acc is what one session's events a connection did not get add up to,
+// until it is reported as bridge/gap (and bridge/summary). Guarded by the
+// Outbox's mu.
+type acc struct {
+	sid  string
+	runs []run // skipped seqs in stream order; contiguous ones merged
+
+	// Since the last summary, for the next one.
+	owed    bool   // a degraded connection skipped events: a summary is due
+	dropped uint64 // events skipped
+	bytes   uint64 // their bytes as this connection would have got them
+	seq     uint64 // the last skipped seq
+
+	tail        []byte // the tail of the session's streamed text, kept across summaries
+	lastSummary time.Time
+}
+
+type run struct {
+	from, to uint64
+	why      string
+}
+
+func (a *acc) addRun(seq uint64, why string) {
+	if n := len(a.runs); n > 0 {
+		r := &a.runs[n-1]
+		if r.why == why && seq == r.to+1 {
+			r.to = seq
+			return
+		}
+	}
+	a.runs = append(a.runs, run{from: seq, to: seq, why: why})
+}
+
+// appendTail appends text to tail and keeps at most limit bytes of the end,
+// cut at a UTF-8 boundary so the tail is always valid text.
+func appendTail(tail []byte, text string, limit int) []byte {
+	if len(text) >= limit {
+		tail = append(tail[:0], text[len(text)-limit:]...)
+	} else {
+		tail = append(tail, text...)
+	}
+	if cut := len(tail) - limit; cut > 0 {
+		tail = tail[:copy(tail, tail[cut:])]
+	}
+	i := 0
+	for i < len(tail) && i < utf8.UTFMax && !utf8.RuneStart(tail[i]) {
+		i++
+	}
+	if i > 0 {
+		tail = tail[:copy(tail, tail[i:])]
+	}
+	return tail
+}
+
+var chunkMarker = []byte(`agent_message_chunk`)
+
+// chunkUpdate is the part of an ACP session/update that carries streamed
+// text.
+type chunkUpdate struct {
+	SessionUpdate string `json:"sessionUpdate"`
+	Content       struct {
+		Text string `json:"text"`
+	} `json:"content"`
+}
+
+type chunkNotification struct {
+	Params struct {
+		Update *chunkUpdate `json:"update"`
+		// A bridge/event envelope holds the notification in message.
+		Message *struct {
+			Params struct {
+				Update *chunkUpdate `json:"update"`
+			} `json:"params"`
+		} `json:"message"`
+	} `json:"params"`
+}
+
+// ChunkText returns the text an ACP agent_message_chunk notification (or a
+// bridge/event envelope of one) streams: params.update.content.text, or ""
+// for any other message. Outboxes call it through wire.Msg.Text, so it runs
+// once per message however many degraded connections skip it.
+func ChunkText(body []byte) string {
+	if !bytes.Contains(body, chunkMarker) {
+		return ""
+	}
+	var n chunkNotification
+	if jsonrpc.Unmarshal(body, &n) != nil {
+		return ""
+	}
+	u := n.Params.Update
+	if u == nil && n.Params.Message != nil {
+		u = n.Params.Message.Params.Update
+	}
+	if u == nil || u.SessionUpdate != "agent_message_chunk" {
+		return ""
+	}
+	return u.Content.Text
+}
+
+// SummaryMsg builds bridge/summary {sessionId, seq, dropped, bytes, text}:
+// a degraded connection skipped dropped events (bytes in all) of the
+// session up to seq; text is the tail of the session's streamed text.
+func SummaryMsg(sessionID string, seq, dropped, nbytes uint64, text string) *wire.Msg {
+	b := make([]byte, 0, 112+len(sessionID)+len(text)+len(text)/8)
+	b = append(b, `{"jsonrpc":"2.0","method":"bridge/summary","params":{"sessionId":`...)
+	b = wire.AppendString(b, sessionID)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"dropped":`...)
+	b = strconv.AppendUint(b, dropped, 10)
+	b = append(b, `,"bytes":`...)
+	b = strconv.AppendUint(b, nbytes, 10)
+	b = append(b, `,"text":`...)
+	b = wire.AppendString(b, text)
+	b = append(b, "}}\n"...)
+	return wire.Own(b)
+}
