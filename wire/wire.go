@@ -11,8 +11,8 @@ package wire
 
 import (
 	"strconv"
-	"unicode/utf8"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/agentbridge/agentbridge/codec/ws"
 )
