@@ -1,6 +1,16 @@
 // Package connect is the stdio shim behind `agentbridge connect`: a client
 // that only speaks JSON-RPC over stdin/stdout (an IDE configured to run an
-// agent command) talks to the shared agent through the daemon.
+// agent command) talks to the shared agent through the daemon, over the
+// Unix socket (NDJSON) or WebSocket (ws://, wss://), and survives the
+// connection dropping: the shim reconnects, resumes with its bridge/hello
+// key, re-attaches its sessions from the last seq it wrote to stdout, and
+// settles every request that was in flight (answered, sent again, or failed
+// with -32003), so the stdio client sees one uninterrupted stream.
+//
+// One code path serves both transports (shim.go); a transport only dials and
+// moves whole messages (transport, stream). Concurrency: Run owns all relay
+// state on its own goroutine; stdin, stdout and each connection's read and
+// write sides have a goroutine of their own that only moves bytes.
 package connect
 
 import (
@@ -13,47 +23,52 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"sync"
 	"syscall"
+	"time"
 
-	"github.com/agentbridge/agentbridge/codec/jsonrpc"
 	"github.com/agentbridge/agentbridge/codec/ndjson"
 )
 
 // Options configure Run.
 type Options struct {
-	URL        string // unix:///path.sock, ws://host:port/acp, wss://host:port/acp
-	Token      string // for ws/wss
-	CA         string // PEM file of a CA to trust for wss
-	MaxMessage int    // 0 -> 16 MiB
-	Stdin      io.Reader
-	Stdout     io.Writer
-	Logger     *slog.Logger
+	// URL is unix:///path.sock, ws://host:port/acp or wss://host:port/acp.
+	URL string
+	// Token for ws/wss. Empty means $AGENTBRIDGE_TOKEN, or a ?token= in URL.
+	Token string
+	// CA is a PEM file of a CA to trust for wss, in addition to the system's.
+	CA string
+	// MaxMessage is the largest message on stdin. Zero means 16 MiB.
+	MaxMessage int
+	// RetryFor bounds how long reconnecting may fail, counted from the
+	// drop, before Run gives up (ErrGaveUp). Zero means 2 minutes, the
+	// daemon's resume window: past it the daemon has forgotten the
+	// requests in flight anyway.
+	RetryFor time.Duration
+	// Stdin and Stdout carry the stdio client's NDJSON.
+	Stdin  io.Reader
+	Stdout io.Writer
+	// Logger receives progress and warnings. Nil discards them.
+	Logger *slog.Logger
 }
-
-// Error is a failure the user can act on; Run returns it with a message
-// naming what went wrong.
-type Error struct {
-	Msg string
-	Err error
-}
-
-func (e *Error) Error() string { return e.Msg }
-func (e *Error) Unwrap() error { return e.Err }
 
 // Run relays stdin to the daemon and the daemon's messages to stdout until
-// stdin closes (nil) or the connection fails.
+// stdin closes and every request sent has its answer (nil), ctx ends (nil),
+// or the shim cannot go on (an *Error). Call it once per Options; it blocks.
 func Run(ctx context.Context, o Options) error {
-	if o.MaxMessage == 0 {
+	if o.MaxMessage <= 0 {
 		o.MaxMessage = 16 << 20
 	}
+	if o.RetryFor <= 0 {
+		o.RetryFor = 2 * time.Minute
+	}
 	if o.Logger == nil {
-		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	u, err := url.Parse(o.URL)
 	if err != nil {
 		return &Error{Msg: fmt.Sprintf("invalid URL %q: %v", o.URL, err), Err: err}
 	}
+	var tr transport
 	switch u.Scheme {
 	case "unix":
 		path := u.Path
@@ -63,19 +78,67 @@ func Run(ctx context.Context, o Options) error {
 		if path == "" {
 			return &Error{Msg: fmt.Sprintf("invalid URL %q: want unix:///path/to.sock", o.URL)}
 		}
-		c, err := DialUnix(path)
-		if err != nil {
+		tr = &unixTransport{path: path, max: o.MaxMessage + envelopeRoom}
+	case "ws", "wss":
+		if tr, err = newWSTransport(u, o); err != nil {
 			return err
 		}
-		return relay(ctx, c, o)
-	case "ws", "wss":
-		return runWS(ctx, u, o)
 	default:
 		return &Error{Msg: fmt.Sprintf("unsupported URL scheme %q in %q (want unix, ws or wss)", u.Scheme, o.URL)}
 	}
+	return newShim(o, tr).run(ctx)
+}
+
+// envelopeRoom is what bridge/event adds around a message of MaxMessage.
+const envelopeRoom = 1024
+
+// transport opens connections to one daemon. dial is called from one
+// goroutine at a time.
+type transport interface {
+	// dial opens one connection. Its errors are *Error, wrapped by
+	// refused when retrying cannot help.
+	dial(ctx context.Context) (stream, error)
+	// String names the daemon for logs and errors, never with a token.
+	String() string
+}
+
+// stream is one connection to the daemon carrying whole JSON-RPC messages.
+// read is called from one goroutine, write and flush from one other;
+// close is safe from any goroutine and unblocks both.
+type stream interface {
+	// read returns the next message, borrowed until the next read.
+	read() ([]byte, error)
+	// write sends one message; it may stay buffered until flush.
+	write(msg []byte) error
+	flush() error
+	// close ends the connection; graceful says goodbye first (a WebSocket
+	// close 1000) rather than just dropping it.
+	close(graceful bool)
+}
+
+// writeTimeout bounds one write: a daemon that stops reading must not hang
+// the shim; the connection is taken for dead and the shim reconnects.
+const writeTimeout = 60 * time.Second
+
+// unixTransport dials the daemon's Unix socket.
+type unixTransport struct {
+	path string
+	max  int
+}
+
+func (t *unixTransport) String() string { return "unix://" + t.path }
+
+func (t *unixTransport) dial(ctx context.Context) (stream, error) {
+	c, err := DialUnix(t.path)
+	if err != nil {
+		return nil, err
+	}
+	return &unixStream{c: c, r: ndjson.NewReader(c, t.max), w: bufio.NewWriterSize(c, 64<<10), max: t.max}, nil
 }
 
 // DialUnix connects to the daemon's socket with errors a person can act on.
+// A socket that belongs to another user is a refusal (retrying cannot help).
+// Safe from any goroutine.
 func DialUnix(path string) (net.Conn, error) {
 	c, err := net.Dial("unix", path)
 	if err == nil {
@@ -85,132 +148,50 @@ func DialUnix(path string) (net.Conn, error) {
 	case errors.Is(err, os.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
 		return nil, &Error{Msg: fmt.Sprintf("no agentbridge daemon is listening on %s (start one with `agentbridge serve`)", path), Err: err}
 	case errors.Is(err, os.ErrPermission):
-		return nil, &Error{Msg: fmt.Sprintf("permission denied on %s (the socket belongs to another user)", path), Err: err}
+		return nil, refused(&Error{Msg: fmt.Sprintf("permission denied on %s (the socket belongs to another user)", path), Err: err})
 	}
 	return nil, &Error{Msg: fmt.Sprintf("cannot connect to %s: %v", path, err), Err: err}
 }
 
-// inflight tracks the requests the stdio client sent that await an answer,
-// so the shim can exit once stdin has closed and every answer has arrived.
-type inflight struct {
-	mu      sync.Mutex
-	pending map[string]int
-	eof     bool
-	done    chan struct{}
-	closed  bool
+var (
+	_ transport = (*unixTransport)(nil)
+	_ transport = (*wsTransport)(nil)
+	_ stream    = (*unixStream)(nil)
+	_ stream    = (*wsStream)(nil)
+)
+
+// unixStream is NDJSON over a Unix socket: one message per line.
+type unixStream struct {
+	c   net.Conn
+	r   *ndjson.Reader
+	w   *bufio.Writer
+	max int
 }
 
-func newInflight() *inflight {
-	return &inflight{pending: map[string]int{}, done: make(chan struct{})}
-}
-
-// sent records a message going to the daemon.
-func (f *inflight) sent(msg []byte) {
-	h, err := jsonrpc.Peek(msg)
-	if err != nil || h.Kind != jsonrpc.KindRequest {
-		return
+func (s *unixStream) read() ([]byte, error) {
+	msg, err := s.r.Read()
+	switch {
+	case err == nil:
+		return msg, nil
+	case errors.Is(err, io.EOF):
+		return nil, ErrDaemonClosed
+	case errors.Is(err, ndjson.ErrTooLarge):
+		return nil, fmt.Errorf("the daemon sent a message larger than %d bytes (raise --max-message)", s.max)
 	}
-	f.mu.Lock()
-	f.pending[string(h.ID)]++
-	f.mu.Unlock()
+	return nil, err
 }
 
-// received records a message coming from the daemon.
-func (f *inflight) received(msg []byte) {
-	h, err := jsonrpc.Peek(msg)
-	if err != nil || h.Kind != jsonrpc.KindResponse {
-		return
-	}
-	f.mu.Lock()
-	if n := f.pending[string(h.ID)]; n > 1 {
-		f.pending[string(h.ID)] = n - 1
-	} else {
-		delete(f.pending, string(h.ID))
-	}
-	f.check()
-	f.mu.Unlock()
-}
-
-// stdinClosed records the end of the client's input.
-func (f *inflight) stdinClosed() {
-	f.mu.Lock()
-	f.eof = true
-	f.check()
-	f.mu.Unlock()
-}
-
-func (f *inflight) check() {
-	if f.eof && len(f.pending) == 0 && !f.closed {
-		f.closed = true
-		close(f.done)
-	}
-}
-
-// relay copies NDJSON both ways over a stream connection. It returns nil
-// once stdin has closed and every request relayed has been answered.
-func relay(ctx context.Context, c net.Conn, o Options) error {
-	defer c.Close()
-	errc := make(chan error, 2)
-	track := newInflight()
-	go func() {
-		r := ndjson.NewReader(o.Stdin, o.MaxMessage)
-		w := bufio.NewWriter(c)
-		for {
-			msg, err := r.Read()
-			if err != nil {
-				if ferr := w.Flush(); ferr != nil {
-					errc <- &Error{Msg: "connection to the daemon lost: " + ferr.Error(), Err: ferr}
-					return
-				}
-				if errors.Is(err, io.EOF) {
-					track.stdinClosed()
-					return
-				}
-				errc <- &Error{Msg: "reading stdin: " + err.Error(), Err: err}
-				return
-			}
-			track.sent(msg)
-			w.Write(msg)
-			w.WriteByte('\n')
-			if r.Buffered() == 0 {
-				if err := w.Flush(); err != nil {
-					errc <- &Error{Msg: "connection to the daemon lost: " + err.Error(), Err: err}
-					return
-				}
-			}
-		}
-	}()
-	go func() {
-		r := ndjson.NewReader(c, o.MaxMessage+1024)
-		w := bufio.NewWriter(o.Stdout)
-		for {
-			msg, err := r.Read()
-			if err != nil {
-				_ = w.Flush()
-				if errors.Is(err, io.EOF) {
-					errc <- &Error{Msg: "the daemon closed the connection", Err: io.EOF}
-				} else {
-					errc <- &Error{Msg: "connection to the daemon lost: " + err.Error(), Err: err}
-				}
-				return
-			}
-			w.Write(msg)
-			w.WriteByte('\n')
-			if r.Buffered() == 0 {
-				if err := w.Flush(); err != nil {
-					errc <- &Error{Msg: "writing stdout: " + err.Error(), Err: err}
-					return
-				}
-			}
-			track.received(msg)
-		}
-	}()
-	select {
-	case err := <-errc:
+func (s *unixStream) write(msg []byte) error {
+	_ = s.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := s.w.Write(msg); err != nil {
 		return err
-	case <-track.done:
-		return nil
-	case <-ctx.Done():
-		return nil
 	}
+	return s.w.WriteByte('\n')
 }
+
+func (s *unixStream) flush() error {
+	_ = s.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return s.w.Flush()
+}
+
+func (s *unixStream) close(bool) { _ = s.c.Close() }

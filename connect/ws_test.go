@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,7 +26,9 @@ const wait = 5 * time.Second
 
 // daemon is a gws stand-in for agentbridge's /acp: it checks the bearer
 // token, answers each request {id, method, params} with {id, result:
-// method}, and can drop a connection after its first answer.
+// method}, and can drop a connection after its first answer. It resumes
+// as the real daemon does for requests answered at once: the count of
+// messages the previous connection with the key had read, nothing pending.
 type daemon struct {
 	gws.BuiltinEventHandler
 	srv       *httptest.Server
@@ -32,10 +36,13 @@ type daemon struct {
 	conns     atomic.Int32
 	dropFirst bool
 	delay     time.Duration
+
+	mu       sync.Mutex
+	received map[string]*atomic.Int64 // by resume key: the latest connection's count
 }
 
 func newDaemon(t *testing.T, useTLS bool) *daemon {
-	d := &daemon{}
+	d := &daemon{received: map[string]*atomic.Int64{}}
 	d.up = gws.NewUpgrader(d, &gws.ServerOption{})
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/acp" {
@@ -51,6 +58,7 @@ func newDaemon(t *testing.T, useTLS bool) *daemon {
 			return
 		}
 		socket.Session().Store("n", d.conns.Add(1))
+		socket.Session().Store("received", new(atomic.Int64))
 		go socket.ReadLoop()
 	})
 	if useTLS {
@@ -70,10 +78,28 @@ func (d *daemon) OnMessage(socket *gws.Conn, m *gws.Message) {
 	var req struct {
 		ID     json.RawMessage `json:"id"`
 		Method string          `json:"method"`
+		Params struct {
+			Resume string `json:"resume"`
+		} `json:"params"`
 	}
 	_ = json.Unmarshal(m.Bytes(), &req)
 	m.Close()
+	v, _ := socket.Session().Load("received")
+	count := v.(*atomic.Int64)
+	count.Add(1)
 	if req.ID == nil {
+		return
+	}
+	if req.Method == "bridge/hello" {
+		d.mu.Lock()
+		prev := d.received[req.Params.Resume]
+		d.received[req.Params.Resume] = count
+		d.mu.Unlock()
+		resume := `{"resumed":false,"received":0,"pending":[]}`
+		if prev != nil {
+			resume = fmt.Sprintf(`{"resumed":true,"received":%d,"pending":[]}`, prev.Load())
+		}
+		_ = socket.WriteString(`{"jsonrpc":"2.0","id":` + string(req.ID) + `,"result":{"version":"fake","connectionId":1,"role":"client","envelope":true,"resume":` + resume + `}}`)
 		return
 	}
 	answer := func() {
@@ -89,18 +115,18 @@ func (d *daemon) OnMessage(socket *gws.Conn, m *gws.Message) {
 	answer()
 }
 
-// shim runs Run with piped stdio.
-type shim struct {
+// piped runs Run with piped stdio, parsing what it writes.
+type piped struct {
 	stdin  *io.PipeWriter
 	lines  chan map[string]any
 	result chan error
 }
 
-func runShim(t *testing.T, o Options) *shim {
+func runShim(t *testing.T, o Options) *piped {
 	t.Helper()
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	s := &shim{stdin: inW, lines: make(chan map[string]any, 100), result: make(chan error, 1)}
+	s := &piped{stdin: inW, lines: make(chan map[string]any, 100), result: make(chan error, 1)}
 	o.Stdin, o.Stdout = inR, outW
 	o.Logger = slog.New(slog.DiscardHandler)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -123,14 +149,14 @@ func runShim(t *testing.T, o Options) *shim {
 	return s
 }
 
-func (s *shim) send(t *testing.T, line string) {
+func (s *piped) send(t *testing.T, line string) {
 	t.Helper()
 	if _, err := io.WriteString(s.stdin, line+"\n"); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func (s *shim) expect(t *testing.T, id float64, result string) {
+func (s *piped) expect(t *testing.T, id float64, result string) {
 	t.Helper()
 	select {
 	case m, ok := <-s.lines:
@@ -145,7 +171,7 @@ func (s *shim) expect(t *testing.T, id float64, result string) {
 	}
 }
 
-func (s *shim) done(t *testing.T) error {
+func (s *piped) done(t *testing.T) error {
 	t.Helper()
 	select {
 	case err := <-s.result:
