@@ -229,3 +229,40 @@ func OverloadedReply(id []byte, r Rate) *wire.Msg {
 		Message: "rate limited: this connection may send " + r.String() + "; slow down and retry"})
 	return wire.Own(append(b, '\n'))
 }
+
+// Gate is what a transport does with one message under its input limit.
+type Gate struct {
+	Pass  bool      // hand the message to the router
+	Flood bool      // close the connection (1008): Reason says why
+	Reply *wire.Msg // for a refused request: the -32004 answer to queue
+	Kind  string    // "request" or "notification", for metrics, when refused
+	Log   int       // when > 0: log one line now, this many refused so far
+	// Reason describes a flood close.
+	Reason string
+}
+
+// Gate applies the limit to one complete message (borrowed): answers to the
+// agent always pass (refusing them would strand the agent), a refused
+// request is answered -32004 with its own id, a refused notification is
+// dropped, and a connection far over its rate for long is closed. Only from
+// the goroutine that reads the connection.
+func (l *Limiter) Gate(now time.Time, msg []byte) Gate {
+	switch l.Admit(now, len(msg)) {
+	case Admit:
+		return Gate{Pass: true}
+	case Flood:
+		return Gate{Flood: true, Reason: fmt.Sprintf("input flood: more than %d times the rate limit (%s) for %d seconds", FloodFactor, l.Rate(), FloodWindows)}
+	}
+	hd, err := jsonrpc.Peek(msg)
+	if err == nil && hd.Kind == jsonrpc.KindResponse {
+		return Gate{Pass: true}
+	}
+	g := Gate{Kind: "notification"}
+	if err == nil && hd.Kind == jsonrpc.KindRequest {
+		g.Kind, g.Reply = "request", OverloadedReply(hd.ID, l.Rate())
+	}
+	if n, logNow := l.Refused(now); logNow {
+		g.Log = n
+	}
+	return g
+}

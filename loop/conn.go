@@ -86,29 +86,27 @@ func (c *conn) admit(msg []byte, now time.Time) bool {
 	if c.lim == nil {
 		return true
 	}
-	switch c.lim.Admit(now, len(msg)) {
-	case delivery.Admit:
+	g := c.lim.Gate(now, msg)
+	if g.Pass {
 		return true
-	case delivery.Flood:
-		why := fmt.Sprintf("input flood: more than %d times the rate limit (%s) for %d seconds", delivery.FloodFactor, c.lim.Rate(), delivery.FloodWindows)
-		c.srv.log.Info("closing connection", "peer", c.peer, "transport", c.proto.name(), "reason", why)
+	}
+	if c.cl != nil {
+		// Read, though not routed: a resuming client must not resend it.
+		c.srv.hub.Refused(c.cl)
+	}
+	if g.Flood {
+		c.srv.log.Info("closing connection", "peer", c.peer, "transport", c.proto.name(), "reason", g.Reason)
 		c.srv.cfg.Metrics.floodClosed()
 		c.srv.cfg.Metrics.closed(c.proto.name(), "flood")
-		c.Close(session.ClosePolicy, why)
+		c.Close(session.ClosePolicy, g.Reason)
 		return false
 	}
-	hd, err := jsonrpc.Peek(msg)
-	if err == nil && hd.Kind == jsonrpc.KindResponse {
-		return true
+	if g.Reply != nil {
+		c.Send(g.Reply, wire.Control)
 	}
-	kind := "notification"
-	if err == nil && hd.Kind == jsonrpc.KindRequest {
-		kind = "request"
-		c.Send(delivery.OverloadedReply(hd.ID, c.lim.Rate()), wire.Control)
-	}
-	c.srv.cfg.Metrics.rateLimited(kind)
-	if n, logNow := c.lim.Refused(now); logNow {
-		c.srv.log.Info("rate limited: refusing input", "peer", c.peer, "transport", c.proto.name(), "refused", n, "rate", c.lim.Rate().String())
+	c.srv.cfg.Metrics.rateLimited(g.Kind)
+	if g.Log > 0 {
+		c.srv.log.Info("rate limited: refusing input", "peer", c.peer, "transport", c.proto.name(), "refused", g.Log, "rate", c.lim.Rate().String())
 	}
 	return false
 }

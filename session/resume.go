@@ -226,3 +226,14 @@ func (h *Hub) sendEvent(cl *Client, m *wire.Msg) {
 		h.send(cl, m, wire.Data)
 	}
 }
+
+// Refused counts a message the transport read from cl but refused before
+// routing (rate limited), so the received count a resuming successor is
+// told stays exact and the message is not resent. Safe from any goroutine.
+func (h *Hub) Refused(cl *Client) {
+	h.mu.Lock()
+	if !cl.closed {
+		cl.received++
+	}
+	h.mu.Unlock()
+}

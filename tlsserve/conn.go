@@ -3,7 +3,6 @@ package tlsserve
 import (
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/lxzan/gws"
 
-	"github.com/agentbridge/agentbridge/codec/jsonrpc"
 	"github.com/agentbridge/agentbridge/codec/ws"
 	"github.com/agentbridge/agentbridge/delivery"
 	"github.com/agentbridge/agentbridge/session"
@@ -99,28 +97,26 @@ func (c *wsConn) admit(msg []byte, now time.Time) bool {
 	if c.lim == nil {
 		return true
 	}
-	switch c.lim.Admit(now, len(msg)) {
-	case delivery.Admit:
+	g := c.lim.Gate(now, msg)
+	if g.Pass {
 		return true
-	case delivery.Flood:
-		why := fmt.Sprintf("input flood: more than %d times the rate limit (%s) for %d seconds", delivery.FloodFactor, c.lim.Rate(), delivery.FloodWindows)
-		c.s.log.Info("closing websocket", "peer", c.peer, "transport", Transport, "reason", why)
+	}
+	if c.cl != nil {
+		// Read, though not routed: a resuming client must not resend it.
+		c.s.cfg.Hub.Refused(c.cl)
+	}
+	if g.Flood {
+		c.s.log.Info("closing websocket", "peer", c.peer, "transport", Transport, "reason", g.Reason)
 		c.s.m.Closed(Transport, "flood")
-		c.Close(session.ClosePolicy, why)
+		c.Close(session.ClosePolicy, g.Reason)
 		return false
 	}
-	hd, err := jsonrpc.Peek(msg)
-	if err == nil && hd.Kind == jsonrpc.KindResponse {
-		return true
+	if g.Reply != nil {
+		c.Send(g.Reply, wire.Control)
 	}
-	kind := "notification"
-	if err == nil && hd.Kind == jsonrpc.KindRequest {
-		kind = "request"
-		c.Send(delivery.OverloadedReply(hd.ID, c.lim.Rate()), wire.Control)
-	}
-	c.s.m.RateLimited(kind)
-	if n, logNow := c.lim.Refused(now); logNow {
-		c.s.log.Info("rate limited: refusing input", "peer", c.peer, "transport", Transport, "refused", n, "rate", c.lim.Rate().String())
+	c.s.m.RateLimited(g.Kind)
+	if g.Log > 0 {
+		c.s.log.Info("rate limited: refusing input", "peer", c.peer, "transport", Transport, "refused", g.Log, "rate", c.lim.Rate().String())
 	}
 	return false
 }

@@ -717,7 +717,7 @@ func TestBackpressureGarbageNetwork(t *testing.T) {
 		t.Fatalf("half-open upstream did not end with EOF: %v", err)
 	}
 	close(proxy.gate)
-	if !strings.Contains(d.logs(), "slow consumer (onSlow=disconnect)") {
+	if !d.waitLog("slow consumer (onSlow=disconnect)", wait) {
 		t.Fatalf("no log line gives the half-open peer's close reason")
 	}
 
@@ -891,7 +891,7 @@ func TestRateLimit(t *testing.T) {
 	if got := d.metric(t, `agentbridge_rate_limited_total{kind="request"}`); int(got) != limited {
 		t.Fatalf("metric counts %v refused requests, clients saw %d", got, limited)
 	}
-	if !strings.Contains(d.logs(), "rate limited: refusing input") {
+	if !d.waitLog("rate limited: refusing input", wait) {
 		t.Fatal("no log line about refused input")
 	}
 	// Flooding: ~400 notifications/s, 20 times the rate, for up to 10s.
@@ -917,7 +917,7 @@ func TestRateLimit(t *testing.T) {
 	if took := time.Since(start); took < 2*time.Second {
 		t.Fatalf("closed after %v; flooding is judged over 3 one-second windows", took)
 	}
-	if d.metric(t, `agentbridge_backpressure_closes_total{reason="flood"}`) != 1 || !strings.Contains(d.logs(), "input flood") {
+	if d.metric(t, `agentbridge_backpressure_closes_total{reason="flood"}`) != 1 || !d.waitLog("input flood", wait) {
 		t.Fatal("the flood close was not counted and logged")
 	}
 }

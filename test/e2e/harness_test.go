@@ -122,6 +122,19 @@ func startDaemon(t *testing.T, args ...string) *daemon {
 	}
 }
 
+// waitLog waits until the daemon's log contains s: log lines are written by
+// another process and may trail what a client observes on its socket.
+func (d *daemon) waitLog(s string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(d.logs(), s) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 func (d *daemon) stop() {
 	select {
 	case <-d.exited:

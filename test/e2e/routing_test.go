@@ -214,7 +214,7 @@ func TestMessageOverLimitClosesConnection(t *testing.T) {
 	case <-time.After(wait):
 		t.Fatalf("connection not closed after an oversized message")
 	}
-	if !strings.Contains(d.logs(), "closing connection") {
+	if !d.waitLog("closing connection", wait) {
 		t.Fatalf("no log line naming the close reason:\n%s", d.logs())
 	}
 }
@@ -263,7 +263,7 @@ func TestAgentCrashFailsPendingAndRestarts(t *testing.T) {
 		// cached result of the old generation is fine too; what matters is that the new agent was initialised
 		t.Logf("initialize still answers from the first generation's cache")
 	}
-	if !strings.Contains(d.logs(), "exit") {
+	if !d.waitLog("exit", wait) {
 		t.Fatalf("agent exit not logged")
 	}
 }
@@ -338,7 +338,7 @@ func TestForeignUIDRefused(t *testing.T) {
 	if !strings.Contains(string(out), "-32001") || !strings.Contains(string(out), "uid 65534") {
 		t.Fatalf("foreign uid: want a -32001 refusal naming the uid, got %q (err %v)", out, err)
 	}
-	if !strings.Contains(d.logs(), "uid not allowed") {
+	if !d.waitLog("uid not allowed", wait) {
 		t.Fatalf("refusal not logged")
 	}
 }
