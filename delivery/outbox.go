@@ -86,11 +86,11 @@ type Hooks struct {
 // are safe from any goroutine. Drain and Observe only from the goroutine
 // that writes the connection's socket (the drainer).
 type Outbox struct {
-	cfg       Config // immutable, defaults filled
+	cfg       *Config // immutable, defaults filled, shared by every outbox made from the same Config
 	itemsHigh int    // slot watermarks, like the byte ones
 	itemsLow  int
 	q         *ring.Queue[slot]
-	br        *breaker.Breaker
+	br        atomic.Pointer[breaker.Breaker] // made on first need; written by the drainer
 	hooks     Hooks
 	m         Metrics
 
@@ -148,6 +148,9 @@ func (o *Outbox) dropPayload(s *slot) {
 		return
 	}
 	sid := s.m.SessionID
+	if o.markers == nil {
+		o.markers = make(map[string]*wire.Msg) // first eviction: idle connections stay small
+	}
 	mk := o.markers[sid]
 	if mk == nil {
 		if len(o.markers) >= maxMarkers {
@@ -182,11 +185,8 @@ func New(q ring.Config, hooks Hooks) *Outbox {
 
 // NewOutbox returns an Outbox configured by cfg. It panics if cfg fails
 // Validate: configuration is checked where it is read.
-func NewOutbox(cfg Config, hooks Hooks) *Outbox {
-	if err := cfg.Validate(); err != nil {
-		panic(err)
-	}
-	cfg = cfg.WithDefaults()
+func NewOutbox(c Config, hooks Hooks) *Outbox {
+	cfg := normalised(c)
 	o := &Outbox{
 		cfg:       cfg,
 		itemsHigh: (cfg.Queue.MaxItems - cfg.Queue.ControlSlots) / 4 * 3,
@@ -198,11 +198,28 @@ func NewOutbox(cfg Config, hooks Hooks) *Outbox {
 	if o.m == nil {
 		o.m = nopMetrics{}
 	}
-	o.markers = make(map[string]*wire.Msg)
 	o.q.SetOnEvict(o.dropPayload)
 	o.policy.Store(uint32(cfg.OnSlow))
-	o.br = breaker.New("outbox", cfg.Breaker, o.m.Transition)
+	// The breaker is made on the first unhealthy observation: most
+	// connections never have one, and 10,000 idle ones should not carry it.
 	return o
+}
+
+// configs interns normalised configurations: a server makes thousands of
+// outboxes from one Config, and each would otherwise carry its own copy
+// (a fifth of an idle connection's footprint). Values are immutable.
+var configs sync.Map // Config -> *Config
+
+func normalised(c Config) *Config {
+	if p, ok := configs.Load(c); ok {
+		return p.(*Config)
+	}
+	if err := c.Validate(); err != nil {
+		panic(err)
+	}
+	n := c.WithDefaults()
+	p, _ := configs.LoadOrStore(c, &n)
+	return p.(*Config)
 }
 
 var _ session.Conn = (*connAdapter)(nil)
@@ -239,7 +256,16 @@ func (o *Outbox) SetDefaultPolicy(p Policy) {
 func (o *Outbox) Degraded() bool { return o.degraded.Load() }
 
 // State is the connection's breaker state. Safe from any goroutine.
-func (o *Outbox) State() breaker.State { return o.br.State() }
+func (o *Outbox) State() breaker.State {
+	if br := o.breaker(); br != nil {
+		return br.State()
+	}
+	return breaker.Closed
+}
+
+// breaker returns the connection's breaker, nil while it never needed one.
+// Safe from any goroutine.
+func (o *Outbox) breaker() *breaker.Breaker { return o.br.Load() }
 
 // Send queues m. It reports false when a control message could not be
 // queued: the connection is then being closed through the hooks. Data
@@ -547,12 +573,17 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		} else {
 			o.why = fmt.Sprintf("its queue stayed over the high watermark (%d messages, %d data bytes queued)", lvl.Items, lvl.DataBytes)
 		}
-		o.br.Observe(false)
+		br := o.breaker()
+		if br == nil {
+			br = breaker.New("outbox", o.cfg.Breaker, o.m.Transition)
+			o.br.Store(br)
+		}
+		br.Observe(false)
 	case !blocked && lvl.DataBytes < qc.LowWater && lvl.Items < o.itemsLow:
 		// A healthy observation in the closed state changes nothing
 		// unless it breaks a run of unhealthy ones.
-		if o.unhealthy > 0 || o.br.State() != breaker.Closed {
-			o.br.Observe(true)
+		if br := o.breaker(); br != nil && (o.unhealthy > 0 || br.State() != breaker.Closed) {
+			br.Observe(true)
 		}
 		o.unhealthy = 0
 	}
@@ -578,7 +609,7 @@ func (o *Outbox) report(lvl ring.Level) {
 // closes it, as the breaker and the policy say; why is what made the
 // consumer unhealthy, for a close's reason. Safe from any goroutine.
 func (o *Outbox) apply(why string) {
-	open := o.br.State() == breaker.Open
+	open := o.State() == breaker.Open
 	deg := o.degraded.Load()
 	pol := o.Policy()
 	switch {
@@ -648,7 +679,7 @@ func (o *Outbox) tick() {
 	if o.closed || !o.degraded.Load() || o.dead.Load() {
 		return
 	}
-	if o.br.State() != breaker.Open {
+	if o.State() != breaker.Open {
 		o.leave()
 		return
 	}

@@ -112,7 +112,7 @@ const (
 	defaultMaxControlBytes = 4 << 20
 
 	// initialSlots is the slot array a queue starts with on its first Push.
-	initialSlots = 16
+	initialSlots = 2
 	// releaseAbove: an array larger than this is released when the queue
 	// drains to empty. Small enough that idle connections stay cheap, large
 	// enough that a connection streaming one message at a time never

@@ -254,7 +254,8 @@ func (h *Hub) Open(c Conn, info ConnInfo) *Client {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.nextConnID++
-	cl := &Client{ID: h.nextConnID, info: info, conn: c, attached: make(map[string]*Session), owns: make(map[string]*Session)}
+	// attached and owns are made on first use: idle connections stay small.
+	cl := &Client{ID: h.nextConnID, info: info, conn: c}
 	if info.Role == auth.RoleViewer {
 		cl.opts.OnSlow = "degrade"
 	} else {
@@ -323,7 +324,10 @@ func (h *Hub) setOwner(s *Session, cl *Client) {
 		delete(s.owner.owns, s.ID)
 	}
 	s.owner = cl
-	if cl != nil && cl.owns != nil {
+	if cl != nil && !cl.closed {
+		if cl.owns == nil {
+			cl.owns = make(map[string]*Session)
+		}
 		cl.owns[s.ID] = s
 	}
 }

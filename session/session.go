@@ -79,7 +79,10 @@ func (s *Session) isAttached(cl *Client) bool {
 }
 
 func (s *Session) attach(cl *Client) {
-	if !s.isAttached(cl) {
+	if !s.isAttached(cl) && !cl.closed {
+		if cl.attached == nil {
+			cl.attached = make(map[string]*Session)
+		}
 		s.attached = append(s.attached, cl)
 		cl.attached[s.ID] = s
 	}
