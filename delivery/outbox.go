@@ -87,7 +87,7 @@ type Hooks struct {
 // that writes the connection's socket (the drainer).
 type Outbox struct {
 	cfg       *Config // immutable, defaults filled, shared by every outbox made from the same Config
-	itemsHigh int    // slot watermarks, like the byte ones
+	itemsHigh int     // slot watermarks, like the byte ones
 	itemsLow  int
 	q         *ring.Queue[slot]
 	br        atomic.Pointer[breaker.Breaker] // made on first need; written by the drainer
@@ -220,6 +220,15 @@ func normalised(c Config) *Config {
 	n := c.WithDefaults()
 	p, _ := configs.LoadOrStore(c, &n)
 	return p.(*Config)
+}
+
+// SetOptions applies what the client chose with bridge/hello (its onSlow
+// policy); transports forward session.OptionsListener calls here. Safe from
+// any goroutine.
+func (o *Outbox) SetOptions(opts session.Options) {
+	if p, err := ParsePolicy(opts.OnSlow); err == nil {
+		o.SetPolicy(p)
+	}
 }
 
 var _ session.Conn = (*connAdapter)(nil)

@@ -72,9 +72,7 @@ type conn struct {
 // session.OptionsListener. Safe from any goroutine: the hub calls it under
 // its lock, and it only stores a word.
 func (c *conn) SetOptions(o session.Options) {
-	if p, err := delivery.ParsePolicy(o.OnSlow); err == nil {
-		c.out.SetPolicy(p)
-	}
+	c.out.SetOptions(o)
 }
 
 var _ session.OptionsListener = (*conn)(nil)

@@ -122,20 +122,8 @@ func (p *wsProto) failWith(c *conn, code ws.CloseCode, reason string) error {
 	return &closeError{code: session.ClosePolicy, reason: "ws " + strconv.Itoa(int(code)) + " " + code.String()}
 }
 
-// wsCloseCode maps the hub's close reasons to RFC 6455 status codes.
-func wsCloseCode(code session.CloseCode) ws.CloseCode {
-	switch code {
-	case session.ClosePolicy:
-		return ws.ClosePolicyViolation
-	case session.CloseTooBig:
-		return ws.CloseTooBig
-	case session.CloseTryAgain:
-		return ws.CloseTryAgainLater
-	case session.CloseGoingAway:
-		return ws.CloseGoingAway
-	}
-	return ws.CloseInternalError
-}
+// wsCloseCode is the RFC 6455 status code for a hub close reason.
+func wsCloseCode(code session.CloseCode) ws.CloseCode { return ws.CloseCode(code.WebSocket()) }
 
 // farewell is our close frame: the echo of the peer's, the code of its
 // protocol error, or the hub's reason.

@@ -30,6 +30,22 @@ const (
 	CloseInternal                       // an internal error (1011)
 )
 
+// WebSocket is the RFC 6455 status code a WebSocket transport closes with
+// for this reason.
+func (c CloseCode) WebSocket() uint16 {
+	switch c {
+	case ClosePolicy:
+		return 1008
+	case CloseTooBig:
+		return 1009
+	case CloseTryAgain:
+		return 1013
+	case CloseGoingAway:
+		return 1001
+	}
+	return 1011
+}
+
 // Agent is the agent process as the hub sees it (agent.Supervisor).
 type Agent interface {
 	// Send queues one JSON message for the agent's stdin and returns at

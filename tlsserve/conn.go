@@ -82,9 +82,7 @@ func outboxMetrics(f func(string) delivery.Metrics, peer string) delivery.Metric
 // SetOptions applies what the client chose with bridge/hello; see
 // session.OptionsListener. Safe from any goroutine.
 func (c *wsConn) SetOptions(o session.Options) {
-	if p, err := delivery.ParsePolicy(o.OnSlow); err == nil {
-		c.out.SetPolicy(p)
-	}
+	c.out.SetOptions(o)
 }
 
 var _ session.OptionsListener = (*wsConn)(nil)
@@ -144,20 +142,8 @@ func (c *wsConn) closeWith(code session.CloseCode, wsCode ws.CloseCode, reason s
 	close(c.quit)
 }
 
-// wsCloseCode maps the hub's close reasons to RFC 6455 status codes.
-func wsCloseCode(code session.CloseCode) ws.CloseCode {
-	switch code {
-	case session.ClosePolicy:
-		return ws.ClosePolicyViolation
-	case session.CloseTooBig:
-		return ws.CloseTooBig
-	case session.CloseTryAgain:
-		return ws.CloseTryAgainLater
-	case session.CloseGoingAway:
-		return ws.CloseGoingAway
-	}
-	return ws.CloseInternalError
-}
+// wsCloseCode is the RFC 6455 status code for a hub close reason.
+func wsCloseCode(code session.CloseCode) ws.CloseCode { return ws.CloseCode(code.WebSocket()) }
 
 // writeLoop is the connection's writer goroutine.
 func (c *wsConn) writeLoop() {
