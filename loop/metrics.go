@@ -2,6 +2,7 @@ package loop
 
 import (
 	"log/slog"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -24,6 +25,25 @@ type Metrics struct {
 	httpReqs    *prometheus.CounterVec
 	wsProtoErrs *prometheus.CounterVec
 	bp          bpMetrics
+	// traffic holds each transport's traffic counters, resolved once: a
+	// label lookup per message cost ~5% of the daemon's CPU under load.
+	trafficOf sync.Map // transport -> *trafficCounters
+}
+
+type trafficCounters struct {
+	msgsIn, bytesIn, msgsOut, bytesOut prometheus.Counter
+}
+
+func (m *Metrics) traffic(t string) *trafficCounters {
+	if tc, ok := m.trafficOf.Load(t); ok {
+		return tc.(*trafficCounters)
+	}
+	tc := &trafficCounters{
+		msgsIn: m.msgsIn.WithLabelValues(t), bytesIn: m.bytesIn.WithLabelValues(t),
+		msgsOut: m.msgsOut.WithLabelValues(t), bytesOut: m.bytesOut.WithLabelValues(t),
+	}
+	v, _ := m.trafficOf.LoadOrStore(t, tc)
+	return v.(*trafficCounters)
 }
 
 // bpMetrics are the backpressure collectors: what each connection's outbox
@@ -148,13 +168,15 @@ func (m *Metrics) opened(t string) {
 func (m *Metrics) closedConn(t string) { m.connsOpen.WithLabelValues(t).Dec() }
 
 func (m *Metrics) in(t string, bytes int) {
-	m.msgsIn.WithLabelValues(t).Inc()
-	m.bytesIn.WithLabelValues(t).Add(float64(bytes))
+	tc := m.traffic(t)
+	tc.msgsIn.Inc()
+	tc.bytesIn.Add(float64(bytes))
 }
 
 func (m *Metrics) out(t string, msgs, bytes int) {
-	m.msgsOut.WithLabelValues(t).Add(float64(msgs))
-	m.bytesOut.WithLabelValues(t).Add(float64(bytes))
+	tc := m.traffic(t)
+	tc.msgsOut.Add(float64(msgs))
+	tc.bytesOut.Add(float64(bytes))
 }
 
 func (m *Metrics) refused(t, reason string) { m.refusals.WithLabelValues(t, reason).Inc() }

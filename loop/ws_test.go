@@ -353,10 +353,18 @@ func TestWebSocketRateLimit(t *testing.T) {
 				w := dialWS(t, e.addr)
 				send = w.text
 				read = func() map[string]any {
-					g := w.mustNext(wait)
-					var m map[string]any
-					_ = json.Unmarshal([]byte(g.payload), &m)
-					return m
+					for {
+						g := w.mustNext(wait)
+						if g.kind == ws.EventPing { // a heartbeat, not an answer
+							w.write(w.frame(true, ws.OpPong, []byte(g.payload)))
+							continue
+						}
+						var m map[string]any
+						if err := json.Unmarshal([]byte(g.payload), &m); err != nil {
+							t.Fatalf("frame kind %v payload %q: not a JSON-RPC message: %v", g.kind, g.payload, err)
+						}
+						return m
+					}
 				}
 			}
 			// A burst of 10 within the bucket of 3: the rest are refused
