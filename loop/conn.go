@@ -59,13 +59,10 @@ type conn struct {
 	closeReason string
 
 	// Owned by the event loop.
-	msgs []*wire.Msg
-	iov  [][]byte
-	lim  *delivery.Limiter // nil: input not limited
-	// blockedDelay is the current back-off while gnet's outbound buffer
-	// stays over the watermark; zero once a drain made progress.
-	blockedDelay time.Duration
-	policyKnown  bool // the role's default onSlow policy is applied
+	msgs        []*wire.Msg
+	iov         [][]byte
+	lim         *delivery.Limiter // nil: input not limited
+	policyKnown bool              // the role's default onSlow policy is applied
 }
 
 // SetOptions applies what the client chose with bridge/hello; see
@@ -174,7 +171,6 @@ func (c *conn) drain(force bool) {
 			blocked = true
 			return
 		}
-		c.blockedDelay = 0
 		c.msgs = c.out.Drain(c.msgs[:0], drainBytes)
 		if len(c.msgs) == 0 {
 			// A replay being paced out continues once the queue is empty.

@@ -88,7 +88,7 @@ type Server struct {
 	done chan error
 
 	mu      sync.Mutex
-	blocked map[*conn]time.Time // connections waiting for gnet's outbound buffer to drain -> when to look again
+	blocked map[*conn]struct{} // connections waiting for gnet's outbound buffer to drain
 	conns   map[*conn]struct{}
 	nconns  atomic.Int64
 	stopped atomic.Bool
@@ -121,7 +121,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, hub: cfg.Hub, uid: uint32(os.Getuid()),
 		boot: make(chan struct{}), done: make(chan error, 2),
-		blocked: make(map[*conn]time.Time), conns: make(map[*conn]struct{})}
+		blocked: make(map[*conn]struct{}), conns: make(map[*conn]struct{})}
 	if cfg.Listen != "" && cfg.HTTP != nil {
 		s.front = newFront(s, *cfg.HTTP)
 	}
@@ -245,17 +245,14 @@ func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 // OnTick wakes connections blocked on gnet's outbound buffer and runs the
 // periodic work of the protocols (heartbeats, summaries).
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
-	now := time.Now()
 	s.mu.Lock()
-	for c, due := range s.blocked {
-		if now.Before(due) {
-			continue
-		}
+	for c := range s.blocked {
 		delete(s.blocked, c)
 		_ = c.gc.Wake(nil)
 	}
 	ticks := s.ticks
 	s.mu.Unlock()
+	now := time.Now()
 	for _, f := range ticks {
 		f(now)
 	}
@@ -270,20 +267,9 @@ func (s *Server) OnTickFunc(f func(now time.Time)) {
 	s.mu.Unlock()
 }
 
-// Blocked connections are looked at again after a delay that doubles while
-// they make no progress: a stalled peer costs the loop a few wake-ups a
-// second, not two hundred, and one that reads again is back within
-// maxBlockedDelay.
-const (
-	minBlockedDelay = 5 * time.Millisecond
-	maxBlockedDelay = 200 * time.Millisecond
-)
-
-// markBlocked schedules c's next drain attempt. Loop goroutine of c only.
 func (s *Server) markBlocked(c *conn) {
-	c.blockedDelay = min(max(2*c.blockedDelay, minBlockedDelay), maxBlockedDelay)
 	s.mu.Lock()
-	s.blocked[c] = time.Now().Add(c.blockedDelay)
+	s.blocked[c] = struct{}{}
 	s.mu.Unlock()
 }
 
