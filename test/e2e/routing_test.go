@@ -327,16 +327,23 @@ func TestForeignUIDRefused(t *testing.T) {
 	}
 	d := startDaemon(t, fakeAgentCmd()...)
 	// Let uid 65534 reach the socket file, so the refusal tested is the
-	// daemon's SO_PEERCRED check, not file permissions.
+	// daemon's SO_PEERCRED check, not file permissions. The daemon sets
+	// the socket's mode itself once listening, before it logs that it
+	// serves: change it only after that.
+	if !d.waitLog("agentbridge serving", wait) {
+		t.Fatalf("daemon never logged that it serves")
+	}
 	os.Chmod(d.dir, 0o755)
 	os.Chmod(d.sock, 0o666)
 	os.Chmod(filepath.Dir(binPath), 0o755)
 	cmd := exec.Command(binPath, "connect", "unix://"+d.sock)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	cmd.Stdin = strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"echo","params":{}}` + "\n")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if !strings.Contains(string(out), "-32001") || !strings.Contains(string(out), "uid 65534") {
-		t.Fatalf("foreign uid: want a -32001 refusal naming the uid, got %q (err %v)", out, err)
+		t.Fatalf("foreign uid: want a -32001 refusal naming the uid, got %q (err %v, stderr %q)", out, err, stderr.String())
 	}
 	if !d.waitLog("uid not allowed", wait) {
 		t.Fatalf("refusal not logged")
