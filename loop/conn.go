@@ -224,6 +224,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		}
 		if !s.uidAllowed(uid) {
 			s.log.Warn("unix peer refused: uid not allowed", "uid", uid, "pid", pid)
+			s.hub.AuditAuthFailure(fmt.Sprintf("uid:%d pid:%d", uid, pid), "unix", "uid not allowed")
 			s.cfg.Metrics.refused("unix", "uid")
 			return refusal(fmt.Sprintf("uid %d is not allowed on this socket (the daemon runs as uid %d)", uid, s.uid)), gnet.Close
 		}

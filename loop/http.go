@@ -339,17 +339,20 @@ func (f *front) authorize(r *http.Request, transport string, checkOrigin, tls bo
 			if len(o) > 200 {
 				o = o[:200]
 			}
+			f.s.hub.AuditAuthFailure(r.RemoteAddr, transport, fmt.Sprintf("origin %q not allowed", o))
 			return 0, "", textReply(http.StatusForbidden, fmt.Sprintf("origin %q may not connect: the daemon allows its own origin and those given with --allow-origin", o))
 		}
 	}
 	tok, sub := auth.TokenFromRequest(r)
 	if tok == "" {
 		f.m.refused(transport, "no token")
+		f.s.hub.AuditAuthFailure(r.RemoteAddr, transport, "no token")
 		return 0, "", textReply(http.StatusUnauthorized, "a token is required: send it as Authorization: Bearer <token>, the WebSocket subprotocol agentbridge.token.<token>, ?token=<token> or the agentbridge_token cookie", "WWW-Authenticate", bearerRealm)
 	}
 	role, ok := f.cfg.Tokens.Lookup(tok)
 	if !ok {
 		f.m.refused(transport, "bad token")
+		f.s.hub.AuditAuthFailure(r.RemoteAddr, transport, "token rejected")
 		return 0, "", textReply(http.StatusUnauthorized, "token rejected", "WWW-Authenticate", bearerInvalid)
 	}
 	return role, sub, nil
