@@ -210,7 +210,9 @@ func (h *Hub) sendReplay(cl *Client, s *Session, after uint64, replay []*wire.Ms
 		if m.Seq > next {
 			gap(next, m.Seq-1)
 		}
-		h.sendEventDirect(cl, m)
+		if queueEvent(cl, m) {
+			h.deliveries.Add(1)
+		}
 		next = m.Seq + 1
 	}
 	if toEnd && next <= s.seq {

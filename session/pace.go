@@ -129,11 +129,16 @@ func (h *Hub) endCatchup(cl *Client, s *Session) {
 	}
 }
 
-// sendEventDirect queues an event regardless of catch-up state.
-func (h *Hub) sendEventDirect(cl *Client, m *wire.Msg) {
-	if cl.opts.Envelope {
-		h.send(cl, m.Enveloped(), wire.Data)
-	} else {
-		h.send(cl, m, wire.Data)
+// queueEvent queues a data-plane event in the form cl asked for (enveloped
+// or not) and reports whether it did; callers count deliveries in bulk.
+// Precondition: h.mu held.
+func queueEvent(cl *Client, m *wire.Msg) bool {
+	if cl.closed {
+		return false
 	}
+	if cl.opts.Envelope {
+		m = m.Enveloped()
+	}
+	cl.conn.Send(m, wire.Data)
+	return true
 }

@@ -210,23 +210,6 @@ func parkedClient(p *park) *Client {
 	return p.cl
 }
 
-// sendEvent queues a data-plane event in the connection's chosen form.
-// Precondition: h.mu held.
-func (h *Hub) sendEvent(cl *Client, m *wire.Msg) {
-	if cl.catchup != nil {
-		if s := h.sessions[m.SessionID]; s != nil {
-			if _, ok := cl.catchup[s]; ok {
-				return // the pump will read it from the log, in order
-			}
-		}
-	}
-	if cl.opts.Envelope {
-		h.send(cl, m.Enveloped(), wire.Data)
-	} else {
-		h.send(cl, m, wire.Data)
-	}
-}
-
 // Refused counts a message the transport read from cl but refused before
 // routing (rate limited), so the received count a resuming successor is
 // told stays exact and the message is not resent. Safe from any goroutine.

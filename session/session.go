@@ -148,7 +148,18 @@ func (h *Hub) publish(s *Session, m *wire.Msg) {
 	if h.cfg.Journal != nil {
 		h.cfg.Journal.Append(s.ID, s.seq, m.Body())
 	}
+	delivered := 0
 	for _, cl := range s.attached {
-		h.sendEvent(cl, m)
+		if cl.catchup != nil {
+			if _, ok := cl.catchup[s]; ok {
+				continue // the pump reads it from the log, in order
+			}
+		}
+		if queueEvent(cl, m) {
+			delivered++
+		}
 	}
+	// Counted once per event, not once per recipient: this loop is the
+	// fan-out hot path.
+	h.deliveries.Add(uint64(delivered))
 }
