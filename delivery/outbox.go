@@ -177,12 +177,6 @@ const (
 	reasonDegraded = "slow consumer: degraded to bridge/summary"
 )
 
-// New returns an Outbox with a queue of the given configuration and every
-// other setting at its default. See NewOutbox.
-func New(q ring.Config, hooks Hooks) *Outbox {
-	return NewOutbox(Config{Queue: q}, hooks)
-}
-
 // NewOutbox returns an Outbox configured by cfg. It panics if cfg fails
 // Validate: configuration is checked where it is read.
 func NewOutbox(c Config, hooks Hooks) *Outbox {
@@ -230,14 +224,6 @@ func (o *Outbox) SetOptions(opts session.Options) {
 		o.SetPolicy(p)
 	}
 }
-
-var _ session.Conn = (*connAdapter)(nil)
-
-// connAdapter exists only for the compile-time check that an Outbox plus a
-// Close method makes a session.Conn.
-type connAdapter struct{ *Outbox }
-
-func (connAdapter) Close(session.CloseCode, string) {}
 
 // Policy returns the connection's current onSlow policy. Safe from any
 // goroutine.

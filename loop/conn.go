@@ -72,7 +72,10 @@ func (c *conn) SetOptions(o session.Options) {
 	c.out.SetOptions(o)
 }
 
-var _ session.OptionsListener = (*conn)(nil)
+var (
+	_ session.Conn            = (*conn)(nil)
+	_ session.OptionsListener = (*conn)(nil)
+)
 
 // admit applies the input rate limit to one complete message (borrowed)
 // and reports whether to route it. A refused request is answered -32004

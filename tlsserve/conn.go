@@ -85,7 +85,10 @@ func (c *wsConn) SetOptions(o session.Options) {
 	c.out.SetOptions(o)
 }
 
-var _ session.OptionsListener = (*wsConn)(nil)
+var (
+	_ session.Conn            = (*wsConn)(nil)
+	_ session.OptionsListener = (*wsConn)(nil)
+)
 
 // admit applies the input rate limit to one message, as the event loop
 // does: a refused request is answered -32004, a refused notification

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/agentbridge/agentbridge/connect"
-	"github.com/agentbridge/agentbridge/internal/config"
 )
 
 func runConnect(args []string) int {
@@ -25,15 +24,8 @@ func runConnect(args []string) int {
 		fmt.Fprintf(fs.Output(), "Usage: agentbridge connect [flags] URL\n\nURL is unix:///path/to.sock, ws://host:port/acp or wss://host:port/acp.\nstdin and stdout carry newline-delimited JSON-RPC, so an editor can run this as its agent command.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if config.IsHelp(err) {
-			return 0
-		}
-		return 2
-	}
-	if err := config.Apply(fs, ""); err != nil {
-		fmt.Fprintf(os.Stderr, "agentbridge connect: %v\n", err)
-		return 2
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
 	}
 	if fs.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "agentbridge connect: exactly one URL is required (unix:///path.sock, ws://host:port/acp or wss://host:port/acp)")

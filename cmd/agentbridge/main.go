@@ -5,10 +5,13 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/agentbridge/agentbridge/internal/config"
 )
 
 // Set with -ldflags "-X main.version=... -X main.commit=...".
@@ -55,6 +58,23 @@ func main() {
 		code = 2
 	}
 	os.Exit(code)
+}
+
+// parseFlags parses a subcommand's flags and fills the unset ones from the
+// AGENTBRIDGE_* environment. ok is false when the command must stop with
+// code: 0 after -h, 2 after a bad flag or value (already reported).
+func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if config.IsHelp(err) {
+			return 0, false
+		}
+		return 2, false
+	}
+	if err := config.Apply(fs, ""); err != nil {
+		fmt.Fprintf(os.Stderr, "agentbridge %s: %v\n", fs.Name(), err)
+		return 2, false
+	}
+	return 0, true
 }
 
 func revision() string {
