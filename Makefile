@@ -26,6 +26,8 @@ test-deps:
 
 test-go: build
 	$(GO) test -race -count=1 -timeout 15m ./...
+	# Allocation assertions skip under -race (its instrumentation allocates): run them bare.
+	$(GO) test -count=1 -run 'TestAllocs' ./...
 
 # Each fuzz target runs its seed corpus (in test-go) plus a few seconds of fuzzing.
 test-fuzz:
