@@ -354,3 +354,42 @@ func ResultSessionID(msg []byte) []byte {
 	}
 	return unquote(msg, t.resultSID.start, t.resultSID.end)
 }
+
+// Member finds the value at path, a chain of object keys from the top level
+// of msg (e.g. "params", "_meta", "progressToken"), and returns its span
+// msg[start:end]. start is -1 when the value is absent or something on the
+// way is not an object. dup reports that a key on the path appears twice in
+// its object: the value is then ambiguous and start is -1. msg must be a
+// message Peek accepted. Keys match after decoding escapes, as in Peek. It
+// does not allocate.
+func Member(msg []byte, path ...string) (start, end int, dup bool) {
+	s := scanner{b: msg}
+	i := skipWS(msg, 0)
+	start, end = -1, -1
+	for _, key := range path {
+		if i >= len(msg) || msg[i] != '{' {
+			return -1, -1, false
+		}
+		vs, ve := -1, -1
+		if s.object(i, 0, func(ks, ke, a, b int) {
+			if keyIs(msg[ks:ke], key) {
+				if vs >= 0 {
+					dup = true
+				}
+				vs, ve = a, b
+			}
+		}) < 0 || dup || vs < 0 {
+			return -1, -1, dup
+		}
+		i, start, end = vs, vs, ve
+	}
+	return start, end, false
+}
+
+// Splice appends msg to dst with the value at msg[start:end] replaced by
+// val (raw JSON). Spans must come from Member or Peek on this msg.
+func Splice(dst, msg []byte, start, end int, val []byte) []byte {
+	dst = append(dst, msg[:start]...)
+	dst = append(dst, val...)
+	return append(dst, msg[end:]...)
+}

@@ -518,3 +518,24 @@ func BenchmarkReplaceID(b *testing.B) {
 		dst = ReplaceID(dst[:0], msg, h, newID)
 	}
 }
+
+func TestMember(t *testing.T) {
+	msg := []byte(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"x","_meta":{"progressToken":2},"arguments":{"_meta":{"progressToken":"no"}}}}`)
+	s, e, dup := Member(msg, "params", "_meta", "progressToken")
+	if dup || s < 0 || string(msg[s:e]) != "2" {
+		t.Fatalf("Member = %d %d %v", s, e, dup)
+	}
+	if got := string(Splice(nil, msg, s, e, []byte(`"p-1"`))); !strings.Contains(got, `"_meta":{"progressToken":"p-1"},"arguments":{"_meta":{"progressToken":"no"}}`) {
+		t.Fatalf("Splice = %s", got)
+	}
+	if s, _, _ := Member(msg, "params", "workDoneToken"); s != -1 {
+		t.Fatalf("absent member found at %d", s)
+	}
+	if s, _, _ := Member(msg, "params", "name", "x"); s != -1 {
+		t.Fatalf("member of a string found at %d", s)
+	}
+	dupMsg := []byte(`{"jsonrpc":"2.0","method":"$/cancel_request","params":{"requestId":1,"request\u0049d":2}}`)
+	if s, _, dup := Member(dupMsg, "params", "requestId"); s != -1 || !dup {
+		t.Fatalf("duplicate key: start %d dup %v", s, dup)
+	}
+}
