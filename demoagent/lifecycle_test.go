@@ -123,7 +123,9 @@ func TestProtocolV2Turn(t *testing.T) {
 	if len(before) != 3 || before[0].update(t).text() != "hi" {
 		t.Fatalf("resume replayed %d messages", len(before))
 	}
-	var last struct{ Update struct{ SessionUpdate, State string } }
+	var last struct {
+		Update struct{ SessionUpdate, State string }
+	}
 	json.Unmarshal(before[2].Params, &last)
 	if last.Update.SessionUpdate != "state_update" || last.Update.State != "idle" {
 		t.Fatalf("resume ended with %s", before[2].raw)
