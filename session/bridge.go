@@ -76,7 +76,7 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 			return false
 		}
 		if err := jsonrpc.Unmarshal(p, v); err != nil {
-			h.replyError(cl, hd.ID, codeInvalidParams, method+": invalid params: "+err.Error())
+			h.replyError(cl, hd.ID, codeInvalidParams, method+": "+paramsError(p, v))
 			return false
 		}
 		return true
