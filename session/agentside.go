@@ -114,6 +114,7 @@ func (h *Hub) failCalls(match func(*call) bool, why string) {
 	for _, id := range ids {
 		c := h.calls[id]
 		delete(h.calls, id)
+		h.callDone(c)
 		if c.cl != nil {
 			h.replyError(c.cl, c.id, codeAgentUnavailable, why)
 		}
@@ -159,6 +160,7 @@ func (h *Hub) agentResponse(msg []byte, hd jsonrpc.Header) {
 		return
 	}
 	delete(h.calls, id)
+	h.callDone(c)
 	if c.internal != nil {
 		c.internal(h, msg)
 		return

@@ -180,6 +180,9 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 		h.replyError(cl, hd.ID, codeAgentUnavailable, "the agent is not running (restarting); retry shortly")
 		return
 	}
+	if !h.admitCall(cl, hd.ID, method) {
+		return
+	}
 	c := &call{cl: cl, id: clone(hd.ID), method: method, sessionID: string(hd.SessionID), gen: h.gen}
 	if !h.sendCall(c, msg, hd) {
 		return
@@ -225,6 +228,7 @@ func (h *Hub) sendCall(c *call, msg []byte, hd jsonrpc.Header) bool {
 		return false
 	}
 	h.calls[bid] = c
+	h.trackCall(bid, c)
 	return true
 }
 

@@ -30,6 +30,7 @@ type Session struct {
 	gen      uint64          // agent generation that knows the session
 	closed   bool
 	restored bool // recovered from the state directory
+	lim      sessionLimits
 }
 
 func (h *Hub) session(id string) *Session {
@@ -37,9 +38,8 @@ func (h *Hub) session(id string) *Session {
 	if s == nil {
 		s = &Session{ID: id, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes), status: StatusIdle, gen: h.gen}
 		h.sessions[id] = s
-		if h.cfg.Journal != nil {
-			h.cfg.Journal.Create(id)
-		}
+		h.unclaimed(s) // journaled once a client claims it
+
 	}
 	return s
 }
@@ -145,7 +145,7 @@ func (h *Hub) publish(s *Session, m *wire.Msg) {
 	s.seq++
 	m.SessionID, m.Seq = s.ID, s.seq
 	s.log.append(m)
-	if h.cfg.Journal != nil {
+	if h.cfg.Journal != nil && s.journaled() {
 		h.cfg.Journal.Append(s.ID, s.seq, m.Body())
 	}
 	delivered := 0

@@ -42,6 +42,8 @@ type serveFlags struct {
 	queueBytes, controlBytes                     int
 	heartbeat, requestTimeout, grace, stateSync  time.Duration
 	summaryInterval                              time.Duration
+	maxInflight, maxSessions                     int           // hardening
+	callTimeout                                  time.Duration // hardening
 	rate                                         string
 }
 
@@ -77,6 +79,9 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.IntVar(&f.queueBytes, "queue-bytes", 1<<20, "per-connection outbound queue: data-plane bytes before eviction/degrade")
 	fs.IntVar(&f.controlBytes, "control-bytes", 4<<20, "per-connection outbound queue: control-plane bytes before the connection is closed")
 	fs.DurationVar(&f.requestTimeout, "request-timeout", 10*time.Minute, "how long an agent request waits for a client's answer")
+	fs.IntVar(&f.maxInflight, "max-inflight", 1024, "requests one connection may have awaiting the agent; past it -32004")
+	fs.IntVar(&f.maxSessions, "max-sessions", 10000, "sessions kept that only the agent named (no client created, loaded or attached them); past it the oldest idle one is forgotten")
+	fs.DurationVar(&f.callTimeout, "call-timeout", 0, "answer a client request the agent has not answered within this with -32005 (0: wait for ever)")
 	fs.DurationVar(&f.grace, "grace", 5*time.Second, "on shutdown, how long the agent gets to exit after stdin closes (then SIGTERM, then SIGKILL)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: agentbridge serve [flags] [-- AGENT_CMD ARGS...]\n\nEvery flag can also be set as AGENTBRIDGE_<NAME> (e.g. AGENTBRIDGE_LISTEN) or in --config.\n\nFlags:\n")
@@ -139,7 +144,7 @@ func runServe(args []string) int {
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return fail("--tls-cert and --tls-key go together")
 	}
-	for name, v := range map[string]int{"--replay": f.replay, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes} {
+	for name, v := range map[string]int{"--replay": f.replay, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes, "--max-inflight": f.maxInflight, "--max-sessions": f.maxSessions} {
 		if v <= 0 {
 			return fail("invalid %s %d (must be positive)", name, v)
 		}
@@ -149,6 +154,9 @@ func runServe(args []string) int {
 	}
 	if f.heartbeat <= 0 || f.requestTimeout <= 0 || f.grace <= 0 {
 		return fail("--heartbeat, --request-timeout and --grace must be positive durations")
+	}
+	if f.callTimeout < 0 {
+		return fail("invalid --call-timeout %s (0 disables it)", f.callTimeout)
 	}
 	if f.summaryInterval <= 0 {
 		return fail("invalid --summary-interval %s (must be positive)", f.summaryInterval)
@@ -207,7 +215,8 @@ func runServe(args []string) int {
 		return fail("%v", err)
 	}
 
-	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, RequestTimeout: f.requestTimeout, Version: version, Logger: log}
+	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, RequestTimeout: f.requestTimeout, Version: version, Logger: log,
+		MaxInflight: f.maxInflight, MaxSessions: f.maxSessions, CallTimeout: f.callTimeout}
 	var auditLog *audit.Log
 	if f.auditFile != "" {
 		if auditLog, err = audit.Open(f.auditFile, audit.Options{}); err != nil {
