@@ -121,9 +121,9 @@ type Stats struct {
 	AgentUp         bool // the agent process is running and accepting messages
 	Sessions        int
 	Connections     int
-	PendingCalls    int // client requests awaiting the agent
-	PendingRequests int // agent requests awaiting a client
-	Resumable       int // dropped connections kept for bridge/hello {resume}
+	PendingCalls    int    // client requests awaiting the agent
+	PendingRequests int    // agent requests awaiting a client
+	Resumable       int    // dropped connections kept for bridge/hello {resume}
 	SessionsEvicted uint64 // unclaimed sessions forgotten past MaxSessions
 	CallsTimedOut   uint64 // client requests answered -32005 by CallTimeout
 }
