@@ -161,7 +161,7 @@ type Hub struct {
 	acpVersion int                      // ACP protocolVersion; 2 means state_update drives status
 	progress   map[string]progressRoute // bridge progress token -> the client's
 	nextToken  int64
-	lim         limits // limits.go
+	lim        limits // limits.go
 
 	clientMessages atomic.Uint64
 	agentMessages  atomic.Uint64
@@ -213,7 +213,7 @@ type call struct {
 	// the agent refuses it
 	attachedNow, ownedNow, loading bool
 	tokens                         []string // bridge progress tokens minted for it (remap.go)
-	lim       callLimits
+	lim                            callLimits
 }
 
 // agentRequest is a request from the agent awaiting a client's answer.

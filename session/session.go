@@ -37,7 +37,7 @@ type Session struct {
 	// agentState is a v2 agent's last state_update state ("running",
 	// "idle", "requires_action"; "" before any).
 	agentState string
-	lim      sessionLimits
+	lim        sessionLimits
 }
 
 func (h *Hub) session(id string) *Session {
