@@ -292,6 +292,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 
 // OnClose unregisters the connection.
 func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
+	s.adm.release(addrIP(gc.RemoteAddr())) // every client connection came through acceptLoop
 	c, ok := gc.Context().(*conn)
 	if !ok {
 		return gnet.None

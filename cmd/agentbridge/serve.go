@@ -37,7 +37,7 @@ type serveFlags struct {
 	allowOrigin                                  config.List
 	allowUID                                     config.List
 	replay, replayBytes, maxMessage, queueItems  int
-	loops                                        int
+	loops, maxConns, maxConnsPerIP               int
 	pprof                                        string
 	queueBytes, controlBytes                     int
 	heartbeat, requestTimeout, grace, stateSync  time.Duration
@@ -80,6 +80,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.IntVar(&f.maxMessage, "max-message", 16<<20, "largest message accepted from a client or the agent, bytes")
 	fs.IntVar(&f.queueItems, "queue-items", 4096, "per-connection outbound queue: most messages")
 	fs.IntVar(&f.loops, "loops", 0, "event loops (0: half the CPUs, at least one: the agent and its reader need the rest)")
+	fs.IntVar(&f.maxConns, "max-conns", 0, "most client connections at once over all listeners; past it new ones are refused (0: the fd limit less a reserve of 1024, at least half the limit)")
+	fs.IntVar(&f.maxConnsPerIP, "max-conns-per-ip", 0, "most TCP connections from one IP address (0: no limit)")
 	fs.StringVar(&f.pprof, "pprof", "", "debugging: serve net/http/pprof on this address (e.g. 127.0.0.1:6060; keep it on loopback)")
 	fs.IntVar(&f.queueBytes, "queue-bytes", 1<<20, "per-connection outbound queue: data-plane bytes before eviction/degrade")
 	fs.IntVar(&f.controlBytes, "control-bytes", 4<<20, "per-connection outbound queue: control-plane bytes before the connection is closed")
@@ -150,6 +152,9 @@ func runServe(args []string) int {
 		if v <= 0 {
 			return fail("invalid %s %d (must be positive)", name, v)
 		}
+	}
+	if f.maxConns < 0 || f.maxConnsPerIP < 0 {
+		return fail("invalid --max-conns %d / --max-conns-per-ip %d (must be 0 or positive)", f.maxConns, f.maxConnsPerIP)
 	}
 	if f.loops < 0 {
 		return fail("invalid --loops %d (0 means half the CPUs)", f.loops)
@@ -263,6 +268,13 @@ func runServe(args []string) int {
 		go func() { _ = http.Serve(ln, nil) }() // net/http/pprof registers on the default mux
 		log.Info("pprof serving", "addr", ln.Addr().String())
 	}
+	fdLimit := raiseFDLimit(log)
+	maxConns := f.maxConns
+	if maxConns == 0 {
+		maxConns = defaultMaxConns(fdLimit)
+	} else if fdLimit > 0 && maxConns > fdLimit-64 {
+		log.Warn("--max-conns is above what the fd limit allows; accept will fail first (and back off)", "max_conns", maxConns, "fd_limit", fdLimit)
+	}
 	hub := session.New(hcfg)
 	if st != nil {
 		hub.Restore(recovered)
@@ -276,8 +288,8 @@ func runServe(args []string) int {
 	metrics := loop.NewMetrics(nil)
 	srv, err := loop.New(loop.Config{
 		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
-		Queue:     ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
-		Loops:     loops,
+		Queue: ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
+		Loops: loops, MaxConns: maxConns, MaxConnsPerIP: f.maxConnsPerIP,
 		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval},
 		Rate:      rate,
 		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
@@ -311,6 +323,7 @@ func runServe(args []string) int {
 	if tokenFile != "" {
 		attrs = append(attrs, "token_file", tokenFile)
 	}
+	attrs = append(attrs, "max_conns", maxConns, "fd_limit", fdLimit)
 	log.Info("agentbridge serving", attrs...)
 
 	sig := make(chan os.Signal, 2)
@@ -347,4 +360,37 @@ func runServe(args []string) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// raiseFDLimit raises RLIMIT_NOFILE's soft limit to its hard limit (each
+// connection is a descriptor) and returns the limit in force, 0 if unknown.
+func raiseFDLimit(log *slog.Logger) int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		log.Warn("cannot read the fd limit", "err", err)
+		return 0
+	}
+	if rl.Cur < rl.Max {
+		want := rl
+		want.Cur = rl.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+			log.Warn("cannot raise the fd limit", "soft", rl.Cur, "hard", rl.Max, "err", err)
+		} else {
+			rl = want
+		}
+	}
+	if rl.Cur > 1<<30 {
+		return 1 << 30
+	}
+	return int(rl.Cur)
+}
+
+// defaultMaxConns leaves about 1024 descriptors of the limit for the agent,
+// files, the store and gnet's transient dup of each new connection; with a
+// small limit, half of it.
+func defaultMaxConns(fdLimit int) int {
+	if fdLimit <= 0 {
+		return 0
+	}
+	return max(fdLimit-1024, fdLimit/2)
 }
