@@ -62,13 +62,13 @@ type Config struct {
 	// Framing is the agent's stdio framing. Zero means NDJSON.
 	Framing Framing
 	// MaxMessage bounds one message from the agent, in bytes. Zero means
-	// 16 MiB. An agent that writes a larger message is treated as broken: the
-	// supervisor logs the size at ERROR, kills the process and restarts it,
-	// and AgentExited carries ErrMessageTooLarge. Skipping the message instead
-	// would keep the agent up but silently lose what may be a response, so a
-	// client would wait on a request that can never complete; a restart fails
-	// every pending request visibly (-32003) and tells the operator which knob
-	// to raise.
+	// 16 MiB. A larger message is skipped to its end (the stream stays in
+	// step) and counted; a Handler that implements DropHandler hears of it,
+	// with the id when the message's head shows an answer, so the client
+	// waiting on that call gets an error naming the size rather than waiting
+	// for ever. The agent keeps running. (An LSP header that cannot be parsed
+	// is different: the frame boundaries are lost, and the process is killed
+	// and restarted.)
 	MaxMessage int
 	// QueueBytes bounds the framed bytes waiting for the agent's stdin. Zero
 	// means 64 MiB. Send returns ErrOverloaded past it.

@@ -292,15 +292,34 @@ func (p *proc) abortInput() {
 // to the handler.
 func (p *proc) readLoop() {
 	defer close(p.readerDone)
-	fr := newFrameReader(p.s.cfg.Framing, p.stdout, p.s.cfg.MaxMessage)
+	fr := newOutReader(p.s.cfg.Framing, p.stdout, p.s.cfg.MaxMessage)
 	for {
 		msg, err := fr.Read()
+		if o, ok := err.(*oversize); ok {
+			p.dropped(o)
+			continue
+		}
 		if err != nil {
 			p.readFailed(err)
 			return
 		}
 		// One spare byte: the router appends the NDJSON newline in place.
 		p.s.h.AgentMessage(p.gen, append(make([]byte, 0, len(msg)+1), msg...))
+	}
+}
+
+// dropped counts and reports a message skipped for its size; the agent
+// keeps running. If it answered a call, the handler fails that call.
+func (p *proc) dropped(o *oversize) {
+	p.s.oversize.Add(1)
+	id, _ := ResponseID(o.head)
+	if ok, held := p.s.oversizeLog.allow(time.Now()); ok {
+		p.s.log.Warn("agent message over the limit: dropped (raise --max-message if this is legitimate)",
+			"pid", p.pid, "gen", p.gen, "bytes", o.size, "max", p.s.cfg.MaxMessage, "answer_to", string(id),
+			"also_dropped_since_last_line", held, "dropped_total", p.s.oversize.Load())
+	}
+	if dh, ok := p.s.h.(DropHandler); ok {
+		dh.AgentDropped(p.gen, id, o.size)
 	}
 }
 
@@ -312,12 +331,6 @@ func (p *proc) readFailed(err error) {
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		log.Warn("agent stdout ended inside a message", "pid", p.pid, "gen", p.gen)
 		return
-	case isTooLarge(err):
-		// For NDJSON the size is only known to exceed the limit: the line
-		// is not read to its end.
-		log.Error("agent message over the limit: killing the agent (raise the max message size if this is legitimate)",
-			"cmd", p.s.desc, "pid", p.pid, "gen", p.gen, "max", p.s.cfg.MaxMessage, "err", err)
-		p.kill(fmt.Errorf("%w: %v", ErrMessageTooLarge, err))
 	default:
 		// The stream is out of step (say a bad LSP header); nothing after
 		// this can be trusted to be a message boundary.

@@ -217,39 +217,45 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// listen binds the Unix socket and the TCP listener (or starts TLS on it).
+// listen binds the TCP listener (or starts TLS on it), then the Unix
+// socket: clients (and tests) take the socket's appearance to mean the
+// daemon is ready, so it comes last.
 func (s *Server) listen() error {
-	if s.cfg.UDS != "" {
-		// checkSocketPath (in New) found no live daemon behind a file here.
-		if fi, err := os.Lstat(s.cfg.UDS); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			_ = os.Remove(s.cfg.UDS)
-		}
-		// The socket file is created by bind() with the umask's mode; make
-		// it 0600 from its first instant rather than chmod-ing it afterwards.
-		old := syscall.Umask(0o177)
-		ln, err := net.Listen("unix", s.cfg.UDS)
-		syscall.Umask(old)
+	if s.cfg.Listen != "" {
+		// Go's net.Listen sets SO_REUSEADDR, so a restart binds at once
+		// while the previous daemon's connections linger in TIME_WAIT or
+		// FIN_WAIT_2.
+		ln, err := net.Listen("tcp", s.cfg.Listen)
 		if err != nil {
-			return fmt.Errorf("listen on the Unix socket %s: %w", s.cfg.UDS, err)
+			return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 		}
-		s.lns = append(s.lns, listener{ln: ln, transport: "unix"})
-		if err := os.Chmod(s.cfg.UDS, 0o600); err != nil {
-			return fmt.Errorf("chmod %s: %w", s.cfg.UDS, err)
+		if s.cfg.HTTP.TLS() {
+			if err := s.startTLS(limitListener{Listener: ln, s: s}); err != nil {
+				return err
+			}
+		} else {
+			s.lns = append(s.lns, listener{ln: ln, transport: "http"})
 		}
 	}
-	if s.cfg.Listen == "" {
+	if s.cfg.UDS == "" {
 		return nil
 	}
-	// Go's net.Listen sets SO_REUSEADDR, so a restart binds at once while
-	// the previous daemon's connections linger in TIME_WAIT or FIN_WAIT_2.
-	ln, err := net.Listen("tcp", s.cfg.Listen)
+	// checkSocketPath (in New) found no live daemon behind a file here.
+	if fi, err := os.Lstat(s.cfg.UDS); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		_ = os.Remove(s.cfg.UDS)
+	}
+	// The socket file is created by bind() with the umask's mode; make it
+	// 0600 from its first instant rather than chmod-ing it afterwards.
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", s.cfg.UDS)
+	syscall.Umask(old)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
+		return fmt.Errorf("listen on the Unix socket %s: %w", s.cfg.UDS, err)
 	}
-	if s.cfg.HTTP.TLS() {
-		return s.startTLS(limitListener{Listener: ln, s: s})
+	s.lns = append(s.lns, listener{ln: ln, transport: "unix"})
+	if err := os.Chmod(s.cfg.UDS, 0o600); err != nil {
+		return fmt.Errorf("chmod %s: %w", s.cfg.UDS, err)
 	}
-	s.lns = append(s.lns, listener{ln: ln, transport: "http"})
 	return nil
 }
 
