@@ -247,3 +247,46 @@ func TestRestartBindsWhileClientsLinger(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+func TestAgentOutputPolicy(t *testing.T) {
+	d := startDaemon(t, append([]string{"--max-message", "65536"}, fakeAgentCmd()...)...)
+	c := dial(t, d)
+	if r := c.call(1, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}}); field(r, "result") == nil {
+		t.Fatalf("initialize: %v", r)
+	}
+	// An answer over --max-message: dropped, the caller told its size, the
+	// agent kept.
+	c.request(2, "huge", map[string]any{"size": 200000})
+	r, _ := c.response(2, wait)
+	msg, _ := field(r, "error", "message").(string)
+	if errCode(r) != -32603 || !strings.Contains(msg, "bytes, over the limit (--max-message)") || !strings.Contains(msg, "2000") {
+		t.Fatalf("oversize answer: %v", r)
+	}
+	if r := c.call(3, "echo", map[string]any{"x": 1}); field(r, "result", "x") != 1.0 {
+		t.Fatalf("echo after the oversize answer: %v", r)
+	}
+	if strings.Contains(d.logs(), "agent exited") {
+		t.Fatalf("the agent was stopped for one oversize message:\n%s", d.logs())
+	}
+	// Garbage: at most one log line a second, with what it held back.
+	start := time.Now()
+	if r := c.call(4, "garbage", map[string]any{"n": 20000}); field(r, "result", "sent") != 20000.0 {
+		t.Fatalf("garbage: %v", r)
+	}
+	id := 5
+	for !d.waitLog("also_dropped_since_last_line=1", 200*time.Millisecond) &&
+		!strings.Contains(d.logs(), "also_dropped_since_last_line=2") {
+		if time.Since(start) > wait {
+			t.Fatalf("no rate-limited line with a count after 20,000 bad lines:\n%s", d.logs())
+		}
+		c.call(id, "garbage", map[string]any{"n": 1})
+		id++
+	}
+	lines := strings.Count(d.logs(), "agent sent an invalid JSON-RPC message")
+	if max := int(time.Since(start)/time.Second) + 2; lines > max {
+		t.Fatalf("%d log lines for bad agent output in %s, want at most %d", lines, time.Since(start).Round(time.Millisecond), max)
+	}
+	if !strings.Contains(d.logs(), "dropped_total=") {
+		t.Fatal("the invalid-output line carries no total")
+	}
+}
