@@ -61,6 +61,11 @@ type Config struct {
 	Dir string
 	// Framing is the agent's stdio framing. Zero means NDJSON.
 	Framing Framing
+	// Stdio is how stdin and stdout are connected. Zero means pipes, read
+	// and written by this package's goroutines; StdioSocket needs Attach.
+	Stdio Stdio
+	// Attach serves the daemon's end of the socket in StdioSocket mode.
+	Attach Attacher
 	// MaxMessage bounds one message from the agent, in bytes. Zero means
 	// 16 MiB. A larger message is skipped to its end (the stream stays in
 	// step) and counted; a Handler that implements DropHandler hears of it,
@@ -103,6 +108,9 @@ func (c *Config) normalize() error {
 	}
 	if c.Framing != FramingNDJSON && c.Framing != FramingLSP {
 		return fmt.Errorf("%w %v", ErrBadFraming, c.Framing)
+	}
+	if c.Stdio == StdioSocket && c.Attach == nil {
+		return fmt.Errorf("agent: socket stdio needs an Attach")
 	}
 	c.Command = append([]string(nil), c.Command...)
 	if c.MaxMessage <= 0 {

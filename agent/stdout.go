@@ -26,76 +26,157 @@ func (o *oversize) Error() string {
 	return fmt.Sprintf("agent: message of %d bytes over the limit", o.size)
 }
 
-// outReader frames the agent's stdout like the codecs' readers, but skips a
-// message over the limit to its end (reporting it as *oversize) instead of
-// failing the stream. Only an LSP header it cannot parse stays fatal: the
-// frame boundaries are lost. One goroutine at a time.
-type outReader struct {
-	r          io.Reader
-	lsp        bool
-	max        int
-	split      ndjson.Splitter
-	dec        lsp.Decoder
-	buf        []byte
-	start, end int
-	err        error // sticky read error
+// framer splits the agent's output into messages in place, like the
+// codecs' Splitter and Decoder, but skips a message over the limit to its
+// end (reporting it as *oversize) instead of failing the stream. Only an
+// LSP header it cannot parse stays fatal: the frame boundaries are lost.
+// One goroutine at a time.
+type framer struct {
+	lsp   bool
+	split ndjson.Splitter
+	dec   lsp.Decoder
 
 	skipping bool // inside an oversize message: discard until its end
 	skipLeft int  // LSP: body bytes still to discard
 	skip     oversize
 }
 
+func newFramer(f Framing, max int) *framer {
+	return &framer{lsp: f == FramingLSP, split: ndjson.Splitter{Max: max}, dec: lsp.Decoder{Max: max}}
+}
+
+// next looks at the unconsumed bytes b (borrowed) and returns the next
+// message (aliasing b; empty for a blank NDJSON line) with n, the bytes
+// consumed. n == 0 with no error: b holds no complete message yet; present
+// it again with more. An *oversize error reports a message skipped whole;
+// n > 0 with neither a message nor an error is part of one being skipped.
+// Any other error is fatal to the stream.
+func (f *framer) next(b []byte) ([]byte, int, error) {
+	if f.skipping {
+		return f.discard(b, 0)
+	}
+	var msg []byte
+	var n int
+	var err error
+	if f.lsp {
+		msg, n, err = f.dec.Next(b)
+	} else {
+		msg, n, err = f.split.Next(b)
+	}
+	if err == nil || !isTooLarge(err) {
+		return msg, n, err
+	}
+	if !f.lsp {
+		f.split.Reset()
+		f.skipping = true
+		f.skip = oversize{head: bytes.Clone(b[:min(len(b), headKeep)])}
+		return f.discard(b, 0)
+	}
+	f.dec.Reset()
+	hdrEnd := bytes.Index(b, []byte("\r\n\r\n"))
+	if hdrEnd < 0 {
+		if len(b) < lsp.MaxHeader {
+			return nil, 0, nil // the header's end is still to come
+		}
+		return nil, 0, fmt.Errorf("%w: header block longer than %d bytes", lsp.ErrBadHeader, lsp.MaxHeader)
+	}
+	size := -1
+	for _, line := range bytes.Split(b[:hdrEnd], []byte("\r\n")) {
+		name, val, ok := bytes.Cut(line, []byte(":"))
+		if ok && bytes.EqualFold(bytes.TrimSpace(name), []byte("content-length")) {
+			size, _ = strconv.Atoi(string(bytes.TrimSpace(val)))
+		}
+	}
+	if size <= 0 {
+		return nil, 0, fmt.Errorf("%w: oversize frame without a usable Content-Length", lsp.ErrBadHeader)
+	}
+	f.skipping, f.skipLeft, f.skip = true, size, oversize{size: size}
+	return f.discard(b[hdrEnd+4:], hdrEnd+4)
+}
+
+// discard drops the bytes of the message being skipped (after already
+// consumed ones) and reports its end with an *oversize.
+func (f *framer) discard(b []byte, already int) ([]byte, int, error) {
+	if f.lsp {
+		k := min(len(b), f.skipLeft)
+		if keep := headKeep - len(f.skip.head); keep > 0 {
+			f.skip.head = append(f.skip.head, b[:min(k, keep)]...)
+		}
+		f.skipLeft -= k
+		if f.skipLeft > 0 {
+			return nil, already + k, nil
+		}
+		return nil, already + k, f.done()
+	}
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		f.skip.size += len(b)
+		return nil, already + len(b), nil
+	}
+	f.skip.size += i
+	if i > 0 && b[i-1] == '\r' {
+		f.skip.size--
+	}
+	return nil, already + i + 1, f.done()
+}
+
+func (f *framer) done() error {
+	o := f.skip
+	f.skipping, f.skip = false, oversize{}
+	return &o
+}
+
+// outReader frames a blocking reader (the agent's stdout pipe) with a
+// framer. One goroutine at a time.
+type outReader struct {
+	r          io.Reader
+	fr         *framer
+	max        int
+	buf        []byte
+	start, end int
+	err        error // sticky: a read error or a fatal framing error
+}
+
 func newOutReader(f Framing, r io.Reader, max int) *outReader {
-	return &outReader{r: r, lsp: f == FramingLSP, max: max,
-		split: ndjson.Splitter{Max: max}, dec: lsp.Decoder{Max: max}}
+	return &outReader{r: r, fr: newFramer(f, max), max: max}
 }
 
 // Read returns the next message (valid until the next call), an *oversize
 // for a message skipped whole, or the stream's error.
 func (o *outReader) Read() ([]byte, error) {
 	for {
-		if o.skipping {
-			if done := o.discard(); done {
-				o.skipping = false
-				s := o.skip
-				o.skip = oversize{}
-				return nil, &s
+		if o.start < o.end && (o.err == nil || o.err == io.EOF) {
+			msg, n, err := o.fr.next(o.buf[o.start:o.end])
+			o.start += n
+			if _, ok := err.(*oversize); ok {
+				return nil, err
 			}
-		} else if o.start < o.end {
-			msg, n, err := o.next(o.buf[o.start:o.end])
 			if err != nil {
-				if !isTooLarge(err) {
-					o.err = err
-					return nil, err
-				}
-				if err := o.beginSkip(); err != nil {
-					o.err = err
-					return nil, err
-				}
-				continue
+				o.err = err
+				return nil, err
 			}
 			if n > 0 {
-				o.start += n
-				if len(msg) == 0 && !o.lsp {
-					continue // a blank line
+				if msg != nil && (len(msg) > 0 || o.fr.lsp) {
+					return msg, nil
 				}
-				return msg, nil
+				continue
 			}
 		}
 		if o.err != nil {
 			if o.err == io.EOF && o.start < o.end {
-				if o.lsp || o.skipping {
-					return nil, io.ErrUnexpectedEOF
+				if o.fr.lsp || o.fr.skipping {
+					o.err = io.ErrUnexpectedEOF
+					return nil, o.err
 				}
+				// A last line without its newline.
 				line := bytes.TrimSuffix(o.buf[o.start:o.end], []byte("\r"))
 				o.start = o.end
-				o.split.Reset()
 				if len(line) == 0 {
 					continue
 				}
 				return line, nil
 			}
-			if o.err == io.EOF && o.skipping {
+			if o.err == io.EOF && o.fr.skipping {
 				return nil, io.ErrUnexpectedEOF
 			}
 			return nil, o.err
@@ -104,73 +185,9 @@ func (o *outReader) Read() ([]byte, error) {
 	}
 }
 
-func (o *outReader) next(b []byte) ([]byte, int, error) {
-	if o.lsp {
-		return o.dec.Next(b)
-	}
-	return o.split.Next(b)
-}
-
-// beginSkip starts skipping the oversize message at o.start: it keeps its
-// head and, for LSP, works out from the header how long the body is.
-func (o *outReader) beginSkip() error {
-	b := o.buf[o.start:o.end]
-	o.skipping = true
-	if !o.lsp {
-		o.split.Reset()
-		o.skip = oversize{head: bytes.Clone(b[:min(len(b), headKeep)])}
-		return nil
-	}
-	o.dec.Reset()
-	hdrEnd := bytes.Index(b, []byte("\r\n\r\n"))
-	if hdrEnd < 0 {
-		return fmt.Errorf("%w: oversize frame without a complete header", lsp.ErrBadHeader)
-	}
-	n := -1
-	for _, line := range bytes.Split(b[:hdrEnd], []byte("\r\n")) {
-		name, val, ok := bytes.Cut(line, []byte(":"))
-		if ok && bytes.EqualFold(bytes.TrimSpace(name), []byte("content-length")) {
-			n, _ = strconv.Atoi(string(bytes.TrimSpace(val)))
-		}
-	}
-	if n < 0 {
-		return fmt.Errorf("%w: oversize frame without a Content-Length", lsp.ErrBadHeader)
-	}
-	o.start += hdrEnd + 4
-	o.skip = oversize{size: n}
-	o.skipLeft = n
-	return nil
-}
-
-// discard drops buffered bytes of the message being skipped and reports
-// whether its end was reached.
-func (o *outReader) discard() bool {
-	b := o.buf[o.start:o.end]
-	if keep := headKeep - len(o.skip.head); keep > 0 && o.lsp {
-		o.skip.head = append(o.skip.head, b[:min(len(b), keep, o.skipLeft)]...)
-	}
-	if o.lsp {
-		k := min(len(b), o.skipLeft)
-		o.start += k
-		o.skipLeft -= k
-		return o.skipLeft == 0
-	}
-	if i := bytes.IndexByte(b, '\n'); i >= 0 {
-		o.skip.size += i
-		if i > 0 && b[i-1] == '\r' {
-			o.skip.size--
-		}
-		o.start += i + 1
-		return true
-	}
-	o.skip.size += len(b)
-	o.start = o.end
-	return false
-}
-
 // fill makes room and reads once, recording any error. The buffer grows
-// to hold one message of up to max bytes; an oversize one is discarded as it
-// arrives, so it never grows past that.
+// to hold one message of up to max bytes; an oversize one is discarded as
+// it arrives, so it never grows past that.
 func (o *outReader) fill() {
 	if o.start == o.end {
 		o.start, o.end = 0, 0
@@ -190,7 +207,7 @@ func (o *outReader) fill() {
 			o.end = copy(o.buf, o.buf[o.start:o.end])
 			o.start = 0
 		} else {
-			nb := make([]byte, min(2*len(o.buf), o.max+lsp.MaxHeader+2))
+			nb := make([]byte, max(len(o.buf), min(2*len(o.buf), o.max+lsp.MaxHeader+2)))
 			copy(nb, o.buf[:o.end])
 			o.buf = nb
 		}

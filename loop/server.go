@@ -111,10 +111,14 @@ type Server struct {
 	tls   *tlsserve.Server // owns --listen when TLS is configured
 
 	adm       admission
-	lns       []listener     // our own listeners, accepted by acceptLoop
-	acceptors sync.WaitGroup // one acceptLoop per listener
-	stopping  chan struct{}  // closed by Stop: acceptors stop backing off
-	private   string         // the engine's own (unlinked) socket's directory
+	lns       []listener                // our own listeners, accepted by acceptLoop
+	acceptors sync.WaitGroup            // one acceptLoop per listener
+	stopping  chan struct{}             // closed by Stop: acceptors stop backing off
+	agentc    atomic.Pointer[agentConn] // the agent's socket, with --agent-stdio socket
+
+	engineOnce sync.Once
+	engineErr  error
+	engineUp   atomic.Bool
 }
 
 // New validates the configuration and prepares the listeners' paths; it
@@ -171,15 +175,21 @@ func checkSocketPath(path string) error {
 	return fmt.Errorf("socket path %s: %w", path, err)
 }
 
-// Start runs the engine and binds the listeners; it returns once they are
-// bound (or failed). The engine runs even when only TLS listens, so loop
-// connections (the agent's) always have one.
-func (s *Server) Start() error {
+// StartEngine starts the gnet engine (on a private socket nobody can
+// reach; clients come from acceptLoop) and returns once its loops run. It
+// runs even when only TLS listens, so the agent's socket has a loop. Safe
+// from any goroutine but a loop callback; later calls return the first
+// call's result.
+func (s *Server) StartEngine() error {
+	s.engineOnce.Do(func() { s.engineErr = s.startEngine() })
+	return s.engineErr
+}
+
+func (s *Server) startEngine() error {
 	dir, err := os.MkdirTemp("", "agentbridge-engine-")
 	if err != nil {
 		return fmt.Errorf("engine socket: %w", err)
 	}
-	s.private = dir
 	go func() {
 		s.done <- gnet.Run(s, "unix://"+filepath.Join(dir, "e.sock"),
 			gnet.WithNumEventLoop(s.loops()),
@@ -196,12 +206,22 @@ func (s *Server) Start() error {
 	case <-s.ready:
 		// Nobody can connect to the engine's own socket from now on.
 		_ = os.RemoveAll(dir)
+		s.engineUp.Store(true)
+		return nil
 	case err := <-s.done:
 		_ = os.RemoveAll(dir)
 		if err == nil {
 			err = errors.New("engine stopped before it started")
 		}
 		return fmt.Errorf("event loop: %w", err)
+	}
+}
+
+// Start starts the engine if StartEngine has not, then binds the listeners
+// and starts accepting; it returns once they are bound (or failed).
+func (s *Server) Start() error {
+	if err := s.StartEngine(); err != nil {
+		return err
 	}
 	holdSpareFD()
 	if err := s.listen(); err != nil {
@@ -288,7 +308,10 @@ func (s *Server) Stop(ctx context.Context) error {
 	s.closeListeners()
 	s.acceptors.Wait()
 	err := s.stopTLS(ctx)
-	return errors.Join(err, s.eng.Stop(ctx))
+	if s.engineUp.Load() {
+		err = errors.Join(err, s.eng.Stop(ctx))
+	}
+	return err
 }
 
 // OnBoot records the engine.
@@ -308,6 +331,9 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	}
 	ticks := s.ticks
 	s.mu.Unlock()
+	if ac := s.agentc.Load(); ac != nil && ac.needsTick() {
+		_ = ac.gc.Wake(nil)
+	}
 	now := time.Now()
 	for _, f := range ticks {
 		f(now)

@@ -33,7 +33,7 @@ import (
 type serveFlags struct {
 	uds, listen, tlsCert, tlsKey, tokens, config string
 	stateDir, auditFile                          string
-	logLevel, logFormat, framing                 config.Choice
+	logLevel, logFormat, framing, agentStdio     config.Choice
 	allowOrigin                                  config.List
 	allowUID                                     config.List
 	replay, replayBytes, maxMessage, queueItems  int
@@ -69,6 +69,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&f.auditFile, "audit", "", "append control-plane decisions to this file as JSON lines (mode 0600)")
 	f.framing = config.Choice{Value: "ndjson", Allowed: []string{"ndjson", "lsp"}}
 	fs.Var(&f.framing, "framing", "the agent's stdio framing: ndjson or lsp")
+	f.agentStdio = config.Choice{Value: "socket", Allowed: []string{"socket", "pipe"}}
+	fs.Var(&f.agentStdio, "agent-stdio", "the agent's stdin/stdout: socket (one socketpair end, served by the event loop) or pipe (for agents that need real pipes); stderr is always a pipe to the log")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "WebSocket ping interval; a peer silent for two intervals is dropped")
 	fs.DurationVar(&f.summaryInterval, "summary-interval", time.Second, "a degraded (slow) connection gets at most one bridge/summary per session per interval")
 	fs.StringVar(&f.rate, "rate", "off", "per-connection input limit, `MSGS/s,BYTES/s` (e.g. 200/s,4MiB/s; either part may be left out): over it requests get -32004 and notifications are dropped, 10x over for 3s closes the connection; off = no limit")
@@ -280,16 +282,12 @@ func runServe(args []string) int {
 		hub.Restore(recovered)
 		log.Info("state restored", "dir", f.stateDir, "sessions", len(recovered))
 	}
-	sup, err := agent.New(agent.Config{Command: cmd, Framing: framing, MaxMessage: f.maxMessage, Grace: f.grace, Logger: log.With("src", "agent")}, hub)
-	if err != nil {
-		return fail("%v", err)
-	}
-	hub.SetAgent(sup)
 	metrics := loop.NewMetrics(nil)
 	srv, err := loop.New(loop.Config{
 		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
-		Queue: ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
-		Loops: loops, MaxConns: maxConns, MaxConnsPerIP: f.maxConnsPerIP,
+		Queue:    ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
+		Loops:    loops,
+		MaxConns: maxConns, MaxConnsPerIP: f.maxConnsPerIP,
 		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval},
 		Rate:      rate,
 		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
@@ -298,6 +296,18 @@ func runServe(args []string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
+	acfg := agent.Config{Command: cmd, Framing: framing, MaxMessage: f.maxMessage, Grace: f.grace, Logger: log.With("src", "agent")}
+	if acfg.Stdio, err = agent.ParseStdio(f.agentStdio.Value); err != nil {
+		return fail("%v", err)
+	}
+	if acfg.Stdio == agent.StdioSocket {
+		acfg.Attach = srv // the agent's stdio is a connection of the event loop
+	}
+	sup, err := agent.New(acfg, hub)
+	if err != nil {
+		return fail("%v", err)
+	}
+	hub.SetAgent(sup)
 	// The agent starts first, so a client connecting the moment the socket
 	// appears finds it running (not "restarting").
 	if err := sup.Start(); err != nil {
@@ -345,15 +355,18 @@ func runServe(args []string) int {
 	for srv.Connections() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := srv.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		log.Warn("engine stop", "err", err)
-	}
+	// The agent stops before the engine: with --agent-stdio socket its
+	// stdio is a connection of the engine, and what it writes while it
+	// stops is still read.
 	actx, acancel := context.WithTimeout(context.Background(), 3*f.grace)
 	defer acancel()
 	if err := sup.Stop(actx); err != nil {
 		log.Warn("agent stop", "err", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := srv.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Warn("engine stop", "err", err)
 	}
 	if tokenFile != "" {
 		_ = os.Remove(tokenFile)
