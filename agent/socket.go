@@ -23,6 +23,14 @@ const (
 	StdioSocket
 )
 
+// String returns the name ParseStdio accepts.
+func (s Stdio) String() string {
+	if s == StdioSocket {
+		return "socket"
+	}
+	return "pipe"
+}
+
 // ParseStdio maps "socket" or "pipe" (the --agent-stdio flag) to a Stdio.
 func ParseStdio(s string) (Stdio, error) {
 	switch s {

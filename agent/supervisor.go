@@ -198,7 +198,7 @@ func (s *Supervisor) launch(p *proc) {
 	s.mu.Unlock()
 	s.gen.Store(p.gen)
 	s.cur.Store(p)
-	s.log.Info("agent started", "cmd", s.desc, "pid", p.pid, "gen", p.gen)
+	s.log.Info("agent started", "cmd", s.desc, "pid", p.pid, "gen", p.gen, "stdio", s.cfg.Stdio.String())
 	s.h.AgentStarted(p.gen)
 	p.run()
 }

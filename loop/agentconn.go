@@ -27,6 +27,7 @@ var _ agent.Attacher = (*Server)(nil)
 
 // agentConn is the daemon's end of one agent generation's socket.
 type agentConn struct {
+	s  *Server
 	in agent.Input
 	gc gnet.Conn // set once by AttachAgent before any Write can happen
 
@@ -60,7 +61,7 @@ func (s *Server) AttachAgent(f *os.File, in agent.Input) (agent.Stream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent socket: %w", err)
 	}
-	ac := &agentConn{in: in}
+	ac := &agentConn{s: s, in: in}
 	ch, err := s.eng.Register(gnet.NewNetConnContext(gnet.NewContext(context.Background(), ac), nc))
 	if err != nil {
 		nc.Close()
@@ -120,12 +121,62 @@ func (ac *agentConn) Close() {
 func (ac *agentConn) onTraffic(gc gnet.Conn) gnet.Action {
 	if n := gc.InboundBuffered(); n > 0 {
 		buf, _ := gc.Peek(n)
-		if used := ac.in.Feed(buf); used > 0 { // gnet's Discard(0) drops everything
+		ac.s.beginAgentFeed(gc.EventLoop())
+		used := ac.in.Feed(buf)
+		ac.s.endAgentFeed()
+		if used > 0 { // gnet's Discard(0) drops everything
 			_, _ = gc.Discard(used)
 		}
 	}
 	ac.flush(gc)
 	return gnet.None
+}
+
+// While the agent's output is routed (inside Feed), a connection of the
+// same loop that the hub wakes is not woken through gnet's queue (a trip
+// through epoll after this callback) but drained right after Feed, in this
+// callback: the answer goes out in the callback that read it.
+
+// wake is a connection's outbox Wake hook. Safe from any goroutine.
+func (s *Server) wake(c *conn) {
+	if s.inAgent.Load() {
+		s.amu.Lock()
+		// Re-checked under amu: endAgentFeed clears it under amu before it
+		// takes the list, so nothing appended here is missed.
+		if s.inAgent.Load() && c.gc.EventLoop() == s.agentLoop {
+			s.drainAfter = append(s.drainAfter, c)
+			s.amu.Unlock()
+			return
+		}
+		s.amu.Unlock()
+	}
+	_ = c.gc.Wake(nil)
+}
+
+func (s *Server) beginAgentFeed(el gnet.EventLoop) {
+	s.amu.Lock()
+	s.agentLoop = el
+	s.inAgent.Store(true)
+	s.amu.Unlock()
+}
+
+// endAgentFeed drains the connections woken during Feed. Event loop only
+// (the agent's).
+func (s *Server) endAgentFeed() {
+	s.amu.Lock()
+	s.inAgent.Store(false)
+	list := s.drainAfter
+	s.drainAfter = s.spareDrain[:0]
+	s.amu.Unlock()
+	for i, c := range list {
+		if !c.closing.Load() {
+			c.drain(false)
+		}
+		list[i] = nil
+	}
+	s.amu.Lock()
+	s.spareDrain = list[:0]
+	s.amu.Unlock()
 }
 
 // flush hands the queued requests to gnet in one writev and, once all is
@@ -136,8 +187,10 @@ func (ac *agentConn) flush(gc gnet.Conn) {
 	ac.pending, ac.pbytes, ac.woken = nil, 0, false
 	shut := ac.shut && !ac.shutDone
 	ac.mu.Unlock()
-	if len(batch) > 0 {
-		if _, err := gc.Writev(batch); err != nil {
+	// gnet passes a Writev to writev(2) whole, and the kernel refuses more
+	// than IOV_MAX (1024) pieces: hand them over in chunks.
+	for start := 0; start < len(batch); start += maxIOV {
+		if _, err := gc.Writev(batch[start:min(start+maxIOV, len(batch))]); err != nil {
 			return // gnet closes the connection; OnClose follows
 		}
 	}

@@ -210,7 +210,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	c := &conn{srv: s, gc: gc}
 	c.out = delivery.NewOutbox(s.cfg.Delivery, delivery.Hooks{
-		Wake: func() { _ = gc.Wake(nil) },
+		Wake: func() { s.wake(c) },
 		// Any goroutine: c.peer is set below, before the hub can Send; the
 		// protocol (and its name) may change on the loop meanwhile.
 		Close: func(r delivery.CloseReason, detail string) {

@@ -116,6 +116,14 @@ type Server struct {
 	stopping  chan struct{}             // closed by Stop: acceptors stop backing off
 	agentc    atomic.Pointer[agentConn] // the agent's socket, with --agent-stdio socket
 
+	// While the agent's loop routes its output (agentconn.go): connections
+	// of that loop to drain before the callback returns.
+	inAgent    atomic.Bool
+	amu        sync.Mutex
+	agentLoop  gnet.EventLoop // guarded by amu
+	drainAfter []*conn        // guarded by amu
+	spareDrain []*conn        // guarded by amu: drainAfter's other buffer
+
 	engineOnce sync.Once
 	engineErr  error
 	engineUp   atomic.Bool
