@@ -12,31 +12,6 @@ import (
 	"github.com/agentbridge/agentbridge/wire"
 )
 
-// CloseReason says why an Outbox asked for its connection to be closed; it
-// is the label of the close counter.
-type CloseReason uint8
-
-const (
-	// CloseControlCeiling: a control message (or a summary or gap) did not
-	// fit under the queue's control ceiling or in its slots.
-	CloseControlCeiling CloseReason = iota + 1
-	// CloseSlowConsumer: the onSlow "disconnect" policy fired: the breaker
-	// opened or a data event would have been evicted.
-	CloseSlowConsumer
-)
-
-// String returns the metric label: "control_ceiling" or "slow_consumer".
-func (r CloseReason) String() string {
-	switch r {
-	case CloseControlCeiling:
-		return "control_ceiling"
-	case CloseSlowConsumer:
-		return "slow_consumer"
-	default:
-		return fmt.Sprintf("CloseReason(%d)", uint8(r))
-	}
-}
-
 // LostDegraded is the Metrics.Lost reason of data events a degraded
 // connection was not sent; the ring's reasons (ring.Reason.String) label
 // the others.
@@ -56,8 +31,9 @@ type Metrics interface {
 	// Summary counts one bridge/summary and Gap one bridge/gap queued.
 	Summary()
 	Gap()
-	// Closed counts a close the Outbox asked for.
-	Closed(reason CloseReason)
+	// Closed counts a close the Outbox asked for: CloseControlCeiling,
+	// CloseSlowConsumer or CloseStalled.
+	Closed(reason wire.CloseReason)
 	// Queue samples the queue's depth at a drain.
 	Queue(items, dataBytes int)
 }
@@ -69,13 +45,9 @@ type Hooks struct {
 	// transition from whichever goroutine pushed, and when queued gaps or
 	// summaries are waiting for the drainer.
 	Wake func()
-	// Close is called once when the connection must be closed with
-	// session.CloseTryAgain (WebSocket 1013); the client resumes by cursor.
-	// When nil, Overflow(detail) is called instead.
-	Close func(reason CloseReason, detail string)
-	// Overflow is the older form of Close, for transports that only log the
-	// detail.
-	Overflow func(detail string)
+	// Close is called once when the connection must be closed for an
+	// overload (WebSocket 1013); the client resumes by cursor.
+	Close func(reason wire.CloseReason, detail string)
 	// Metrics receives counters; nil means none.
 	Metrics Metrics
 }
@@ -275,7 +247,7 @@ func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
 		wasEmpty, err := o.q.Push(slot{m: m}, m.Size(), ring.Control)
 		if err != nil {
 			if err == ring.ErrControlOverflow {
-				o.fail(CloseControlCeiling, "control queue over its ceiling ("+o.ceilings()+"): "+err.Error())
+				o.fail(wire.CloseControlCeiling, "control queue over its ceiling ("+o.ceilings()+"): "+err.Error())
 			}
 			return false
 		}
@@ -320,7 +292,7 @@ func (o *Outbox) pushData(m *wire.Msg) bool {
 			o.wake()
 		}
 	case ring.ErrWouldEvict:
-		o.fail(CloseSlowConsumer, "slow consumer (onSlow=disconnect): its queue is full ("+o.ceilings()+"); resume by cursor")
+		o.fail(wire.CloseSlowConsumer, "slow consumer (onSlow=disconnect): its queue is full ("+o.ceilings()+"); resume by cursor")
 	case ring.ErrFull:
 		return false
 	}
@@ -388,7 +360,7 @@ func (o *Outbox) skip(m *wire.Msg) {
 // mu held.
 func (o *Outbox) queueGaps(a *acc) {
 	for _, r := range a.runs {
-		if !o.pushControl(session.GapMsg(a.sid, r.from, r.to, r.why)) {
+		if !o.pushControl(wire.GapMsg(a.sid, r.from, r.to, r.why)) {
 			return
 		}
 		o.m.Gap()
@@ -419,7 +391,7 @@ func (o *Outbox) pushControl(m *wire.Msg) bool {
 	wasEmpty, err := o.q.Push(slot{m: m}, m.Size(), ring.Control)
 	if err != nil {
 		if err == ring.ErrControlOverflow {
-			o.fail(CloseControlCeiling, "control queue over its ceiling ("+o.ceilings()+") with gaps or summaries to report: "+err.Error())
+			o.fail(wire.CloseControlCeiling, "control queue over its ceiling ("+o.ceilings()+") with gaps or summaries to report: "+err.Error())
 		}
 		return false
 	}
@@ -449,12 +421,12 @@ func (o *Outbox) flushToRing(a *acc, mustFit bool, now time.Time) bool {
 // sent. Precondition: mu held.
 func (o *Outbox) accMsgs(a *acc, now time.Time, dst []*wire.Msg) []*wire.Msg {
 	for _, r := range a.runs {
-		dst = append(dst, session.GapMsg(a.sid, r.from, r.to, r.why))
+		dst = append(dst, wire.GapMsg(a.sid, r.from, r.to, r.why))
 		o.m.Gap()
 	}
 	a.runs = a.runs[:0]
 	if a.owed {
-		dst = append(dst, SummaryMsg(a.sid, a.seq, a.dropped, a.bytes, string(a.tail)))
+		dst = append(dst, wire.SummaryMsg(a.sid, a.seq, a.dropped, a.bytes, string(a.tail)))
 		o.m.Summary()
 		a.owed, a.dropped, a.bytes, a.lastSummary = false, 0, 0, now
 	}
@@ -527,7 +499,7 @@ func (o *Outbox) flushGap() *wire.Msg {
 	g := o.gap
 	o.gap = gapRun{}
 	o.m.Gap()
-	return session.GapMsg(g.session, g.from, g.to, reasonEvicted)
+	return wire.GapMsg(g.session, g.from, g.to, reasonEvicted)
 }
 
 // Observe records one drain attempt: blocked reports that the transport
@@ -609,7 +581,7 @@ func (o *Outbox) apply(why string) {
 	pol := o.Policy()
 	switch {
 	case open && pol == Disconnect:
-		o.fail(CloseSlowConsumer, "slow consumer (onSlow=disconnect): "+why+"; resume by cursor")
+		o.fail(wire.CloseSlowConsumer, "slow consumer (onSlow=disconnect): "+why+"; resume by cursor")
 		return
 	case open == deg:
 		return
@@ -694,16 +666,13 @@ func (o *Outbox) tick() {
 }
 
 // fail asks the transport, once, to close the connection.
-func (o *Outbox) fail(r CloseReason, detail string) {
+func (o *Outbox) fail(r wire.CloseReason, detail string) {
 	if !o.dead.CompareAndSwap(false, true) {
 		return
 	}
 	o.m.Closed(r)
-	switch {
-	case o.hooks.Close != nil:
+	if o.hooks.Close != nil {
 		o.hooks.Close(r, detail)
-	case o.hooks.Overflow != nil:
-		o.hooks.Overflow(detail)
 	}
 }
 
@@ -753,5 +722,5 @@ func (nopMetrics) Transition(breaker.State, breaker.State) {}
 func (nopMetrics) Degraded(bool)                           {}
 func (nopMetrics) Summary()                                {}
 func (nopMetrics) Gap()                                    {}
-func (nopMetrics) Closed(CloseReason)                      {}
+func (nopMetrics) Closed(wire.CloseReason)                 {}
 func (nopMetrics) Queue(int, int)                          {}

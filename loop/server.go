@@ -94,6 +94,8 @@ type Server struct {
 	stopped atomic.Bool
 	ticks   []func(now time.Time)
 
+	epc delivery.EndpointConfig // what every connection's endpoint shares; set by New
+
 	front *front           // the TCP listener's HTTP layer; nil without --listen
 	tls   *tlsserve.Server // owns --listen when TLS is configured
 	gnet  bool             // the gnet engine runs (false: TLS only, no Unix socket)
@@ -122,6 +124,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, hub: cfg.Hub, uid: uint32(os.Getuid()),
 		boot: make(chan struct{}), done: make(chan error, 2),
 		blocked: make(map[*conn]struct{}), conns: make(map[*conn]struct{})}
+	s.epc = s.endpointConfig()
 	if cfg.Listen != "" && cfg.HTTP != nil {
 		s.front = newFront(s, *cfg.HTTP)
 	}
@@ -245,14 +248,11 @@ func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 // OnTick wakes connections blocked on gnet's outbound buffer and runs the
 // periodic work of the protocols (heartbeats, summaries).
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
+	now := time.Now()
+	s.rewake(now)
 	s.mu.Lock()
-	for c := range s.blocked {
-		delete(s.blocked, c)
-		_ = c.gc.Wake(nil)
-	}
 	ticks := s.ticks
 	s.mu.Unlock()
-	now := time.Now()
 	for _, f := range ticks {
 		f(now)
 	}
@@ -264,12 +264,6 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 func (s *Server) OnTickFunc(f func(now time.Time)) {
 	s.mu.Lock()
 	s.ticks = append(s.ticks, f)
-	s.mu.Unlock()
-}
-
-func (s *Server) markBlocked(c *conn) {
-	s.mu.Lock()
-	s.blocked[c] = struct{}{}
 	s.mu.Unlock()
 }
 

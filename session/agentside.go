@@ -314,7 +314,7 @@ func (h *Hub) retireRequest(ar *agentRequest, winner *Client) {
 		delete(h.resolved, h.resolvedQ[0])
 		h.resolvedQ = h.resolvedQ[1:]
 	}
-	m := notification("bridge/resolved", resolvedParams{SessionID: ar.sessionID, ID: ar.id})
+	m := wire.ResolvedMsg(ar.sessionID, ar.id)
 	for cl := range ar.sentTo {
 		if cl != winner {
 			h.send(cl, m, wire.Control)

@@ -203,7 +203,7 @@ func (h *Hub) sendReplay(cl *Client, s *Session, after uint64, replay []*wire.Ms
 		if s.restored && (oldest == 0 || to >= oldest) {
 			reason = "not persisted before the daemon stopped"
 		}
-		h.send(cl, GapMsg(s.ID, from, to, reason), wire.Control)
+		h.send(cl, wire.GapMsg(s.ID, from, to, reason), wire.Control)
 	}
 	next := after + 1
 	for _, m := range replay {
