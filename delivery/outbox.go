@@ -235,8 +235,10 @@ func (o *Outbox) State() breaker.State {
 func (o *Outbox) breaker() *breaker.Breaker { return o.br.Load() }
 
 // Send queues m. It reports false when a control message could not be
-// queued: the connection is then being closed through the hooks. Data
-// always reports true: what is not delivered is named by a bridge/gap.
+// queued: the connection is then being closed through the hooks. For data
+// it reports false only under the Catchup policy, when the connection lags
+// (see pushCatchup): the caller feeds it from the log instead. Otherwise
+// data reports true: what is not delivered is named by a bridge/gap.
 // Safe from any goroutine; one connection's messages must be sent in order
 // (the hub serialises them).
 func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
@@ -258,6 +260,9 @@ func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
 	}
 	full := false
 	if !o.slow.Load() {
+		if m.Seq != 0 && m.SessionID != "" && o.Policy() == Catchup {
+			return o.pushCatchup(m)
+		}
 		if o.pushData(m) {
 			return true
 		}
@@ -295,6 +300,34 @@ func (o *Outbox) pushData(m *wire.Msg) bool {
 		o.fail(wire.CloseSlowConsumer, "slow consumer (onSlow=disconnect): its queue is full ("+o.ceilings()+"); resume by cursor")
 	case ring.ErrFull:
 		return false
+	}
+	return true
+}
+
+// pushCatchup queues a sequenced data event for a connection that catches
+// up from the log when it lags: it reports false, queuing nothing, when
+// the queue is over its high watermark (in bytes or slots) or the event
+// would need an eviction; the hub then stops pushing the session to this
+// connection and feeds it from the log once the queue drains. An event
+// larger than the whole data ceiling could never be queued: it is queued
+// as a tombstone, so the drainer names it in a gap, rather than blocking
+// the catch-up forever.
+func (o *Outbox) pushCatchup(m *wire.Msg) bool {
+	s, size := slot{m: m, seq: m.Seq}, m.Size()
+	var (
+		wasEmpty bool
+		err      error
+	)
+	if size > o.cfg.Queue.MaxDataBytes {
+		wasEmpty, err = o.q.Push(s, size, ring.Data)
+	} else {
+		wasEmpty, err = o.q.PushUnder(s, size, o.itemsHigh)
+	}
+	if err != nil {
+		return err != ring.ErrLagging // a closed queue takes nothing more anyway
+	}
+	if wasEmpty {
+		o.wake()
 	}
 	return true
 }
@@ -507,8 +540,9 @@ func (o *Outbox) flushGap() *wire.Msg {
 // how many bytes that buffer holds. A blocked attempt made progress if
 // Drain handed out anything since the previous one or the buffer shrank;
 // blocked without progress for DrainDeadline (the peer read nothing) is a
-// missed deadline. Observe
-// feeds the breaker and applies the policy: degrade, recover or
+// missed deadline; without progress for StallTimeout while bytes are due
+// the connection is closed (CloseStalled, 1013), whatever its policy.
+// Observe feeds the breaker and applies the policy: degrade, recover or
 // disconnect. Drainer only; call it once per drain attempt, not per Drain
 // call.
 func (o *Outbox) Observe(blocked bool, buffered int) {
@@ -520,11 +554,16 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 	missed := false
 	progress := o.drained
 	o.drained = false
-	if blocked {
+	if blocked || buffered > 0 {
+		// Something is due that the peer has not taken.
 		now := time.Now()
 		if o.stuckSince.IsZero() || progress || buffered < o.lastBuffered {
 			o.stuckSince = now
-		} else if now.Sub(o.stuckSince) >= o.cfg.DrainDeadline {
+		} else if stuck := now.Sub(o.stuckSince); stuck >= o.cfg.StallTimeout {
+			o.fail(wire.CloseStalled, fmt.Sprintf("stalled: its peer took nothing for %v while %d bytes were due (stall timeout %v); resume by cursor",
+				stuck.Round(time.Millisecond), buffered, o.cfg.StallTimeout))
+			return
+		} else if blocked && stuck >= o.cfg.DrainDeadline {
 			missed = true
 		}
 		o.lastBuffered = buffered
@@ -532,7 +571,12 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		o.stuckSince = time.Time{}
 	}
 	qc := &o.cfg.Queue
+	// A connection that catches up from the log is never degraded: over
+	// its watermark it is simply fed from the log.
+	catchup := o.Policy() == Catchup
 	switch {
+	case catchup:
+		o.unhealthy = 0
 	case missed || lvl.DataBytes > qc.HighWater || lvl.Items > o.itemsHigh:
 		o.unhealthy++
 		if missed {
@@ -576,9 +620,9 @@ func (o *Outbox) report(lvl ring.Level) {
 // closes it, as the breaker and the policy say; why is what made the
 // consumer unhealthy, for a close's reason. Safe from any goroutine.
 func (o *Outbox) apply(why string) {
-	open := o.State() == breaker.Open
-	deg := o.degraded.Load()
 	pol := o.Policy()
+	open := o.State() == breaker.Open && pol != Catchup
+	deg := o.degraded.Load()
 	switch {
 	case open && pol == Disconnect:
 		o.fail(wire.CloseSlowConsumer, "slow consumer (onSlow=disconnect): "+why+"; resume by cursor")

@@ -83,14 +83,15 @@ func (c *conn) Write(frames [][]byte) error {
 
 // Backlog is what gnet holds for the peer; over its watermark the
 // connection is re-woken later (with backoff) rather than written to now.
-// Event loop only.
+// Under it but not empty (the kernel's buffer is full: the peer is slow)
+// it is re-woken too, so a peer that stops reading is noticed by the stall
+// deadline even when nothing more is sent to it. Event loop only.
 func (c *conn) Backlog() (int, bool) {
 	n := c.gc.OutboundBuffered()
-	if n >= c.srv.cfg.OutboundHigh {
+	if n > 0 {
 		c.srv.markBlocked(c)
-		return n, true
 	}
-	return n, false
+	return n, n >= c.srv.cfg.OutboundHigh
 }
 
 // Shut runs finish on the loop. Any goroutine.

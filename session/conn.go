@@ -48,6 +48,18 @@ type Options struct {
 	OnSlow   string // "catchup", "degrade" or "disconnect"; "" for the role's default
 }
 
+// DefaultOnSlow is the onSlow policy of a connection whose client did not
+// choose one, decided here only (delivery.DefaultPolicy reads it):
+// viewers (dashboards) degrade, they want freshness; everyone else may be
+// the one a pending agent request waits for and must not miss an event,
+// so it catches up from the session log.
+func DefaultOnSlow(r auth.Role) string {
+	if r == auth.RoleViewer {
+		return "degrade"
+	}
+	return "catchup"
+}
+
 // ConnInfo describes a connection when it is registered.
 type ConnInfo struct {
 	Role      auth.Role

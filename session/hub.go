@@ -98,6 +98,7 @@ type Stats struct {
 	ClientMessages  uint64 // messages received from clients
 	AgentMessages   uint64 // messages received from the agent
 	Deliveries      uint64 // messages queued to connections (per recipient)
+	Lagged          uint64 // times a connection fell behind and was fed from the log instead
 	Errors          uint64 // error responses the bridge produced itself
 	Denied          uint64 // role denials
 	AgentRestarts   uint64
@@ -141,6 +142,7 @@ type Hub struct {
 	clientMessages atomic.Uint64
 	agentMessages  atomic.Uint64
 	deliveries     atomic.Uint64
+	lagged         atomic.Uint64
 	errors         atomic.Uint64
 	denied         atomic.Uint64
 	restarts       atomic.Uint64
@@ -256,11 +258,7 @@ func (h *Hub) Open(c Conn, info ConnInfo) *Client {
 	h.nextConnID++
 	// attached and owns are made on first use: idle connections stay small.
 	cl := &Client{ID: h.nextConnID, info: info, conn: c}
-	if info.Role == auth.RoleViewer {
-		cl.opts.OnSlow = "degrade"
-	} else {
-		cl.opts.OnSlow = "disconnect"
-	}
+	cl.opts.OnSlow = DefaultOnSlow(info.Role)
 	h.conns[cl.ID] = cl
 	if h.stopping {
 		c.Close(CloseGoingAway, "daemon is stopping")
@@ -340,6 +338,7 @@ func (h *Hub) Stats() Stats {
 	st.ClientMessages = h.clientMessages.Load()
 	st.AgentMessages = h.agentMessages.Load()
 	st.Deliveries = h.deliveries.Load()
+	st.Lagged = h.lagged.Load()
 	st.Errors = h.errors.Load()
 	st.Denied = h.denied.Load()
 	st.AgentRestarts = h.restarts.Load()

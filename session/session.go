@@ -150,12 +150,12 @@ func (h *Hub) publish(s *Session, m *wire.Msg) {
 	}
 	delivered := 0
 	for _, cl := range s.attached {
-		if cl.catchup != nil {
+		if len(cl.catchup) > 0 {
 			if _, ok := cl.catchup[s]; ok {
 				continue // the pump reads it from the log, in order
 			}
 		}
-		if queueEvent(cl, m) {
+		if h.queueEvent(cl, s, m) {
 			delivered++
 		}
 	}

@@ -41,7 +41,7 @@ type serveFlags struct {
 	pprof                                        string
 	queueBytes, controlBytes                     int
 	heartbeat, requestTimeout, grace, stateSync  time.Duration
-	summaryInterval                              time.Duration
+	summaryInterval, stallTimeout                time.Duration
 	rate                                         string
 }
 
@@ -71,6 +71,7 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.Var(&f.framing, "framing", "the agent's stdio framing: ndjson or lsp")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "WebSocket ping interval; a peer silent for two intervals is dropped")
 	fs.DurationVar(&f.summaryInterval, "summary-interval", time.Second, "a degraded (slow) connection gets at most one bridge/summary per session per interval")
+	fs.DurationVar(&f.stallTimeout, "stall-timeout", 60*time.Second, "a connection that takes nothing for this long while something is due to it is closed (WebSocket 1013); its client resumes by cursor")
 	fs.StringVar(&f.rate, "rate", "off", "per-connection input limit, `MSGS/s,BYTES/s` (e.g. 200/s,4MiB/s; either part may be left out): over it requests get -32004 and notifications are dropped, 10x over for 3s closes the connection; off = no limit")
 	fs.StringVar(&f.config, "config", "", "config file: one `name value` per line, names as the flags")
 	f.logLevel = config.Choice{Value: "info", Allowed: []string{"debug", "info", "warn", "error"}}
@@ -159,6 +160,9 @@ func runServe(args []string) int {
 	}
 	if f.summaryInterval <= 0 {
 		return fail("invalid --summary-interval %s (must be positive)", f.summaryInterval)
+	}
+	if f.stallTimeout <= 0 {
+		return fail("invalid --stall-timeout %s (must be positive)", f.stallTimeout)
 	}
 	rate, err := delivery.ParseRate(f.rate)
 	if err != nil {
@@ -278,7 +282,7 @@ func runServe(args []string) int {
 		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
 		Queue:     ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
 		Loops:     loops,
-		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval},
+		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval, StallTimeout: f.stallTimeout},
 		Rate:      rate,
 		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
 		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey},

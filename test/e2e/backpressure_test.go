@@ -627,7 +627,7 @@ func TestBackpressureGarbageNetwork(t *testing.T) {
 
 	proxy := newStallProxy(t, d.sock)
 	half := bpDial(t, proxy.path, "half-open", 1<<16).start()
-	half.attach(sid, "") // a client: onSlow defaults to disconnect
+	half.attach(sid, "disconnect") // a client's default is catchup; TestStall covers that
 	half.send("half-req", "echo", map[string]any{})
 	bpWait(t, 10*time.Second, "half-open's echo answered", func() bool { _, ok := half.response("half-req"); return ok })
 	proxy.stalled.Store(true)
@@ -705,8 +705,8 @@ func TestBackpressureGarbageNetwork(t *testing.T) {
 		t.Fatalf("no summaries or degraded skips counted")
 	}
 
-	// The half-open peer chose no policy, so as a client it is
-	// disconnected, not degraded: the daemon closed it and counted why.
+	// The half-open peer chose onSlow disconnect, so it is disconnected,
+	// not degraded: the daemon closed it and counted why.
 	bpWait(t, 30*time.Second, "the half-open peer's close", func() bool {
 		return d.metric(t, `agentbridge_backpressure_closes_total{reason="slow_consumer"}`) >= 1
 	})
@@ -945,7 +945,7 @@ func TestBackpressureWebSocket(t *testing.T) {
 	own.call("detach", "bridge/detach", map[string]any{"sessionId": sid})
 
 	cl := bpDialWS(t, d.listen, e2eClientToken, "ws-client").start()
-	cl.attach(sid, "")
+	cl.attach(sid, "disconnect")
 	cl.setMode(peerPaused)
 	vw := bpDialWS(t, d.listen, e2eViewerToken, "ws-viewer").start()
 	vw.attach(sid, "")
