@@ -14,10 +14,17 @@ import (
 
 // Config configures a Hub. Every field's zero value is usable.
 type Config struct {
-	// Replay is how many events each session keeps for replay. Zero means 10,000.
+	// Replay caps how many events each session keeps for replay and
+	// catch-up. Zero means no count limit (bytes bound the logs); negative
+	// keeps none.
 	Replay int
-	// ReplayBytes caps the bytes kept per session. Zero means 64 MiB.
+	// ReplayBytes caps the bytes kept per session (each event costs its
+	// bytes and about 100 more). Zero means 64 MiB.
 	ReplayBytes int
+	// ReplayMemory caps the bytes all session logs keep together; past it
+	// the oldest events of the largest logs go first. Zero means 64 MiB:
+	// one session holds a flood of 200,000 events of 200 bytes.
+	ReplayMemory int
 	// Recent is how many events bridge/snapshot returns. Zero means 50.
 	Recent int
 	// RequestTimeout bounds how long an agent request waits for a client's
@@ -61,11 +68,11 @@ type Journal interface {
 }
 
 func (c *Config) fill() {
-	if c.Replay == 0 {
-		c.Replay = 10000
-	}
 	if c.ReplayBytes == 0 {
 		c.ReplayBytes = 64 << 20
+	}
+	if c.ReplayMemory == 0 {
+		c.ReplayMemory = 64 << 20
 	}
 	if c.Recent == 0 {
 		c.Recent = 50
@@ -115,7 +122,8 @@ type Hub struct {
 	cfg Config
 	log *slog.Logger
 
-	mu sync.Mutex // guards everything below
+	mu   sync.Mutex // guards everything below
+	logs logBudget  // what all session logs hold together
 	// agent
 	agent      Agent
 	agentUp    bool
@@ -234,6 +242,7 @@ func New(cfg Config) *Hub {
 	return &Hub{
 		cfg:        cfg,
 		log:        cfg.Logger,
+		logs:       logBudget{max: cfg.ReplayMemory},
 		calls:      make(map[int64]*call),
 		requests:   make(map[int64]*agentRequest),
 		resolved:   make(map[int64]string),

@@ -122,3 +122,61 @@ func TestLagPastRetentionGaps(t *testing.T) {
 		t.Fatalf("gaps %d, seqs %v", gaps, seqs)
 	}
 }
+
+// TestReplayMemoryBudget: the logs of all sessions together stay within
+// ReplayMemory; the oldest events of the largest log go first, a small
+// log keeps everything, and no count caps a session by default.
+func TestReplayMemoryBudget(t *testing.T) {
+	const budget = 1 << 20
+	r := newRig(t, Config{ReplayMemory: budget})
+	big := r.hub.session("big")
+	small := r.hub.session("small")
+	r.hub.mu.Lock()
+	for i := 1; i <= 20000; i++ {
+		m := wire.New(update("big", i))
+		r.hub.publish(big, m)
+		if i%100 == 0 {
+			r.hub.publish(small, wire.New(update("small", i)))
+		}
+		if r.hub.logs.used > budget {
+			r.hub.mu.Unlock()
+			t.Fatalf("logs hold %d bytes, over the budget %d", r.hub.logs.used, budget)
+		}
+	}
+	sum := big.log.bytes + small.log.bytes
+	used := r.hub.logs.used
+	smallN, bigN, bigOldest := small.log.n, big.log.n, big.log.oldest()
+	r.hub.mu.Unlock()
+	if sum != used {
+		t.Fatalf("budget accounts %d bytes, the logs hold %d", used, sum)
+	}
+	if smallN != 200 {
+		t.Fatalf("the small log kept %d of its 200 events", smallN)
+	}
+	if bigOldest <= 1 || bigN < 1000 || bigOldest+uint64(bigN)-1 != 20000 {
+		t.Fatalf("big log: %d events from seq %d", bigN, bigOldest)
+	}
+
+	// The default budget holds a 200,000-event flood of ~200-byte events
+	// in one session: no count cap, nothing evicted.
+	r2 := newRig(t, Config{})
+	s := r2.hub.session("s")
+	body := []byte(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"` + string(make200()) + `"}}}}`)
+	r2.hub.mu.Lock()
+	for i := 0; i < 200000; i++ {
+		r2.hub.publish(s, wire.New(body))
+	}
+	n, oldest := s.log.n, s.log.oldest()
+	r2.hub.mu.Unlock()
+	if n != 200000 || oldest != 1 {
+		t.Fatalf("default retention kept %d events from seq %d, want all 200,000 (%d bytes each)", n, oldest, len(body)+1)
+	}
+}
+
+func make200() []byte {
+	b := make([]byte, 60)
+	for i := range b {
+		b[i] = 'x'
+	}
+	return b
+}

@@ -35,7 +35,7 @@ type Session struct {
 func (h *Hub) session(id string) *Session {
 	s := h.sessions[id]
 	if s == nil {
-		s = &Session{ID: id, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes), status: StatusIdle, gen: h.gen}
+		s = &Session{ID: id, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: StatusIdle, gen: h.gen}
 		h.sessions[id] = s
 		if h.cfg.Journal != nil {
 			h.cfg.Journal.Create(id)
@@ -56,7 +56,7 @@ func (h *Hub) Restore(sessions []store.Session) {
 		if h.sessions[rs.ID] != nil {
 			continue
 		}
-		s := &Session{ID: rs.ID, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes), status: StatusClosed, closed: true, restored: true, seq: rs.Seq}
+		s := &Session{ID: rs.ID, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: StatusClosed, closed: true, restored: true, seq: rs.Seq}
 		for _, e := range rs.Events {
 			if e.Seq > s.seq {
 				s.seq = e.Seq
@@ -66,6 +66,7 @@ func (h *Hub) Restore(sessions []store.Session) {
 			s.log.append(m)
 		}
 		h.sessions[s.ID] = s
+		h.trimLogs()
 	}
 }
 
@@ -145,6 +146,7 @@ func (h *Hub) publish(s *Session, m *wire.Msg) {
 	s.seq++
 	m.SessionID, m.Seq = s.ID, s.seq
 	s.log.append(m)
+	h.trimLogs()
 	if h.cfg.Journal != nil {
 		h.cfg.Journal.Append(s.ID, s.seq, m.Body())
 	}

@@ -37,6 +37,7 @@ type serveFlags struct {
 	allowOrigin                                  config.List
 	allowUID                                     config.List
 	replay, replayBytes, maxMessage, queueItems  int
+	replayMemory                                 int
 	loops                                        int
 	pprof                                        string
 	queueBytes, controlBytes                     int
@@ -62,8 +63,9 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&f.tokens, "tokens", "", "tokens file: one `ROLE TOKEN` per line (default: generate a client token next to the socket)")
 	fs.Var(&f.allowOrigin, "allow-origin", "browser Origin allowed to open WebSockets (repeatable; * allows any)")
 	fs.Var(&f.allowUID, "allow-uid", "extra peer uid allowed on the Unix socket (repeatable)")
-	fs.IntVar(&f.replay, "replay", 10000, "events kept per session for replay")
+	fs.IntVar(&f.replay, "replay", 0, "events kept per session for replay and catch-up (0: no count limit; bytes bound the logs)")
 	fs.IntVar(&f.replayBytes, "replay-bytes", 64<<20, "bytes of events kept per session for replay")
+	fs.IntVar(&f.replayMemory, "replay-memory", 64<<20, "bytes all session logs keep together; past it the oldest events of the largest logs go first")
 	fs.StringVar(&f.stateDir, "state-dir", "", "directory persisting sessions and their events across restarts (\"\": memory only)")
 	fs.DurationVar(&f.stateSync, "state-sync", time.Second, "how often persisted events are fsynced (0: after every write)")
 	fs.StringVar(&f.auditFile, "audit", "", "append control-plane decisions to this file as JSON lines (mode 0600)")
@@ -147,7 +149,10 @@ func runServe(args []string) int {
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return fail("--tls-cert and --tls-key go together")
 	}
-	for name, v := range map[string]int{"--replay": f.replay, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes} {
+	if f.replay < 0 {
+		return fail("invalid --replay %d (0 means no count limit)", f.replay)
+	}
+	for name, v := range map[string]int{"--replay-memory": f.replayMemory, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes} {
 		if v <= 0 {
 			return fail("invalid %s %d (must be positive)", name, v)
 		}
@@ -217,7 +222,7 @@ func runServe(args []string) int {
 		return fail("%v", err)
 	}
 
-	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, RequestTimeout: f.requestTimeout, Version: version, Logger: log}
+	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, ReplayMemory: f.replayMemory, RequestTimeout: f.requestTimeout, Version: version, Logger: log}
 	var auditLog *audit.Log
 	if f.auditFile != "" {
 		if auditLog, err = audit.Open(f.auditFile, audit.Options{}); err != nil {
