@@ -58,8 +58,10 @@ type EndpointConfig struct {
 // maxIOV bounds the frames of one Write (the kernel's IOV_MAX is 1024).
 const maxIOV = 512
 
-// flushBytes is how much one pass of Flush takes from the queue.
-const flushBytes = 256 << 10
+// flushBytes is how much one pass of Flush takes from the queue: also the
+// most a transport holds for a peer that stopped reading, since no pass
+// starts while it holds anything.
+const flushBytes = 64 << 10
 
 // Endpoint is one client connection (or one stream of a connection that
 // multiplexes several, such as Streamable HTTP) as the hub sees it: it

@@ -70,6 +70,7 @@ type Outbox struct {
 	dead     atomic.Bool   // a close was requested: queue nothing more
 	slow     atomic.Bool   // degraded or gaps pending: Send takes mu
 	degraded atomic.Bool   // written under mu; read anywhere
+	behind   atomic.Bool   // the transport held bytes at the last drain attempt (written by the drainer)
 	skipped  atomic.Uint64 // events not sent while degraded, not yet reported
 
 	markers map[string]*wire.Msg // per session: what a tombstone keeps; under the ring's lock
@@ -320,6 +321,10 @@ func (o *Outbox) pushCatchup(m *wire.Msg) bool {
 	)
 	if size > o.cfg.Queue.MaxDataBytes {
 		wasEmpty, err = o.q.Push(s, size, ring.Data)
+	} else if o.behind.Load() && o.q.Len() > 0 {
+		// The peer is not taking what it has: rather than queue more for
+		// it, let it read the log at its own pace.
+		return false
 	} else {
 		wasEmpty, err = o.q.PushUnder(s, size, o.itemsHigh)
 	}
@@ -554,6 +559,9 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 	missed := false
 	progress := o.drained
 	o.drained = false
+	if b := blocked || buffered > 0; b != o.behind.Load() {
+		o.behind.Store(b)
+	}
 	if blocked || buffered > 0 {
 		// Something is due that the peer has not taken.
 		now := time.Now()

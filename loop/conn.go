@@ -81,17 +81,18 @@ func (c *conn) Write(frames [][]byte) error {
 	return nil
 }
 
-// Backlog is what gnet holds for the peer; over its watermark the
-// connection is re-woken later (with backoff) rather than written to now.
-// Under it but not empty (the kernel's buffer is full: the peer is slow)
-// it is re-woken too, so a peer that stops reading is noticed by the stall
-// deadline even when nothing more is sent to it. Event loop only.
+// Backlog is what gnet holds for the peer. gnet keeps only what the kernel
+// did not take, so anything held means the peer is not keeping up: no more
+// is handed to gnet (what a connection that stops draining costs is one
+// write pass, not a watermark's worth), and the connection is re-woken
+// later, with backoff, to write again or to notice the stall deadline.
+// Event loop only.
 func (c *conn) Backlog() (int, bool) {
 	n := c.gc.OutboundBuffered()
 	if n > 0 {
 		c.srv.markBlocked(c)
 	}
-	return n, n >= c.srv.cfg.OutboundHigh
+	return n, n > 0
 }
 
 // Shut runs finish on the loop. Any goroutine.

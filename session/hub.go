@@ -106,6 +106,7 @@ type Stats struct {
 	AgentMessages   uint64 // messages received from the agent
 	Deliveries      uint64 // messages queued to connections (per recipient)
 	Lagged          uint64 // times a connection fell behind and was fed from the log instead
+	ReplayBytes     int    // what all session logs hold (--replay-memory bounds it)
 	Errors          uint64 // error responses the bridge produced itself
 	Denied          uint64 // role denials
 	AgentRestarts   uint64
@@ -342,7 +343,7 @@ func (h *Hub) setOwner(s *Session, cl *Client) {
 // Stats returns the hub's counters. Safe from any goroutine.
 func (h *Hub) Stats() Stats {
 	h.mu.Lock()
-	st := Stats{Sessions: len(h.sessions), Connections: len(h.conns), PendingCalls: len(h.calls), PendingRequests: len(h.requests), AgentUp: h.agentUp, Resumable: len(h.parked)}
+	st := Stats{Sessions: len(h.sessions), Connections: len(h.conns), PendingCalls: len(h.calls), PendingRequests: len(h.requests), AgentUp: h.agentUp, Resumable: len(h.parked), ReplayBytes: h.logs.used}
 	h.mu.Unlock()
 	st.ClientMessages = h.clientMessages.Load()
 	st.AgentMessages = h.agentMessages.Load()
