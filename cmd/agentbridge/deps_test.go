@@ -38,7 +38,7 @@ func TestDeps(t *testing.T) {
 		"ring":          {},
 		"breaker":       {},
 		"auth":          {},
-		"wire":          {"codec/ws"},
+		"wire":          {"codec/ws", "ring"},
 		"agent":         {"codec/ndjson", "codec/lsp"},
 		"session":       {"auth", "agent", "codec/jsonrpc", "wire", "store", "audit"},
 	}
