@@ -28,6 +28,7 @@ import (
 	"github.com/agentbridge/agentbridge/ring"
 	"github.com/agentbridge/agentbridge/session"
 	"github.com/agentbridge/agentbridge/store"
+	"github.com/agentbridge/agentbridge/terminal"
 )
 
 type serveFlags struct {
@@ -43,6 +44,8 @@ type serveFlags struct {
 	heartbeat, requestTimeout, grace, stateSync  time.Duration
 	summaryInterval                              time.Duration
 	rate                                         string
+	terminal                                     string
+	terminalLinger                               time.Duration
 }
 
 func defaultSocket() string {
@@ -72,6 +75,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "WebSocket ping interval; a peer silent for two intervals is dropped")
 	fs.DurationVar(&f.summaryInterval, "summary-interval", time.Second, "a degraded (slow) connection gets at most one bridge/summary per session per interval")
 	fs.StringVar(&f.rate, "rate", "off", "per-connection input limit, `MSGS/s,BYTES/s` (e.g. 200/s,4MiB/s; either part may be left out): over it requests get -32004 and notifications are dropped, 10x over for 3s closes the connection; off = no limit")
+	fs.StringVar(&f.terminal, "terminal", "", "serve a browser terminal at GET /terminal running this command (e.g. /bin/bash; words split on spaces) in the agent's directory and environment: client tokens type, operator tokens watch (\"\": off)")
+	fs.DurationVar(&f.terminalLinger, "terminal-linger", 5*time.Minute, "how long a terminal outlives its tab, waiting for the same token to re-attach")
 	fs.StringVar(&f.config, "config", "", "config file: one `name value` per line, names as the flags")
 	f.logLevel = config.Choice{Value: "info", Allowed: []string{"debug", "info", "warn", "error"}}
 	fs.Var(&f.logLevel, "log-level", "debug, info, warn or error")
@@ -273,6 +278,13 @@ func runServe(args []string) int {
 		return fail("%v", err)
 	}
 	hub.SetAgent(sup)
+	term, err := newTerminal(f, auditLog, log)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if term != nil {
+		defer term.Close()
+	}
 	metrics := loop.NewMetrics(nil)
 	srv, err := loop.New(loop.Config{
 		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
@@ -281,7 +293,7 @@ func runServe(args []string) int {
 		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval},
 		Rate:      rate,
 		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
-		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey},
+		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey, Terminal: term},
 	})
 	if err != nil {
 		return fail("%v", err)
@@ -328,6 +340,9 @@ func runServe(args []string) int {
 	// Answer or fail every pending request, tell clients why, let queues
 	// flush, then stop the engine and give the agent its grace period.
 	hub.Shutdown(reason)
+	if term != nil {
+		term.Close() // shells get SIGHUP; their browsers a close frame
+	}
 	deadline := time.Now().Add(2 * time.Second)
 	for srv.Connections() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -347,4 +362,21 @@ func runServe(args []string) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// newTerminal builds the --terminal manager, or nil when it is off. The
+// terminal runs in the agent's directory with the agent's environment
+// (both the daemon's own: serve does not change them for the agent).
+func newTerminal(f *serveFlags, auditLog *audit.Log, log *slog.Logger) (*terminal.Manager, error) {
+	if strings.TrimSpace(f.terminal) == "" {
+		return nil, nil
+	}
+	if f.terminalLinger <= 0 {
+		return nil, fmt.Errorf("invalid --terminal-linger %s (must be positive)", f.terminalLinger)
+	}
+	cfg := terminal.Config{Command: strings.Fields(f.terminal), Linger: f.terminalLinger, Logger: log.With("src", "terminal")}
+	if auditLog != nil {
+		cfg.Audit = auditLog.Record
+	}
+	return terminal.New(cfg)
 }
