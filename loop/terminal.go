@@ -229,11 +229,11 @@ func (p *termProto) read(c *conn, buf []byte) (int, error) {
 
 // terminalRefusal is the HTTP answer to a /terminal request that may not
 // attach, or nil. Any goroutine.
-func (f *front) terminalRefusal(r *http.Request, role auth.Role, tok string, tls bool) *reply {
+func (f *front) terminalRefusal(r *http.Request, peer string, role auth.Role, tok string, tls bool) *reply {
 	if f.cfg.Terminal == nil {
 		return textReply(http.StatusNotFound, "the terminal is off: start the daemon with --terminal CMD (e.g. --terminal /bin/bash) to enable GET /terminal")
 	}
-	err := f.cfg.Terminal.Check(f.termInfo(r, role, tok, tls))
+	err := f.cfg.Terminal.Check(f.termInfo(r, peer, role, tok, tls))
 	switch {
 	case errors.Is(err, terminal.ErrForbidden):
 		return textReply(http.StatusForbidden, "the terminal is for client tokens (operator tokens may watch it); this token's role is "+role.String())
@@ -245,12 +245,12 @@ func (f *front) terminalRefusal(r *http.Request, role auth.Role, tok string, tls
 	return nil
 }
 
-func (f *front) termInfo(r *http.Request, role auth.Role, tok string, tls bool) terminal.Info {
+func (f *front) termInfo(r *http.Request, peer string, role auth.Role, tok string, tls bool) terminal.Info {
 	transport := "ws"
 	if tls {
 		transport = "wss"
 	}
-	return terminal.Info{Role: role, Token: tok, Peer: r.RemoteAddr, Transport: transport, Watch: r.URL.Query().Get("watch")}
+	return terminal.Info{Role: role, Token: tok, Peer: peer, Transport: transport, Watch: r.URL.Query().Get("watch")}
 }
 
 // upgradeTerminal completes a WebSocket handshake on /terminal: Origin and
@@ -269,7 +269,7 @@ func (p *httpProto) upgradeTerminal(c *conn, req *http.Request, after []byte) (i
 		return refuse(rp)
 	}
 	tok, _ := auth.TokenFromRequest(req)
-	if rp := p.f.terminalRefusal(req, role, tok, false); rp != nil {
+	if rp := p.f.terminalRefusal(req, c.peer, role, tok, false); rp != nil {
 		return refuse(rp)
 	}
 	if status, why := ws.CheckHandshake(req); status != 0 {
@@ -287,7 +287,7 @@ func (p *httpProto) upgradeTerminal(c *conn, req *http.Request, after []byte) (i
 	c.proto = tp
 	p.f.m.closedConn("http")
 	p.f.m.opened("terminal")
-	att, err := p.f.cfg.Terminal.Attach(p.f.termInfo(req, role, tok, false), tp)
+	att, err := p.f.cfg.Terminal.Attach(p.f.termInfo(req, c.peer, role, tok, false), tp)
 	if err != nil {
 		c.Close(session.CloseGoingAway, err.Error())
 		return 0, true, nil

@@ -32,7 +32,7 @@ func (f *front) serveTerminalTLS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tok, _ := auth.TokenFromRequest(r)
-	if rp := f.terminalRefusal(r, role, tok, true); rp != nil {
+	if rp := f.terminalRefusal(r, r.RemoteAddr, role, tok, true); rp != nil {
 		refuse(rp)
 		return
 	}
@@ -59,7 +59,7 @@ func (f *front) serveTerminalTLS(w http.ResponseWriter, r *http.Request) {
 	f.m.opened("terminal")
 	f.httpStreams.Add(1)
 	p := &tlsTermPeer{f: f, nc: nc, wake: make(chan struct{}, 1), done: make(chan struct{})}
-	att, err := f.cfg.Terminal.Attach(f.termInfo(r, role, tok, true), p)
+	att, err := f.cfg.Terminal.Attach(f.termInfo(r, r.RemoteAddr, role, tok, true), p)
 	if err != nil {
 		_, _ = nc.Write(ws.AppendClose(nil, ws.CloseGoingAway, err.Error()))
 		nc.Close()
@@ -83,7 +83,8 @@ type tlsTermPeer struct {
 
 	mu     sync.Mutex
 	q      []termFrame
-	reason string // set once closing
+	code   ws.CloseCode // set once closing
+	reason string
 	closed bool
 
 	queued atomic.Int64
@@ -116,10 +117,13 @@ func (p *tlsTermPeer) Send(b []byte)     { p.enqueue(ws.OpBinary, b) }
 func (p *tlsTermPeer) SendText(b []byte) { p.enqueue(ws.OpText, b) }
 func (p *tlsTermPeer) Backlog() int      { return int(p.queued.Load()) }
 
-func (p *tlsTermPeer) Close(reason string) {
+// Close implements terminal.Peer: the terminal ended or was taken over.
+func (p *tlsTermPeer) Close(reason string) { p.closeWith(ws.CloseGoingAway, reason) }
+
+func (p *tlsTermPeer) closeWith(code ws.CloseCode, reason string) {
 	p.mu.Lock()
 	if !p.closed {
-		p.closed, p.reason = true, reason
+		p.closed, p.code, p.reason = true, code, reason
 	}
 	p.mu.Unlock()
 	p.poke()
@@ -148,7 +152,7 @@ func (p *tlsTermPeer) writeLoop() {
 			p.mu.Lock()
 			q := p.q
 			p.q = nil
-			closing, reason := p.closed, p.reason
+			closing, code, reason := p.closed, p.code, p.reason
 			p.mu.Unlock()
 			if len(q) == 0 && !closing {
 				break
@@ -163,7 +167,7 @@ func (p *tlsTermPeer) writeLoop() {
 				if len(reason) > 120 {
 					reason = reason[:120]
 				}
-				buf = ws.AppendClose(buf, ws.CloseGoingAway, reason)
+				buf = ws.AppendClose(buf, code, reason)
 			}
 			_ = p.nc.SetWriteDeadline(time.Now().Add(2 * p.f.cfg.Heartbeat))
 			_, err := p.nc.Write(buf)
@@ -185,7 +189,7 @@ func (p *tlsTermPeer) writeLoop() {
 // readLoop parses frames until the connection ends, then detaches.
 func (p *tlsTermPeer) readLoop(pre []byte) {
 	defer func() {
-		p.Close("connection closed")
+		p.closeWith(ws.CloseGoingAway, "connection closed")
 		<-p.done
 		p.nc.Close()
 		p.att.Detach()
@@ -206,7 +210,11 @@ func (p *tlsTermPeer) readLoop(pre []byte) {
 				if errors.As(err, &pe) {
 					p.f.m.protocolError(uint16(pe.Code))
 				}
-				p.Close("protocol error: " + err.Error())
+				code := ws.CloseProtocolError
+				if pe != nil {
+					code = pe.Code
+				}
+				p.closeWith(code, err.Error())
 				return
 			}
 			if ev.Kind == ws.EventNone {
@@ -216,23 +224,23 @@ func (p *tlsTermPeer) readLoop(pre []byte) {
 			case ws.EventBinary:
 				p.f.m.in("terminal", len(ev.Payload))
 				if errors.Is(p.att.Input(ev.Payload), terminal.ErrInputFull) {
-					p.Close(terminal.ErrInputFull.Error())
+					p.closeWith(ws.ClosePolicyViolation, terminal.ErrInputFull.Error())
 					return
 				}
 			case ws.EventText:
 				var m resizeMsg
 				if json.Unmarshal(ev.Payload, &m) != nil || m.Type != "resize" {
-					p.Close(`text messages are {"type":"resize","cols":C,"rows":R}`)
+					p.closeWith(ws.CloseUnsupportedData, `text messages are {"type":"resize","cols":C,"rows":R}`)
 					return
 				}
 				if err := p.att.Resize(m.Cols, m.Rows); err != nil {
-					p.Close(err.Error())
+					p.closeWith(ws.ClosePolicyViolation, err.Error())
 					return
 				}
 			case ws.EventPing:
 				p.enqueue(ws.OpPong, append([]byte(nil), ev.Payload...))
 			case ws.EventClose:
-				p.Close("peer closed")
+				p.closeWith(ev.CloseCode, "")
 				return
 			}
 		}
