@@ -27,8 +27,11 @@ const pageCSP = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe
 // maxLoginBody bounds the login form's body.
 const maxLoginBody = 4 << 10
 
+// pageReply is an HTML page with the page headers. Referrer-Policy is
+// same-origin, not no-referrer: under no-referrer a browser sends
+// "Origin: null" with the login form, which the Origin policy refuses.
 func pageReply(status int, body []byte, hdr ...string) *reply {
-	h := append([]string{"Content-Security-Policy", pageCSP, "Referrer-Policy", "no-referrer", "X-Frame-Options", "DENY"}, hdr...)
+	h := append([]string{"Content-Security-Policy", pageCSP, "Referrer-Policy", "same-origin", "X-Frame-Options", "DENY"}, hdr...)
 	return &reply{status: status, ctype: "text/html; charset=utf-8", body: body, hdr: h}
 }
 

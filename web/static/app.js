@@ -86,7 +86,10 @@ async function onOpen(sock) {
   state.connected = true;
   document.body.dataset.role = hello.role;
   $("#role").textContent = hello.role;
-  $("#terminal-link").hidden = hello.role === "viewer";
+  if (hello.role !== "viewer") {
+    // Shown only when the daemon runs with --terminal (HEAD is 404 otherwise).
+    fetch("/terminal", { method: "HEAD" }).then((r) => ($("#terminal-link").hidden = !r.ok), () => {});
+  }
   $("#cancel").hidden = hello.role === "viewer" || !state.current;
   setConn("connected");
   await refreshSessions();
