@@ -402,7 +402,7 @@ func (h *Hub) Sessions() []SessionInfo {
 func (h *Hub) sessionsLocked() []SessionInfo {
 	out := make([]SessionInfo, 0, len(h.sessions))
 	for _, s := range h.sessions {
-		out = append(out, SessionInfo{SessionID: s.ID, Status: s.status, Seq: s.seq, Clients: len(s.attached), OwnerConnected: s.owner != nil})
+		out = append(out, info(s))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].SessionID < out[j].SessionID })
 	return out
