@@ -266,3 +266,41 @@ func TestTerminalTLS(t *testing.T) {
 		return w, resp
 	})
 }
+
+func TestDashboardTLS(t *testing.T) {
+	cert, key, pool := writeCert(t)
+	e := startEnv(t, HTTPConfig{TLSCert: cert, TLSKey: key})
+	hc := &http.Client{
+		Transport:     &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	resp, err := hc.Get("https://" + e.addr + "/?token=" + clientToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	c := resp.Header.Get("Set-Cookie")
+	if resp.StatusCode != 303 || !strings.Contains(c, "; Secure") || !strings.Contains(c, "HttpOnly") || !strings.Contains(c, "SameSite=Strict") {
+		t.Fatalf("%s Set-Cookie %q", resp.Status, c)
+	}
+	req, _ := http.NewRequest("POST", "https://"+e.addr+"/login", strings.NewReader("token="+operatorToken))
+	req.Header.Set("Origin", "https://"+e.addr)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if resp, err = hc.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 303 || !strings.Contains(resp.Header.Get("Set-Cookie"), "agentbridge_token="+operatorToken) {
+		t.Fatalf("login over TLS: %s %v", resp.Status, resp.Header)
+	}
+	req, _ = http.NewRequest("GET", "https://"+e.addr+"/", nil)
+	req.Header.Set("Cookie", "agentbridge_token="+viewerToken)
+	if resp, err = hc.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "/ui/static/app.js") || resp.Header.Get("Content-Security-Policy") == "" {
+		t.Fatalf("dashboard over TLS: %s %.100q", resp.Status, body)
+	}
+}
