@@ -28,6 +28,7 @@ import (
 	"github.com/agentbridge/agentbridge/ring"
 	"github.com/agentbridge/agentbridge/session"
 	"github.com/agentbridge/agentbridge/store"
+	"github.com/agentbridge/agentbridge/terminal"
 )
 
 type serveFlags struct {
@@ -46,6 +47,8 @@ type serveFlags struct {
 	maxInflight, maxSessions                     int           // hardening
 	callTimeout                                  time.Duration // hardening
 	rate                                         string
+	terminal                                     string
+	terminalLinger                               time.Duration
 }
 
 func newServeFlags() (*flag.FlagSet, *serveFlags) {
@@ -72,6 +75,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.DurationVar(&f.summaryInterval, "summary-interval", time.Second, "a degraded (slow) connection gets at most one bridge/summary per session per interval")
 	fs.DurationVar(&f.stallTimeout, "stall-timeout", 60*time.Second, "a connection that takes nothing for this long while something is due to it is closed (WebSocket 1013); its client resumes by cursor")
 	fs.StringVar(&f.rate, "rate", "off", "per-connection input limit, `MSGS/s,BYTES/s` (e.g. 200/s,4MiB/s; either part may be left out): over it requests get -32004 and notifications are dropped, 10x over for 3s closes the connection; off = no limit")
+	fs.StringVar(&f.terminal, "terminal", "", "serve a browser terminal at GET /terminal running this command (e.g. /bin/bash; words split on spaces) in the agent's directory and environment: client tokens type, operator tokens watch (\"\": off)")
+	fs.DurationVar(&f.terminalLinger, "terminal-linger", 5*time.Minute, "how long a terminal outlives its tab, waiting for the same token to re-attach")
 	fs.StringVar(&f.config, "config", "", "config file: one `name value` per line, names as the flags")
 	f.logLevel = config.Choice{Value: "info", Allowed: []string{"debug", "info", "warn", "error"}}
 	fs.Var(&f.logLevel, "log-level", "debug, info, warn or error")
@@ -294,6 +299,13 @@ func runServe(args []string) int {
 		hub.Restore(recovered)
 		log.Info("state restored", "dir", f.stateDir, "sessions", len(recovered))
 	}
+	term, err := newTerminal(f, auditLog, log)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if term != nil {
+		defer term.Close()
+	}
 	metrics := loop.NewMetrics(nil)
 	exportStats(metrics, st, auditLog)
 	srv, err := loop.New(loop.Config{
@@ -304,7 +316,7 @@ func runServe(args []string) int {
 		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval, StallTimeout: f.stallTimeout},
 		Rate:      rate,
 		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
-		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey},
+		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey, Terminal: term},
 	})
 	if err != nil {
 		return fail("%v", err)
@@ -374,6 +386,9 @@ func runServe(args []string) int {
 	// Answer or fail every pending request, tell clients why, let queues
 	// flush, then stop the engine and give the agent its grace period.
 	hub.Shutdown(reason)
+	if term != nil {
+		term.Close() // shells get SIGHUP; their browsers a close frame
+	}
 	deadline := time.Now().Add(2 * time.Second)
 	for srv.Connections() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -398,6 +413,23 @@ func runServe(args []string) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// newTerminal builds the --terminal manager, or nil when it is off. The
+// terminal runs in the agent's directory with the agent's environment
+// (both the daemon's own: serve does not change them for the agent).
+func newTerminal(f *serveFlags, auditLog *audit.Log, log *slog.Logger) (*terminal.Manager, error) {
+	if strings.TrimSpace(f.terminal) == "" {
+		return nil, nil
+	}
+	if f.terminalLinger <= 0 {
+		return nil, fmt.Errorf("invalid --terminal-linger %s (must be positive)", f.terminalLinger)
+	}
+	cfg := terminal.Config{Command: strings.Fields(f.terminal), Linger: f.terminalLinger, Logger: log.With("src", "terminal")}
+	if auditLog != nil {
+		cfg.Audit = auditLog.Record
+	}
+	return terminal.New(cfg)
 }
 
 // socketDirs prepares the directories of the socket and the generated
