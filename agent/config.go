@@ -42,6 +42,7 @@ func ParseFraming(s string) (Framing, error) {
 const (
 	DefaultMaxMessage        = 16 << 20
 	DefaultQueueBytes        = 64 << 20
+	DefaultQueueMessages     = 65536
 	DefaultMinBackoff        = 100 * time.Millisecond
 	DefaultMaxBackoff        = 10 * time.Second
 	DefaultResetAfter        = 30 * time.Second
@@ -73,6 +74,11 @@ type Config struct {
 	// QueueBytes bounds the framed bytes waiting for the agent's stdin. Zero
 	// means 64 MiB. Send returns ErrOverloaded past it.
 	QueueBytes int
+	// QueueMessages bounds the messages waiting for the agent's stdin, so a
+	// flood of tiny requests to an agent that does not read is refused
+	// early, not after millions of small allocations. Zero means 65,536.
+	// Send returns ErrOverloaded past it.
+	QueueMessages int
 	// MinBackoff is the first restart delay. Zero means 100ms.
 	MinBackoff time.Duration
 	// MaxBackoff caps the restart delay, which doubles per consecutive crash
@@ -110,6 +116,9 @@ func (c *Config) normalize() error {
 	}
 	if c.QueueBytes <= 0 {
 		c.QueueBytes = DefaultQueueBytes
+	}
+	if c.QueueMessages <= 0 {
+		c.QueueMessages = DefaultQueueMessages
 	}
 	if c.MinBackoff <= 0 {
 		c.MinBackoff = DefaultMinBackoff

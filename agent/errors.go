@@ -6,8 +6,8 @@ var (
 	// ErrUnavailable is returned by Send when no agent process is running:
 	// before Start, between a crash and the restart, and after Stop.
 	ErrUnavailable = errors.New("agent: unavailable")
-	// ErrOverloaded is returned by Send when the bytes waiting for the agent's
-	// stdin would exceed Config.QueueBytes.
+	// ErrOverloaded is returned by Send when the bytes or messages waiting
+	// for the agent's stdin would exceed Config.QueueBytes or QueueMessages.
 	ErrOverloaded = errors.New("agent: overloaded: stdin queue full")
 	// ErrMessageTooLarge is the exit error reported when the agent wrote a
 	// message over Config.MaxMessage; the process is killed and restarted.

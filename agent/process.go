@@ -41,6 +41,7 @@ type proc struct {
 	// Guarded by qmu.
 	q       [][]byte // framed messages waiting for the writer
 	qbytes  int      // framed bytes in q plus the message being written
+	qmsgs   int      // messages counted in qbytes
 	closing bool     // no more enqueue: Stop closed the input or the process is gone
 	abort   bool     // drop q and return: the process is gone
 	busy    bool     // the writer holds a batch (or unflushed bytes): no write-through
@@ -126,7 +127,7 @@ func (p *proc) enqueue(msg []byte) error {
 		p.qmu.Unlock()
 		return ErrUnavailable
 	}
-	if p.qbytes+len(framed) > cfg.QueueBytes {
+	if p.qbytes+len(framed) > cfg.QueueBytes || p.qmsgs >= cfg.QueueMessages {
 		p.qmu.Unlock()
 		return ErrOverloaded
 	}
@@ -147,6 +148,7 @@ func (p *proc) enqueue(msg []byte) error {
 	}
 	p.q = append(p.q, framed)
 	p.qbytes += len(framed)
+	p.qmsgs++
 	p.qmu.Unlock()
 	p.poke()
 	return nil
@@ -227,6 +229,7 @@ func (p *proc) writeLoop() {
 			p.qmu.Lock()
 			if !p.abort { // abort already zeroed the count
 				p.qbytes -= len(m)
+				p.qmsgs--
 			}
 			p.qmu.Unlock()
 			batch[i] = nil
@@ -236,6 +239,9 @@ func (p *proc) writeLoop() {
 			}
 		}
 		spare = batch[:0]
+		if cap(spare) > 4096 {
+			spare = nil // a flood's backing array is not kept for ever
+		}
 
 		p.qmu.Lock()
 		empty := len(p.q) == 0
@@ -260,7 +266,7 @@ func (p *proc) writeFailed(err error) {
 	p.qmu.Lock()
 	p.closing = true
 	p.q = nil
-	p.qbytes = 0
+	p.qbytes, p.qmsgs = 0, 0
 	p.qmu.Unlock()
 	if !errors.Is(err, os.ErrClosed) && !errors.Is(err, syscall.EPIPE) {
 		p.s.log.Warn("agent stdin write failed", "pid", p.pid, "gen", p.gen, "err", err)
@@ -282,7 +288,7 @@ func (p *proc) abortInput() {
 	p.closing = true
 	p.abort = true
 	p.q = nil
-	p.qbytes = 0
+	p.qbytes, p.qmsgs = 0, 0
 	p.qmu.Unlock()
 	p.poke()
 	p.stdin.Close()

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -201,7 +202,9 @@ func (s *Server) Start() error {
 			err = errors.New("engine stopped before it started")
 		}
 		_ = s.stopTLS(context.Background())
-		return fmt.Errorf("listen: %w", err)
+		// Name the addresses: "bind: address already in use" alone does
+		// not say which flag to change.
+		return fmt.Errorf("listen on %s: %w", strings.Join(addrs, " and "), err)
 	}
 }
 

@@ -114,6 +114,7 @@ func (h *Hub) failCalls(match func(*call) bool, why string) {
 	for _, id := range ids {
 		c := h.calls[id]
 		delete(h.calls, id)
+		h.callDone(c)
 		h.releaseTokens(c)
 		if c.loading {
 			if s := h.sessions[c.sessionID]; s != nil {
@@ -165,6 +166,7 @@ func (h *Hub) agentResponse(msg []byte, hd jsonrpc.Header) {
 		return
 	}
 	delete(h.calls, id)
+	h.callDone(c)
 	h.releaseTokens(c)
 	if c.internal != nil {
 		c.internal(h, msg)

@@ -196,6 +196,9 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 	if kind == closing && h.closeByOther(cl, s, hd.ID, method) {
 		return
 	}
+	if !h.admitCall(cl, hd.ID, method) {
+		return
+	}
 	c := &call{cl: cl, id: clone(hd.ID), method: method, sessionID: string(hd.SessionID), gen: h.gen}
 	if out, ok := h.remapTokens(c, msg); !ok {
 		h.replyError(cl, hd.ID, codeInvalidRequest, "a progress token member appears more than once; send each member once")
@@ -249,6 +252,7 @@ func (h *Hub) sendCall(c *call, msg []byte, hd jsonrpc.Header) bool {
 		return false
 	}
 	h.calls[bid] = c
+	h.trackCall(bid, c)
 	return true
 }
 

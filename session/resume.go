@@ -154,6 +154,7 @@ func (h *Hub) resume(cl *Client, key string) (*resumeResult, func(), *jsonrpc.Er
 		}
 	}
 	slices.Sort(bids) // in the order they were sent
+	moveCalls(old, cl)
 	for _, bid := range bids {
 		c := h.calls[bid]
 		c.cl = cl

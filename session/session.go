@@ -37,6 +37,7 @@ type Session struct {
 	// agentState is a v2 agent's last state_update state ("running",
 	// "idle", "requires_action"; "" before any).
 	agentState string
+	lim        sessionLimits
 }
 
 func (h *Hub) session(id string) *Session {
@@ -44,9 +45,8 @@ func (h *Hub) session(id string) *Session {
 	if s == nil {
 		s = &Session{ID: id, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes), status: StatusIdle, gen: h.gen}
 		h.sessions[id] = s
-		if h.cfg.Journal != nil {
-			h.cfg.Journal.Create(id)
-		}
+		h.unclaimed(s) // journaled once a client claims it
+
 	}
 	return s
 }
@@ -152,7 +152,7 @@ func (h *Hub) publish(s *Session, m *wire.Msg) {
 	s.seq++
 	m.SessionID, m.Seq = s.ID, s.seq
 	s.log.append(m)
-	if h.cfg.Journal != nil {
+	if h.cfg.Journal != nil && s.journaled() {
 		h.cfg.Journal.Append(s.ID, s.seq, m.Body())
 	}
 	delivered := 0

@@ -42,20 +42,15 @@ type serveFlags struct {
 	queueBytes, controlBytes                     int
 	heartbeat, requestTimeout, grace, stateSync  time.Duration
 	summaryInterval                              time.Duration
+	maxInflight, maxSessions                     int           // hardening
+	callTimeout                                  time.Duration // hardening
 	rate                                         string
-}
-
-func defaultSocket() string {
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "agentbridge.sock")
-	}
-	return fmt.Sprintf("/tmp/agentbridge-%d.sock", os.Getuid())
 }
 
 func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	f := &serveFlags{}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.StringVar(&f.uds, "uds", defaultSocket(), "Unix socket path (\"\" disables)")
+	fs.StringVar(&f.uds, "uds", config.DefaultSocket(), "Unix socket path, in a directory only this user may write (\"\" disables); the default directory is created 0700")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8931", "TCP address for WebSocket/HTTP (\"\" disables)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate file (with --tls-key: serve https/wss)")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "TLS key file")
@@ -84,6 +79,9 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.IntVar(&f.queueBytes, "queue-bytes", 1<<20, "per-connection outbound queue: data-plane bytes before eviction/degrade")
 	fs.IntVar(&f.controlBytes, "control-bytes", 4<<20, "per-connection outbound queue: control-plane bytes before the connection is closed")
 	fs.DurationVar(&f.requestTimeout, "request-timeout", 10*time.Minute, "how long an agent request waits for a client's answer")
+	fs.IntVar(&f.maxInflight, "max-inflight", 1024, "requests one connection may have awaiting the agent; past it -32004")
+	fs.IntVar(&f.maxSessions, "max-sessions", 10000, "sessions kept that only the agent named (no client created, loaded or attached them); past it the oldest idle one is forgotten")
+	fs.DurationVar(&f.callTimeout, "call-timeout", 0, "answer a client request the agent has not answered within this with -32005 (0: wait for ever)")
 	fs.DurationVar(&f.grace, "grace", 5*time.Second, "on shutdown, how long the agent gets to exit after stdin closes (then SIGTERM, then SIGKILL)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: agentbridge serve [flags] [-- AGENT_CMD ARGS...]\n\nEvery flag can also be set as AGENTBRIDGE_<NAME> (e.g. AGENTBRIDGE_LISTEN) or in --config.\n\nFlags:\n")
@@ -146,7 +144,7 @@ func runServe(args []string) int {
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return fail("--tls-cert and --tls-key go together")
 	}
-	for name, v := range map[string]int{"--replay": f.replay, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes} {
+	for name, v := range map[string]int{"--replay": f.replay, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes, "--max-inflight": f.maxInflight, "--max-sessions": f.maxSessions} {
 		if v <= 0 {
 			return fail("invalid %s %d (must be positive)", name, v)
 		}
@@ -156,6 +154,9 @@ func runServe(args []string) int {
 	}
 	if f.heartbeat <= 0 || f.requestTimeout <= 0 || f.grace <= 0 {
 		return fail("--heartbeat, --request-timeout and --grace must be positive durations")
+	}
+	if f.callTimeout < 0 {
+		return fail("invalid --call-timeout %s (0 disables it)", f.callTimeout)
 	}
 	if f.summaryInterval <= 0 {
 		return fail("invalid --summary-interval %s (must be positive)", f.summaryInterval)
@@ -184,36 +185,38 @@ func runServe(args []string) int {
 		cmd = []string{self, "demo-agent"}
 	}
 
-	// Tokens: given, or generated next to the socket.
+	// Tokens: given, or generated next to the socket once it is bound.
 	var tokens *auth.Tokens
-	tokenFile := ""
+	tokenFile, token := "", ""
 	if f.tokens != "" {
 		if tokens, err = auth.LoadTokens(f.tokens); err != nil {
 			return fail("%v", err)
 		}
-	} else {
-		dir := filepath.Dir(defaultSocket())
-		if f.uds != "" {
-			dir = filepath.Dir(f.uds)
+		if w := auth.TokensFileWarning(f.tokens); w != "" {
+			log.Warn(w)
 		}
-		tok, err := auth.GenerateToken()
-		if err != nil {
+	} else {
+		if token, err = auth.GenerateToken(); err != nil {
 			return fail("generate token: %v", err)
 		}
-		tokenFile = filepath.Join(dir, "agentbridge.token")
-		if err := auth.WriteTokenFile(tokenFile, tok); err != nil {
-			return fail("write token file: %v", err)
+		tokenFile = config.TokenFileFor(config.DefaultSocket())
+		if f.uds != "" {
+			tokenFile = config.TokenFileFor(f.uds)
 		}
-		if tokens, err = auth.NewTokens([]auth.Grant{{Role: auth.RoleClient, Token: tok}}); err != nil {
+		if tokens, err = auth.NewTokens([]auth.Grant{{Role: auth.RoleClient, Token: token}}); err != nil {
 			return fail("%v", err)
 		}
+	}
+	if err := socketDirs(f.uds, tokenFile); err != nil {
+		return fail("%v", err)
 	}
 	origins, err := auth.NewOriginPolicy(f.allowOrigin)
 	if err != nil {
 		return fail("%v", err)
 	}
 
-	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, RequestTimeout: f.requestTimeout, Version: version, Logger: log}
+	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, RequestTimeout: f.requestTimeout, Version: version, Logger: log,
+		MaxInflight: f.maxInflight, MaxSessions: f.maxSessions, CallTimeout: f.callTimeout}
 	var auditLog *audit.Log
 	if f.auditFile != "" {
 		if auditLog, err = audit.Open(f.auditFile, audit.Options{}); err != nil {
@@ -274,6 +277,7 @@ func runServe(args []string) int {
 	}
 	hub.SetAgent(sup)
 	metrics := loop.NewMetrics(nil)
+	exportStats(metrics, st, auditLog)
 	srv, err := loop.New(loop.Config{
 		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
 		Queue:     ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
@@ -286,6 +290,10 @@ func runServe(args []string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
+	// Signals are caught before anything is served: a supervisor may stop
+	// the daemon the moment its socket appears.
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	// The agent starts first, so a client connecting the moment the socket
 	// appears finds it running (not "restarting").
 	if err := sup.Start(); err != nil {
@@ -296,6 +304,14 @@ func runServe(args []string) int {
 		_ = sup.Stop(actx)
 		acancel()
 		return fail("%v", err)
+	}
+	// Written only once the socket is ours: a daemon that failed to bind
+	// must not replace the token file of the one that holds the socket.
+	if tokenFile != "" {
+		if err := auth.WriteTokenFile(tokenFile, token); err != nil {
+			log.Error("cannot write the token file; WebSocket clients need --tokens", "file", tokenFile, "err", err)
+			tokenFile = ""
+		}
 	}
 	attrs := []any{"agent", strings.Join(cmd, " "), "pid", os.Getpid()}
 	if f.uds != "" {
@@ -313,8 +329,6 @@ func runServe(args []string) int {
 	}
 	log.Info("agentbridge serving", attrs...)
 
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	var reason string
 	select {
 	case s := <-sig:
@@ -343,8 +357,53 @@ func runServe(args []string) int {
 		log.Warn("agent stop", "err", err)
 	}
 	if tokenFile != "" {
-		_ = os.Remove(tokenFile)
+		if err := auth.RemoveTokenFile(tokenFile, token); err != nil {
+			log.Warn("token file", "err", err)
+		}
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// socketDirs prepares the directories of the socket and the generated
+// token file: the default directory is created 0700 and, like any other,
+// refused when another uid owns it or others may write to it (anyone who
+// can write there can replace the socket or the token file).
+func socketDirs(uds, tokenFile string) error {
+	seen := map[string]bool{}
+	for _, p := range []string{uds, tokenFile} {
+		if p == "" {
+			continue
+		}
+		dir := filepath.Dir(p)
+		if seen[dir] {
+			continue
+		}
+		seen[dir] = true
+		check := config.CheckPrivateDir
+		if dir == config.DefaultSocketDir() {
+			check = config.PrivateDir
+		}
+		if err := check(dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// exportStats puts the store's and the audit log's counters in /metrics:
+// a write they dropped is otherwise only a log line.
+func exportStats(m *loop.Metrics, st *store.Store, a *audit.Log) {
+	if st != nil {
+		stat := func(f func(store.Stats) uint64) func() float64 {
+			return func() float64 { return float64(f(st.Stats())) }
+		}
+		m.CounterFunc("agentbridge_store_dropped_total", "Records the state store dropped (its queue was full: the disk is slower than the agent); each is a hole in the persisted log.", stat(func(s store.Stats) uint64 { return s.Dropped }))
+		m.CounterFunc("agentbridge_store_write_errors_total", "Failed writes or fsyncs of the state store; their records are lost.", stat(func(s store.Stats) uint64 { return s.WriteErrors }))
+		m.CounterFunc("agentbridge_store_written_total", "Records the state store handed to write(2).", stat(func(s store.Stats) uint64 { return s.Written }))
+		m.GaugeFunc("agentbridge_store_queued", "Records waiting for the state store's writer.", func() float64 { return float64(st.Stats().Queued) })
+	}
+	if a != nil {
+		m.CounterFunc("agentbridge_audit_dropped_total", "Audit records dropped (the audit queue was full or the log was closing).", func() float64 { return float64(a.Dropped()) })
+	}
 }
