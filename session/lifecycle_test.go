@@ -333,3 +333,27 @@ func field(m map[string]any, path ...string) any {
 	}
 	return v
 }
+
+func TestLoadInFlightFollowsAResumedConnection(t *testing.T) {
+	r, _, _ := acpRig(t, 1)
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","n":1}}`)
+	b, fb := r.open(auth.RoleClient)
+	r.from(b, `{"jsonrpc":"2.0","id":"h","method":"bridge/hello","params":{"resume":"0123456789abcdef-key"}}`)
+	r.from(b, `{"jsonrpc":"2.0","id":4,"method":"session/load","params":{"sessionId":"s1","cwd":"/","mcpServers":[]}}`)
+	f := r.forwarded()
+	fb.take(t)
+	r.hub.Closed(b)
+	b2, fb2 := r.open(auth.RoleClient)
+	r.from(b2, `{"jsonrpc":"2.0","id":"h","method":"bridge/hello","params":{"resume":"0123456789abcdef-key"}}`)
+	fb2.take(t)
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","n":1}}`)
+	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":null}`, f["id"])
+	got := fb2.take(t)
+	if ms := methods(got); len(ms) != 2 || ms[0] != "session/update" || got[1]["id"] != float64(4) {
+		t.Fatalf("successor got %v", got)
+	}
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","n":2}}`)
+	if s := r.hub.Sessions()[0]; s.Seq != 2 {
+		t.Fatalf("a live event after the load was not logged: %+v", s)
+	}
+}
