@@ -168,6 +168,10 @@ func (h *Hub) sessionClosed(cl *Client, s *Session, method string) {
 		h.setOwner(s, nil)
 	}
 	delete(h.sessions, s.ID)
+	if s.lim.unclaimed != nil { // leave the --max-sessions bound too (limits.go)
+		h.lim.unclaimed.Remove(s.lim.unclaimed)
+		s.lim.unclaimed = nil
+	}
 	if method == "session/delete" {
 		if d, ok := h.cfg.Journal.(JournalDeleter); ok {
 			d.Delete(s.ID)
