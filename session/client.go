@@ -221,7 +221,9 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 		h.audit(cl, AuditRecord{Session: c.sessionID, Method: method, Outcome: "forwarded"})
 		h.cancelPermissions(cl, s)
 	case "session/prompt":
-		if s != nil {
+		// v2 answers a prompt at once; its turn is followed by state_update
+		// (lifecycle.go), so only v1 counts round trips.
+		if s != nil && h.acpVersion < 2 {
 			s.prompts++
 			h.refreshStatus(s)
 		}

@@ -305,9 +305,12 @@ func TestProgressTokensPerClient(t *testing.T) {
 
 func TestV2StateUpdateDrivesStatus(t *testing.T) {
 	r, a, _ := acpRig(t, 2)
-	r.from(a, `{"jsonrpc":"2.0","id":2,"method":"session/prompt","params":{"sessionId":"s1","prompt":[]}}`)
-	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":{"messageId":"m1"}}`, r.forwarded()["id"])
 	st := func() Status { return r.hub.Sessions()[0].Status }
+	r.from(a, `{"jsonrpc":"2.0","id":2,"method":"session/prompt","params":{"sessionId":"s1","prompt":[]}}`)
+	if st() != StatusIdle {
+		t.Fatalf("a v2 prompt's round trip counted as running: %s", st())
+	}
+	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":{"messageId":"m1"}}`, r.forwarded()["id"])
 	if st() != StatusIdle {
 		t.Fatalf("after the ack: %s", st())
 	}

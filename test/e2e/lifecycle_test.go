@@ -30,6 +30,8 @@ func turn(t *testing.T, c *client, v int, id any, sid, text string) (chunks []st
 	for {
 		m, _ := c.waitFor(wait, "the turn's next message", func(map[string]any) bool { return true })
 		switch {
+		case m["method"] == "bridge/status" && field(m, "params", "sessionId") == sid:
+			c.sawStatus = append(c.sawStatus, field(m, "params", "status").(string))
 		case m["method"] == "session/request_permission":
 			if field(m, "params", "sessionId") != sid {
 				t.Fatalf("permission request of another session: %v", m)
@@ -96,10 +98,20 @@ func TestLifecyclePlainClient(t *testing.T) {
 			b := dial(t, d)
 			acpInit(t, b, v)
 			b.call(3, "session/resume", map[string]any{"sessionId": sid, "cwd": "/tmp"})
+			b.sawStatus = nil
 			chunks, stop = turn(t, b, v, 4, sid, "after the restart")
 			checkChunks(t, "turn after resume", chunks, 5)
 			if stop != "end_turn" {
 				t.Fatalf("stop %s", stop)
+			}
+			// The bridge's status followed the turn: v1 by the prompt's
+			// round trip, v2 by state_update (running, requires_action
+			// while the permission waits, idle).
+			b.waitFor(wait, "bridge/status idle", func(m map[string]any) bool {
+				return m["method"] == "bridge/status" && field(m, "params", "status") == "idle"
+			})
+			if got := strings.Join(b.sawStatus, ","); !strings.HasPrefix(got, "running,awaiting_hitl,running") {
+				t.Fatalf("bridge/status during the turn: %s", got)
 			}
 
 			// A fork is the caller's from its first event.
