@@ -230,6 +230,14 @@ func TestCancelRemappedToTheSendersOwnRequest(t *testing.T) {
 			t.Fatalf("%s reached the agent as %v; b's request is %v, a's %v", tc.method, f, fwdB["id"], fwdA["id"])
 		}
 	}
+	// MCP's cancel ends the call: the server will not answer it.
+	if st := r.hub.Stats(); st.PendingCalls != 1 {
+		t.Fatalf("after notifications/cancelled %d calls pending, want a's only", st.PendingCalls)
+	}
+	r.from(a, `{"jsonrpc":"2.0","method":"$/cancel_request","params":{"requestId":9009}}`)
+	if f := r.forwarded(); field(f, "params", "requestId") != fwdA["id"] {
+		t.Fatalf("a's cancel reached the agent as %v", f)
+	}
 	// An id the client has not got in flight is dropped, never forwarded.
 	r.from(b, `{"jsonrpc":"2.0","method":"$/cancel_request","params":{"requestId":1}}`)
 	if s := r.ag.take(); len(s) != 0 {
@@ -298,8 +306,12 @@ func TestProgressTokensPerClient(t *testing.T) {
 	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":[]}`, f["id"])
 	fa.take(t)
 	r.agentSays(`{"jsonrpc":"2.0","method":"$/progress","params":{"token":%q,"value":{"kind":"end"}}}`, wd)
+	if len(fb.take(t)) != 0 || len(fa.take(t)) != 0 {
+		t.Fatalf("progress for a finished request's bridge token went out")
+	}
+	r.agentSays(`{"jsonrpc":"2.0","method":"$/progress","params":{"token":"server-own","value":{"kind":"begin"}}}`)
 	if len(fb.take(t)) != 1 || len(fa.take(t)) != 1 {
-		t.Fatalf("an unknown token is broadcast as before")
+		t.Fatalf("the agent's own token is not broadcast as before")
 	}
 }
 
