@@ -7,7 +7,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import assert from "node:assert/strict";
 import test from "node:test";
-import { binPath, within, withDaemon } from "./lib/bridge.mjs";
+import { binPath, RawClient, within, withDaemon } from "./lib/bridge.mjs";
 
 const T = { timeout: 90000 };
 
@@ -56,5 +56,37 @@ test("two MCP SDK clients with colliding progress tokens each see only their own
         assert.match(String(e), new RegExp(`unknown token.*"progress":${steps[i]},"total":${steps[i]}`), `client ${i} reported ${e}`);
       }
     }
+  }),
+);
+
+test("an MCP cancel reaches only the sender's own request: the other client's call with the same id completes", T, () =>
+  withDaemon({ agent: ["node", "node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"] }, async (d) => {
+    // a: a raw client, so what the server answers is visible; b: the SDK.
+    const a = await RawClient.connect(d);
+    await a.call(0, "initialize", { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw-a", version: "0" } });
+    a.send({ method: "notifications/initialized" });
+    const b = await mcpClient(d, "mcp-b");
+    // b's SDK numbers its requests 0 (initialize), 1, ...: its tools/call is 1, like a's.
+    const bSeen = [];
+    const bCall = b.client.callTool(
+      { name: "trigger-long-running-operation", arguments: { duration: 2, steps: 4 } },
+      undefined,
+      { onprogress: (p) => bSeen.push(p.progress), timeout: 30000 },
+    );
+    // a's operation is the shorter: it has ended on the server by the time b's completes.
+    a.request(1, "tools/call", { name: "trigger-long-running-operation", arguments: { duration: 1, steps: 2 }, _meta: { progressToken: "a-token" } });
+    const first = await a.waitFor("a's first progress", (m) => m.method === "notifications/progress", 15000);
+    assert.equal(first.params.progressToken, "a-token", "a's progress came back without its own token");
+    a.send({ method: "notifications/cancelled", params: { requestId: 1, reason: "the user pressed stop" } });
+    const bResult = await within(30000, "b's call", bCall);
+    assert.match(bResult.content[0].text, /Steps: 4\./);
+    assert.ok(bSeen.length >= 3 && bSeen.every((p, i) => p === i + 1), `b's progress ${JSON.stringify(bSeen)}`);
+    // The server dropped a's cancelled request, whose operation ended
+    // before b's: no answer to id 1 came before the fence's.
+    await a.call(2, "ping", {});
+    const answers = a.all.filter((m) => m.method === undefined && m.id === 1);
+    assert.deepEqual(answers, [], "a's cancelled request was answered: the cancel did not reach it");
+    const late = a.all.filter((m) => m.method === "notifications/progress" && m.params.progressToken !== "a-token");
+    assert.deepEqual(late, [], "a got progress under a token not its own");
   }),
 );
