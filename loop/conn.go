@@ -205,9 +205,12 @@ func (c *conn) drain(force bool) {
 // OnOpen accepts a connection: Unix-socket peers are checked by uid and
 // registered with the hub at once; TCP peers speak HTTP first.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	if _, ok := gc.Context().(*agentConn); ok {
+		return nil, gnet.None // the agent's socket (agentconn.go)
+	}
 	c := &conn{srv: s, gc: gc}
 	c.out = delivery.NewOutbox(s.cfg.Delivery, delivery.Hooks{
-		Wake: func() { _ = gc.Wake(nil) },
+		Wake: func() { s.wake(c) },
 		// Any goroutine: c.peer is set below, before the hub can Send; the
 		// protocol (and its name) may change on the loop meanwhile.
 		Close: func(r delivery.CloseReason, detail string) {
@@ -259,6 +262,9 @@ func (s *Server) track(c *conn) {
 func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	c, ok := gc.Context().(*conn)
 	if !ok {
+		if ac, ok := gc.Context().(*agentConn); ok {
+			return ac.onTraffic(gc)
+		}
 		return gnet.Close
 	}
 	if l, ok := c.proto.(lingerer); ok && c.closing.Load() {
@@ -292,6 +298,11 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 
 // OnClose unregisters the connection.
 func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
+	if ac, ok := gc.Context().(*agentConn); ok {
+		ac.onClose(err)
+		return gnet.None
+	}
+	s.adm.release(addrIP(gc.RemoteAddr())) // every client connection came through acceptLoop
 	c, ok := gc.Context().(*conn)
 	if !ok {
 		return gnet.None

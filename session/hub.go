@@ -165,6 +165,8 @@ type Hub struct {
 
 	clientMessages atomic.Uint64
 	agentMessages  atomic.Uint64
+	agentInvalid   atomic.Uint64 // agent messages dropped as invalid JSON-RPC
+	invalidLog     everySecond   // at most one log line a second for them
 	deliveries     atomic.Uint64
 	errors         atomic.Uint64
 	denied         atomic.Uint64
