@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/agentbridge/agentbridge/auth"
+	"github.com/agentbridge/agentbridge/store"
 )
 
 func TestDuplicateKeysRefused(t *testing.T) {
@@ -370,5 +371,32 @@ func TestLoadInFlightFollowsAResumedConnection(t *testing.T) {
 	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","n":2}}`)
 	if s := r.hub.Sessions()[0]; s.Seq != 2 {
 		t.Fatalf("a live event after the load was not logged: %+v", s)
+	}
+}
+
+func TestDeleteLeavesThePersistedState(t *testing.T) {
+	dir := t.TempDir()
+	st, _, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, Config{Journal: st})
+	a, fa := r.open(auth.RoleClient)
+	r.newSession(a, fa, "s1")
+	r.newSession(a, fa, "s2")
+	r.hub.AgentMessage(1, update("s1", 1))
+	r.hub.AgentMessage(1, update("s2", 1))
+	r.from(a, `{"jsonrpc":"2.0","id":4,"method":"session/delete","params":{"sessionId":"s1"}}`)
+	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":{}}`, r.forwarded()["id"])
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st2, rec, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st2.Close()
+	if len(rec) != 1 || rec[0].ID != "s2" {
+		t.Fatalf("recovered %+v, want s2 only", rec)
 	}
 }
