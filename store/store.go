@@ -488,6 +488,10 @@ func (s *Store) writeBatch(b []rec) {
 	s.clock++
 	for i := range b {
 		r := &b[i]
+		if r.kind == kindDelete {
+			s.forget(r.session)
+			continue
+		}
 		sf := s.session(r.session)
 		if sf == nil || r.kind == kindCreate || r.seq <= sf.lastSeq {
 			continue
