@@ -217,7 +217,7 @@ func TestTornTailAtEveryOffset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	created := len(segMagic) + headerLen + 1 + 8 // the create record of "a"
+	created := len(segMagic) + headerLen + 1 + 8   // the create record of "a"
 	rec2 := created + headerLen + 1 + len(tiny(1)) // end of record 1
 	rec3 := rec2 + headerLen + 1 + len(tiny(2))
 	for cut := 0; cut < len(full); cut++ {
