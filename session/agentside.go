@@ -92,7 +92,7 @@ func (h *Hub) AgentExited(gen uint64, err error, restartIn time.Duration) {
 		}
 	}
 	for _, s := range h.sessions {
-		s.prompts = 0
+		s.prompts, s.agentState, s.loaders = 0, "", nil
 		h.refreshStatus(s)
 	}
 	m := h.statusMsg("", StatusBlocked)
@@ -115,6 +115,12 @@ func (h *Hub) failCalls(match func(*call) bool, why string) {
 		c := h.calls[id]
 		delete(h.calls, id)
 		h.callDone(c)
+		h.releaseTokens(c)
+		if c.loading {
+			if s := h.sessions[c.sessionID]; s != nil {
+				s.loaders = removeClient(s.loaders, c.cl)
+			}
+		}
 		if c.cl != nil {
 			h.replyError(c.cl, c.id, codeAgentUnavailable, why)
 		}
@@ -161,42 +167,56 @@ func (h *Hub) agentResponse(msg []byte, hd jsonrpc.Header) {
 	}
 	delete(h.calls, id)
 	h.callDone(c)
+	h.releaseTokens(c)
 	if c.internal != nil {
 		c.internal(h, msg)
 		return
 	}
 	s := h.sessions[c.sessionID]
 	refresh := false // announced after the response: the answer comes first
+	var claim string // a session/new or session/fork answer: the caller's new session
+	closed := false
 	switch c.method {
-	case "session/new":
+	case "session/new", "session/fork":
 		if sid := jsonrpc.ResultSessionID(msg); !hd.IsError && len(sid) > 0 {
-			s = h.session(string(sid))
-			s.gen, s.closed = h.gen, false
-			if !c.cl.closed {
-				h.setOwner(s, c.cl)
-				s.attach(c.cl)
-			} else if p := c.cl.park; p != nil && h.parked[p.key] == p {
-				// Its successor owns it and gets its events from the start.
-				p.created = append(p.created, s.ID)
-			}
-			refresh = true
+			claim = string(sid)
 		}
 	case "session/prompt":
 		if s != nil && s.prompts > 0 {
 			s.prompts--
 			refresh = true
 		}
+	case "session/load", "session/resume":
+		h.finishAttaching(c, s, hd.IsError)
+		refresh = s != nil
+	case "session/close", "session/delete", "session/archive":
+		closed = s != nil && !hd.IsError
 	}
 	out := jsonrpc.ReplaceID(make([]byte, 0, len(msg)+len(c.id)+1), msg, hd, c.id)
 	h.reply(c.cl, c.id, lineOf(out))
+	if claim != "" {
+		// After the answer, so the client knows the session before its
+		// first event arrives.
+		s, refresh = h.claimNew(c, claim), true
+	}
+	if closed {
+		h.sessionClosed(c.cl, s, c.method)
+		return
+	}
 	if refresh {
 		h.refreshStatus(s)
 	}
 }
 
 func (h *Hub) agentNotification(msg []byte, hd jsonrpc.Header) {
-	m := wire.Own(append(msg, '\n'))
 	if len(hd.SessionID) == 0 {
+		if len(hd.Method) > 0 && (hd.Method[0] == '$' || hd.Method[0] == 'n') {
+			method := string(hd.Method)
+			if h.agentCancel(msg, method) || h.agentProgress(msg, method) {
+				return
+			}
+		}
+		m := wire.Own(append(msg, '\n'))
 		for _, cl := range h.conns {
 			h.send(cl, m, wire.Data)
 		}
@@ -208,7 +228,15 @@ func (h *Hub) agentNotification(msg []byte, hd jsonrpc.Header) {
 		// session; keep them so the owner can replay them.
 		s = h.session(string(hd.SessionID))
 	}
-	h.publish(s, m)
+	if len(s.loaders) > 0 {
+		h.loaderOnly(s, msg)
+		return
+	}
+	stateChanged := h.trackState(s, msg)
+	h.publish(s, wire.Own(append(msg, '\n')))
+	if stateChanged {
+		h.refreshStatus(s)
+	}
 }
 
 func (h *Hub) agentRequest(msg []byte, hd jsonrpc.Header) {
@@ -317,9 +345,13 @@ func (h *Hub) retireRequest(ar *agentRequest, winner *Client) {
 		h.resolvedQ = h.resolvedQ[1:]
 	}
 	m := notification("bridge/resolved", resolvedParams{SessionID: ar.sessionID, ID: ar.id})
+	cancel := h.cancelMsg(ar.id) // the request's own protocol tells the losers too
 	for cl := range ar.sentTo {
 		if cl != winner {
 			h.send(cl, m, wire.Control)
+			if cancel != nil {
+				h.send(cl, cancel, wire.Control)
+			}
 		}
 	}
 	if ar.sessionID == "" {

@@ -156,7 +156,12 @@ type Hub struct {
 	resumeKeys  map[string]*Client
 	parked      map[string]*park
 	parkedBytes int
-	lim         limits // limits.go
+	// protocol: learnt from the agent's initialize answer (remap.go)
+	dialect    dialect
+	acpVersion int                      // ACP protocolVersion; 2 means state_update drives status
+	progress   map[string]progressRoute // bridge progress token -> the client's
+	nextToken  int64
+	lim        limits // limits.go
 
 	clientMessages atomic.Uint64
 	agentMessages  atomic.Uint64
@@ -204,7 +209,11 @@ type call struct {
 	sessionID string
 	gen       uint64
 	internal  func(h *Hub, body []byte) // for the bridge's own requests; under h.mu
-	lim       callLimits
+	// lifecycle (lifecycle.go): what forwarding this call did, undone if
+	// the agent refuses it
+	attachedNow, ownedNow, loading bool
+	tokens                         []string // bridge progress tokens minted for it (remap.go)
+	lim                            callLimits
 }
 
 // agentRequest is a request from the agent awaiting a client's answer.

@@ -76,6 +76,12 @@ func (h *Hub) expireCall(bid int64, c *call, d time.Duration) {
 	}
 	delete(h.calls, bid)
 	h.callDone(c)
+	h.releaseTokens(c)
+	if c.loading {
+		if s := h.sessions[c.sessionID]; s != nil {
+			s.loaders = removeClient(s.loaders, c.cl)
+		}
+	}
 	h.lim.timedOut++
 	if c.method == "session/prompt" {
 		if s := h.sessions[c.sessionID]; s != nil && s.prompts > 0 {

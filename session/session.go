@@ -30,7 +30,14 @@ type Session struct {
 	gen      uint64          // agent generation that knows the session
 	closed   bool
 	restored bool // recovered from the state directory
-	lim      sessionLimits
+	// loaders are clients whose session/load (or v2 resume with
+	// replayFrom) is in flight while the log already holds events: the
+	// agent's replay goes to them only, unlogged (lifecycle.go).
+	loaders []*Client
+	// agentState is a v2 agent's last state_update state ("running",
+	// "idle", "requires_action"; "" before any).
+	agentState string
+	lim        sessionLimits
 }
 
 func (h *Hub) session(id string) *Session {
@@ -112,9 +119,9 @@ func (s *Session) computeStatus(agentUp bool) Status {
 		return StatusClosed
 	case !agentUp:
 		return StatusBlocked
-	case len(s.pending) > 0:
+	case len(s.pending) > 0 || s.agentState == "requires_action":
 		return StatusAwaitingHITL
-	case s.prompts > 0:
+	case s.prompts > 0 || s.agentState == "running":
 		return StatusRunning
 	default:
 		return StatusIdle
