@@ -11,6 +11,7 @@ const (
 	kindCreate = 'C' // a session exists; body: its creation time (unix ns, 8 bytes LE)
 	kindEvent  = 'E' // one event; body: the message
 	kindMark   = 'H' // high-water mark: seqs up to here were used (body empty)
+	kindDelete = 'D' // tombstone: the session was deleted (body empty)
 	// segMagic starts every segment file.
 	segMagic = "ABLOG2\n\x00"
 	// maxBody bounds a record's body; a larger length field is corruption.
@@ -77,7 +78,7 @@ func parseRecords(data []byte, fn func(record)) (int, error) {
 			return off, fmt.Errorf("%w: checksum mismatch at offset %d", ErrCorrupt, off)
 		}
 		kind := rest[8]
-		if kind != kindEvent && kind != kindMark && kind != kindCreate {
+		if kind != kindEvent && kind != kindMark && kind != kindCreate && kind != kindDelete {
 			return off, fmt.Errorf("%w: unknown kind %q at offset %d", ErrCorrupt, kind, off)
 		}
 		fn(record{kind: kind, id: string(rest[headerLen : headerLen+idn]), seq: binary.LittleEndian.Uint64(rest[9:]),

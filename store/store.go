@@ -99,8 +99,11 @@ type Store struct {
 	dirty    bool       // active written since its last fsync
 	dirDirty bool       // segment files created or deleted since the last dir fsync
 	failed   bool       // a write failed: the next start must not trust "clean"
-	errLogAt time.Time
-	errQuiet int
+	// purgeAtOpen are segments holding records of deleted sessions, found
+	// by recovery (a delete cut short by a crash).
+	purgeAtOpen map[*segFile]bool
+	errLogAt    time.Time
+	errQuiet    int
 }
 
 type rec struct {
@@ -197,6 +200,10 @@ func Open(dir string, o Options) (*Store, []Session, error) {
 	}
 	if err := s.rotate(); err != nil {
 		return fail(fmt.Errorf("state dir: %w", err))
+	}
+	if len(s.purgeAtOpen) > 0 {
+		s.purge(s.purgeAtOpen) // a delete cut short by a crash
+		s.purgeAtOpen = nil
 	}
 	s.syncAll()
 	s.nsessions.Store(int64(len(s.sess)))
@@ -363,6 +370,7 @@ func (s *Store) recover(clean bool) ([]Session, error) {
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	work := map[string]*recSession{}
+	purge := map[*segFile]bool{}
 	get := func(id string) *recSession {
 		rs := work[id]
 		if rs == nil {
@@ -397,6 +405,23 @@ func (s *Store) recover(clean bool) ([]Session, error) {
 		seg := &segFile{id: id, path: path, size: int64(len(segMagic))}
 		s.segs = append(s.segs, seg)
 		good, perr := parseRecords(data[len(segMagic):], func(r record) {
+			if r.kind == kindDelete {
+				// Everything of the session before the tombstone is gone;
+				// segments still holding it are rewritten once open.
+				if rs := work[r.id]; rs != nil {
+					for _, e := range rs.events {
+						purge[e.seg] = true
+					}
+					if rs.st.createSeg != nil {
+						purge[rs.st.createSeg] = true
+					}
+					if rs.st.markSeg != nil {
+						purge[rs.st.markSeg] = true
+					}
+					delete(work, r.id)
+				}
+				return
+			}
 			rs := get(r.id)
 			disk := int64(len(r.raw))
 			switch r.kind {
@@ -481,6 +506,7 @@ func (s *Store) recover(clean bool) ([]Session, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	s.rec.Sessions = len(out)
+	s.purgeAtOpen = purge
 	if !clean && len(out) > 0 {
 		s.log.Warn("state dir was not closed cleanly; recovered sessions resume their seq past what may have been lost", "dir", s.dir, "sessions", len(out), "skip", skip)
 	}
@@ -562,6 +588,10 @@ func (s *Store) recycle(b []rec) {
 func (s *Store) writeBatch(b []rec) {
 	for i := range b {
 		r := &b[i]
+		if r.kind == kindDelete {
+			s.forget(r.session)
+			continue
+		}
 		st := s.session(r.session)
 		if r.kind == kindEvent && r.seq > st.lastSeq {
 			s.put(kindEvent, st.id, r.seq, r.body)
@@ -713,18 +743,27 @@ func (s *Store) compactOne(mayRewrite bool) (bool, bool) {
 		return false, false
 	}
 	rewrite := victim.live > 0
-	if rewrite {
+	if !s.rewriteSeg(victim) {
+		return false, false
+	}
+	return true, rewrite
+}
+
+// rewriteSeg copies the live records of an old segment into the active
+// one, fsyncs them, and deletes the segment. It reports success.
+func (s *Store) rewriteSeg(victim *segFile) bool {
+	if victim.live > 0 {
 		data, err := os.ReadFile(victim.path)
 		if err != nil || len(data) < len(segMagic) {
 			s.logErr("state dir: cannot read a segment to compact it", "file", victim.path, "err", err)
-			return false, false
+			return false
 		}
 		dst := s.cur()
 		moved := map[*sessState]bool{}
 		_, _ = parseRecords(data[len(segMagic):], func(r record) {
 			st := s.sess[r.id]
 			if st == nil {
-				return
+				return // deleted: its records are dead
 			}
 			keep := false
 			switch r.kind {
@@ -768,14 +807,14 @@ func (s *Store) compactOne(mayRewrite bool) (bool, bool) {
 			s.writeErrors.Add(1)
 			s.failed = true
 			s.logErr("state dir: fsync failed; compaction postponed", "err", err)
-			return false, false
+			return false
 		}
 		s.syncs.Add(1)
 		s.dirty = false
 	}
 	if err := os.Remove(victim.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		s.logErr("state dir: cannot delete a compacted segment", "file", victim.path, "err", err)
-		return false, false
+		return false
 	}
 	for i, seg := range s.segs {
 		if seg == victim {
@@ -785,7 +824,57 @@ func (s *Store) compactOne(mayRewrite bool) (bool, bool) {
 	}
 	s.dirDirty = true
 	s.compactions.Add(1)
-	return true, rewrite
+	return true
+}
+
+// Delete forgets a session (session/delete): a tombstone is written, and
+// every segment holding its records is rewritten without them before the
+// call's batch ends, so a restart never brings it back. Safe from any
+// goroutine; never blocks on I/O; never dropped.
+func (s *Store) Delete(sessionID string) { s.push(rec{kind: kindDelete, session: sessionID}) }
+
+// forget drops a session's state and rewrites the segments that hold its
+// records. Writer goroutine only.
+func (s *Store) forget(id string) {
+	st := s.sess[id]
+	if st == nil {
+		return
+	}
+	segs := map[*segFile]bool{}
+	for _, r := range st.runs {
+		r.seg.live -= r.disk
+		segs[r.seg] = true
+	}
+	if st.createSeg != nil {
+		st.createSeg.live -= st.createDisk
+		segs[st.createSeg] = true
+	}
+	if st.markSeg != nil {
+		st.markSeg.live -= st.markDisk
+		segs[st.markSeg] = true
+	}
+	delete(s.sess, id)
+	// The tombstone covers a crash before the rewrites are done.
+	s.put(kindDelete, id, 0, nil)
+	s.purge(segs)
+}
+
+// purge rewrites the given segments (the active one after rotating it).
+func (s *Store) purge(segs map[*segFile]bool) {
+	s.flush()
+	if segs[s.cur()] {
+		if err := s.rotate(); err != nil {
+			s.writeErrors.Add(1)
+			s.failed = true
+			s.logErr("state dir: cannot start a new segment; a deleted session's records stay until the next compaction", "err", err)
+			return
+		}
+	}
+	for _, seg := range append([]*segFile(nil), s.segs[:len(s.segs)-1]...) {
+		if segs[seg] {
+			s.rewriteSeg(seg)
+		}
+	}
 }
 
 // syncAll fsyncs the active segment, the rotated ones and the directory.
@@ -827,7 +916,7 @@ func (s *Store) finish() error {
 	s.droppedHi = nil
 	s.mu.Unlock()
 	for id, seq := range dropped {
-		if st := s.session(id); st.hi < seq {
+		if st := s.sess[id]; st != nil && st.hi < seq {
 			st.hi = seq
 		}
 	}

@@ -553,3 +553,36 @@ func BenchmarkWriterThroughput(b *testing.B) {
 		b.Fatalf("dropped %d", st.Dropped)
 	}
 }
+
+// TestDeleteForgetsSession: a deleted session does not come back, its
+// records are rewritten away (not only hidden), and the same id can be
+// created afresh.
+func TestDeleteForgetsSession(t *testing.T) {
+	dir := t.TempDir()
+	o := Options{SegmentBytes: 2048}
+	s, _ := mustOpen(t, dir, o)
+	for i := 1; i <= 50; i++ {
+		s.Append("a", uint64(i), body("a", i))
+		s.Append("b", uint64(i), body("b", i))
+	}
+	s.Delete("a")
+	s.Create("c")
+	s.Close()
+	for _, p := range func() []string { m, _ := filepath.Glob(filepath.Join(dir, "log", "*.seg")); return m }() {
+		data, _ := os.ReadFile(p)
+		parseRecords(data[len(segMagic):], func(r record) {
+			if r.id == "a" && r.kind != kindDelete {
+				t.Fatalf("%s still holds a record of the deleted session: %c %d", p, r.kind, r.seq)
+			}
+		})
+	}
+	s2, ss := mustOpen(t, dir, o)
+	if find(ss, "a") != nil || find(ss, "c") == nil {
+		t.Fatalf("recovered %d sessions: a=%v c=%v", len(ss), find(ss, "a"), find(ss, "c"))
+	}
+	checkEvents(t, "b", find(ss, "b").Events, 1, 50)
+	s2.Append("a", 1, body("a", 1)) // the id, afresh
+	s2.Close()
+	_, ss = mustOpen(t, dir, o)
+	checkEvents(t, "a", find(ss, "a").Events, 1, 1)
+}
