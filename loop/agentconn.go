@@ -169,8 +169,8 @@ func (s *Server) endAgentFeed() {
 	s.drainAfter = s.spareDrain[:0]
 	s.amu.Unlock()
 	for i, c := range list {
-		if !c.closing.Load() {
-			c.drain(false)
+		if !c.closing() {
+			c.drain()
 		}
 		list[i] = nil
 	}
@@ -178,6 +178,9 @@ func (s *Server) endAgentFeed() {
 	s.spareDrain = list[:0]
 	s.amu.Unlock()
 }
+
+// maxIOV bounds one writev to the agent (the kernel's IOV_MAX is 1024).
+const maxIOV = 512
 
 // flush hands the queued requests to gnet in one writev and, once all is
 // written after CloseWrite, shuts the write side. Event loop only.

@@ -107,6 +107,8 @@ type Server struct {
 	stopped atomic.Bool
 	ticks   []func(now time.Time)
 
+	epc delivery.EndpointConfig // what every connection's endpoint shares; set by New
+
 	front *front           // the TCP listener's HTTP layer; nil without --listen
 	tls   *tlsserve.Server // owns --listen when TLS is configured
 
@@ -153,6 +155,7 @@ func New(cfg Config) (*Server, error) {
 		ready: make(chan struct{}), done: make(chan error, 2), stopping: make(chan struct{}),
 		adm:     admission{max: int64(max(cfg.MaxConns, 0)), perIP: max(cfg.MaxConnsPerIP, 0), byIP: make(map[netip.Addr]int)},
 		blocked: make(map[*conn]struct{}), conns: make(map[*conn]struct{})}
+	s.epc = s.endpointConfig()
 	if cfg.Listen != "" && cfg.HTTP != nil {
 		s.front = newFront(s, *cfg.HTTP)
 	}
@@ -332,17 +335,14 @@ func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 // periodic work of the protocols (heartbeats, summaries).
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	s.readyOnce.Do(func() { close(s.ready) })
+	now := time.Now()
+	s.rewake(now)
 	s.mu.Lock()
-	for c := range s.blocked {
-		delete(s.blocked, c)
-		_ = c.gc.Wake(nil)
-	}
 	ticks := s.ticks
 	s.mu.Unlock()
 	if ac := s.agentc.Load(); ac != nil && ac.needsTick() {
 		_ = ac.gc.Wake(nil)
 	}
-	now := time.Now()
 	for _, f := range ticks {
 		f(now)
 	}
@@ -354,12 +354,6 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 func (s *Server) OnTickFunc(f func(now time.Time)) {
 	s.mu.Lock()
 	s.ticks = append(s.ticks, f)
-	s.mu.Unlock()
-}
-
-func (s *Server) markBlocked(c *conn) {
-	s.mu.Lock()
-	s.blocked[c] = struct{}{}
 	s.mu.Unlock()
 }
 

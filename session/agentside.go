@@ -394,7 +394,7 @@ func (h *Hub) retireRequest(ar *agentRequest, winner *Client) {
 		delete(h.resolved, h.resolvedQ[0])
 		h.resolvedQ = h.resolvedQ[1:]
 	}
-	m := notification("bridge/resolved", resolvedParams{SessionID: ar.sessionID, ID: ar.id})
+	m := wire.ResolvedMsg(ar.sessionID, ar.id)
 	cancel := h.cancelMsg(ar.id) // the request's own protocol tells the losers too
 	for cl := range ar.sentTo {
 		if cl != winner {

@@ -28,6 +28,7 @@ import (
 	"github.com/agentbridge/agentbridge/ring"
 	"github.com/agentbridge/agentbridge/session"
 	"github.com/agentbridge/agentbridge/store"
+	"github.com/agentbridge/agentbridge/terminal"
 )
 
 type serveFlags struct {
@@ -37,14 +38,17 @@ type serveFlags struct {
 	allowOrigin                                  config.List
 	allowUID                                     config.List
 	replay, replayBytes, maxMessage, queueItems  int
+	replayMemory                                 int
 	loops, maxConns, maxConnsPerIP               int
 	pprof                                        string
 	queueBytes, controlBytes                     int
 	heartbeat, requestTimeout, grace, stateSync  time.Duration
-	summaryInterval                              time.Duration
+	summaryInterval, stallTimeout                time.Duration
 	maxInflight, maxSessions                     int           // hardening
 	callTimeout                                  time.Duration // hardening
 	rate                                         string
+	terminal                                     string
+	terminalLinger                               time.Duration
 }
 
 func newServeFlags() (*flag.FlagSet, *serveFlags) {
@@ -57,8 +61,9 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&f.tokens, "tokens", "", "tokens file: one `ROLE TOKEN` per line (default: generate a client token next to the socket)")
 	fs.Var(&f.allowOrigin, "allow-origin", "browser Origin allowed to open WebSockets (repeatable; * allows any)")
 	fs.Var(&f.allowUID, "allow-uid", "extra peer uid allowed on the Unix socket (repeatable)")
-	fs.IntVar(&f.replay, "replay", 10000, "events kept per session for replay")
+	fs.IntVar(&f.replay, "replay", 0, "events kept per session for replay and catch-up (0: no count limit; bytes bound the logs)")
 	fs.IntVar(&f.replayBytes, "replay-bytes", 64<<20, "bytes of events kept per session for replay")
+	fs.IntVar(&f.replayMemory, "replay-memory", 64<<20, "bytes all session logs keep together; past it the oldest events of the largest logs go first")
 	fs.StringVar(&f.stateDir, "state-dir", "", "directory persisting sessions and their events across restarts (\"\": memory only)")
 	fs.DurationVar(&f.stateSync, "state-sync", time.Second, "how often persisted events are fsynced (0: after every write)")
 	fs.StringVar(&f.auditFile, "audit", "", "append control-plane decisions to this file as JSON lines (mode 0600)")
@@ -68,7 +73,10 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.Var(&f.agentStdio, "agent-stdio", "the agent's stdin/stdout: socket (one socketpair end, served by the event loop) or pipe (for agents that need real pipes); stderr is always a pipe to the log")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "WebSocket ping interval; a peer silent for two intervals is dropped")
 	fs.DurationVar(&f.summaryInterval, "summary-interval", time.Second, "a degraded (slow) connection gets at most one bridge/summary per session per interval")
+	fs.DurationVar(&f.stallTimeout, "stall-timeout", 60*time.Second, "a connection that takes nothing for this long while something is due to it is closed (WebSocket 1013); its client resumes by cursor")
 	fs.StringVar(&f.rate, "rate", "off", "per-connection input limit, `MSGS/s,BYTES/s` (e.g. 200/s,4MiB/s; either part may be left out): over it requests get -32004 and notifications are dropped, 10x over for 3s closes the connection; off = no limit")
+	fs.StringVar(&f.terminal, "terminal", "", "serve a browser terminal at GET /terminal running this command (e.g. /bin/bash; words split on spaces) in the agent's directory and environment: client tokens type, operator tokens watch (\"\": off)")
+	fs.DurationVar(&f.terminalLinger, "terminal-linger", 5*time.Minute, "how long a terminal outlives its tab, waiting for the same token to re-attach")
 	fs.StringVar(&f.config, "config", "", "config file: one `name value` per line, names as the flags")
 	f.logLevel = config.Choice{Value: "info", Allowed: []string{"debug", "info", "warn", "error"}}
 	fs.Var(&f.logLevel, "log-level", "debug, info, warn or error")
@@ -148,7 +156,10 @@ func runServe(args []string) int {
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return fail("--tls-cert and --tls-key go together")
 	}
-	for name, v := range map[string]int{"--replay": f.replay, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes, "--max-inflight": f.maxInflight, "--max-sessions": f.maxSessions} {
+	if f.replay < 0 {
+		return fail("invalid --replay %d (0 means no count limit)", f.replay)
+	}
+	for name, v := range map[string]int{"--replay-memory": f.replayMemory, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes, "--max-inflight": f.maxInflight, "--max-sessions": f.maxSessions} {
 		if v <= 0 {
 			return fail("invalid %s %d (must be positive)", name, v)
 		}
@@ -167,6 +178,9 @@ func runServe(args []string) int {
 	}
 	if f.summaryInterval <= 0 {
 		return fail("invalid --summary-interval %s (must be positive)", f.summaryInterval)
+	}
+	if f.stallTimeout <= 0 {
+		return fail("invalid --stall-timeout %s (must be positive)", f.stallTimeout)
 	}
 	rate, err := delivery.ParseRate(f.rate)
 	if err != nil {
@@ -222,7 +236,7 @@ func runServe(args []string) int {
 		return fail("%v", err)
 	}
 
-	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, RequestTimeout: f.requestTimeout, Version: version, Logger: log,
+	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, ReplayMemory: f.replayMemory, RequestTimeout: f.requestTimeout, Version: version, Logger: log,
 		MaxInflight: f.maxInflight, MaxSessions: f.maxSessions, CallTimeout: f.callTimeout}
 	var auditLog *audit.Log
 	if f.auditFile != "" {
@@ -285,6 +299,13 @@ func runServe(args []string) int {
 		hub.Restore(recovered)
 		log.Info("state restored", "dir", f.stateDir, "sessions", len(recovered))
 	}
+	term, err := newTerminal(f, auditLog, log)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if term != nil {
+		defer term.Close()
+	}
 	metrics := loop.NewMetrics(nil)
 	exportStats(metrics, st, auditLog)
 	srv, err := loop.New(loop.Config{
@@ -292,10 +313,10 @@ func runServe(args []string) int {
 		Queue:    ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
 		Loops:    loops,
 		MaxConns: maxConns, MaxConnsPerIP: f.maxConnsPerIP,
-		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval},
+		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval, StallTimeout: f.stallTimeout},
 		Rate:      rate,
 		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
-		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey},
+		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey, Terminal: term},
 	})
 	if err != nil {
 		return fail("%v", err)
@@ -365,6 +386,9 @@ func runServe(args []string) int {
 	// Answer or fail every pending request, tell clients why, let queues
 	// flush, then stop the engine and give the agent its grace period.
 	hub.Shutdown(reason)
+	if term != nil {
+		term.Close() // shells get SIGHUP; their browsers a close frame
+	}
 	deadline := time.Now().Add(2 * time.Second)
 	for srv.Connections() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -389,6 +413,23 @@ func runServe(args []string) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// newTerminal builds the --terminal manager, or nil when it is off. The
+// terminal runs in the agent's directory with the agent's environment
+// (both the daemon's own: serve does not change them for the agent).
+func newTerminal(f *serveFlags, auditLog *audit.Log, log *slog.Logger) (*terminal.Manager, error) {
+	if strings.TrimSpace(f.terminal) == "" {
+		return nil, nil
+	}
+	if f.terminalLinger <= 0 {
+		return nil, fmt.Errorf("invalid --terminal-linger %s (must be positive)", f.terminalLinger)
+	}
+	cfg := terminal.Config{Command: strings.Fields(f.terminal), Linger: f.terminalLinger, Logger: log.With("src", "terminal")}
+	if auditLog != nil {
+		cfg.Audit = auditLog.Record
+	}
+	return terminal.New(cfg)
 }
 
 // socketDirs prepares the directories of the socket and the generated
