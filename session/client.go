@@ -62,6 +62,9 @@ func (h *Hub) routePeeked(cl *Client, msg []byte, hd jsonrpc.Header, err error) 
 		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("method %q is not allowed for role %s", method, cl.info.Role))
 		return
 	}
+	if h.remoteRefused(cl, hd, method) { // remote.go
+		return
+	}
 	if method != "initialize" && h.reinitialising() {
 		h.hold(cl, msg, hd)
 		return

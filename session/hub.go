@@ -65,6 +65,9 @@ type Config struct {
 	// time with -32005, freeing its --max-inflight slot (--call-timeout).
 	// Zero means no timeout.
 	CallTimeout time.Duration
+	// Node names this daemon in a fleet (--node); "" outside fleet mode.
+	// bridge/sessions reports it for the sessions of the local agent.
+	Node string
 }
 
 // Journal persists sessions and their events (store.Store). Both methods
@@ -401,6 +404,9 @@ type SessionInfo struct {
 	// OwnerConnected: the client that owns the session is connected (the
 	// dashboard shows it; bridge/snapshot says the same).
 	OwnerConnected bool `json:"ownerConnected"`
+	// Node is the fleet node whose agent runs the session (fleet mode
+	// only; remote.go).
+	Node string `json:"node,omitempty"`
 }
 
 // Sessions lists the sessions, ordered by id. Safe from any goroutine.
@@ -413,7 +419,7 @@ func (h *Hub) Sessions() []SessionInfo {
 func (h *Hub) sessionsLocked() []SessionInfo {
 	out := make([]SessionInfo, 0, len(h.sessions))
 	for _, s := range h.sessions {
-		out = append(out, info(s))
+		out = append(out, h.info(s))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].SessionID < out[j].SessionID })
 	return out

@@ -69,7 +69,7 @@ func (h *Hub) listSessions(cl *Client, id []byte, p listParams) {
 	res := listResult{Sessions: []SessionInfo{}}
 	if p.SessionID != nil {
 		if s := h.sessions[*p.SessionID]; s != nil && match(s) && (first || s.ID > after) {
-			res.Sessions = append(res.Sessions, info(s))
+			res.Sessions = append(res.Sessions, h.info(s))
 		}
 		h.replyResult(cl, id, res)
 		return
@@ -103,7 +103,7 @@ func (h *Hub) listSessions(cl *Client, id []byte, p listParams) {
 			ids = ids[:i]
 			break
 		}
-		res.Sessions = append(res.Sessions, info(h.sessions[sid]))
+		res.Sessions = append(res.Sessions, h.info(h.sessions[sid]))
 		size += len(sid) + 80
 	}
 	if more && len(ids) > 0 {
@@ -113,7 +113,7 @@ func (h *Hub) listSessions(cl *Client, id []byte, p listParams) {
 }
 
 func info(s *Session) SessionInfo {
-	return SessionInfo{SessionID: s.ID, Status: s.status, Seq: s.seq, Clients: len(s.attached), OwnerConnected: s.owner != nil}
+	return SessionInfo{SessionID: s.ID, Status: s.status, Seq: s.seq, Clients: len(s.attached), OwnerConnected: s.owner != nil, Node: s.remote.node}
 }
 
 func shortString(s string) string {

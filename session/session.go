@@ -38,6 +38,7 @@ type Session struct {
 	// "idle", "requires_action"; "" before any).
 	agentState string
 	lim        sessionLimits
+	remote     remoteState // fleet mirror of another node's session (remote.go)
 }
 
 func (h *Hub) session(id string) *Session {
@@ -115,6 +116,9 @@ func (s *Session) eligible(cl *Client, method string) bool {
 }
 
 func (s *Session) computeStatus(agentUp bool) Status {
+	if s.remote.node != "" {
+		return s.remote.status // the owning node decides
+	}
 	switch {
 	case s.closed:
 		return StatusClosed
@@ -157,6 +161,12 @@ func (h *Hub) publish(s *Session, m *wire.Msg) {
 	if h.cfg.Journal != nil && s.journaled() {
 		h.cfg.Journal.Append(s.ID, s.seq, m.Body())
 	}
+	h.fanout(s, m)
+}
+
+// fanout delivers a logged event to every attached client not being fed
+// from the log.
+func (h *Hub) fanout(s *Session, m *wire.Msg) {
 	delivered := 0
 	for _, cl := range s.attached {
 		if len(cl.catchup) > 0 {

@@ -49,6 +49,7 @@ type serveFlags struct {
 	rate                                         string
 	terminal                                     string
 	terminalLinger                               time.Duration
+	nats, node, fleet                            string // fleet mode (fleet package)
 }
 
 func newServeFlags() (*flag.FlagSet, *serveFlags) {
@@ -77,6 +78,9 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&f.rate, "rate", "off", "per-connection input limit, `MSGS/s,BYTES/s` (e.g. 200/s,4MiB/s; either part may be left out): over it requests get -32004 and notifications are dropped, 10x over for 3s closes the connection; off = no limit")
 	fs.StringVar(&f.terminal, "terminal", "", "serve a browser terminal at GET /terminal running this command (e.g. /bin/bash; words split on spaces) in the agent's directory and environment: client tokens type, operator tokens watch (\"\": off)")
 	fs.DurationVar(&f.terminalLinger, "terminal-linger", 5*time.Minute, "how long a terminal outlives its tab, waiting for the same token to re-attach")
+	fs.StringVar(&f.nats, "nats", "", "join a fleet through this NATS server or cluster with JetStream (e.g. nats://127.0.0.1:4222; comma-separated URLs); \"\": single node, no NATS")
+	fs.StringVar(&f.node, "node", "", "this daemon's name in the fleet (letters, digits, - and _; default: the host name)")
+	fs.StringVar(&f.fleet, "fleet", "default", "the fleet's name: daemons with the same --nats and --fleet share their sessions")
 	fs.StringVar(&f.config, "config", "", "config file: one `name value` per line, names as the flags")
 	f.logLevel = config.Choice{Value: "info", Allowed: []string{"debug", "info", "warn", "error"}}
 	fs.Var(&f.logLevel, "log-level", "debug, info, warn or error")
@@ -264,6 +268,10 @@ func runServe(args []string) int {
 		defer closeStore(log, st)
 		hcfg.Journal = st
 	}
+	fl, err := joinFleet(f, &hcfg, log)
+	if err != nil {
+		return fail("%v", err)
+	}
 	// Each gnet loop's thread keeps its P while it waits in epoll_wait, so
 	// with GOMAXPROCS equal to the loop count the agent's reader goroutine
 	// can wait for the scheduler to take a P back (up to milliseconds when
@@ -294,6 +302,20 @@ func runServe(args []string) int {
 	if st != nil {
 		hub.Restore(recovered)
 		logRecovery(log, f.stateDir, st.Recovery())
+	}
+	if fl != nil {
+		if err := fl.Start(hub); err != nil {
+			return fail("%v", err)
+		}
+		// Deferred after closeStore, so it runs first: the fleet
+		// publishes the agent's last events, then the store closes.
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := fl.Close(ctx); err != nil {
+				log.Warn("fleet", "err", err)
+			}
+		}()
 	}
 	term, err := newTerminal(f, auditLog, log)
 	if err != nil {
