@@ -4,6 +4,8 @@ import (
 	"container/list"
 	"fmt"
 	"time"
+
+	"github.com/agentbridge/agentbridge/store"
 )
 
 // Limits on what one connection, or the agent, can make the hub hold.
@@ -163,3 +165,9 @@ func (h *Hub) claim(s *Session) {
 // client has claimed it (an agent naming thousands of sessions nobody uses
 // must not fill the disk).
 func (s *Session) journaled() bool { return s.lim.unclaimed == nil }
+
+// The state store forgets deleted sessions (session/delete).
+var (
+	_ Journal        = (*store.Store)(nil)
+	_ JournalDeleter = (*store.Store)(nil)
+)
