@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/codec/ws"
 	"github.com/agentbridge/agentbridge/session"
+	"github.com/agentbridge/agentbridge/terminal"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -48,6 +51,8 @@ type HTTPConfig struct {
 	// TLSCert and TLSKey, both set, make the listener speak HTTPS and WSS:
 	// it is then served by package tlsserve rather than by gnet.
 	TLSCert, TLSKey string
+	// Terminal serves GET /terminal (--terminal); nil answers it 404.
+	Terminal *terminal.Manager
 }
 
 func (c *HTTPConfig) fill() {
@@ -207,7 +212,7 @@ func (f *front) expire(w *watch, now int64) {
 	case watchHTTP:
 		w.deadline.Store(0)
 		f.m.closed("http", "request timeout")
-		f.s.log.Debug("closing connection", "peer", c.peer, "transport", "http", "reason", "no complete request within the deadline")
+		f.s.log.Debug("closing connection", "peer", c.ep.Peer(), "transport", "http", "reason", "no complete request within the deadline")
 		c.Close(session.ClosePolicy, "no complete request within the deadline")
 	case watchWS:
 		if w.deadline.Load() != 0 {
@@ -220,7 +225,7 @@ func (f *front) expire(w *watch, now int64) {
 		w.seen.Store(now) // fire once
 		f.x.halfOpen.WithLabelValues("ws").Inc()
 		f.m.closed("ws", "half-open")
-		f.s.log.Info("closing connection", "peer", c.peer, "transport", "ws", "reason", "no frame from the peer for two heartbeats (half-open)")
+		f.s.log.Info("closing connection", "peer", c.ep.Peer(), "transport", "ws", "reason", "no frame from the peer for two heartbeats (half-open)")
 		c.Close(session.CloseGoingAway, "no frame for two heartbeats")
 	}
 }
@@ -244,11 +249,11 @@ func heartbeat(gc gnet.Conn, err error) error {
 		return nil
 	}
 	c, ok := gc.Context().(*conn)
-	if !ok || c.closing.Load() {
+	if !ok || c.closing() {
 		return nil
 	}
 	switch c.proto.(type) {
-	case *wsProto:
+	case *wsProto, *termProto:
 		// Written even above the outbound watermark: a peer that is alive
 		// but behind must still be asked, or it would be dropped as silent.
 		_, _ = gc.Write(pingFrame)
@@ -322,8 +327,11 @@ func (rp *reply) serve(w http.ResponseWriter, head bool) {
 // pathClass bounds the path label of the request metric.
 func pathClass(p string) string {
 	switch p {
-	case "/healthz", "/metrics", "/acp", "/events", "/":
+	case "/healthz", "/metrics", "/acp", "/events", "/", "/terminal", "/login", "/logout":
 		return p
+	}
+	if strings.HasPrefix(p, "/ui/") {
+		return "/ui/"
 	}
 	return "other"
 }
@@ -403,10 +411,7 @@ func (b *bufferedResponse) Write(p []byte) (int, error) { return b.buf.Write(p) 
 func (b *bufferedResponse) WriteHeader(status int)      { b.status = status }
 
 func notFound(path string) *reply {
-	if path == "/" {
-		return textReply(http.StatusNotFound, "agentbridge: no dashboard in this build. Endpoints: GET /acp (WebSocket), GET /events?session=ID (SSE), GET /healthz, GET /metrics")
-	}
-	return textReply(http.StatusNotFound, "not found: agentbridge serves /acp, /events, /healthz and /metrics")
+	return textReply(http.StatusNotFound, "not found: agentbridge serves / (the dashboard), /acp, /events, /healthz, /metrics and /terminal")
 }
 
 func notAllowed(method, allow string) *reply {
@@ -440,6 +445,17 @@ func (f *front) route(r *http.Request, tls bool) *reply {
 			return notAllowed(r.Method, "GET")
 		}
 		return nil
+	case "/terminal":
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return notAllowed(r.Method, "GET, HEAD")
+		}
+		if isUpgrade(r) {
+			return nil
+		}
+		return f.page(r, tls, "terminal.html")
+	}
+	if rp := f.web(r, tls); rp != nil {
+		return rp
 	}
 	return notFound(r.URL.Path)
 }
@@ -465,7 +481,7 @@ func (p *httpProto) name() string { return "http" }
 
 func (p *httpProto) frame(m *wire.Msg) []byte { return m.Line() }
 
-func (p *httpProto) farewell(session.CloseCode, string) []byte { return nil }
+func (p *httpProto) farewell(wire.CloseReason, string) []byte { return nil }
 
 func (p *httpProto) closed() {
 	if p.w != nil {
@@ -515,16 +531,26 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 		if end > limit {
 			return len(buf), p.refuse(c, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request header block is over the limit of %d bytes", limit))
 		}
-		p.scanned, p.started = 0, false
 		block := rest[:end]
-		used += end
 		req, err := http.ReadRequest(bufio.NewReaderSize(bytes.NewReader(block), len(block)))
 		if err != nil {
 			return len(buf), p.refuse(c, http.StatusBadRequest, "malformed request: "+err.Error())
 		}
+		if formBody(req) {
+			// The login form: its small body is read with the headers.
+			if len(rest)-end < int(req.ContentLength) {
+				p.scanned = 0
+				return used, nil // wait for the rest of the body
+			}
+			req.Body = io.NopCloser(bytes.NewReader(rest[end : end+int(req.ContentLength)]))
+			end += int(req.ContentLength)
+			req.ContentLength = 0
+		}
+		p.scanned, p.started = 0, false
+		used += end
 		n, done, err := p.serve(c, req, buf[used:])
 		used += n
-		if err != nil || done || c.closing.Load() {
+		if err != nil || done || c.closing() {
 			return used, err
 		}
 	}
@@ -558,6 +584,8 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 			closeAfter = true
 		} else if req.URL.Path == "/acp" {
 			return p.upgrade(c, req, after)
+		} else if req.URL.Path == "/terminal" {
+			return p.upgradeTerminal(c, req, after)
 		} else {
 			return p.f.startSSE(c, req, p.w, after)
 		}
@@ -600,9 +628,10 @@ func (p *httpProto) upgrade(c *conn, req *http.Request, after []byte) (int, bool
 	c.proto = wp
 	p.f.m.closedConn("http")
 	p.f.m.opened("ws")
-	c.cl = p.f.s.hub.Open(c, session.ConnInfo{Role: role, Transport: "ws", Peer: c.peer})
-	p.f.s.log.Debug("websocket open", "peer", c.peer, "transport", "ws", "role", role.String())
-	if len(after) == 0 || c.closing.Load() {
+	c.ep.SetTransport("ws")
+	c.ep.Register(role, nil)
+	p.f.s.log.Debug("websocket open", "peer", c.ep.Peer(), "transport", "ws", "role", role.String())
+	if len(after) == 0 || c.closing() {
 		return 0, true, nil
 	}
 	n, err := wp.read(c, after)
@@ -649,6 +678,10 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.URL.Path == "/events" {
 		f.serveSSE(w, r)
+		return
+	}
+	if r.URL.Path == "/terminal" {
+		f.serveTerminalTLS(w, r)
 		return
 	}
 	notFound(r.URL.Path).serve(w, false)

@@ -166,8 +166,4 @@ func (h *Hub) claim(s *Session) {
 // must not fill the disk).
 func (s *Session) journaled() bool { return s.lim.unclaimed == nil }
 
-// The state store forgets deleted sessions (session/delete).
-var (
-	_ Journal        = (*store.Store)(nil)
-	_ JournalDeleter = (*store.Store)(nil)
-)
+var _ Journal = (*store.Store)(nil)
