@@ -312,6 +312,10 @@ func TestCallTimeout(t *testing.T) {
 		t.Fatalf("after %s: %v", el, m)
 	}
 	c.call(4, "echo", map[string]any{"again": true}) // the slot is free
+	// The agent's late answer (at 5 s) is dropped quietly: no warning.
+	if !d.waitLog("answered a request after --call-timeout", 10*time.Second) || strings.Contains(d.logs(), "unknown request id") {
+		t.Fatalf("the late answer was logged as unknown:\n%s", d.logs())
+	}
 	// Without the flag nothing times out.
 	d2 := startDaemon(t, fakeAgentCmd()...)
 	c2 := dial(t, d2)
