@@ -471,6 +471,39 @@ func exportStats(m *loop.Metrics, st *store.Store, a *audit.Log) {
 	}
 }
 
+// raiseFDLimit raises RLIMIT_NOFILE's soft limit to its hard limit (each
+// connection is a descriptor) and returns the limit in force, 0 if unknown.
+func raiseFDLimit(log *slog.Logger) int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		log.Warn("cannot read the fd limit", "err", err)
+		return 0
+	}
+	if rl.Cur < rl.Max {
+		want := rl
+		want.Cur = rl.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+			log.Warn("cannot raise the fd limit", "soft", rl.Cur, "hard", rl.Max, "err", err)
+		} else {
+			rl = want
+		}
+	}
+	if rl.Cur > 1<<30 {
+		return 1 << 30
+	}
+	return int(rl.Cur)
+}
+
+// defaultMaxConns leaves about 1024 descriptors of the limit for the agent,
+// files, the store and gnet's transient dup of each new connection; with a
+// small limit, half of it.
+func defaultMaxConns(fdLimit int) int {
+	if fdLimit <= 0 {
+		return 0
+	}
+	return max(fdLimit-1024, fdLimit/2)
+}
+
 // storeCloseTimeout bounds how long a stop waits for the state store to
 // write and fsync what it acknowledged: long enough for a slow disk, short
 // enough that a hung one does not hold the stop for ever.
@@ -508,37 +541,4 @@ func logRecovery(log *slog.Logger, dir string, r store.Recovery) {
 	if r.PrevDropped > 0 {
 		log.Warn("state dir: the previous run dropped events it could not write in time; they are holes in the restored logs", "dir", dir, "dropped", r.PrevDropped)
 	}
-}
-
-// raiseFDLimit raises RLIMIT_NOFILE's soft limit to its hard limit (each
-// connection is a descriptor) and returns the limit in force, 0 if unknown.
-func raiseFDLimit(log *slog.Logger) int {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		log.Warn("cannot read the fd limit", "err", err)
-		return 0
-	}
-	if rl.Cur < rl.Max {
-		want := rl
-		want.Cur = rl.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
-			log.Warn("cannot raise the fd limit", "soft", rl.Cur, "hard", rl.Max, "err", err)
-		} else {
-			rl = want
-		}
-	}
-	if rl.Cur > 1<<30 {
-		return 1 << 30
-	}
-	return int(rl.Cur)
-}
-
-// defaultMaxConns leaves about 1024 descriptors of the limit for the agent,
-// files, the store and gnet's transient dup of each new connection; with a
-// small limit, half of it.
-func defaultMaxConns(fdLimit int) int {
-	if fdLimit <= 0 {
-		return 0
-	}
-	return max(fdLimit-1024, fdLimit/2)
 }
