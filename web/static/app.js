@@ -65,8 +65,15 @@ function connect() {
     }
     onMessage(m);
   };
+  let opened = false;
+  sock.addEventListener("open", () => (opened = true));
   sock.onclose = (e) => {
     if (ws !== sock) return;
+    if (!opened) {
+      // Refused before the upgrade: a token that is no longer valid shows
+      // the login form again (GET / answers 401 then).
+      fetch("/", { method: "HEAD", cache: "no-store" }).then((r) => r.status === 401 && location.assign("/"), () => {});
+    }
     state.connected = false;
     state.attached = null;
     for (const [, c] of calls) c.reject(new Error(`connection closed (${e.code})`));
@@ -295,10 +302,11 @@ async function refreshSessions() {
   clearTimeout(sessionsTimer);
   const sock = ws;
   try {
-    const r = await call("bridge/sessions", {});
+    const r = await call("bridge/sessions", { limit: 200 });
     const rows = r.sessions ?? [];
     $("#sessions tbody").replaceChildren(...rows.map(row));
     $("#no-sessions").hidden = rows.length > 0;
+    $("#more-sessions").hidden = !r.nextCursor;
     if (state.current) {
       const cur = rows.find((s) => s.sessionId === state.current);
       if (cur) {
