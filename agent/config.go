@@ -62,14 +62,19 @@ type Config struct {
 	Dir string
 	// Framing is the agent's stdio framing. Zero means NDJSON.
 	Framing Framing
+	// Stdio is how stdin and stdout are connected. Zero means pipes, read
+	// and written by this package's goroutines; StdioSocket needs Attach.
+	Stdio Stdio
+	// Attach serves the daemon's end of the socket in StdioSocket mode.
+	Attach Attacher
 	// MaxMessage bounds one message from the agent, in bytes. Zero means
-	// 16 MiB. An agent that writes a larger message is treated as broken: the
-	// supervisor logs the size at ERROR, kills the process and restarts it,
-	// and AgentExited carries ErrMessageTooLarge. Skipping the message instead
-	// would keep the agent up but silently lose what may be a response, so a
-	// client would wait on a request that can never complete; a restart fails
-	// every pending request visibly (-32003) and tells the operator which knob
-	// to raise.
+	// 16 MiB. A larger message is skipped to its end (the stream stays in
+	// step) and counted; a Handler that implements DropHandler hears of it,
+	// with the id when the message's head shows an answer, so the client
+	// waiting on that call gets an error naming the size rather than waiting
+	// for ever. The agent keeps running. (An LSP header that cannot be parsed
+	// is different: the frame boundaries are lost, and the process is killed
+	// and restarted.)
 	MaxMessage int
 	// QueueBytes bounds the framed bytes waiting for the agent's stdin. Zero
 	// means 64 MiB. Send returns ErrOverloaded past it.
@@ -109,6 +114,9 @@ func (c *Config) normalize() error {
 	}
 	if c.Framing != FramingNDJSON && c.Framing != FramingLSP {
 		return fmt.Errorf("%w %v", ErrBadFraming, c.Framing)
+	}
+	if c.Stdio == StdioSocket && c.Attach == nil {
+		return fmt.Errorf("agent: socket stdio needs an Attach")
 	}
 	c.Command = append([]string(nil), c.Command...)
 	if c.MaxMessage <= 0 {

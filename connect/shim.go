@@ -19,6 +19,7 @@ import (
 
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
 	"github.com/agentbridge/agentbridge/codec/ndjson"
+	"github.com/agentbridge/agentbridge/wire"
 )
 
 // Relay tuning.
@@ -936,7 +937,7 @@ func (s *shim) ownAnswer(ctx context.Context, oc *ownCall, b []byte, hd jsonrpc.
 		}
 		if res.Result.Status != "" && res.Result.Status != was {
 			ss.status = res.Result.Status
-			return s.toStdout(ctx, jsonrpc.AppendNotification(nil, "bridge/status", statusParams{SessionID: oc.sid, Status: ss.status}))
+			return s.toStdout(ctx, wire.StatusMsg(oc.sid, ss.status).Body())
 		}
 	}
 	return nil
@@ -996,12 +997,7 @@ func (s *shim) gap(ctx context.Context, b []byte) error {
 	return s.toStdout(ctx, b)
 }
 
-// The bridge notifications the shim writes itself, in the daemon's layout.
-type statusParams struct {
-	SessionID string `json:"sessionId"`
-	Status    string `json:"status"`
-}
-
+// gapParams is how the shim reads the daemon's bridge/gap (wire.GapMsg).
 type gapParams struct {
 	SessionID string `json:"sessionId"`
 	FromSeq   uint64 `json:"fromSeq"`

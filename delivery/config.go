@@ -7,6 +7,7 @@ import (
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/breaker"
 	"github.com/agentbridge/agentbridge/ring"
+	"github.com/agentbridge/agentbridge/session"
 )
 
 // Policy is what happens to a connection that falls behind (bridge/hello
@@ -20,15 +21,23 @@ const (
 	// Disconnect: the connection is closed (WebSocket 1013) and its client
 	// resumes by cursor; it never misses an event silently.
 	Disconnect
+	// Catchup: a lagging connection is not pushed the session's events any
+	// more; the hub feeds it from the session log at its own pace
+	// (Hub.Pump) until it has caught up. Nothing is lost while the log
+	// holds it; past the log's retention it gets an exact bridge/gap.
+	Catchup
 )
 
-// String returns the bridge/hello spelling: "degrade" or "disconnect".
+// String returns the bridge/hello spelling: "catchup", "degrade" or
+// "disconnect".
 func (p Policy) String() string {
 	switch p {
 	case Degrade:
 		return "degrade"
 	case Disconnect:
 		return "disconnect"
+	case Catchup:
+		return "catchup"
 	default:
 		return fmt.Sprintf("Policy(%d)", uint32(p))
 	}
@@ -41,19 +50,20 @@ func ParsePolicy(s string) (Policy, error) {
 		return Degrade, nil
 	case "disconnect":
 		return Disconnect, nil
+	case "catchup":
+		return Catchup, nil
 	}
-	return 0, fmt.Errorf("%w: %q (want \"degrade\" or \"disconnect\")", ErrBadPolicy, s)
+	return 0, fmt.Errorf("%w: %q (want \"catchup\", \"degrade\" or \"disconnect\")", ErrBadPolicy, s)
 }
 
 // DefaultPolicy is the policy of a connection whose client did not choose
-// one: viewers (dashboards) degrade; everyone else may be the one a pending
-// agent request waits for, so it is disconnected and replays rather than
-// missing a message.
+// one: session.DefaultOnSlow, the one place that decides it.
 func DefaultPolicy(r auth.Role) Policy {
-	if r == auth.RoleViewer {
-		return Degrade
+	p, err := ParsePolicy(session.DefaultOnSlow(r))
+	if err != nil {
+		panic("delivery: session.DefaultOnSlow says " + err.Error())
 	}
-	return Disconnect
+	return p
 }
 
 // Config tunes an Outbox. Every zero value means the documented default.
@@ -73,6 +83,12 @@ type Config struct {
 	// observation. Zero means 5s: long enough that a reader starved of CPU
 	// for a moment (a GC, a loaded machine) is not taken for a stalled one.
 	DrainDeadline time.Duration
+	// StallTimeout is how long a connection may take nothing while
+	// something is due (its transport holds bytes for it) before it is
+	// closed (WebSocket 1013), whatever its onSlow policy; its client
+	// resumes by cursor. Zero means 60s (--stall-timeout), the ACP SDK's
+	// output-stall figure.
+	StallTimeout time.Duration
 	// TextTail is how many bytes of the agent's streamed text a summary
 	// carries (cut at a UTF-8 boundary). Zero means 256.
 	TextTail int
@@ -84,6 +100,7 @@ type Config struct {
 const (
 	defaultSummaryInterval = time.Second
 	defaultDrainDeadline   = 5 * time.Second
+	defaultStallTimeout    = 60 * time.Second
 	defaultTextTail        = 256
 )
 
@@ -99,6 +116,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.DrainDeadline == 0 {
 		c.DrainDeadline = defaultDrainDeadline
+	}
+	if c.StallTimeout == 0 {
+		c.StallTimeout = defaultStallTimeout
 	}
 	if c.TextTail == 0 {
 		c.TextTail = defaultTextTail
@@ -123,9 +143,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: SummaryInterval %v must be positive", ErrBadConfig, c.SummaryInterval)
 	case c.DrainDeadline < 0:
 		return fmt.Errorf("%w: DrainDeadline %v must be positive", ErrBadConfig, c.DrainDeadline)
+	case c.StallTimeout < 0:
+		return fmt.Errorf("%w: StallTimeout %v must be positive", ErrBadConfig, c.StallTimeout)
 	case c.TextTail < 0:
 		return fmt.Errorf("%w: TextTail %d must be positive", ErrBadConfig, c.TextTail)
-	case c.OnSlow != Degrade && c.OnSlow != Disconnect:
+	case c.OnSlow != Degrade && c.OnSlow != Disconnect && c.OnSlow != Catchup:
 		return fmt.Errorf("%w: OnSlow %v", ErrBadConfig, c.OnSlow)
 	}
 	return nil

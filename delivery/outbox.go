@@ -12,31 +12,6 @@ import (
 	"github.com/agentbridge/agentbridge/wire"
 )
 
-// CloseReason says why an Outbox asked for its connection to be closed; it
-// is the label of the close counter.
-type CloseReason uint8
-
-const (
-	// CloseControlCeiling: a control message (or a summary or gap) did not
-	// fit under the queue's control ceiling or in its slots.
-	CloseControlCeiling CloseReason = iota + 1
-	// CloseSlowConsumer: the onSlow "disconnect" policy fired: the breaker
-	// opened or a data event would have been evicted.
-	CloseSlowConsumer
-)
-
-// String returns the metric label: "control_ceiling" or "slow_consumer".
-func (r CloseReason) String() string {
-	switch r {
-	case CloseControlCeiling:
-		return "control_ceiling"
-	case CloseSlowConsumer:
-		return "slow_consumer"
-	default:
-		return fmt.Sprintf("CloseReason(%d)", uint8(r))
-	}
-}
-
 // LostDegraded is the Metrics.Lost reason of data events a degraded
 // connection was not sent; the ring's reasons (ring.Reason.String) label
 // the others.
@@ -56,8 +31,9 @@ type Metrics interface {
 	// Summary counts one bridge/summary and Gap one bridge/gap queued.
 	Summary()
 	Gap()
-	// Closed counts a close the Outbox asked for.
-	Closed(reason CloseReason)
+	// Closed counts a close the Outbox asked for: CloseControlCeiling,
+	// CloseSlowConsumer or CloseStalled.
+	Closed(reason wire.CloseReason)
 	// Queue samples the queue's depth at a drain.
 	Queue(items, dataBytes int)
 }
@@ -69,13 +45,9 @@ type Hooks struct {
 	// transition from whichever goroutine pushed, and when queued gaps or
 	// summaries are waiting for the drainer.
 	Wake func()
-	// Close is called once when the connection must be closed with
-	// session.CloseTryAgain (WebSocket 1013); the client resumes by cursor.
-	// When nil, Overflow(detail) is called instead.
-	Close func(reason CloseReason, detail string)
-	// Overflow is the older form of Close, for transports that only log the
-	// detail.
-	Overflow func(detail string)
+	// Close is called once when the connection must be closed for an
+	// overload (WebSocket 1013); the client resumes by cursor.
+	Close func(reason wire.CloseReason, detail string)
 	// Metrics receives counters; nil means none.
 	Metrics Metrics
 }
@@ -98,6 +70,7 @@ type Outbox struct {
 	dead     atomic.Bool   // a close was requested: queue nothing more
 	slow     atomic.Bool   // degraded or gaps pending: Send takes mu
 	degraded atomic.Bool   // written under mu; read anywhere
+	behind   atomic.Bool   // the transport held bytes at the last drain attempt (written by the drainer)
 	skipped  atomic.Uint64 // events not sent while degraded, not yet reported
 
 	markers map[string]*wire.Msg // per session: what a tombstone keeps; under the ring's lock
@@ -263,8 +236,10 @@ func (o *Outbox) State() breaker.State {
 func (o *Outbox) breaker() *breaker.Breaker { return o.br.Load() }
 
 // Send queues m. It reports false when a control message could not be
-// queued: the connection is then being closed through the hooks. Data
-// always reports true: what is not delivered is named by a bridge/gap.
+// queued: the connection is then being closed through the hooks. For data
+// it reports false only under the Catchup policy, when the connection lags
+// (see pushCatchup): the caller feeds it from the log instead. Otherwise
+// data reports true: what is not delivered is named by a bridge/gap.
 // Safe from any goroutine; one connection's messages must be sent in order
 // (the hub serialises them).
 func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
@@ -275,7 +250,7 @@ func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
 		wasEmpty, err := o.q.Push(slot{m: m}, m.Size(), ring.Control)
 		if err != nil {
 			if err == ring.ErrControlOverflow {
-				o.fail(CloseControlCeiling, "control queue over its ceiling ("+o.ceilings()+"): "+err.Error())
+				o.fail(wire.CloseControlCeiling, "control queue over its ceiling ("+o.ceilings()+"): "+err.Error())
 			}
 			return false
 		}
@@ -286,6 +261,9 @@ func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
 	}
 	full := false
 	if !o.slow.Load() {
+		if m.Seq != 0 && m.SessionID != "" && o.Policy() == Catchup {
+			return o.pushCatchup(m)
+		}
 		if o.pushData(m) {
 			return true
 		}
@@ -320,9 +298,41 @@ func (o *Outbox) pushData(m *wire.Msg) bool {
 			o.wake()
 		}
 	case ring.ErrWouldEvict:
-		o.fail(CloseSlowConsumer, "slow consumer (onSlow=disconnect): its queue is full ("+o.ceilings()+"); resume by cursor")
+		o.fail(wire.CloseSlowConsumer, "slow consumer (onSlow=disconnect): its queue is full ("+o.ceilings()+"); resume by cursor")
 	case ring.ErrFull:
 		return false
+	}
+	return true
+}
+
+// pushCatchup queues a sequenced data event for a connection that catches
+// up from the log when it lags: it reports false, queuing nothing, when
+// the queue is over its high watermark (in bytes or slots) or the event
+// would need an eviction; the hub then stops pushing the session to this
+// connection and feeds it from the log once the queue drains. An event
+// larger than the whole data ceiling could never be queued: it is queued
+// as a tombstone, so the drainer names it in a gap, rather than blocking
+// the catch-up forever.
+func (o *Outbox) pushCatchup(m *wire.Msg) bool {
+	s, size := slot{m: m, seq: m.Seq}, m.Size()
+	var (
+		wasEmpty bool
+		err      error
+	)
+	if size > o.cfg.Queue.MaxDataBytes {
+		wasEmpty, err = o.q.Push(s, size, ring.Data)
+	} else if o.behind.Load() && o.q.Len() > 0 {
+		// The peer is not taking what it has: rather than queue more for
+		// it, let it read the log at its own pace.
+		return false
+	} else {
+		wasEmpty, err = o.q.PushUnder(s, size, o.itemsHigh)
+	}
+	if err != nil {
+		return err != ring.ErrLagging // a closed queue takes nothing more anyway
+	}
+	if wasEmpty {
+		o.wake()
 	}
 	return true
 }
@@ -388,7 +398,7 @@ func (o *Outbox) skip(m *wire.Msg) {
 // mu held.
 func (o *Outbox) queueGaps(a *acc) {
 	for _, r := range a.runs {
-		if !o.pushControl(session.GapMsg(a.sid, r.from, r.to, r.why)) {
+		if !o.pushControl(wire.GapMsg(a.sid, r.from, r.to, r.why)) {
 			return
 		}
 		o.m.Gap()
@@ -419,7 +429,7 @@ func (o *Outbox) pushControl(m *wire.Msg) bool {
 	wasEmpty, err := o.q.Push(slot{m: m}, m.Size(), ring.Control)
 	if err != nil {
 		if err == ring.ErrControlOverflow {
-			o.fail(CloseControlCeiling, "control queue over its ceiling ("+o.ceilings()+") with gaps or summaries to report: "+err.Error())
+			o.fail(wire.CloseControlCeiling, "control queue over its ceiling ("+o.ceilings()+") with gaps or summaries to report: "+err.Error())
 		}
 		return false
 	}
@@ -449,12 +459,12 @@ func (o *Outbox) flushToRing(a *acc, mustFit bool, now time.Time) bool {
 // sent. Precondition: mu held.
 func (o *Outbox) accMsgs(a *acc, now time.Time, dst []*wire.Msg) []*wire.Msg {
 	for _, r := range a.runs {
-		dst = append(dst, session.GapMsg(a.sid, r.from, r.to, r.why))
+		dst = append(dst, wire.GapMsg(a.sid, r.from, r.to, r.why))
 		o.m.Gap()
 	}
 	a.runs = a.runs[:0]
 	if a.owed {
-		dst = append(dst, SummaryMsg(a.sid, a.seq, a.dropped, a.bytes, string(a.tail)))
+		dst = append(dst, wire.SummaryMsg(a.sid, a.seq, a.dropped, a.bytes, string(a.tail)))
 		o.m.Summary()
 		a.owed, a.dropped, a.bytes, a.lastSummary = false, 0, 0, now
 	}
@@ -527,7 +537,7 @@ func (o *Outbox) flushGap() *wire.Msg {
 	g := o.gap
 	o.gap = gapRun{}
 	o.m.Gap()
-	return session.GapMsg(g.session, g.from, g.to, reasonEvicted)
+	return wire.GapMsg(g.session, g.from, g.to, reasonEvicted)
 }
 
 // Observe records one drain attempt: blocked reports that the transport
@@ -535,8 +545,9 @@ func (o *Outbox) flushGap() *wire.Msg {
 // how many bytes that buffer holds. A blocked attempt made progress if
 // Drain handed out anything since the previous one or the buffer shrank;
 // blocked without progress for DrainDeadline (the peer read nothing) is a
-// missed deadline. Observe
-// feeds the breaker and applies the policy: degrade, recover or
+// missed deadline; without progress for StallTimeout while bytes are due
+// the connection is closed (CloseStalled, 1013), whatever its policy.
+// Observe feeds the breaker and applies the policy: degrade, recover or
 // disconnect. Drainer only; call it once per drain attempt, not per Drain
 // call.
 func (o *Outbox) Observe(blocked bool, buffered int) {
@@ -548,11 +559,19 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 	missed := false
 	progress := o.drained
 	o.drained = false
-	if blocked {
+	if b := blocked || buffered > 0; b != o.behind.Load() {
+		o.behind.Store(b)
+	}
+	if blocked || buffered > 0 {
+		// Something is due that the peer has not taken.
 		now := time.Now()
 		if o.stuckSince.IsZero() || progress || buffered < o.lastBuffered {
 			o.stuckSince = now
-		} else if now.Sub(o.stuckSince) >= o.cfg.DrainDeadline {
+		} else if stuck := now.Sub(o.stuckSince); stuck >= o.cfg.StallTimeout {
+			o.fail(wire.CloseStalled, fmt.Sprintf("stalled: its peer took nothing for %v while %d bytes were due (stall timeout %v); resume by cursor",
+				stuck.Round(time.Millisecond), buffered, o.cfg.StallTimeout))
+			return
+		} else if blocked && stuck >= o.cfg.DrainDeadline {
 			missed = true
 		}
 		o.lastBuffered = buffered
@@ -560,7 +579,12 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		o.stuckSince = time.Time{}
 	}
 	qc := &o.cfg.Queue
+	// A connection that catches up from the log is never degraded: over
+	// its watermark it is simply fed from the log.
+	catchup := o.Policy() == Catchup
 	switch {
+	case catchup:
+		o.unhealthy = 0
 	case missed || lvl.DataBytes > qc.HighWater || lvl.Items > o.itemsHigh:
 		o.unhealthy++
 		if missed {
@@ -604,12 +628,12 @@ func (o *Outbox) report(lvl ring.Level) {
 // closes it, as the breaker and the policy say; why is what made the
 // consumer unhealthy, for a close's reason. Safe from any goroutine.
 func (o *Outbox) apply(why string) {
-	open := o.State() == breaker.Open
-	deg := o.degraded.Load()
 	pol := o.Policy()
+	open := o.State() == breaker.Open && pol != Catchup
+	deg := o.degraded.Load()
 	switch {
 	case open && pol == Disconnect:
-		o.fail(CloseSlowConsumer, "slow consumer (onSlow=disconnect): "+why+"; resume by cursor")
+		o.fail(wire.CloseSlowConsumer, "slow consumer (onSlow=disconnect): "+why+"; resume by cursor")
 		return
 	case open == deg:
 		return
@@ -694,16 +718,13 @@ func (o *Outbox) tick() {
 }
 
 // fail asks the transport, once, to close the connection.
-func (o *Outbox) fail(r CloseReason, detail string) {
+func (o *Outbox) fail(r wire.CloseReason, detail string) {
 	if !o.dead.CompareAndSwap(false, true) {
 		return
 	}
 	o.m.Closed(r)
-	switch {
-	case o.hooks.Close != nil:
+	if o.hooks.Close != nil {
 		o.hooks.Close(r, detail)
-	case o.hooks.Overflow != nil:
-		o.hooks.Overflow(detail)
 	}
 }
 
@@ -753,5 +774,5 @@ func (nopMetrics) Transition(breaker.State, breaker.State) {}
 func (nopMetrics) Degraded(bool)                           {}
 func (nopMetrics) Summary()                                {}
 func (nopMetrics) Gap()                                    {}
-func (nopMetrics) Closed(CloseReason)                      {}
+func (nopMetrics) Closed(wire.CloseReason)                 {}
 func (nopMetrics) Queue(int, int)                          {}

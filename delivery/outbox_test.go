@@ -124,13 +124,13 @@ type harness struct {
 	t      testing.TB
 	o      *Outbox
 	wakes  chan struct{}
-	closed chan CloseReason
+	closed chan wire.CloseReason
 	m      *countMetrics
 	items  []item
 }
 
 func newHarness(t testing.TB, cfg Config) *harness {
-	h := &harness{t: t, wakes: make(chan struct{}, 1), closed: make(chan CloseReason, 1), m: &countMetrics{}}
+	h := &harness{t: t, wakes: make(chan struct{}, 1), closed: make(chan wire.CloseReason, 1), m: &countMetrics{}}
 	h.o = NewOutbox(cfg, Hooks{
 		Wake: func() {
 			select {
@@ -138,7 +138,7 @@ func newHarness(t testing.TB, cfg Config) *harness {
 			default:
 			}
 		},
-		Close:   func(r CloseReason, _ string) { h.closed <- r },
+		Close:   func(r wire.CloseReason, _ string) { h.closed <- r },
 		Metrics: h.m,
 	})
 	t.Cleanup(h.o.Close)
@@ -189,7 +189,7 @@ type counts struct {
 	degraded    int
 	summaries   int
 	gaps        int
-	closes      []CloseReason
+	closes      []wire.CloseReason
 	samples     int
 }
 
@@ -225,7 +225,7 @@ func (c *countMetrics) Degraded(on bool) {
 
 func (c *countMetrics) Summary() { c.mu.Lock(); c.c.summaries++; c.mu.Unlock() }
 func (c *countMetrics) Gap()     { c.mu.Lock(); c.c.gaps++; c.mu.Unlock() }
-func (c *countMetrics) Closed(r CloseReason) {
+func (c *countMetrics) Closed(r wire.CloseReason) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.c.closes = append(c.c.closes, r)
@@ -237,7 +237,7 @@ func (c *countMetrics) get() counts {
 	defer c.mu.Unlock()
 	cp := c.c
 	cp.transitions = append([]string(nil), c.c.transitions...)
-	cp.closes = append([]CloseReason(nil), c.c.closes...)
+	cp.closes = append([]wire.CloseReason(nil), c.c.closes...)
 	cp.lost = map[string]uint64{}
 	for k, v := range c.c.lost {
 		cp.lost[k] = v
@@ -349,7 +349,7 @@ func TestControlCeilingCloses(t *testing.T) {
 	if ok {
 		t.Fatal("control past the ceiling was accepted")
 	}
-	if r := <-h.closed; r != CloseControlCeiling {
+	if r := <-h.closed; r != wire.CloseControlCeiling {
 		t.Fatalf("close reason %v", r)
 	}
 	if h.o.Send(control(99), wire.Control) {
@@ -365,7 +365,7 @@ func TestDisconnectPolicyClosesInsteadOfEvicting(t *testing.T) {
 	}
 	select {
 	case r := <-h.closed:
-		if r != CloseSlowConsumer {
+		if r != wire.CloseSlowConsumer {
 			t.Fatalf("close reason %v", r)
 		}
 	default:
@@ -388,7 +388,7 @@ func TestDisconnectPolicyClosesWhenBreakerOpens(t *testing.T) {
 	default:
 	}
 	h.o.Observe(true, 100)
-	if r := <-h.closed; r != CloseSlowConsumer {
+	if r := <-h.closed; r != wire.CloseSlowConsumer {
 		t.Fatalf("close reason %v", r)
 	}
 	if got := h.m.get(); len(got.closes) != 1 || got.degraded != 0 {
@@ -560,7 +560,7 @@ func TestDegradedStallEndsAtControlCeiling(t *testing.T) {
 		h.o.Send(event("s1", seq, "x", 0), wire.Data)
 		select {
 		case r := <-h.closed:
-			if r != CloseControlCeiling {
+			if r != wire.CloseControlCeiling {
 				t.Fatalf("close reason %v", r)
 			}
 			return

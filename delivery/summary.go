@@ -2,12 +2,10 @@ package delivery
 
 import (
 	"bytes"
-	"strconv"
 	"time"
 	"unicode/utf8"
 
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
-	"github.com/agentbridge/agentbridge/wire"
 )
 
 // acc is what one session's events a connection did not get add up to,
@@ -107,23 +105,4 @@ func ChunkText(body []byte) string {
 		return ""
 	}
 	return u.Content.Text
-}
-
-// SummaryMsg builds bridge/summary {sessionId, seq, dropped, bytes, text}:
-// a degraded connection skipped dropped events (bytes in all) of the
-// session up to seq; text is the tail of the session's streamed text.
-func SummaryMsg(sessionID string, seq, dropped, nbytes uint64, text string) *wire.Msg {
-	b := make([]byte, 0, 112+len(sessionID)+len(text)+len(text)/8)
-	b = append(b, `{"jsonrpc":"2.0","method":"bridge/summary","params":{"sessionId":`...)
-	b = wire.AppendString(b, sessionID)
-	b = append(b, `,"seq":`...)
-	b = strconv.AppendUint(b, seq, 10)
-	b = append(b, `,"dropped":`...)
-	b = strconv.AppendUint(b, dropped, 10)
-	b = append(b, `,"bytes":`...)
-	b = strconv.AppendUint(b, nbytes, 10)
-	b = append(b, `,"text":`...)
-	b = wire.AppendString(b, text)
-	b = append(b, "}}\n"...)
-	return wire.Own(b)
 }

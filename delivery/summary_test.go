@@ -1,7 +1,6 @@
 package delivery
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -42,30 +41,5 @@ func TestAppendTail(t *testing.T) {
 	tail = appendTail(tail[:0], strings.Repeat("€", 10), 8) // 3-byte runes
 	if string(tail) != "€€" {
 		t.Fatalf("tail %q, want two whole runes", tail)
-	}
-}
-
-func TestSummaryMsg(t *testing.T) {
-	m := SummaryMsg("s\"1", 42, 7, 1234, "tail \x01 ✓")
-	var v struct {
-		JSONRPC string `json:"jsonrpc"`
-		Method  string `json:"method"`
-		Params  struct {
-			SessionID string `json:"sessionId"`
-			Seq       uint64 `json:"seq"`
-			Dropped   uint64 `json:"dropped"`
-			Bytes     uint64 `json:"bytes"`
-			Text      string `json:"text"`
-		} `json:"params"`
-	}
-	if err := json.Unmarshal(m.Body(), &v); err != nil {
-		t.Fatalf("%s: %v", m.Body(), err)
-	}
-	p := v.Params
-	if v.Method != "bridge/summary" || p.SessionID != "s\"1" || p.Seq != 42 || p.Dropped != 7 || p.Bytes != 1234 || p.Text != "tail \x01 ✓" {
-		t.Fatalf("decoded %+v", v)
-	}
-	if m.Seq != 0 || m.SessionID != "" {
-		t.Fatal("a summary must not look like a logged event")
 	}
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
 	"github.com/agentbridge/agentbridge/delivery"
-	"github.com/agentbridge/agentbridge/session"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -26,108 +25,79 @@ type protocol interface {
 	frame(m *wire.Msg) []byte
 	// farewell returns the bytes to write just before closing (a WebSocket
 	// close frame), or nil.
-	farewell(code session.CloseCode, reason string) []byte
+	farewell(code wire.CloseReason, reason string) []byte
 	// name is the transport label for logs and metrics.
 	name() string
 }
 
 // closeError asks for the connection to be closed with a reason.
 type closeError struct {
-	code   session.CloseCode
+	code   wire.CloseReason
 	reason string
 }
 
 func (e *closeError) Error() string { return e.reason }
 
-// maxIOV bounds one writev (the kernel's IOV_MAX is 1024).
-const maxIOV = 512
+// closeFlushDeadline bounds how long a close waits for gnet to hand what it
+// holds to a peer that is still reading, so the close falls on a message
+// boundary; a peer that reads nothing for that long gets cut wherever the
+// kernel's buffer ends.
+const closeFlushDeadline = 2 * time.Second
 
-// drainBytes is how much one drain pass takes from the queue.
-const drainBytes = 256 << 10
-
-// conn is one client connection.
+// conn is one client connection: the gnet side of a delivery.Endpoint. It
+// gives the endpoint wake, frame and write; the endpoint does the rest.
 type conn struct {
 	srv   *Server
 	gc    gnet.Conn
-	out   *delivery.Outbox
-	cl    *session.Client // nil until the protocol registers with the hub
+	ep    *delivery.Endpoint
 	proto protocol
-	peer  string
-
-	closing     atomic.Bool
-	closeCode   session.CloseCode
-	closeReason string
 
 	// Owned by the event loop.
-	msgs        []*wire.Msg
-	iov         [][]byte
-	lim         *delivery.Limiter // nil: input not limited
-	policyKnown bool              // the role's default onSlow policy is applied
+	closeBy int64 // UnixNano: a close waiting for gnet's buffer to drain; 0 when none
+	// Re-wake backoff while gnet's buffer stays over its watermark; see
+	// Server.rewake.
+	wakeAt   int64        // UnixNano; guarded by srv.mu
+	wakeStep atomic.Int64 // nanoseconds; 0 after progress
 }
 
-// SetOptions applies what the client chose with bridge/hello; see
-// session.OptionsListener. Safe from any goroutine: the hub calls it under
-// its lock, and it only stores a word.
-func (c *conn) SetOptions(o session.Options) {
-	c.out.SetOptions(o)
+var _ delivery.Transport = (*conn)(nil)
+
+// Wake asks the loop to drain soon (or, while the agent's output is routed
+// on this loop, right after it: agentconn.go). Any goroutine.
+func (c *conn) Wake() { c.srv.wake(c) }
+
+// Frame is the protocol's framing of m. Event loop only.
+func (c *conn) Frame(m *wire.Msg) []byte { return c.proto.frame(m) }
+
+// Write hands whole frames to gnet in one writev. Event loop only.
+func (c *conn) Write(frames [][]byte) error {
+	n, err := c.gc.Writev(frames)
+	if err != nil {
+		return err // gnet closed the connection; OnClose follows
+	}
+	c.srv.cfg.Metrics.out(c.proto.name(), len(frames), n)
+	if c.wakeStep.Load() != 0 {
+		c.wakeStep.Store(0) // the peer takes again: no backoff
+	}
+	return nil
 }
 
-var (
-	_ session.Conn            = (*conn)(nil)
-	_ session.OptionsListener = (*conn)(nil)
-)
-
-// admit applies the input rate limit to one complete message (borrowed)
-// and reports whether to route it. A refused request is answered -32004
-// with its own id; a refused notification is dropped; answers to the
-// agent's requests are never refused (the agent is waiting on them); a
-// connection that keeps flooding is closed with ClosePolicy (WebSocket
-// 1008). Event loop only.
-func (c *conn) admit(msg []byte, now time.Time) bool {
-	if c.lim == nil {
-		return true
+// Backlog is what gnet holds for the peer. gnet keeps only what the kernel
+// did not take, so anything held means the peer is not keeping up: no more
+// is handed to gnet (what a connection that stops draining costs is one
+// write pass, not a watermark's worth), and the connection is re-woken
+// later, with backoff, to write again or to notice the stall deadline.
+// Event loop only.
+func (c *conn) Backlog() (int, bool) {
+	n := c.gc.OutboundBuffered()
+	if n > 0 {
+		c.srv.markBlocked(c)
 	}
-	g := c.lim.Gate(now, msg)
-	if g.Pass {
-		return true
-	}
-	if c.cl != nil {
-		// Read, though not routed: a resuming client must not resend it.
-		c.srv.hub.Refused(c.cl)
-	}
-	if g.Flood {
-		c.srv.log.Info("closing connection", "peer", c.peer, "transport", c.proto.name(), "reason", g.Reason)
-		c.srv.cfg.Metrics.floodClosed()
-		c.srv.cfg.Metrics.closed(c.proto.name(), "flood")
-		c.Close(session.ClosePolicy, g.Reason)
-		return false
-	}
-	if g.Reply != nil {
-		c.Send(g.Reply, wire.Control)
-	}
-	c.srv.cfg.Metrics.rateLimited(g.Kind)
-	if g.Log > 0 {
-		c.srv.log.Info("rate limited: refusing input", "peer", c.peer, "transport", c.proto.name(), "refused", g.Log, "rate", c.lim.Rate().String())
-	}
-	return false
+	return n, n > 0
 }
 
-// Send queues m; see session.Conn. Safe from any goroutine.
-func (c *conn) Send(m *wire.Msg, cls wire.Class) bool {
-	if c.closing.Load() {
-		return cls == wire.Data
-	}
-	return c.out.Send(m, cls)
-}
-
-// Close schedules the connection's close: what is queued is written (unless
-// the queue overflowed), then the protocol's farewell, then the socket is
-// closed. Safe from any goroutine.
-func (c *conn) Close(code session.CloseCode, reason string) {
-	if !c.closing.CompareAndSwap(false, true) {
-		return
-	}
-	c.closeCode, c.closeReason = code, reason
+// Shut runs finish on the loop. Any goroutine.
+func (c *conn) Shut() {
 	_ = c.gc.Wake(func(gc gnet.Conn, err error) error {
 		if err != nil {
 			return nil
@@ -136,87 +106,109 @@ func (c *conn) Close(code session.CloseCode, reason string) {
 	})
 }
 
+// Close schedules the connection's close; see delivery.Endpoint.Close.
+func (c *conn) Close(code wire.CloseReason, reason string) { c.ep.Close(code, reason) }
+
+// closing reports whether the connection is being closed. Any goroutine.
+func (c *conn) closing() bool { return c.ep.Closing() }
+
 // finish runs on the loop: final drain, farewell, close.
 func (c *conn) finish() error {
-	if c.closeCode != session.CloseTryAgain {
-		c.drain(true)
-	}
-	if b := c.proto.farewell(c.closeCode, c.closeReason); b != nil {
+	_ = c.ep.Final()
+	r, detail := c.ep.Reason()
+	if b := c.proto.farewell(r, detail); b != nil {
 		_, _ = c.gc.Write(b)
 	}
 	if l, ok := c.proto.(lingerer); ok && l.linger(c) {
 		return nil // the close handshake ends in readClosing or at its deadline
 	}
-	return c.gc.Close()
+	return c.closeAtBoundary(time.Now())
 }
 
-// drain writes queued messages into gnet while its outbound buffer is under
-// the high watermark; force ignores the watermark (final flush). Each
-// attempt that is not a final flush is one health observation for the
-// connection's breaker: blocked when gnet's buffer stopped it.
-func (c *conn) drain(force bool) {
-	m := c.srv.cfg.Metrics
-	if !c.policyKnown && c.cl != nil {
-		// The role is known once the protocol registered with the hub
-		// (at once on the Unix socket, after the upgrade on TCP).
-		c.policyKnown = true
-		c.out.SetDefaultPolicy(delivery.DefaultPolicy(c.cl.Role()))
+// closeAtBoundary closes the socket once gnet holds nothing more for the
+// peer, or at closeFlushDeadline: gnet's own close writes what the kernel
+// takes at once and drops the rest, which would cut a peer that is still
+// reading mid-message. It reports gnet's close, or nil while it waits (the
+// connection is re-woken on the server's tick). Event loop only.
+func (c *conn) closeAtBoundary(now time.Time) error {
+	if c.closeBy == 0 {
+		c.closeBy = now.Add(closeFlushDeadline).UnixNano()
 	}
-	blocked := false
-	defer func() {
-		if !force {
-			c.out.Observe(blocked, c.gc.OutboundBuffered())
-		}
-	}()
-	for {
-		if !force && c.gc.OutboundBuffered() >= c.srv.cfg.OutboundHigh {
-			c.srv.markBlocked(c)
-			blocked = true
-			return
-		}
-		c.msgs = c.out.Drain(c.msgs[:0], drainBytes)
-		if len(c.msgs) == 0 {
-			// A replay being paced out continues once the queue is empty.
-			if !force && c.cl != nil && c.cl.Catching() && c.srv.hub.Pump(c.cl) {
-				continue
-			}
-			return
-		}
-		bytes := 0
-		for start := 0; start < len(c.msgs); start += maxIOV {
-			end := min(start+maxIOV, len(c.msgs))
-			c.iov = c.iov[:0]
-			for _, msg := range c.msgs[start:end] {
-				b := c.proto.frame(msg)
-				bytes += len(b)
-				c.iov = append(c.iov, b)
-			}
-			if _, err := c.gc.Writev(c.iov); err != nil {
-				clear(c.msgs)
-				return // gnet closed the connection; OnClose follows
-			}
-		}
-		m.out(c.proto.name(), len(c.msgs), bytes)
-		clear(c.msgs)
-		clear(c.iov)
+	if c.gc.OutboundBuffered() == 0 || now.UnixNano() >= c.closeBy {
+		return c.gc.Close()
 	}
+	c.srv.markBlocked(c)
+	return nil
+}
+
+// drain writes what is queued and paces replays; see
+// delivery.Endpoint.Flush. Event loop only.
+func (c *conn) drain() { _ = c.ep.Flush() }
+
+// endpointConfig is what every connection's endpoint shares.
+func (s *Server) endpointConfig() delivery.EndpointConfig {
+	return delivery.EndpointConfig{
+		Hub:         s.hub,
+		Outbox:      s.cfg.Delivery,
+		Rate:        s.cfg.Rate,
+		Logger:      s.log,
+		Closed:      s.cfg.Metrics.closedFor,
+		RateLimited: s.cfg.Metrics.rateLimited,
+	}
+}
+
+// newEndpoint makes c's endpoint.
+func (s *Server) newEndpoint(c *conn, transport, peer string) {
+	c.ep = delivery.NewEndpoint(&s.epc, c, transport, peer, s.cfg.Metrics.outbox(s.log, func() string { return peer }))
+}
+
+// Re-waking connections whose gnet buffer is over its watermark: gnet has
+// no writable callback, so the server's tick wakes them. A peer that keeps
+// taking nothing is woken less and less often (5ms doubling to 1s), so
+// stalled connections cost next to nothing; progress resets the step.
+const (
+	rewakeMin = 5 * time.Millisecond
+	rewakeMax = time.Second
+)
+
+// markBlocked asks for c to be woken on a later tick. Any goroutine.
+func (s *Server) markBlocked(c *conn) {
+	s.mu.Lock()
+	if _, ok := s.blocked[c]; !ok {
+		s.blocked[c] = struct{}{}
+		step := c.wakeStep.Load()
+		if step == 0 {
+			step = int64(rewakeMin)
+		}
+		c.wakeAt = time.Now().UnixNano() + step
+	}
+	s.mu.Unlock()
+}
+
+// rewake wakes the blocked connections that are due, doubling the wait of
+// each one whose buffer has not shrunk since it was last woken. Called
+// from the engine's tick.
+func (s *Server) rewake(now time.Time) {
+	t := now.UnixNano()
+	s.mu.Lock()
+	for c := range s.blocked {
+		if c.wakeAt > t {
+			continue
+		}
+		delete(s.blocked, c)
+		c.wakeStep.Store(min(max(c.wakeStep.Load(), int64(rewakeMin))*2, int64(rewakeMax)))
+		_ = c.gc.Wake(nil)
+	}
+	s.mu.Unlock()
 }
 
 // OnOpen accepts a connection: Unix-socket peers are checked by uid and
 // registered with the hub at once; TCP peers speak HTTP first.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	if _, ok := gc.Context().(*agentConn); ok {
+		return nil, gnet.None // the agent's socket (agentconn.go)
+	}
 	c := &conn{srv: s, gc: gc}
-	c.out = delivery.NewOutbox(s.cfg.Delivery, delivery.Hooks{
-		Wake: func() { _ = gc.Wake(nil) },
-		// Any goroutine: c.peer is set below, before the hub can Send; the
-		// protocol (and its name) may change on the loop meanwhile.
-		Close: func(r delivery.CloseReason, detail string) {
-			s.log.Info("closing connection", "peer", c.peer, "reason", detail, "class", r.String())
-			c.Close(session.CloseTryAgain, detail)
-		},
-		Metrics: s.cfg.Metrics.outbox(s.log, func() string { return c.peer }),
-	})
-	c.lim = delivery.NewLimiter(s.cfg.Rate, time.Now())
 	switch gc.LocalAddr().Network() {
 	case "unix":
 		uid, pid, err := peerCred(gc.Fd())
@@ -232,13 +224,12 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 			return refusal(fmt.Sprintf("uid %d is not allowed on this socket (the daemon runs as uid %d)", uid, s.uid)), gnet.Close
 		}
 		c.proto = &ndjsonProto{}
-		c.peer = "uid:" + strconv.FormatUint(uint64(uid), 10) + " pid:" + strconv.Itoa(int(pid))
-		c.out.SetDefaultPolicy(delivery.DefaultPolicy(s.cfg.UDSRole))
+		s.newEndpoint(c, "unix", "uid:"+strconv.FormatUint(uint64(uid), 10)+" pid:"+strconv.Itoa(int(pid)))
 		gc.SetContext(c)
 		s.track(c)
-		c.cl = s.hub.Open(c, session.ConnInfo{Role: s.cfg.UDSRole, Transport: "unix", Peer: c.peer})
+		c.ep.Register(s.cfg.UDSRole, nil)
 	default:
-		c.peer = gc.RemoteAddr().String()
+		s.newEndpoint(c, "http", gc.RemoteAddr().String())
 		c.proto = newHTTPProto(s, c)
 		gc.SetContext(c)
 		s.track(c)
@@ -259,15 +250,26 @@ func (s *Server) track(c *conn) {
 func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	c, ok := gc.Context().(*conn)
 	if !ok {
+		if ac, ok := gc.Context().(*agentConn); ok {
+			return ac.onTraffic(gc)
+		}
 		return gnet.Close
 	}
-	if l, ok := c.proto.(lingerer); ok && c.closing.Load() {
+	if c.closeBy != 0 {
+		// Closing once gnet's buffer has drained: input is discarded.
+		_, _ = gc.Discard(gc.InboundBuffered())
+		if c.closeAtBoundary(time.Now()) != nil {
+			return gnet.Close
+		}
+		return gnet.None
+	}
+	if l, ok := c.proto.(lingerer); ok && c.closing() {
 		// A close handshake is under way: input is only searched for the
 		// peer's answer, and nothing is written but the farewell.
 		return l.readClosing(c)
 	}
 	if n := gc.InboundBuffered(); n > 0 {
-		if c.closing.Load() {
+		if c.closing() {
 			_, _ = gc.Discard(n)
 		} else {
 			buf, _ := gc.Peek(n)
@@ -278,33 +280,35 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 			if err != nil {
 				ce, ok := err.(*closeError)
 				if !ok {
-					ce = &closeError{code: session.CloseInternal, reason: err.Error()}
+					ce = &closeError{code: wire.CloseInternal, reason: err.Error()}
 				}
-				s.log.Info("closing connection", "peer", c.peer, "transport", c.proto.name(), "reason", ce.reason)
-				s.cfg.Metrics.closed(c.proto.name(), ce.reason)
 				c.Close(ce.code, ce.reason)
 			}
 		}
+	}
+	if c.closing() {
+		return gnet.None
 	}
 	if p, ok := c.proto.(pumper); ok {
 		p.pump(c) // a terminal: its own queue, no outbox
 		return gnet.None
 	}
-	c.drain(false)
+	c.drain()
 	return gnet.None
 }
 
 // OnClose unregisters the connection.
 func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
+	if ac, ok := gc.Context().(*agentConn); ok {
+		ac.onClose(err)
+		return gnet.None
+	}
+	s.adm.release(addrIP(gc.RemoteAddr())) // every client connection came through acceptLoop
 	c, ok := gc.Context().(*conn)
 	if !ok {
 		return gnet.None
 	}
-	c.closing.Store(true)
-	if c.cl != nil {
-		s.hub.Closed(c.cl)
-	}
-	c.out.Close()
+	c.ep.Release()
 	s.nconns.Add(-1)
 	s.mu.Lock()
 	delete(s.blocked, c)
@@ -314,7 +318,8 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 		closer.closed()
 	}
 	s.cfg.Metrics.closedConn(c.proto.name())
-	s.log.Debug("connection closed", "peer", c.peer, "transport", c.proto.name(), "err", err, "reason", c.closeReason)
+	_, detail := c.ep.Reason()
+	s.log.Debug("connection closed", "peer", c.ep.Peer(), "transport", c.proto.name(), "err", err, "detail", detail)
 	return gnet.None
 }
 

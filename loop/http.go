@@ -212,7 +212,7 @@ func (f *front) expire(w *watch, now int64) {
 	case watchHTTP:
 		w.deadline.Store(0)
 		f.m.closed("http", "request timeout")
-		f.s.log.Debug("closing connection", "peer", c.peer, "transport", "http", "reason", "no complete request within the deadline")
+		f.s.log.Debug("closing connection", "peer", c.ep.Peer(), "transport", "http", "reason", "no complete request within the deadline")
 		c.Close(session.ClosePolicy, "no complete request within the deadline")
 	case watchWS:
 		if w.deadline.Load() != 0 {
@@ -225,7 +225,7 @@ func (f *front) expire(w *watch, now int64) {
 		w.seen.Store(now) // fire once
 		f.x.halfOpen.WithLabelValues("ws").Inc()
 		f.m.closed("ws", "half-open")
-		f.s.log.Info("closing connection", "peer", c.peer, "transport", "ws", "reason", "no frame from the peer for two heartbeats (half-open)")
+		f.s.log.Info("closing connection", "peer", c.ep.Peer(), "transport", "ws", "reason", "no frame from the peer for two heartbeats (half-open)")
 		c.Close(session.CloseGoingAway, "no frame for two heartbeats")
 	}
 }
@@ -249,7 +249,7 @@ func heartbeat(gc gnet.Conn, err error) error {
 		return nil
 	}
 	c, ok := gc.Context().(*conn)
-	if !ok || c.closing.Load() {
+	if !ok || c.closing() {
 		return nil
 	}
 	switch c.proto.(type) {
@@ -481,7 +481,7 @@ func (p *httpProto) name() string { return "http" }
 
 func (p *httpProto) frame(m *wire.Msg) []byte { return m.Line() }
 
-func (p *httpProto) farewell(session.CloseCode, string) []byte { return nil }
+func (p *httpProto) farewell(wire.CloseReason, string) []byte { return nil }
 
 func (p *httpProto) closed() {
 	if p.w != nil {
@@ -550,7 +550,7 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 		used += end
 		n, done, err := p.serve(c, req, buf[used:])
 		used += n
-		if err != nil || done || c.closing.Load() {
+		if err != nil || done || c.closing() {
 			return used, err
 		}
 	}
@@ -628,9 +628,10 @@ func (p *httpProto) upgrade(c *conn, req *http.Request, after []byte) (int, bool
 	c.proto = wp
 	p.f.m.closedConn("http")
 	p.f.m.opened("ws")
-	c.cl = p.f.s.hub.Open(c, session.ConnInfo{Role: role, Transport: "ws", Peer: c.peer})
-	p.f.s.log.Debug("websocket open", "peer", c.peer, "transport", "ws", "role", role.String())
-	if len(after) == 0 || c.closing.Load() {
+	c.ep.SetTransport("ws")
+	c.ep.Register(role, nil)
+	p.f.s.log.Debug("websocket open", "peer", c.ep.Peer(), "transport", "ws", "role", role.String())
+	if len(after) == 0 || c.closing() {
 		return 0, true, nil
 	}
 	n, err := wp.read(c, after)

@@ -66,10 +66,12 @@ var (
 	descDenied       = prometheus.NewDesc("agentbridge_hub_denied_total", "Messages refused by role (-32001).", nil, nil)
 	descEvicted      = prometheus.NewDesc("agentbridge_sessions_evicted_total", "Sessions only the agent named, forgotten past --max-sessions (oldest idle first).", nil, nil)
 	descTimedOut     = prometheus.NewDesc("agentbridge_calls_timed_out_total", "Client requests answered -32005 because the agent did not answer within --call-timeout.", nil, nil)
+	descLagged       = prometheus.NewDesc("agentbridge_hub_lagged_total", "Times a connection fell behind (onSlow catchup) and was fed from the session log instead.", nil, nil)
+	descReplayBytes  = prometheus.NewDesc("agentbridge_replay_bytes", "Bytes all session logs hold (bounded by --replay-memory).", nil, nil)
 )
 
 func (hc *hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descClients, descPendingCalls, descPendingReqs, descAgentUp, descRestarts, descClientMsgs, descAgentMsgs, descDeliveries, descErrors, descDenied, descEvicted, descTimedOut} {
+	for _, d := range []*prometheus.Desc{descSessions, descClients, descPendingCalls, descPendingReqs, descAgentUp, descRestarts, descClientMsgs, descAgentMsgs, descDeliveries, descErrors, descDenied, descEvicted, descTimedOut, descLagged, descReplayBytes} {
 		ch <- d
 	}
 }
@@ -97,6 +99,8 @@ func (hc *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDenied, st.Denied)
 	counter(descEvicted, st.SessionsEvicted)
 	counter(descTimedOut, st.CallsTimedOut)
+	counter(descLagged, st.Lagged)
+	gauge(descReplayBytes, float64(st.ReplayBytes))
 }
 
 // tlsMetrics adapts the transport metrics to tlsserve.Metrics.

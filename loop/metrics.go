@@ -9,6 +9,7 @@ import (
 
 	"github.com/agentbridge/agentbridge/breaker"
 	"github.com/agentbridge/agentbridge/delivery"
+	"github.com/agentbridge/agentbridge/wire"
 )
 
 // Metrics are the transport's Prometheus collectors. Every method is safe
@@ -126,7 +127,7 @@ func (o outboxMetrics) Degraded(on bool) {
 func (o outboxMetrics) Summary() { o.m.summaries.Inc() }
 func (o outboxMetrics) Gap()     { o.m.gaps.Inc() }
 
-func (o outboxMetrics) Closed(r delivery.CloseReason) { o.m.closes.WithLabelValues(r.String()).Inc() }
+func (o outboxMetrics) Closed(r wire.CloseReason) { o.m.closes.WithLabelValues(r.String()).Inc() }
 
 func (o outboxMetrics) Queue(items, dataBytes int) {
 	o.m.queueDepth.Observe(float64(items))
@@ -135,7 +136,14 @@ func (o outboxMetrics) Queue(items, dataBytes int) {
 
 func (m *Metrics) rateLimited(kind string) { m.bp.rateLimited.WithLabelValues(kind).Inc() }
 
-func (m *Metrics) floodClosed() { m.bp.closes.WithLabelValues("flood").Inc() }
+// closedFor counts a close the bridge initiated (agentbridge_closes_total);
+// a flood is a backpressure close too.
+func (m *Metrics) closedFor(t string, r wire.CloseReason) {
+	m.closes.WithLabelValues(t, r.String()).Inc()
+	if r == wire.CloseFlood {
+		m.bp.closes.WithLabelValues(r.String()).Inc()
+	}
+}
 
 // NewMetrics registers the transport metrics on reg (a fresh registry when nil).
 func NewMetrics(reg *prometheus.Registry) *Metrics {

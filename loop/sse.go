@@ -97,10 +97,12 @@ func (s *sseConn) Send(m *wire.Msg, cls wire.Class) bool {
 	return s.Conn.Send(m, cls)
 }
 
-// attach registers a stream with the hub and attaches it; on failure it
-// unregisters it and returns the refusal.
-func (f *front) attach(sc *sseConn, sr sseRequest, peer string) (*session.Client, *reply) {
-	cl := f.s.hub.Open(sc, session.ConnInfo{Role: auth.RoleViewer, Transport: "sse", Peer: peer})
+// attach registers a stream's endpoint with the hub and attaches it; on
+// failure it unregisters it and returns the refusal.
+func (f *front) attach(ep *delivery.Endpoint, sr sseRequest) (*session.Client, *reply) {
+	ep.SetTransport("sse")
+	sc := &sseConn{Conn: ep}
+	cl := ep.Register(auth.RoleViewer, sc)
 	f.s.hub.Handle(cl, sr.attachMsg())
 	if rp := attachRefusal(sc.answer.Load()); rp != nil {
 		f.s.hub.Closed(cl)
@@ -185,7 +187,7 @@ func (p *sseProto) read(_ *conn, buf []byte) (int, error) { return len(buf), nil
 
 func (p *sseProto) frame(m *wire.Msg) []byte { return appendEvent(nil, m) }
 
-func (p *sseProto) farewell(session.CloseCode, string) []byte { return nil }
+func (p *sseProto) farewell(wire.CloseReason, string) []byte { return nil }
 
 func (p *sseProto) closed() { p.f.unwatch(p.w) }
 
@@ -197,20 +199,17 @@ func (f *front) startSSE(c *conn, req *http.Request, w *watch, after []byte) (in
 	if rp == nil {
 		sr, rp = parseSSE(req)
 	}
-	var sc *sseConn
 	if rp == nil {
-		sc = &sseConn{Conn: c}
-		c.cl, rp = f.attach(sc, sr, c.peer)
+		_, rp = f.attach(c.ep, sr)
 	}
 	if rp != nil {
 		// Whatever the hub queued for the refused stream (a bridge/status)
 		// must not follow the HTTP answer.
-		c.msgs = c.out.Drain(c.msgs[:0], 1<<30)
-		clear(c.msgs)
+		c.ep.Discard()
 		rp.close = true
 		_, _ = c.gc.Write(rp.appendTo(nil, false))
 		f.m.request("/events", rp.status)
-		c.Close(session.ClosePolicy, "sse refused")
+		c.Close(wire.ClosePolicy, "sse refused")
 		return len(after), true, nil
 	}
 	_, _ = c.gc.Write([]byte(sseHead + sseHello))
@@ -220,35 +219,63 @@ func (f *front) startSSE(c *conn, req *http.Request, w *watch, after []byte) (in
 	w.kind.Store(watchSSE)
 	f.m.closedConn("http")
 	f.m.opened("sse")
-	f.s.log.Debug("sse open", "peer", c.peer, "session", sr.session)
+	f.s.log.Debug("sse open", "peer", c.ep.Peer(), "session", sr.session)
 	return len(after), true, nil
 }
 
 // httpStream is an SSE stream served through net/http (the TLS listener):
-// the handler goroutine drains its outbox.
+// the net/http side of a delivery.Endpoint, drained on the handler's
+// goroutine with synchronous writes.
 type httpStream struct {
-	out     *delivery.Outbox
-	wake    chan struct{}
-	quit    chan struct{}
-	closing atomic.Bool
-	code    session.CloseCode
+	ep    *delivery.Endpoint
+	w     http.ResponseWriter
+	rc    *http.ResponseController
+	m     *Metrics
+	wake  chan struct{}
+	quit  chan struct{}
+	limit time.Duration // write deadline
+	buf   []byte        // owned by the handler goroutine
 }
 
-// Send queues m; see session.Conn. Safe from any goroutine.
-func (s *httpStream) Send(m *wire.Msg, cls wire.Class) bool {
-	if s.closing.Load() {
-		return cls == wire.Data
+var _ delivery.Transport = (*httpStream)(nil)
+
+// Wake asks the handler goroutine to flush. Any goroutine.
+func (s *httpStream) Wake() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
-	return s.out.Send(m, cls)
 }
 
-// Close ends the stream after what is queued. Safe from any goroutine.
-func (s *httpStream) Close(code session.CloseCode, _ string) {
-	if s.closing.CompareAndSwap(false, true) {
-		s.code = code
-		close(s.quit)
+// Frame is m as one SSE event. Handler goroutine only.
+func (s *httpStream) Frame(m *wire.Msg) []byte { return appendEvent(nil, m) }
+
+// Write writes the events and flushes them. Handler goroutine only.
+func (s *httpStream) Write(frames [][]byte) error {
+	s.buf = s.buf[:0]
+	for _, f := range frames {
+		s.buf = append(s.buf, f...)
 	}
+	if err := s.write(s.buf); err != nil {
+		return err
+	}
+	s.m.out("sse", len(frames), len(s.buf))
+	return nil
 }
+
+func (s *httpStream) write(b []byte) error {
+	_ = s.rc.SetWriteDeadline(time.Now().Add(s.limit))
+	if _, err := s.w.Write(b); err != nil {
+		return err
+	}
+	return s.rc.Flush()
+}
+
+// Backlog: writes are synchronous (bounded by their deadline).
+func (s *httpStream) Backlog() (int, bool) { return 0, false }
+
+// Shut ends the stream after what is queued. Any goroutine; called once.
+func (s *httpStream) Shut() { close(s.quit) }
 
 // serveSSE serves GET /events on the TLS listener, on the request's
 // goroutine, until the client leaves or the hub closes the stream.
@@ -258,75 +285,31 @@ func (f *front) serveSSE(w http.ResponseWriter, r *http.Request) {
 	if rp == nil {
 		sr, rp = parseSSE(r)
 	}
-	st := &httpStream{wake: make(chan struct{}, 1), quit: make(chan struct{})}
-	st.out = delivery.NewOutbox(f.s.cfg.Delivery, delivery.Hooks{
-		Wake: func() {
-			select {
-			case st.wake <- struct{}{}:
-			default:
-			}
-		},
-		Close:   func(_ delivery.CloseReason, detail string) { st.Close(session.CloseTryAgain, detail) },
-		Metrics: f.s.cfg.Metrics.outbox(f.s.log, func() string { return r.RemoteAddr }),
-	})
-	st.out.SetDefaultPolicy(delivery.DefaultPolicy(auth.RoleViewer))
-	defer st.out.Close()
-	var cl *session.Client
+	st := &httpStream{w: w, rc: http.NewResponseController(w), m: f.s.cfg.Metrics,
+		wake: make(chan struct{}, 1), quit: make(chan struct{}), limit: max(2*f.cfg.Heartbeat, 10*time.Second)}
+	st.ep = delivery.NewEndpoint(&f.s.epc, st, "sse", r.RemoteAddr, f.s.cfg.Metrics.outbox(f.s.log, func() string { return r.RemoteAddr }))
 	if rp == nil {
-		cl, rp = f.attach(&sseConn{Conn: st}, sr, r.RemoteAddr)
+		_, rp = f.attach(st.ep, sr)
 	}
 	if rp != nil {
+		st.ep.Release()
 		rp.serve(w, false)
 		f.m.request("/events", rp.status)
 		return
 	}
-	defer f.s.hub.Closed(cl)
+	defer st.ep.Release()
 	f.m.request("/events", http.StatusOK)
 	f.m.opened("sse")
 	defer f.m.closedConn("sse")
 	f.httpStreams.Add(1)
 	defer f.httpStreams.Add(-1)
 
-	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	writeTimeout := max(2*f.cfg.Heartbeat, 10*time.Second)
-	write := func(b []byte) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if _, err := w.Write(b); err != nil {
-			return false
-		}
-		return rc.Flush() == nil
-	}
-	var (
-		msgs []*wire.Msg
-		buf  []byte
-	)
-	flush := func() bool {
-		for {
-			msgs = st.out.Drain(msgs[:0], drainBytes)
-			if len(msgs) == 0 {
-				if cl.Catching() && f.s.hub.Pump(cl) {
-					continue // the replay is paced out as the stream drains
-				}
-				return true
-			}
-			buf = buf[:0]
-			for _, m := range msgs {
-				buf = appendEvent(buf, m)
-			}
-			n := len(msgs)
-			clear(msgs)
-			if !write(buf) {
-				return false
-			}
-			f.m.out("sse", n, len(buf))
-		}
-	}
-	if !write([]byte(sseHello)) {
+	if st.write([]byte(sseHello)) != nil {
 		return
 	}
 	t := time.NewTicker(f.cfg.Heartbeat)
@@ -334,19 +317,15 @@ func (f *front) serveSSE(w http.ResponseWriter, r *http.Request) {
 	for {
 		select {
 		case <-st.wake:
-			ok := flush()
-			st.out.Observe(false, 0) // writes are synchronous: never "blocked"
-			if !ok {
+			if st.ep.Flush() != nil {
 				return
 			}
 		case <-t.C:
-			if !write(sseKeepAlive) {
+			if st.write(sseKeepAlive) != nil {
 				return
 			}
 		case <-st.quit:
-			if st.code != session.CloseTryAgain {
-				flush()
-			}
+			_ = st.ep.Final()
 			return
 		case <-r.Context().Done():
 			return

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/agentbridge/agentbridge/session"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -178,7 +177,7 @@ func TestSSE(t *testing.T) {
 		}
 	})
 	t.Run("event framing", func(t *testing.T) {
-		b := string(appendEvent(nil, session.GapMsg(sid, 1, 2, "test")))
+		b := string(appendEvent(nil, wire.GapMsg(sid, 1, 2, "test")))
 		if !strings.HasPrefix(b, "event: bridge/gap\ndata: {") || strings.Contains(b, "id:") || !strings.HasSuffix(b, "}\n\n") {
 			t.Fatalf("gap event %q", b)
 		}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
 	"github.com/agentbridge/agentbridge/codec/ndjson"
-	"github.com/agentbridge/agentbridge/session"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -29,8 +28,8 @@ func (p *ndjsonProto) read(c *conn, buf []byte) (int, error) {
 		if err != nil {
 			if errors.Is(err, ndjson.ErrTooLarge) {
 				why := fmt.Sprintf("message exceeds the limit of %d bytes (--max-message); closing", c.srv.cfg.MaxMessage)
-				c.Send(wire.Own(append(jsonrpc.AppendError(nil, []byte("null"), &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: why}), '\n')), wire.Control)
-				return len(buf), &closeError{code: session.CloseTooBig, reason: why}
+				c.ep.Send(wire.Own(append(jsonrpc.AppendError(nil, []byte("null"), &jsonrpc.Error{Code: jsonrpc.CodeInvalidRequest, Message: why}), '\n')), wire.Control)
+				return len(buf), &closeError{code: wire.CloseTooBig, reason: why}
 			}
 			return used, err
 		}
@@ -42,10 +41,8 @@ func (p *ndjsonProto) read(c *conn, buf []byte) (int, error) {
 			continue
 		}
 		c.srv.cfg.Metrics.in("unix", len(line))
-		if c.admit(line, now) {
-			c.srv.hub.Handle(c.cl, line)
-		}
-		if c.closing.Load() {
+		c.ep.Input(line, now)
+		if c.closing() {
 			return len(buf), nil
 		}
 	}
@@ -54,4 +51,4 @@ func (p *ndjsonProto) read(c *conn, buf []byte) (int, error) {
 
 func (p *ndjsonProto) frame(m *wire.Msg) []byte { return m.Line() }
 
-func (p *ndjsonProto) farewell(session.CloseCode, string) []byte { return nil }
+func (p *ndjsonProto) farewell(wire.CloseReason, string) []byte { return nil }

@@ -82,10 +82,8 @@ func (p *wsProto) read(c *conn, buf []byte) (int, error) {
 			return used, nil
 		case ws.EventText:
 			p.f.m.in("ws", len(ev.Payload))
-			if c.admit(ev.Payload, now) {
-				p.f.s.hub.Handle(c.cl, ev.Payload)
-			}
-			if c.closing.Load() {
+			c.ep.Input(ev.Payload, now)
+			if c.closing() {
 				// What follows is left for readClosing: it may hold the
 				// peer's close frame.
 				return used, nil
@@ -118,16 +116,16 @@ func (p *wsProto) fail(c *conn, err error) error {
 func (p *wsProto) failWith(c *conn, code ws.CloseCode, reason string) error {
 	p.failCode, p.failReason = code, reason
 	p.f.m.protocolError(uint16(code))
-	p.f.s.log.Debug("websocket protocol error", "peer", c.peer, "code", int(code), "detail", reason)
-	return &closeError{code: session.ClosePolicy, reason: "ws " + strconv.Itoa(int(code)) + " " + code.String()}
+	p.f.s.log.Debug("websocket protocol error", "peer", c.ep.Peer(), "code", int(code), "detail", reason)
+	return &closeError{code: wire.CloseProtocol, reason: "ws " + strconv.Itoa(int(code)) + " " + code.String()}
 }
 
-// wsCloseCode is the RFC 6455 status code for a hub close reason.
-func wsCloseCode(code session.CloseCode) ws.CloseCode { return ws.CloseCode(code.WebSocket()) }
+// wsCloseCode is the RFC 6455 status code for a close reason.
+func wsCloseCode(code wire.CloseReason) ws.CloseCode { return ws.CloseCode(code.WebSocket()) }
 
 // farewell is our close frame: the echo of the peer's, the code of its
 // protocol error, or the hub's reason.
-func (p *wsProto) farewell(code session.CloseCode, reason string) []byte {
+func (p *wsProto) farewell(code wire.CloseReason, reason string) []byte {
 	p.sentClose = true
 	switch {
 	case p.peerClosed:

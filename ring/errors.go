@@ -15,6 +15,9 @@ var (
 	// ErrWouldEvict is returned by PushNoEvict when a data item would need
 	// an eviction (or a free slot) to fit. Nothing was queued.
 	ErrWouldEvict = errors.New("ring: would evict")
+	// ErrLagging is returned by PushUnder when the consumer is behind: the
+	// item was not queued, and the caller feeds it from elsewhere.
+	ErrLagging = errors.New("ring: consumer lagging")
 	// ErrBadConfig wraps every error from Config.Validate.
 	ErrBadConfig = errors.New("ring: bad config")
 )

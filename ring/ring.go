@@ -327,6 +327,34 @@ func (q *Queue[T]) PushNoEvict(v T, size int, c Class) (wasEmpty bool, err error
 	return wasEmpty, nil
 }
 
+// PushUnder queues a data item for a consumer that is fed from elsewhere
+// (its session log) when it lags: the item is refused with ErrLagging, and
+// nothing changes, when the queue is not empty and already holds more than
+// HighWater data bytes or more than maxItems entries, or when it would need
+// an eviction or finds no free slot. A refusal is not a loss: it is not
+// counted in Stats. Safe from any goroutine.
+func (q *Queue[T]) PushUnder(v T, size, maxItems int) (wasEmpty bool, err error) {
+	if size < 0 {
+		panic("ring: negative size")
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		q.stats.Lost[ReasonClosed]++
+		return false, ErrClosed
+	}
+	if q.n > 0 && (q.dataBytes > q.cfg.HighWater || q.n > maxItems) ||
+		q.n >= q.cfg.MaxItems-q.cfg.ControlSlots || size > q.cfg.MaxDataBytes-q.dataBytes {
+		return false, ErrLagging
+	}
+	wasEmpty = q.n == 0
+	q.append(Entry[T]{V: v, Size: size, Class: Data})
+	q.dataBytes += size
+	q.stats.Pushed++
+	q.updateLatch()
+	return wasEmpty, nil
+}
+
 // EvictData turns every queued live data entry into a tombstone (counted as
 // ReasonPurged) and returns how many it turned. A consumer that has just been
 // degraded calls it so the drainer skips the stale backlog (reporting it as

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/agentbridge/agentbridge/agent"
@@ -133,7 +134,12 @@ func (h *Hub) AgentMessage(gen uint64, msg []byte) {
 	h.agentMessages.Add(1)
 	hd, err := jsonrpc.Peek(msg)
 	if err != nil {
-		h.log.Warn("agent sent an invalid JSON-RPC message; dropped", "err", err, "bytes", len(msg), "head", head(msg))
+		// An agent spewing garbage makes one line a second, not one per line.
+		n := h.agentInvalid.Add(1)
+		if ok, held := h.invalidLog.allow(time.Now()); ok {
+			h.log.Warn("agent sent an invalid JSON-RPC message; dropped", "err", err, "bytes", len(msg), "head", head(msg),
+				"also_dropped_since_last_line", held, "dropped_total", n)
+		}
 		return
 	}
 	h.mu.Lock()
@@ -149,6 +155,50 @@ func (h *Hub) AgentMessage(gen uint64, msg []byte) {
 	default:
 		h.agentRequest(msg, hd)
 	}
+}
+
+// AgentDropped answers the call that a message the agent package dropped
+// for its size was the answer to (rawID, nil when its head showed none):
+// the client gets an error naming the size instead of waiting for ever.
+// Safe from any goroutine; called in order with AgentMessage.
+func (h *Hub) AgentDropped(gen uint64, rawID []byte, size int) {
+	if rawID == nil {
+		return
+	}
+	why := fmt.Sprintf("the agent's answer was %d bytes, over the limit (--max-message); it was dropped", size)
+	msg := jsonrpc.AppendError(nil, rawID, &jsonrpc.Error{Code: jsonrpc.CodeInternal, Message: why})
+	hd, err := jsonrpc.Peek(msg)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if gen != h.gen {
+		return
+	}
+	if id, ok := parseID(hd.ID); ok && h.calls[id] != nil {
+		h.agentResponse(msg, hd) // as if the agent had answered with this error
+	}
+}
+
+// everySecond lets through at most one log line a second and counts what
+// it held back. Safe from any goroutine.
+type everySecond struct {
+	mu   sync.Mutex
+	last time.Time
+	held int
+}
+
+func (e *everySecond) allow(now time.Time) (bool, int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if now.Sub(e.last) < time.Second {
+		e.held++
+		return false, 0
+	}
+	n := e.held
+	e.last, e.held = now, 0
+	return true, n
 }
 
 func head(b []byte) string {
@@ -344,7 +394,7 @@ func (h *Hub) retireRequest(ar *agentRequest, winner *Client) {
 		delete(h.resolved, h.resolvedQ[0])
 		h.resolvedQ = h.resolvedQ[1:]
 	}
-	m := notification("bridge/resolved", resolvedParams{SessionID: ar.sessionID, ID: ar.id})
+	m := wire.ResolvedMsg(ar.sessionID, ar.id)
 	cancel := h.cancelMsg(ar.id) // the request's own protocol tells the losers too
 	for cl := range ar.sentTo {
 		if cl != winner {

@@ -88,9 +88,9 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 			return
 		}
 		switch p.OnSlow {
-		case "", "degrade", "disconnect":
+		case "", "catchup", "degrade", "disconnect":
 		default:
-			h.replyError(cl, hd.ID, codeInvalidParams, fmt.Sprintf("bridge/hello: onSlow must be \"degrade\" or \"disconnect\", not %q", p.OnSlow))
+			h.replyError(cl, hd.ID, codeInvalidParams, fmt.Sprintf("bridge/hello: onSlow must be \"catchup\", \"degrade\" or \"disconnect\", not %q", p.OnSlow))
 			return
 		}
 		var rr *resumeResult
@@ -196,29 +196,35 @@ func (h *Hub) attach(cl *Client, id []byte, s *Session, since *uint64, last *int
 // in order) and, where the events they stand for would be, a bridge/gap for
 // every seq range the log does not hold: evicted from it, or never persisted
 // before a daemon restart. toEnd also covers the range after the last event
-// up to the session's seq. Precondition: h.mu held.
-func (h *Hub) sendReplay(cl *Client, s *Session, after uint64, replay []*wire.Msg, toEnd bool) {
+// up to the session's seq. It returns the last seq it covered (queued or
+// named by a gap), and whether it covered everything it was given; it
+// stops at the first event the connection refuses (it lags).
+// Precondition: h.mu held.
+func (h *Hub) sendReplay(cl *Client, s *Session, after uint64, replay []*wire.Msg, toEnd bool) (last uint64, all bool) {
 	oldest := s.log.oldest()
 	gap := func(from, to uint64) {
 		reason := "evicted from the replay log"
 		if s.restored && (oldest == 0 || to >= oldest) {
 			reason = "not persisted before the daemon stopped"
 		}
-		h.send(cl, GapMsg(s.ID, from, to, reason), wire.Control)
+		h.send(cl, wire.GapMsg(s.ID, from, to, reason), wire.Control)
 	}
 	next := after + 1
 	for _, m := range replay {
 		if m.Seq > next {
 			gap(next, m.Seq-1)
 		}
-		if queueEvent(cl, m) {
-			h.deliveries.Add(1)
+		if !h.queueEvent(cl, s, m) {
+			return m.Seq - 1, false
 		}
+		h.deliveries.Add(1)
 		next = m.Seq + 1
 	}
 	if toEnd && next <= s.seq {
 		gap(next, s.seq)
+		next = s.seq + 1
 	}
+	return next - 1, true
 }
 
 func (h *Hub) snapshot(cl *Client, s *Session) snapshotResult {

@@ -347,7 +347,7 @@ func (h *Hub) clientAnswer(cl *Client, msg []byte, hd jsonrpc.Header) {
 				// bridge sent it for this request: nothing to tell.
 				return
 			}
-			h.send(cl, notification("bridge/resolved", resolvedParams{SessionID: sid, ID: id}), wire.Control)
+			h.send(cl, wire.ResolvedMsg(sid, id), wire.Control)
 			return
 		}
 		h.replyError(cl, hd.ID, codeInvalidRequest, fmt.Sprintf("no agent request with id %s is awaiting an answer", hd.ID))

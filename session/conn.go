@@ -9,8 +9,12 @@ import (
 type Conn interface {
 	// Send queues m for delivery and returns at once. It reports false when
 	// a Control message could not be queued; the connection then closes
-	// itself (the control plane is never dropped silently). Data messages
-	// may be evicted or summarised by the connection's own policy.
+	// itself (the control plane is never dropped silently). For a Data
+	// message, false means the connection lags and chose to catch up
+	// (onSlow "catchup"): m was not queued, and the hub must stop pushing
+	// the session's events to it and feed it from the session log instead
+	// (Hub.Pump) from m's seq on. Otherwise data may be evicted or
+	// summarised by the connection's own policy.
 	Send(m *wire.Msg, c wire.Class) bool
 	// Close schedules the connection's close with a reason for the logs and
 	// the peer (WebSocket close code where it applies). It must not call
@@ -18,33 +22,18 @@ type Conn interface {
 	Close(code CloseCode, reason string)
 }
 
-// CloseCode classifies why the hub closes a connection; transports map it
-// to their own codes (WebSocket 1008/1009/1011/1013).
-type CloseCode uint8
+// CloseCode classifies why a connection is closed: wire.CloseReason, the
+// one close vocabulary (transports map it to their codes).
+type CloseCode = wire.CloseReason
 
+// The reasons the hub itself closes with; see wire.CloseReason.
 const (
-	ClosePolicy    CloseCode = iota + 1 // a rule was broken (WebSocket 1008)
-	CloseTooBig                         // a message over the size limit (1009)
-	CloseTryAgain                       // overloaded: resume later by cursor (1013)
-	CloseGoingAway                      // the daemon is stopping (1001)
-	CloseInternal                       // an internal error (1011)
+	ClosePolicy    = wire.ClosePolicy    // a rule was broken (WebSocket 1008)
+	CloseTooBig    = wire.CloseTooBig    // a message over the size limit (1009)
+	CloseTryAgain  = wire.CloseTryAgain  // overloaded: resume later by cursor (1013)
+	CloseGoingAway = wire.CloseGoingAway // the daemon is stopping (1001)
+	CloseInternal  = wire.CloseInternal  // an internal error (1011)
 )
-
-// WebSocket is the RFC 6455 status code a WebSocket transport closes with
-// for this reason.
-func (c CloseCode) WebSocket() uint16 {
-	switch c {
-	case ClosePolicy:
-		return 1008
-	case CloseTooBig:
-		return 1009
-	case CloseTryAgain:
-		return 1013
-	case CloseGoingAway:
-		return 1001
-	}
-	return 1011
-}
 
 // Agent is the agent process as the hub sees it (agent.Supervisor).
 type Agent interface {
@@ -56,7 +45,19 @@ type Agent interface {
 // Options are what a connection asked for with bridge/hello.
 type Options struct {
 	Envelope bool   // deliver data-plane events as bridge/event with seq
-	OnSlow   string // "degrade" or "disconnect"
+	OnSlow   string // "catchup", "degrade" or "disconnect"; "" for the role's default
+}
+
+// DefaultOnSlow is the onSlow policy of a connection whose client did not
+// choose one, decided here only (delivery.DefaultPolicy reads it):
+// viewers (dashboards) degrade, they want freshness; everyone else may be
+// the one a pending agent request waits for and must not miss an event,
+// so it catches up from the session log.
+func DefaultOnSlow(r auth.Role) string {
+	if r == auth.RoleViewer {
+		return "degrade"
+	}
+	return "catchup"
 }
 
 // ConnInfo describes a connection when it is registered.

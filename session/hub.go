@@ -14,10 +14,17 @@ import (
 
 // Config configures a Hub. Every field's zero value is usable.
 type Config struct {
-	// Replay is how many events each session keeps for replay. Zero means 10,000.
+	// Replay caps how many events each session keeps for replay and
+	// catch-up. Zero means no count limit (bytes bound the logs); negative
+	// keeps none.
 	Replay int
-	// ReplayBytes caps the bytes kept per session. Zero means 64 MiB.
+	// ReplayBytes caps the bytes kept per session (each event costs its
+	// bytes and about 100 more). Zero means 64 MiB.
 	ReplayBytes int
+	// ReplayMemory caps the bytes all session logs keep together; past it
+	// the oldest events of the largest logs go first. Zero means 64 MiB:
+	// one session holds a flood of 200,000 events of 200 bytes.
+	ReplayMemory int
 	// Recent is how many events bridge/snapshot returns. Zero means 50.
 	Recent int
 	// RequestTimeout bounds how long an agent request waits for a client's
@@ -72,11 +79,11 @@ type Journal interface {
 }
 
 func (c *Config) fill() {
-	if c.Replay == 0 {
-		c.Replay = 10000
-	}
 	if c.ReplayBytes == 0 {
 		c.ReplayBytes = 64 << 20
+	}
+	if c.ReplayMemory == 0 {
+		c.ReplayMemory = 64 << 20
 	}
 	if c.Recent == 0 {
 		c.Recent = 50
@@ -115,6 +122,8 @@ type Stats struct {
 	ClientMessages  uint64 // messages received from clients
 	AgentMessages   uint64 // messages received from the agent
 	Deliveries      uint64 // messages queued to connections (per recipient)
+	Lagged          uint64 // times a connection fell behind and was fed from the log instead
+	ReplayBytes     int    // what all session logs hold (--replay-memory bounds it)
 	Errors          uint64 // error responses the bridge produced itself
 	Denied          uint64 // role denials
 	AgentRestarts   uint64
@@ -133,7 +142,8 @@ type Hub struct {
 	cfg Config
 	log *slog.Logger
 
-	mu sync.Mutex // guards everything below
+	mu   sync.Mutex // guards everything below
+	logs logBudget  // what all session logs hold together
 	// agent
 	agent      Agent
 	agentUp    bool
@@ -165,7 +175,10 @@ type Hub struct {
 
 	clientMessages atomic.Uint64
 	agentMessages  atomic.Uint64
+	agentInvalid   atomic.Uint64 // agent messages dropped as invalid JSON-RPC
+	invalidLog     everySecond   // at most one log line a second for them
 	deliveries     atomic.Uint64
+	lagged         atomic.Uint64
 	errors         atomic.Uint64
 	denied         atomic.Uint64
 	restarts       atomic.Uint64
@@ -263,6 +276,7 @@ func New(cfg Config) *Hub {
 	return &Hub{
 		cfg:        cfg,
 		log:        cfg.Logger,
+		logs:       logBudget{max: cfg.ReplayMemory},
 		calls:      make(map[int64]*call),
 		requests:   make(map[int64]*agentRequest),
 		resolved:   make(map[int64]string),
@@ -287,11 +301,7 @@ func (h *Hub) Open(c Conn, info ConnInfo) *Client {
 	h.nextConnID++
 	// attached and owns are made on first use: idle connections stay small.
 	cl := &Client{ID: h.nextConnID, info: info, conn: c}
-	if info.Role == auth.RoleViewer {
-		cl.opts.OnSlow = "degrade"
-	} else {
-		cl.opts.OnSlow = "disconnect"
-	}
+	cl.opts.OnSlow = DefaultOnSlow(info.Role)
 	h.conns[cl.ID] = cl
 	if h.stopping {
 		c.Close(CloseGoingAway, "daemon is stopping")
@@ -370,11 +380,12 @@ func (h *Hub) setOwner(s *Session, cl *Client) {
 func (h *Hub) Stats() Stats {
 	h.mu.Lock()
 	st := Stats{Sessions: len(h.sessions), Connections: len(h.conns), PendingCalls: len(h.calls), PendingRequests: len(h.requests), AgentUp: h.agentUp, Resumable: len(h.parked),
-		SessionsEvicted: h.lim.evicted, CallsTimedOut: h.lim.timedOut}
+		SessionsEvicted: h.lim.evicted, CallsTimedOut: h.lim.timedOut, ReplayBytes: h.logs.used}
 	h.mu.Unlock()
 	st.ClientMessages = h.clientMessages.Load()
 	st.AgentMessages = h.agentMessages.Load()
 	st.Deliveries = h.deliveries.Load()
+	st.Lagged = h.lagged.Load()
 	st.Errors = h.errors.Load()
 	st.Denied = h.denied.Load()
 	st.AgentRestarts = h.restarts.Load()

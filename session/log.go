@@ -6,28 +6,43 @@ import (
 	"github.com/agentbridge/agentbridge/wire"
 )
 
-// eventLog keeps the last events of a session for replay, bounded in count
-// and bytes. Seqs ascend; a log restored from disk may have holes (events
-// that were never persisted), which attach reports as bridge/gap. Guarded
-// by the hub mutex.
+// eventLog keeps the last events of a session for replay and catch-up,
+// bounded in bytes (per session, and with every other log by the hub's
+// memory budget) and optionally in count. Seqs ascend; a log restored from
+// disk may have holes (events that were never persisted), which attach
+// reports as bridge/gap. Guarded by the hub mutex.
 type eventLog struct {
 	buf      []*wire.Msg // circular; len(buf) is the capacity once grown
 	head     int         // index of the oldest event
 	n        int
-	bytes    int
-	maxCount int
+	bytes    int // cost of the kept events (eventCost)
+	maxCount int // 0: no count limit
 	maxBytes int
+	budget   *logBudget // shared by every log of the hub
 }
 
-func newEventLog(maxCount, maxBytes int) *eventLog {
-	return &eventLog{maxCount: maxCount, maxBytes: maxBytes}
+// eventOverhead is what a kept event costs beside its bytes: the Msg
+// header and its slot, so a flood of tiny events is bounded too.
+const eventOverhead = 96
+
+func eventCost(m *wire.Msg) int { return m.Size() + eventOverhead }
+
+// logBudget is the memory every session log of a hub may hold together
+// (--replay-memory). Guarded by the hub mutex.
+type logBudget struct {
+	used, max int
+}
+
+func newEventLog(maxCount, maxBytes int, b *logBudget) *eventLog {
+	return &eventLog{maxCount: maxCount, maxBytes: maxBytes, budget: b}
 }
 
 func (l *eventLog) append(m *wire.Msg) {
-	if l.maxCount <= 0 {
+	if l.maxCount < 0 {
 		return
 	}
-	for l.n > 0 && (l.n >= l.maxCount || l.bytes+m.Size() > l.maxBytes) {
+	c := eventCost(m)
+	for l.n > 0 && ((l.maxCount > 0 && l.n >= l.maxCount) || l.bytes+c > l.maxBytes) {
 		l.dropOldest()
 	}
 	if l.n == len(l.buf) {
@@ -35,7 +50,10 @@ func (l *eventLog) append(m *wire.Msg) {
 	}
 	l.buf[(l.head+l.n)%len(l.buf)] = m
 	l.n++
-	l.bytes += m.Size()
+	l.bytes += c
+	if l.budget != nil {
+		l.budget.used += c
+	}
 }
 
 func (l *eventLog) grow() {
@@ -43,7 +61,7 @@ func (l *eventLog) grow() {
 	if size == 0 {
 		size = 16
 	}
-	if size > l.maxCount {
+	if l.maxCount > 0 && size > l.maxCount {
 		size = l.maxCount
 	}
 	nb := make([]*wire.Msg, size)
@@ -58,7 +76,62 @@ func (l *eventLog) dropOldest() {
 	l.buf[l.head] = nil
 	l.head = (l.head + 1) % len(l.buf)
 	l.n--
-	l.bytes -= m.Size()
+	c := eventCost(m)
+	l.bytes -= c
+	if l.budget != nil {
+		l.budget.used -= c
+	}
+	if l.n == 0 {
+		l.buf, l.head = nil, 0 // an emptied log gives its array back
+	} else if l.n < len(l.buf)/4 && len(l.buf) > 64 {
+		l.shrink()
+	}
+}
+
+// shrink halves the array of a log that lost most of its events to the
+// budget, so the memory it freed is really freed.
+func (l *eventLog) shrink() {
+	nb := make([]*wire.Msg, len(l.buf)/2)
+	for i := 0; i < l.n; i++ {
+		nb[i] = l.buf[(l.head+i)%len(l.buf)]
+	}
+	l.buf, l.head = nb, 0
+}
+
+// trimLogs enforces the hub's memory budget after an append: while the
+// logs together hold more than it, the oldest events of the largest log
+// go first, down to 1/64 under the budget so that the scan of the sessions
+// runs once per that much appended, not per event. Precondition: h.mu
+// held.
+func (h *Hub) trimLogs() {
+	b := &h.logs
+	if b.used <= b.max {
+		return
+	}
+	target := b.max - b.max/64
+	for b.used > target {
+		var big, second *eventLog
+		for _, s := range h.sessions {
+			switch l := s.log; {
+			case big == nil || l.bytes > big.bytes:
+				big, second = l, big
+			case second == nil || l.bytes > second.bytes:
+				second = l
+			}
+		}
+		if big == nil || big.n == 0 {
+			return
+		}
+		// Down to the next largest (or the target), then look again.
+		floor := 0
+		if second != nil {
+			floor = second.bytes
+		}
+		big.dropOldest()
+		for big.n > 0 && b.used > target && big.bytes >= floor {
+			big.dropOldest()
+		}
+	}
 }
 
 func (l *eventLog) at(i int) *wire.Msg { return l.buf[(l.head+i)%len(l.buf)] }

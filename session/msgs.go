@@ -36,35 +36,8 @@ func (h *Hub) replyResult(cl *Client, id []byte, result any) {
 	h.reply(cl, id, lineOf(jsonrpc.AppendResponse(nil, id, result)))
 }
 
-func notification(method string, params any) *wire.Msg {
-	return lineOf(jsonrpc.AppendNotification(nil, method, params))
-}
-
-type statusParams struct {
-	SessionID string `json:"sessionId,omitempty"`
-	Status    Status `json:"status"`
-}
-
 func (h *Hub) statusMsg(sessionID string, st Status) *wire.Msg {
-	return notification("bridge/status", statusParams{SessionID: sessionID, Status: st})
-}
-
-type resolvedParams struct {
-	SessionID string `json:"sessionId,omitempty"`
-	ID        int64  `json:"id"`
-}
-
-type gapParams struct {
-	SessionID string `json:"sessionId"`
-	FromSeq   uint64 `json:"fromSeq"`
-	ToSeq     uint64 `json:"toSeq"`
-	Reason    string `json:"reason"`
-}
-
-// GapMsg builds a bridge/gap notification; transports use it for events a
-// connection did not get.
-func GapMsg(sessionID string, from, to uint64, reason string) *wire.Msg {
-	return notification("bridge/gap", gapParams{SessionID: sessionID, FromSeq: from, ToSeq: to, Reason: reason})
+	return wire.StatusMsg(sessionID, string(st))
 }
 
 // parseID reads a bridge-assigned id (a JSON integer).

@@ -110,16 +110,27 @@ func (h *Hub) pumpSession(cl *Client, s *Session) bool {
 		return false
 	}
 	events := s.log.sinceN(cur, pumpEvents, pumpBytes)
-	h.sendReplay(cl, s, cur, events, len(events) == 0)
-	if len(events) > 0 {
-		cur = events[len(events)-1].Seq
+	last, all := h.sendReplay(cl, s, cur, events, len(events) == 0)
+	if all && last >= s.seq {
+		h.endCatchup(cl, s) // caught up: live delivery from the next event
+		return true
 	}
-	if len(events) == 0 || cur >= s.seq {
-		h.endCatchup(cl, s)
-	} else {
-		cl.catchup[s] = cur
+	cl.catchup[s] = last
+	return last > cur
+}
+
+// lag stops live delivery of s to cl, whose connection fell behind and
+// refused the event after `after` (onSlow catchup): from now on the pump
+// feeds it from the log, in order, at the pace its queue drains, and it
+// rejoins live delivery once it has caught up. Its cost while behind is
+// this cursor. Precondition: h.mu held.
+func (h *Hub) lag(cl *Client, s *Session, after uint64) {
+	if cl.catchup == nil {
+		cl.catchup = make(map[*Session]uint64)
 	}
-	return true
+	cl.catchup[s] = after
+	cl.catching.Store(true)
+	h.lagged.Add(1)
 }
 
 func (h *Hub) endCatchup(cl *Client, s *Session) {
@@ -129,16 +140,26 @@ func (h *Hub) endCatchup(cl *Client, s *Session) {
 	}
 }
 
-// queueEvent queues a data-plane event in the form cl asked for (enveloped
-// or not) and reports whether it did; callers count deliveries in bulk.
-// Precondition: h.mu held.
-func queueEvent(cl *Client, m *wire.Msg) bool {
+// queueEvent queues a data-plane event of s in the form cl asked for
+// (enveloped or not) and reports whether it did; callers count deliveries
+// in bulk. A connection that lags and catches up refuses the event: unless
+// s is already being paced out to it, it then starts catching up from that
+// event (lag). Precondition: h.mu held.
+func (h *Hub) queueEvent(cl *Client, s *Session, m *wire.Msg) bool {
 	if cl.closed {
 		return false
 	}
+	e := m
 	if cl.opts.Envelope {
-		m = m.Enveloped()
+		e = m.Enveloped()
 	}
-	cl.conn.Send(m, wire.Data)
-	return true
+	if cl.conn.Send(e, wire.Data) {
+		return true
+	}
+	if m.Seq != 0 {
+		if _, paced := cl.catchup[s]; !paced {
+			h.lag(cl, s, m.Seq-1)
+		}
+	}
+	return false
 }

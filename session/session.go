@@ -43,7 +43,7 @@ type Session struct {
 func (h *Hub) session(id string) *Session {
 	s := h.sessions[id]
 	if s == nil {
-		s = &Session{ID: id, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes), status: StatusIdle, gen: h.gen}
+		s = &Session{ID: id, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: StatusIdle, gen: h.gen}
 		h.sessions[id] = s
 		h.unclaimed(s) // journaled once a client claims it
 
@@ -63,7 +63,7 @@ func (h *Hub) Restore(sessions []store.Session) {
 		if h.sessions[rs.ID] != nil {
 			continue
 		}
-		s := &Session{ID: rs.ID, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes), status: StatusClosed, closed: true, restored: true, seq: rs.Seq}
+		s := &Session{ID: rs.ID, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: StatusClosed, closed: true, restored: true, seq: rs.Seq}
 		for _, e := range rs.Events {
 			if e.Seq > s.seq {
 				s.seq = e.Seq
@@ -73,6 +73,7 @@ func (h *Hub) Restore(sessions []store.Session) {
 			s.log.append(m)
 		}
 		h.sessions[s.ID] = s
+		h.trimLogs()
 	}
 }
 
@@ -152,17 +153,18 @@ func (h *Hub) publish(s *Session, m *wire.Msg) {
 	s.seq++
 	m.SessionID, m.Seq = s.ID, s.seq
 	s.log.append(m)
+	h.trimLogs()
 	if h.cfg.Journal != nil && s.journaled() {
 		h.cfg.Journal.Append(s.ID, s.seq, m.Body())
 	}
 	delivered := 0
 	for _, cl := range s.attached {
-		if cl.catchup != nil {
+		if len(cl.catchup) > 0 {
 			if _, ok := cl.catchup[s]; ok {
 				continue // the pump reads it from the log, in order
 			}
 		}
-		if queueEvent(cl, m) {
+		if h.queueEvent(cl, s, m) {
 			delivered++
 		}
 	}

@@ -14,7 +14,6 @@ import (
 
 	"github.com/agentbridge/agentbridge/codec/ws"
 	"github.com/agentbridge/agentbridge/delivery"
-	"github.com/agentbridge/agentbridge/session"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -23,52 +22,36 @@ const writeBatch = 256 << 10
 
 var pingFrame = ws.AppendFrame(nil, true, ws.OpPing, nil)
 
-// wsConn is one WebSocket connection over TLS, as the hub sees it.
+// wsConn is one WebSocket connection over TLS: the gws side of a
+// delivery.Endpoint. It gives the endpoint wake, frame and write (writes
+// are synchronous, bounded by WriteTimeout); the endpoint does the rest.
 type wsConn struct {
 	s    *Server
 	ws   *gws.Conn
 	raw  *guardConn
-	out  *delivery.Outbox
-	cl   *session.Client // set before the read loop starts
+	ep   *delivery.Endpoint
 	peer string
 
 	wake       chan struct{} // capacity 1: the outbox has something
-	quit       chan struct{} // closed by Close
+	quit       chan struct{} // closed by Shut
 	readerDone chan struct{} // closed when gws's read loop ends
 
-	closing     atomic.Bool
-	closeCode   session.CloseCode // written before quit is closed
-	wsCode      ws.CloseCode      // non-zero overrides the mapping of closeCode
-	closeReason string
+	wsCode atomic.Uint32 // non-zero overrides the close frame's code (set before Close)
 
 	// Owned by the read loop.
 	deadlineAt time.Time
-	lim        *delivery.Limiter
 
 	// Owned by the writer.
-	msgs []*wire.Msg
-	buf  []byte
+	buf []byte
 }
+
+var _ delivery.Transport = (*wsConn)(nil)
 
 func newWSConn(s *Server, socket *gws.Conn, raw *guardConn, peer string) *wsConn {
 	c := &wsConn{s: s, ws: socket, raw: raw, peer: peer,
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), readerDone: make(chan struct{})}
-	c.out = delivery.NewOutbox(s.cfg.Delivery, delivery.Hooks{
-		Wake: func() {
-			select {
-			case c.wake <- struct{}{}:
-			default:
-			}
-		},
-		Close: func(r delivery.CloseReason, detail string) {
-			s.log.Info("closing websocket", "peer", peer, "transport", Transport, "reason", detail, "class", r.String())
-			c.Close(session.CloseTryAgain, detail)
-		},
-		Metrics: outboxMetrics(s.cfg.OutboxMetrics, peer),
-	})
-	now := time.Now()
-	c.lim = delivery.NewLimiter(s.cfg.Rate, now)
-	c.extendReadDeadline(now)
+	c.ep = delivery.NewEndpoint(&s.epc, c, Transport, peer, outboxMetrics(s.cfg.OutboxMetrics, peer))
+	c.extendReadDeadline(time.Now())
 	return c
 }
 
@@ -79,91 +62,60 @@ func outboxMetrics(f func(string) delivery.Metrics, peer string) delivery.Metric
 	return f(peer)
 }
 
-// SetOptions applies what the client chose with bridge/hello; see
-// session.OptionsListener. Safe from any goroutine.
-func (c *wsConn) SetOptions(o session.Options) {
-	c.out.SetOptions(o)
+// Wake asks the writer to flush. Any goroutine.
+func (c *wsConn) Wake() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
 }
 
-var (
-	_ session.Conn            = (*wsConn)(nil)
-	_ session.OptionsListener = (*wsConn)(nil)
-)
+// Frame is the message's shared WebSocket frame: encoded once for every
+// recipient.
+func (c *wsConn) Frame(m *wire.Msg) []byte { return m.Frame() }
 
-// admit applies the input rate limit to one message, as the event loop
-// does: a refused request is answered -32004, a refused notification
-// dropped, answers to the agent always pass, a flood closes with 1008.
-// Read loop only.
-func (c *wsConn) admit(msg []byte, now time.Time) bool {
-	if c.lim == nil {
-		return true
+// Write writes whole frames in one TLS write. Writer only.
+func (c *wsConn) Write(frames [][]byte) error {
+	c.buf = c.buf[:0]
+	for _, f := range frames {
+		c.buf = append(c.buf, f...)
 	}
-	g := c.lim.Gate(now, msg)
-	if g.Pass {
-		return true
+	err := c.raw.writeFrames(c.buf, false)
+	if err != nil {
+		c.drop(err)
+		return err
 	}
-	if c.cl != nil {
-		// Read, though not routed: a resuming client must not resend it.
-		c.s.cfg.Hub.Refused(c.cl)
+	c.s.m.Out(Transport, len(frames), len(c.buf))
+	if cap(c.buf) > 4*writeBatch {
+		c.buf = nil
 	}
-	if g.Flood {
-		c.s.log.Info("closing websocket", "peer", c.peer, "transport", Transport, "reason", g.Reason)
-		c.s.m.Closed(Transport, "flood")
-		c.Close(session.ClosePolicy, g.Reason)
-		return false
-	}
-	if g.Reply != nil {
-		c.Send(g.Reply, wire.Control)
-	}
-	c.s.m.RateLimited(g.Kind)
-	if g.Log > 0 {
-		c.s.log.Info("rate limited: refusing input", "peer", c.peer, "transport", Transport, "refused", g.Log, "rate", c.lim.Rate().String())
-	}
-	return false
+	return nil
 }
 
-// Send queues m; see session.Conn. Safe from any goroutine.
-func (c *wsConn) Send(m *wire.Msg, cls wire.Class) bool {
-	if c.closing.Load() {
-		return cls == wire.Data
+// Backlog: writes are synchronous, so the writer is never "blocked" in the
+// loop's sense; a peer that stops reading fails the write at WriteTimeout.
+func (c *wsConn) Backlog() (int, bool) { return 0, false }
+
+// Shut wakes the writer to finish. Any goroutine; called once.
+func (c *wsConn) Shut() { close(c.quit) }
+
+// closeWith closes with a WebSocket code of the transport's own (a
+// protocol error) rather than the reason's.
+func (c *wsConn) closeWith(r wire.CloseReason, wsCode ws.CloseCode, reason string) {
+	if !c.ep.Closing() {
+		c.wsCode.Store(uint32(wsCode))
 	}
-	return c.out.Send(m, cls)
+	c.ep.Close(r, reason)
 }
-
-// Close schedules the close: the writer flushes what is queued (unless the
-// queue overflowed), sends a close frame and waits for the peer's. Safe from
-// any goroutine.
-func (c *wsConn) Close(code session.CloseCode, reason string) {
-	c.closeWith(code, 0, reason)
-}
-
-func (c *wsConn) closeWith(code session.CloseCode, wsCode ws.CloseCode, reason string) {
-	if !c.closing.CompareAndSwap(false, true) {
-		return
-	}
-	c.closeCode, c.wsCode, c.closeReason = code, wsCode, reason
-	close(c.quit)
-}
-
-// wsCloseCode is the RFC 6455 status code for a hub close reason.
-func wsCloseCode(code session.CloseCode) ws.CloseCode { return ws.CloseCode(code.WebSocket()) }
 
 // writeLoop is the connection's writer goroutine.
 func (c *wsConn) writeLoop() {
 	t := time.NewTicker(c.s.cfg.Heartbeat)
-	defer func() {
-		t.Stop()
-		c.out.Close()
-	}()
+	defer t.Stop()
 	for {
 		select {
 		case <-c.wake:
-			ok := c.flush()
-			// Writes here are synchronous, so the writer is never
-			// "blocked" in the loop's sense: a peer that stops reading
-			// fails the write at WriteTimeout instead.
-			c.out.Observe(false, 0)
-			if !ok {
+			if c.ep.Flush() != nil {
 				return
 			}
 		case <-t.C:
@@ -180,34 +132,6 @@ func (c *wsConn) writeLoop() {
 	}
 }
 
-// flush writes everything queued, in batches of whole frames. Each message
-// is the shared frame of wire.Msg: encoded once for every recipient.
-func (c *wsConn) flush() bool {
-	for {
-		c.msgs = c.out.Drain(c.msgs[:0], writeBatch)
-		if len(c.msgs) == 0 {
-			if cl := c.cl; cl != nil && cl.Catching() && c.s.cfg.Hub.Pump(cl) {
-				continue // the replay is paced out as the socket drains
-			}
-			return true
-		}
-		c.buf = c.buf[:0]
-		for _, m := range c.msgs {
-			c.buf = append(c.buf, m.Frame()...)
-		}
-		n := len(c.msgs)
-		clear(c.msgs)
-		if err := c.raw.writeFrames(c.buf, false); err != nil {
-			c.drop(err)
-			return false
-		}
-		c.s.m.Out(Transport, n, len(c.buf))
-		if cap(c.buf) > 4*writeBatch {
-			c.buf = nil
-		}
-	}
-}
-
 // drop closes a connection whose socket failed under the writer.
 func (c *wsConn) drop(err error) {
 	reason := "write failed"
@@ -215,23 +139,21 @@ func (c *wsConn) drop(err error) {
 		reason = "write timeout (peer not reading)"
 	}
 	c.s.log.Info("closing websocket", "peer", c.peer, "transport", Transport, "reason", reason, "err", err)
-	c.s.m.Closed(Transport, reason)
+	c.s.m.Closed(Transport, "write_failed")
 	_ = c.raw.Close()
 }
 
 // finish is our side of the close handshake, on the writer goroutine.
 func (c *wsConn) finish() {
-	if c.closeCode != session.CloseTryAgain {
-		if !c.flush() {
-			return
-		}
+	if c.ep.Final() != nil {
+		return
 	}
-	code := c.wsCode
+	r, detail := c.ep.Reason()
+	code := ws.CloseCode(c.wsCode.Load())
 	if code == 0 {
-		code = wsCloseCode(c.closeCode)
+		code = ws.CloseCode(r.WebSocket())
 	}
-	c.s.m.Closed(Transport, code.String())
-	if err := c.raw.writeFrames(ws.AppendClose(nil, code, c.closeReason), true); err != nil {
+	if err := c.raw.writeFrames(ws.AppendClose(nil, code, detail), true); err != nil {
 		_ = c.raw.Close()
 		return
 	}
@@ -278,9 +200,7 @@ func (h *handler) OnClose(socket *gws.Conn, err error) {
 		return
 	}
 	close(c.readerDone)
-	if c.cl != nil {
-		h.s.cfg.Hub.Closed(c.cl)
-	}
+	c.ep.Release()
 	h.s.untrack(c)
 	h.s.m.ClosedConn(Transport)
 	var ce *gws.CloseError
@@ -295,7 +215,7 @@ func (h *handler) OnClose(socket *gws.Conn, err error) {
 		if isProtocolCode(err, &code) {
 			h.s.m.ProtocolError(uint16(code))
 		}
-		h.s.log.Debug("websocket closed", "peer", c.peer, "err", err, "reason", c.closeReason)
+		h.s.log.Debug("websocket closed", "peer", c.peer, "err", err)
 	}
 }
 
@@ -331,20 +251,18 @@ func (h *handler) OnPong(socket *gws.Conn, _ []byte) {
 func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	defer msg.Close()
 	c := connOf(socket)
-	if c == nil || c.closing.Load() {
+	if c == nil || c.ep.Closing() {
 		return
 	}
 	now := time.Now()
 	c.extendReadDeadline(now)
 	if msg.Opcode != gws.OpcodeText {
-		c.closeWith(session.ClosePolicy, ws.CloseUnsupportedData, "binary messages are not accepted; send JSON-RPC as text frames")
+		c.closeWith(wire.ClosePolicy, ws.CloseUnsupportedData, "binary messages are not accepted; send JSON-RPC as text frames")
 		return
 	}
 	b := msg.Bytes()
 	h.s.m.In(Transport, len(b))
-	if c.admit(b, now) {
-		h.s.cfg.Hub.Handle(c.cl, b)
-	}
+	c.ep.Input(b, now)
 }
 
 // guardConn serialises writes to the TLS connection, a whole frame or batch

@@ -40,6 +40,7 @@ import (
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/delivery"
 	"github.com/agentbridge/agentbridge/session"
+	"github.com/agentbridge/agentbridge/wire"
 )
 
 // Front is the HTTP layer this listener shares with the event loop.
@@ -80,6 +81,9 @@ const Transport = "wss"
 type Config struct {
 	// Addr is the TCP address to listen on, host:port.
 	Addr string
+	// Listener, when set, is served instead of listening on Addr (the
+	// daemon binds it itself to apply its connection limits); Stop closes it.
+	Listener net.Listener
 	// CertFile and KeyFile are the PEM certificate chain and private key.
 	CertFile, KeyFile string
 	// Hub routes messages; required.
@@ -167,6 +171,8 @@ type Server struct {
 	lnMu sync.Mutex
 	ln   net.Listener
 
+	epc delivery.EndpointConfig // what every connection's endpoint shares
+
 	upMu      sync.Mutex
 	upgraders map[string]*gws.Upgrader // by selected subprotocol
 
@@ -193,6 +199,9 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, done: make(chan error, 1),
 		upgraders: make(map[string]*gws.Upgrader), conns: make(map[*wsConn]struct{})}
 	s.events = &handler{s: s}
+	s.epc = delivery.EndpointConfig{Hub: cfg.Hub, Outbox: cfg.Delivery, Rate: cfg.Rate, Logger: cfg.Logger,
+		Closed:      func(t string, r wire.CloseReason) { s.m.Closed(t, r.String()) },
+		RateLimited: s.m.RateLimited}
 	s.tlsConf = &tls.Config{
 		Certificates: []tls.Certificate{cert},
 		MinVersion:   tls.VersionTLS12,
@@ -215,9 +224,12 @@ func New(cfg Config) (*Server, error) {
 // Start listens on Config.Addr and serves in the background. It returns
 // once the socket is bound. Call it once, from any goroutine.
 func (s *Server) Start() error {
-	ln, err := net.Listen("tcp", s.cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", s.cfg.Addr, err)
+	ln := s.cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", s.cfg.Addr); err != nil {
+			return fmt.Errorf("listen %s: %w", s.cfg.Addr, err)
+		}
 	}
 	s.lnMu.Lock()
 	s.ln = ln
@@ -308,13 +320,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := newWSConn(s, socket, raw, r.RemoteAddr)
-	c.out.SetDefaultPolicy(delivery.DefaultPolicy(role))
 	socket.Session().Store(connKey, c)
 	s.track(c)
 	s.m.Opened(Transport)
 	// The client is registered before the writer starts, so the writer may
 	// read c.cl; what Open queues is written once the writer runs.
-	c.cl = s.cfg.Hub.Open(c, session.ConnInfo{Role: role, Transport: Transport, Peer: c.peer})
+	c.ep.Register(role, nil)
 	go c.writeLoop()
 	s.log.Debug("websocket open", "peer", c.peer, "transport", Transport, "role", role.String())
 	go socket.ReadLoop()

@@ -15,27 +15,23 @@ import (
 	"unicode/utf8"
 
 	"github.com/agentbridge/agentbridge/codec/ws"
+	"github.com/agentbridge/agentbridge/ring"
 )
 
-// Class says how a message may be treated under backpressure.
-type Class uint8
+// Class says how a message may be treated under backpressure. It is the
+// ring's class: one type from the router to the queue.
+type Class = ring.Class
 
 const (
 	// Control messages (responses, agent requests, bridge answers, errors,
 	// bridge/status, bridge/gap, bridge/resolved) are never dropped: a
 	// connection that cannot take them is closed.
-	Control Class = iota
-	// Data messages (agent notifications of the data plane) may be evicted
-	// or summarised for a slow connection.
-	Data
+	Control = ring.Control
+	// Data messages (agent notifications of the data plane) may be evicted,
+	// summarised, or read from the session log later by a lagging
+	// connection.
+	Data = ring.Data
 )
-
-func (c Class) String() string {
-	if c == Control {
-		return "control"
-	}
-	return "data"
-}
 
 // Msg is one JSON-RPC message shared by all its recipients.
 type Msg struct {

@@ -38,7 +38,7 @@ func TestDeps(t *testing.T) {
 		"ring":          {},
 		"breaker":       {},
 		"auth":          {},
-		"wire":          {"codec/ws"},
+		"wire":          {"codec/ws", "ring"},
 		"agent":         {"codec/ndjson", "codec/lsp"},
 		"session":       {"auth", "agent", "codec/jsonrpc", "wire", "store", "audit"},
 		// PTY bytes never reach a session's log or the agent: the terminal

@@ -34,15 +34,16 @@ import (
 type serveFlags struct {
 	uds, listen, tlsCert, tlsKey, tokens, config string
 	stateDir, auditFile                          string
-	logLevel, logFormat, framing                 config.Choice
+	logLevel, logFormat, framing, agentStdio     config.Choice
 	allowOrigin                                  config.List
 	allowUID                                     config.List
 	replay, replayBytes, maxMessage, queueItems  int
-	loops                                        int
+	replayMemory                                 int
+	loops, maxConns, maxConnsPerIP               int
 	pprof                                        string
 	queueBytes, controlBytes                     int
 	heartbeat, requestTimeout, grace, stateSync  time.Duration
-	summaryInterval                              time.Duration
+	summaryInterval, stallTimeout                time.Duration
 	maxInflight, maxSessions                     int           // hardening
 	callTimeout                                  time.Duration // hardening
 	rate                                         string
@@ -60,15 +61,19 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&f.tokens, "tokens", "", "tokens file: one `ROLE TOKEN` per line (default: generate a client token next to the socket)")
 	fs.Var(&f.allowOrigin, "allow-origin", "browser Origin allowed to open WebSockets (repeatable; * allows any)")
 	fs.Var(&f.allowUID, "allow-uid", "extra peer uid allowed on the Unix socket (repeatable)")
-	fs.IntVar(&f.replay, "replay", 10000, "events kept per session for replay")
+	fs.IntVar(&f.replay, "replay", 0, "events kept per session for replay and catch-up (0: no count limit; bytes bound the logs)")
 	fs.IntVar(&f.replayBytes, "replay-bytes", 64<<20, "bytes of events kept per session for replay")
+	fs.IntVar(&f.replayMemory, "replay-memory", 64<<20, "bytes all session logs keep together; past it the oldest events of the largest logs go first")
 	fs.StringVar(&f.stateDir, "state-dir", "", "directory persisting sessions and their events across restarts (\"\": memory only)")
 	fs.DurationVar(&f.stateSync, "state-sync", time.Second, "how often persisted events are fsynced (0: after every write)")
 	fs.StringVar(&f.auditFile, "audit", "", "append control-plane decisions to this file as JSON lines (mode 0600)")
 	f.framing = config.Choice{Value: "ndjson", Allowed: []string{"ndjson", "lsp"}}
 	fs.Var(&f.framing, "framing", "the agent's stdio framing: ndjson or lsp")
+	f.agentStdio = config.Choice{Value: "socket", Allowed: []string{"socket", "pipe"}}
+	fs.Var(&f.agentStdio, "agent-stdio", "the agent's stdin/stdout: socket (one socketpair end, served by the event loop) or pipe (for agents that need real pipes); stderr is always a pipe to the log")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "WebSocket ping interval; a peer silent for two intervals is dropped")
 	fs.DurationVar(&f.summaryInterval, "summary-interval", time.Second, "a degraded (slow) connection gets at most one bridge/summary per session per interval")
+	fs.DurationVar(&f.stallTimeout, "stall-timeout", 60*time.Second, "a connection that takes nothing for this long while something is due to it is closed (WebSocket 1013); its client resumes by cursor")
 	fs.StringVar(&f.rate, "rate", "off", "per-connection input limit, `MSGS/s,BYTES/s` (e.g. 200/s,4MiB/s; either part may be left out): over it requests get -32004 and notifications are dropped, 10x over for 3s closes the connection; off = no limit")
 	fs.StringVar(&f.terminal, "terminal", "", "serve a browser terminal at GET /terminal running this command (e.g. /bin/bash; words split on spaces) in the agent's directory and environment: client tokens type, operator tokens watch (\"\": off)")
 	fs.DurationVar(&f.terminalLinger, "terminal-linger", 5*time.Minute, "how long a terminal outlives its tab, waiting for the same token to re-attach")
@@ -80,6 +85,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.IntVar(&f.maxMessage, "max-message", 16<<20, "largest message accepted from a client or the agent, bytes")
 	fs.IntVar(&f.queueItems, "queue-items", 4096, "per-connection outbound queue: most messages")
 	fs.IntVar(&f.loops, "loops", 0, "event loops (0: half the CPUs, at least one: the agent and its reader need the rest)")
+	fs.IntVar(&f.maxConns, "max-conns", 0, "most client connections at once over all listeners; past it new ones are refused (0: the fd limit less a reserve of 1024, at least half the limit)")
+	fs.IntVar(&f.maxConnsPerIP, "max-conns-per-ip", 0, "most TCP connections from one IP address (0: no limit)")
 	fs.StringVar(&f.pprof, "pprof", "", "debugging: serve net/http/pprof on this address (e.g. 127.0.0.1:6060; keep it on loopback)")
 	fs.IntVar(&f.queueBytes, "queue-bytes", 1<<20, "per-connection outbound queue: data-plane bytes before eviction/degrade")
 	fs.IntVar(&f.controlBytes, "control-bytes", 4<<20, "per-connection outbound queue: control-plane bytes before the connection is closed")
@@ -149,10 +156,16 @@ func runServe(args []string) int {
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return fail("--tls-cert and --tls-key go together")
 	}
-	for name, v := range map[string]int{"--replay": f.replay, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes, "--max-inflight": f.maxInflight, "--max-sessions": f.maxSessions} {
+	if f.replay < 0 {
+		return fail("invalid --replay %d (0 means no count limit)", f.replay)
+	}
+	for name, v := range map[string]int{"--replay-memory": f.replayMemory, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes, "--max-inflight": f.maxInflight, "--max-sessions": f.maxSessions} {
 		if v <= 0 {
 			return fail("invalid %s %d (must be positive)", name, v)
 		}
+	}
+	if f.maxConns < 0 || f.maxConnsPerIP < 0 {
+		return fail("invalid --max-conns %d / --max-conns-per-ip %d (must be 0 or positive)", f.maxConns, f.maxConnsPerIP)
 	}
 	if f.loops < 0 {
 		return fail("invalid --loops %d (0 means half the CPUs)", f.loops)
@@ -165,6 +178,9 @@ func runServe(args []string) int {
 	}
 	if f.summaryInterval <= 0 {
 		return fail("invalid --summary-interval %s (must be positive)", f.summaryInterval)
+	}
+	if f.stallTimeout <= 0 {
+		return fail("invalid --stall-timeout %s (must be positive)", f.stallTimeout)
 	}
 	rate, err := delivery.ParseRate(f.rate)
 	if err != nil {
@@ -220,7 +236,7 @@ func runServe(args []string) int {
 		return fail("%v", err)
 	}
 
-	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, RequestTimeout: f.requestTimeout, Version: version, Logger: log,
+	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, ReplayMemory: f.replayMemory, RequestTimeout: f.requestTimeout, Version: version, Logger: log,
 		MaxInflight: f.maxInflight, MaxSessions: f.maxSessions, CallTimeout: f.callTimeout}
 	var auditLog *audit.Log
 	if f.auditFile != "" {
@@ -271,16 +287,18 @@ func runServe(args []string) int {
 		go func() { _ = http.Serve(ln, nil) }() // net/http/pprof registers on the default mux
 		log.Info("pprof serving", "addr", ln.Addr().String())
 	}
+	fdLimit := raiseFDLimit(log)
+	maxConns := f.maxConns
+	if maxConns == 0 {
+		maxConns = defaultMaxConns(fdLimit)
+	} else if fdLimit > 0 && maxConns > fdLimit-64 {
+		log.Warn("--max-conns is above what the fd limit allows; accept will fail first (and back off)", "max_conns", maxConns, "fd_limit", fdLimit)
+	}
 	hub := session.New(hcfg)
 	if st != nil {
 		hub.Restore(recovered)
 		log.Info("state restored", "dir", f.stateDir, "sessions", len(recovered))
 	}
-	sup, err := agent.New(agent.Config{Command: cmd, Framing: framing, MaxMessage: f.maxMessage, Grace: f.grace, Logger: log.With("src", "agent")}, hub)
-	if err != nil {
-		return fail("%v", err)
-	}
-	hub.SetAgent(sup)
 	term, err := newTerminal(f, auditLog, log)
 	if err != nil {
 		return fail("%v", err)
@@ -292,9 +310,10 @@ func runServe(args []string) int {
 	exportStats(metrics, st, auditLog)
 	srv, err := loop.New(loop.Config{
 		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
-		Queue:     ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
-		Loops:     loops,
-		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval},
+		Queue:    ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
+		Loops:    loops,
+		MaxConns: maxConns, MaxConnsPerIP: f.maxConnsPerIP,
+		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval, StallTimeout: f.stallTimeout},
 		Rate:      rate,
 		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
 		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey, Terminal: term},
@@ -306,6 +325,18 @@ func runServe(args []string) int {
 	// the daemon the moment its socket appears.
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	acfg := agent.Config{Command: cmd, Framing: framing, MaxMessage: f.maxMessage, Grace: f.grace, Logger: log.With("src", "agent")}
+	if acfg.Stdio, err = agent.ParseStdio(f.agentStdio.Value); err != nil {
+		return fail("%v", err)
+	}
+	if acfg.Stdio == agent.StdioSocket {
+		acfg.Attach = srv // the agent's stdio is a connection of the event loop
+	}
+	sup, err := agent.New(acfg, hub)
+	if err != nil {
+		return fail("%v", err)
+	}
+	hub.SetAgent(sup)
 	// The agent starts first, so a client connecting the moment the socket
 	// appears finds it running (not "restarting").
 	if err := sup.Start(); err != nil {
@@ -339,6 +370,7 @@ func runServe(args []string) int {
 	if tokenFile != "" {
 		attrs = append(attrs, "token_file", tokenFile)
 	}
+	attrs = append(attrs, "max_conns", maxConns, "fd_limit", fdLimit)
 	log.Info("agentbridge serving", attrs...)
 
 	var reason string
@@ -361,15 +393,18 @@ func runServe(args []string) int {
 	for srv.Connections() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := srv.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		log.Warn("engine stop", "err", err)
-	}
+	// The agent stops before the engine: with --agent-stdio socket its
+	// stdio is a connection of the engine, and what it writes while it
+	// stops is still read.
 	actx, acancel := context.WithTimeout(context.Background(), 3*f.grace)
 	defer acancel()
 	if err := sup.Stop(actx); err != nil {
 		log.Warn("agent stop", "err", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := srv.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Warn("engine stop", "err", err)
 	}
 	if tokenFile != "" {
 		if err := auth.RemoveTokenFile(tokenFile, token); err != nil {
@@ -438,4 +473,37 @@ func exportStats(m *loop.Metrics, st *store.Store, a *audit.Log) {
 	if a != nil {
 		m.CounterFunc("agentbridge_audit_dropped_total", "Audit records dropped (the audit queue was full or the log was closing).", func() float64 { return float64(a.Dropped()) })
 	}
+}
+
+// raiseFDLimit raises RLIMIT_NOFILE's soft limit to its hard limit (each
+// connection is a descriptor) and returns the limit in force, 0 if unknown.
+func raiseFDLimit(log *slog.Logger) int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		log.Warn("cannot read the fd limit", "err", err)
+		return 0
+	}
+	if rl.Cur < rl.Max {
+		want := rl
+		want.Cur = rl.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+			log.Warn("cannot raise the fd limit", "soft", rl.Cur, "hard", rl.Max, "err", err)
+		} else {
+			rl = want
+		}
+	}
+	if rl.Cur > 1<<30 {
+		return 1 << 30
+	}
+	return int(rl.Cur)
+}
+
+// defaultMaxConns leaves about 1024 descriptors of the limit for the agent,
+// files, the store and gnet's transient dup of each new connection; with a
+// small limit, half of it.
+func defaultMaxConns(fdLimit int) int {
+	if fdLimit <= 0 {
+		return 0
+	}
+	return max(fdLimit-1024, fdLimit/2)
 }

@@ -174,7 +174,8 @@ type bpPeer struct {
 	// once the session is known.
 	prefix atomic.Pointer[[]byte]
 
-	mode    atomic.Int32 // peerFast, peerPaced, peerPaused
+	mode    atomic.Int32 // peerFast, peerPaced, peerPaused, peerRated
+	rate    atomic.Int64 // peerRated: messages per second
 	resume  chan struct{}
 	next    atomic.Uint64 // the next seq the stream must account for
 	events  atomic.Int64
@@ -201,6 +202,7 @@ const (
 	peerFast int32 = iota
 	peerPaced
 	peerPaused
+	peerRated // reads at most rate messages a second
 )
 
 type bpGap struct {
@@ -286,6 +288,10 @@ func (p *bpPeer) fail(format string, a ...any) {
 
 func (p *bpPeer) readLoop() {
 	defer close(p.ended)
+	var (
+		rateStart time.Time
+		rateRead  int64
+	)
 	for {
 		switch p.mode.Load() {
 		case peerPaused:
@@ -293,6 +299,15 @@ func (p *bpPeer) readLoop() {
 			continue
 		case peerPaced:
 			time.Sleep(100 * time.Millisecond) // a reader that takes ~10 messages/s
+		case peerRated:
+			if rateStart.IsZero() {
+				rateStart = time.Now()
+			}
+			rateRead++
+			// Sleep off whatever this reader is ahead of its rate.
+			if ahead := time.Duration(rateRead)*time.Second/time.Duration(p.rate.Load()) - time.Since(rateStart); ahead > time.Millisecond {
+				time.Sleep(ahead)
+			}
 		}
 		line, err := p.nextMsg()
 		if err != nil {
@@ -627,7 +642,7 @@ func TestBackpressureGarbageNetwork(t *testing.T) {
 
 	proxy := newStallProxy(t, d.sock)
 	half := bpDial(t, proxy.path, "half-open", 1<<16).start()
-	half.attach(sid, "") // a client: onSlow defaults to disconnect
+	half.attach(sid, "disconnect") // a client's default is catchup; TestStall covers that
 	half.send("half-req", "echo", map[string]any{})
 	bpWait(t, 10*time.Second, "half-open's echo answered", func() bool { _, ok := half.response("half-req"); return ok })
 	proxy.stalled.Store(true)
@@ -705,8 +720,8 @@ func TestBackpressureGarbageNetwork(t *testing.T) {
 		t.Fatalf("no summaries or degraded skips counted")
 	}
 
-	// The half-open peer chose no policy, so as a client it is
-	// disconnected, not degraded: the daemon closed it and counted why.
+	// The half-open peer chose onSlow disconnect, so it is disconnected,
+	// not degraded: the daemon closed it and counted why.
 	bpWait(t, 30*time.Second, "the half-open peer's close", func() bool {
 		return d.metric(t, `agentbridge_backpressure_closes_total{reason="slow_consumer"}`) >= 1
 	})
@@ -945,7 +960,7 @@ func TestBackpressureWebSocket(t *testing.T) {
 	own.call("detach", "bridge/detach", map[string]any{"sessionId": sid})
 
 	cl := bpDialWS(t, d.listen, e2eClientToken, "ws-client").start()
-	cl.attach(sid, "")
+	cl.attach(sid, "disconnect")
 	cl.setMode(peerPaused)
 	vw := bpDialWS(t, d.listen, e2eViewerToken, "ws-viewer").start()
 	vw.attach(sid, "")
@@ -990,5 +1005,74 @@ func TestBackpressureWebSocket(t *testing.T) {
 	gaps, sums, _ := vw.snapshot()
 	if len(gaps) == 0 || len(sums) == 0 {
 		t.Fatalf("viewer: %d gaps, %d summaries", len(gaps), len(sums))
+	}
+}
+
+// TestCatchupHalfSpeedOwner: an owner (a client, onSlow left to its
+// default, catchup) that reads at half the speed the agent writes gets all
+// of a 200,000-event flood of ~200-byte events, in order, with no gap, no
+// summary and no disconnect: once behind it is fed from the session log at
+// its own pace, and the default --replay-memory holds the whole flood.
+func TestCatchupHalfSpeedOwner(t *testing.T) {
+	const (
+		calib = 20000
+		flood = 200000
+	)
+	d := bpDaemon(t, fakeAgentCmd()...)
+	own := bpDial(t, d.sock, "owner", 1<<16).start()
+	hello := own.call("hello", "bridge/hello", map[string]any{"envelope": true})
+	if !bytes.Contains(hello, []byte(`"onSlow":"catchup"`)) {
+		t.Fatalf("hello: %s; a client's default onSlow must be catchup", hello)
+	}
+	own.call("init", "initialize", map[string]any{})
+	var nw struct {
+		SessionID string `json:"sessionId"`
+	}
+	if err := json.Unmarshal(own.call("new", "session/new", map[string]any{}), &nw); err != nil || nw.SessionID == "" {
+		t.Fatalf("session/new: %v", err)
+	}
+	sid := nw.SessionID
+	own.watch(sid)
+
+	// The agent's speed: a flood read by this same reader at full speed.
+	start := time.Now()
+	own.send("calib", "stream", map[string]any{"sessionId": sid, "n": calib, "size": 0, "every": 1000})
+	bpWait(t, time.Minute, "the calibration flood", func() bool { return own.next.Load() > calib })
+	rate := int64(float64(calib) / time.Since(start).Seconds())
+	bpWait(t, 10*time.Second, "the calibration answered", func() bool { _, ok := own.response("calib"); return ok })
+
+	own.rate.Store(max(rate/2, 1000))
+	own.setMode(peerRated)
+	t.Logf("agent and reader at full speed: %d events/s; the owner now reads %d events/s", rate, own.rate.Load())
+	start = time.Now()
+	own.send("flood", "stream", map[string]any{"sessionId": sid, "n": flood, "size": 0, "every": 1000})
+	deadline := time.Now().Add(4 * time.Minute)
+	for own.next.Load() <= calib+flood {
+		own.check()
+		if _, _, rerr := own.snapshot(); rerr != nil {
+			t.Fatalf("the owner's stream ended at seq %d: %v", own.next.Load()-1, rerr)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the owner read only up to seq %d of %d", own.next.Load()-1, calib+flood)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	own.check()
+	gaps, sums, rerr := own.snapshot()
+	if len(gaps) > 0 || len(sums) > 0 || rerr != nil {
+		t.Fatalf("owner: gaps %v, summaries %v, read error %v", gaps, sums, rerr)
+	}
+	if got := own.events.Load(); got != calib+flood {
+		t.Fatalf("owner got %d events, want %d", got, calib+flood)
+	}
+	if n := d.metric(t, "agentbridge_hub_lagged_total"); n < 1 {
+		t.Fatalf("the owner never fell behind (agentbridge_hub_lagged_total %v): the test proves nothing", n)
+	}
+	t.Logf("flood read in %v at half speed; fell behind %v times", time.Since(start).Round(time.Millisecond), d.metric(t, "agentbridge_hub_lagged_total"))
+	// Still connected and live: a request is answered.
+	own.setMode(peerFast)
+	own.call("after", "echo", map[string]any{})
+	if n := d.metric(t, "agentbridge_closes_total"); n != 0 {
+		t.Fatalf("the daemon closed %v connections", n)
 	}
 }

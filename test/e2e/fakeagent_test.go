@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -81,6 +82,17 @@ func fakeAgent() {
 				time.Sleep(time.Duration(ms) * time.Millisecond)
 				reply(p)
 			}()
+		case "huge": // an answer of about size bytes
+			size, _ := p["size"].(float64)
+			reply(map[string]any{"pad": strings.Repeat("x", int(size))})
+		case "garbage": // n lines that are not JSON-RPC, then the answer
+			n, _ := p["n"].(float64)
+			mu.Lock()
+			for i := 0; i < int(n); i++ {
+				fmt.Fprintf(out, "garbage line %d\n", i)
+			}
+			mu.Unlock()
+			reply(map[string]any{"sent": int(n)})
 		case "crash":
 			os.Exit(3)
 		case "stall":

@@ -1,0 +1,322 @@
+package delivery
+
+import (
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/agentbridge/agentbridge/auth"
+	"github.com/agentbridge/agentbridge/session"
+	"github.com/agentbridge/agentbridge/wire"
+)
+
+// Transport is what a transport gives an Endpoint: a way to be woken, the
+// framing of a message, and a write. Everything else about a connection
+// (queueing, policy, admission, replay pacing, closing) is the Endpoint's.
+type Transport interface {
+	// Wake asks the transport's writer to call Endpoint.Flush soon. Any
+	// goroutine; it must not block nor call back into the Endpoint (it may
+	// run under the Outbox's locks).
+	Wake()
+	// Frame returns the bytes that carry m on this transport. They must
+	// stay valid until the Write that takes them returns. Writer only.
+	Frame(m *wire.Msg) []byte
+	// Write writes frames, whole and in order. An error means the socket
+	// failed; the transport closes it by itself. Writer only.
+	Write(frames [][]byte) error
+	// Backlog is how many written bytes the transport still holds for the
+	// peer, and whether that is over its high watermark (stop draining:
+	// the peer is not keeping up; the transport wakes the writer again
+	// later). A transport whose writes are synchronous returns 0, false.
+	// Writer only.
+	Backlog() (n int, over bool)
+	// Shut asks the transport to close: on its writer it then calls
+	// Endpoint.Final, writes its farewell for Endpoint.Reason and closes
+	// the socket. Called once, from any goroutine; it must not block.
+	Shut()
+}
+
+// EndpointConfig is shared by every Endpoint of a listener; it is read,
+// never written, once the first Endpoint exists.
+type EndpointConfig struct {
+	// Hub routes what the connection sends and feeds it.
+	Hub *session.Hub
+	// Outbox configures each connection's queue and slow-consumer policy.
+	Outbox Config
+	// Rate limits each connection's input; the zero Rate means no limit.
+	Rate Rate
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// Closed counts a close the bridge initiated (agentbridge_closes_total
+	// {transport, reason}); nil means none. Any goroutine.
+	Closed func(transport string, r wire.CloseReason)
+	// RateLimited counts a refused input message by kind ("request" or
+	// "notification"); nil means none. Reader only.
+	RateLimited func(kind string)
+}
+
+// maxIOV bounds the frames of one Write (the kernel's IOV_MAX is 1024).
+const maxIOV = 512
+
+// flushBytes is how much one pass of Flush takes from the queue: also the
+// most a transport holds for a peer that stopped reading, since no pass
+// starts while it holds anything.
+const flushBytes = 64 << 10
+
+// Endpoint is one client connection (or one stream of a connection that
+// multiplexes several, such as Streamable HTTP) as the hub sees it: it
+// implements session.Conn. Every transport (gnet Unix socket and
+// WebSocket, TLS WebSocket, SSE) owns one Endpoint per stream and feeds it
+// only wake, frame and write (Transport); the Endpoint owns the Outbox
+// (queue and onSlow policy), the role's default policy, input admission,
+// the drain-and-pump loop that paces replay and catch-up from the session
+// log, and the close reason.
+//
+// Send, Close, SetOptions and Closing are safe from any goroutine. Input
+// and Admit belong to the goroutine that reads the connection (the
+// reader); Flush, Final and Observe to the one that writes it (the writer;
+// on gnet both are the connection's event loop).
+type Endpoint struct {
+	cfg       *EndpointConfig
+	t         Transport
+	out       *Outbox
+	transport atomic.Pointer[string] // label for logs and metrics: "unix", "ws", "wss", "sse"
+	peer      string
+
+	cl      atomic.Pointer[session.Client] // set by Register
+	closing atomic.Bool
+	reason  wire.CloseReason // written before closing is set... by Close, read by the writer after Shut
+	detail  string
+
+	// Owned by the reader.
+	lim *Limiter
+
+	// Owned by the writer.
+	msgs   []*wire.Msg
+	frames [][]byte
+}
+
+var (
+	_ session.Conn            = (*Endpoint)(nil)
+	_ session.OptionsListener = (*Endpoint)(nil)
+)
+
+// NewEndpoint makes the endpoint of one connection speaking transport
+// (the label of logs and metrics) with peer (its address or uid). The
+// connection is not known to the hub until Register. m receives the
+// outbox's counters (nil for none).
+func NewEndpoint(cfg *EndpointConfig, t Transport, transport, peer string, m Metrics) *Endpoint {
+	e := &Endpoint{cfg: cfg, t: t, peer: peer}
+	e.transport.Store(&transport)
+	e.out = NewOutbox(cfg.Outbox, Hooks{
+		Wake:    t.Wake,
+		Close:   func(r wire.CloseReason, detail string) { e.Close(r, detail) },
+		Metrics: m,
+	})
+	if !cfg.Rate.Unlimited() {
+		e.lim = NewLimiter(cfg.Rate, time.Now())
+	}
+	return e
+}
+
+func (e *Endpoint) log() *slog.Logger {
+	if e.cfg.Logger != nil {
+		return e.cfg.Logger
+	}
+	return slog.Default()
+}
+
+// SetTransport renames the endpoint's transport label (an HTTP connection
+// that became a WebSocket or an SSE stream). Before Register; any goroutine.
+func (e *Endpoint) SetTransport(name string) { e.transport.Store(&name) }
+
+// Transport is the endpoint's transport label. Any goroutine.
+func (e *Endpoint) Transport() string { return *e.transport.Load() }
+
+// Peer is the connection's peer, as given to NewEndpoint.
+func (e *Endpoint) Peer() string { return e.peer }
+
+// Register opens the connection with the hub in role r and applies the
+// role's default onSlow policy (DefaultPolicy, unless the client already
+// chose one). via, when not nil, is what the hub sends to instead of the
+// endpoint itself (a wrapper that must see every message first; it passes
+// them on to the endpoint). Call it once, from the reader, before Input.
+func (e *Endpoint) Register(r auth.Role, via session.Conn) *session.Client {
+	e.out.SetDefaultPolicy(DefaultPolicy(r))
+	if via == nil {
+		via = e
+	}
+	cl := e.cfg.Hub.Open(via, session.ConnInfo{Role: r, Transport: e.Transport(), Peer: e.peer})
+	e.cl.Store(cl)
+	return cl
+}
+
+// Client is the hub's client of this connection, nil before Register.
+func (e *Endpoint) Client() *session.Client { return e.cl.Load() }
+
+// Outbox is the endpoint's queue, for metrics and tests.
+func (e *Endpoint) Outbox() *Outbox { return e.out }
+
+// Send queues m; see session.Conn. Safe from any goroutine.
+func (e *Endpoint) Send(m *wire.Msg, cls wire.Class) bool {
+	if e.closing.Load() {
+		return cls == wire.Data
+	}
+	return e.out.Send(m, cls)
+}
+
+// SetOptions applies what the client chose with bridge/hello (its onSlow
+// policy); see session.OptionsListener. Safe from any goroutine.
+func (e *Endpoint) SetOptions(o session.Options) { e.out.SetOptions(o) }
+
+// Close schedules the connection's close for reason r: unless r is an
+// overload (whose backlog the client replays by cursor), what is queued is
+// written first, then the transport's farewell. It logs and counts the
+// close once. Safe from any goroutine; only the first call counts.
+func (e *Endpoint) Close(r wire.CloseReason, detail string) {
+	if !e.closing.CompareAndSwap(false, true) {
+		return
+	}
+	e.reason, e.detail = r, detail
+	switch r {
+	case wire.CloseGoingAway, wire.ClosePolicy, wire.CloseIdle:
+		// Ordinary ends (the peer left, a refused HTTP request, a
+		// shutdown): not worth a line at info.
+		e.log().Debug("closing connection", "peer", e.peer, "transport", e.Transport(), "reason", r.String(), "detail", detail)
+	default:
+		e.log().Info("closing connection", "peer", e.peer, "transport", e.Transport(), "reason", r.String(), "detail", detail)
+	}
+	if e.cfg.Closed != nil {
+		e.cfg.Closed(e.Transport(), r)
+	}
+	e.t.Shut()
+}
+
+// Closing reports whether Close was called. Safe from any goroutine.
+func (e *Endpoint) Closing() bool { return e.closing.Load() }
+
+// Reason is why the connection is closing, once Closing reports true.
+// Writer only (after Shut).
+func (e *Endpoint) Reason() (wire.CloseReason, string) { return e.reason, e.detail }
+
+// Input admits one complete message (borrowed) under the input rate limit
+// and hands it to the hub. Reader only, after Register.
+func (e *Endpoint) Input(msg []byte, now time.Time) {
+	if e.Admit(msg, now) {
+		e.cfg.Hub.Handle(e.cl.Load(), msg)
+	}
+}
+
+// Admit applies the input rate limit to one complete message (borrowed)
+// and reports whether to route it. A refused request is answered -32004
+// with its own id; a refused notification is dropped; answers to the
+// agent's requests are never refused (the agent is waiting on them); a
+// connection that keeps flooding is closed (CloseFlood, 1008). Reader only.
+func (e *Endpoint) Admit(msg []byte, now time.Time) bool {
+	if e.lim == nil {
+		return true
+	}
+	g := e.lim.Gate(now, msg)
+	if g.Pass {
+		return true
+	}
+	if cl := e.cl.Load(); cl != nil {
+		// Read, though not routed: a resuming client must not resend it.
+		e.cfg.Hub.Refused(cl)
+	}
+	if g.Flood {
+		e.Close(wire.CloseFlood, g.Reason)
+		return false
+	}
+	if g.Reply != nil {
+		e.Send(g.Reply, wire.Control)
+	}
+	if e.cfg.RateLimited != nil {
+		e.cfg.RateLimited(g.Kind)
+	}
+	if g.Log > 0 {
+		e.log().Info("rate limited: refusing input", "peer", e.peer, "transport", e.Transport(), "refused", g.Log, "rate", e.lim.Rate().String())
+	}
+	return false
+}
+
+// Flush writes what is queued while the transport takes it: the queue,
+// then the next chunk of every replay or catch-up being paced out of the
+// session log (Hub.Pump) whenever the queue is empty. It stops when
+// there is nothing left or the transport's backlog is over its watermark,
+// and records the attempt for the consumer's health (Outbox.Observe). It
+// returns the transport's write error. Writer only.
+func (e *Endpoint) Flush() error {
+	blocked, err := e.flush(false)
+	n, _ := e.t.Backlog()
+	e.out.Observe(blocked, n)
+	return err
+}
+
+// Final is the flush before a close: everything queued regardless of the
+// transport's watermark, unless the close is an overload (the client
+// resumes by cursor, and its backlog may be what overloaded it). Replays
+// are not pumped. Writer only.
+func (e *Endpoint) Final() error {
+	if e.reason.Overload() {
+		return nil
+	}
+	_, err := e.flush(true)
+	return err
+}
+
+func (e *Endpoint) flush(force bool) (blocked bool, err error) {
+	cl := e.cl.Load()
+	for {
+		if !force {
+			if _, over := e.t.Backlog(); over {
+				return true, nil
+			}
+		}
+		e.msgs = e.out.Drain(e.msgs[:0], flushBytes)
+		if len(e.msgs) == 0 {
+			if !force && cl != nil && cl.Catching() && e.cfg.Hub.Pump(cl) {
+				continue
+			}
+			return false, nil
+		}
+		for start := 0; start < len(e.msgs); start += maxIOV {
+			end := min(start+maxIOV, len(e.msgs))
+			e.frames = e.frames[:0]
+			for _, m := range e.msgs[start:end] {
+				e.frames = append(e.frames, e.t.Frame(m))
+			}
+			err = e.t.Write(e.frames)
+			clear(e.frames)
+			if err != nil {
+				clear(e.msgs)
+				return false, err
+			}
+		}
+		clear(e.msgs)
+	}
+}
+
+// Release unregisters the connection from the hub and frees its queue.
+// Call it once the socket is closed. Any goroutine; idempotent with
+// respect to the queue.
+func (e *Endpoint) Release() {
+	e.closing.Store(true)
+	if cl := e.cl.Load(); cl != nil {
+		e.cfg.Hub.Closed(cl)
+	}
+	e.out.Close()
+}
+
+// Discard drops what is queued without writing it (a refused stream whose
+// HTTP refusal must not be followed by what the hub queued meanwhile).
+// Writer only.
+func (e *Endpoint) Discard() {
+	for {
+		e.msgs = e.out.Drain(e.msgs[:0], flushBytes)
+		if len(e.msgs) == 0 {
+			return
+		}
+		clear(e.msgs)
+	}
+}
