@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { binPath, RawClient, within } from "./lib/bridge.mjs";
+import { binPath, RawClient, testDir, within } from "./lib/bridge.mjs";
 import { docsScreenshot, launchChromium, tcpProxy, watchConsole } from "./lib/browser.mjs";
 import { chunkText, initializeParams, WsPeer, withWsDaemon } from "./lib/wspeer.mjs";
 
@@ -216,5 +216,33 @@ test("down longer than the session log holds: the page shows the gap, then every
     assert.ok(from > k, `after the gap the page shows ${JSON.stringify(rest[0])}`);
     assert.deepEqual(rest, expected.slice(from), "the chunks after the gap");
     t.diagnostic(`shown ${k} chunks, gap "${gap}", then chunks ${from + 1}..90`);
+  }),
+);
+
+test("thoughts, plans and a tool call's status updates render; an operator's Cancel ends the owner's turn", T, (t) =>
+  withWsDaemon({ agent: ["node", path.join(testDir, "fixtures/rich-agent.mjs")] }, async (d) => {
+    const { c, sessionId } = await owner(d);
+    const { p, consoleLines } = await newPage(d);
+    await p.goto(`${d.origin}/?token=${d.operatorToken}`);
+    await p.waitForFunction(() => window.agentbridge?.connected, null, { timeout: 10000 });
+    await openSession(p, sessionId);
+
+    c.request(3, "session/prompt", { sessionId, prompt: [{ type: "text", text: "notes" }] });
+    assert.equal((await c.response(3, 20000)).result?.stopReason, "end_turn");
+    await p.waitForSelector('#stream .tool[data-status="completed"]', { timeout: 10000 });
+    assert.equal(await p.textContent("#stream .msg.thought"), "Thinking about notes");
+    assert.deepEqual(await p.$$eval("#plan li", (els) => els.map((e) => [e.textContent, e.dataset.status])), [
+      ["Read the file (completed)", "completed"],
+      ["Summarise it (in_progress)", "in_progress"],
+    ]);
+    assert.equal(await p.textContent("#stream .msg.agent"), "Here is the answer.");
+    assert.equal(await p.textContent("#stream .tool"), "Read notes.txt — completed");
+    assert.equal(await p.$$eval("#stream .tool", (e) => e.length), 1, "a tool call's updates made new entries");
+
+    c.request(4, "session/prompt", { sessionId, prompt: [{ type: "text", text: "wait" }] });
+    await p.waitForFunction(() => document.querySelector("#stream").textContent.includes("waiting to be cancelled"), null, { timeout: 10000 });
+    await p.click("#cancel");
+    assert.equal((await c.response(4, 20000)).result?.stopReason, "cancelled", "the operator's Cancel did not end the turn");
+    assert.deepEqual(consoleLines.filter((l) => l.startsWith("pageerror")), []);
   }),
 );
