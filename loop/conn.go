@@ -286,14 +286,13 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 			}
 		}
 	}
-	if c.closing() {
-		return gnet.None
-	}
 	if p, ok := c.proto.(pumper); ok {
 		p.pump(c) // a terminal: its own queue, no outbox
 		return gnet.None
 	}
-	c.drain()
+	if !c.closing() {
+		c.drain()
+	}
 	return gnet.None
 }
 

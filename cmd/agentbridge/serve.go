@@ -261,11 +261,7 @@ func runServe(args []string) int {
 			return fail("%v", err)
 		}
 		// Closed after the agent stopped: its last events are persisted too.
-		defer func() {
-			if err := st.Close(); err != nil {
-				log.Warn("state dir close", "err", err)
-			}
-		}()
+		defer closeStore(log, st)
 		hcfg.Journal = st
 	}
 	// Each gnet loop's thread keeps its P while it waits in epoll_wait, so
@@ -297,7 +293,7 @@ func runServe(args []string) int {
 	hub := session.New(hcfg)
 	if st != nil {
 		hub.Restore(recovered)
-		log.Info("state restored", "dir", f.stateDir, "sessions", len(recovered))
+		logRecovery(log, f.stateDir, st.Recovery())
 	}
 	term, err := newTerminal(f, auditLog, log)
 	if err != nil {
@@ -506,4 +502,43 @@ func defaultMaxConns(fdLimit int) int {
 		return 0
 	}
 	return max(fdLimit-1024, fdLimit/2)
+}
+
+// storeCloseTimeout bounds how long a stop waits for the state store to
+// write and fsync what it acknowledged: long enough for a slow disk, short
+// enough that a hung one does not hold the stop for ever.
+const storeCloseTimeout = 30 * time.Second
+
+// closeStore flushes and fsyncs the state store with a deadline of its own
+// and says what was saved or lost.
+func closeStore(log *slog.Logger, st *store.Store) {
+	done := make(chan error, 1)
+	go func() { done <- st.Close() }()
+	select {
+	case err := <-done:
+		s := st.Stats()
+		if err != nil {
+			log.Error("state dir close", "err", err, "written", s.Written, "dropped", s.Dropped)
+			return
+		}
+		lvl := slog.LevelInfo
+		if s.Dropped > 0 {
+			lvl = slog.LevelWarn
+		}
+		log.Log(context.Background(), lvl, "state saved", "sessions", s.Sessions, "events_written", s.Written, "events_dropped", s.Dropped)
+	case <-time.After(storeCloseTimeout):
+		s := st.Stats()
+		log.Error("state dir: not closed within the deadline; records still queued are lost and the next start treats the directory as not closed cleanly", "deadline", storeCloseTimeout, "queued", s.Queued)
+	}
+}
+
+// logRecovery says what the state directory gave back and what it could not.
+func logRecovery(log *slog.Logger, dir string, r store.Recovery) {
+	log.Info("state restored", "dir", dir, "sessions", r.Sessions, "events", r.Events, "segments", r.Segments, "clean", r.Clean)
+	if r.Corrupt > 0 {
+		log.Warn("state dir: some records could not be restored (corrupt or torn); their sessions show a bridge/gap there", "dir", dir, "corrupt_records", r.Corrupt, "lost_bytes", r.LostBytes)
+	}
+	if r.PrevDropped > 0 {
+		log.Warn("state dir: the previous run dropped events it could not write in time; they are holes in the restored logs", "dir", dir, "dropped", r.PrevDropped)
+	}
 }
