@@ -153,6 +153,7 @@ test("a stalled watcher does not slow the writer: it is degraded to snapshots an
   withWsDaemon({ args: SHELL }, async (d) => {
     const { p } = await openTerminal(d, d.token);
     const cmd = "seq 1 1200000"; // about 8.5 MB, more than the kernel buffers a stalled reader can hide
+    await timed(p, "seq 1 300000", "END-WARMUP"); // xterm fills its scrollback once; both timed runs then start equal
     const baseline = await timed(p, cmd, "END-BASELINE");
 
     const watcher = new WebSocket(`ws://127.0.0.1:${d.port}/terminal`, [`agentbridge.token.${d.operatorToken}`]);

@@ -111,10 +111,7 @@ function send(m) {
 function call(method, params) {
   const id = `d${nextId++}`;
   return new Promise((resolve, reject) => {
-    calls.set(id, {
-      resolve,
-      reject,
-    });
+    calls.set(id, { resolve, reject });
     send({ id, method, params });
   });
 }
@@ -255,9 +252,6 @@ function permission(params, id, delivered) {
   const key = String(id);
   let card = document.querySelector(`#permissions .perm[data-id="${CSS.escape(key)}"]`);
   if (card && (!delivered || card.dataset.delivered === "true")) return;
-  if (params.sessionId && params.sessionId !== state.current && state.current) {
-    // Asked for another session: still answerable here, say which.
-  }
   const tc = params.toolCall ?? {};
   const fresh = el("div", { class: "perm", dataset: { id: key, state: "pending", delivered: String(delivered) } },
     el("div", { class: "title", text: `Permission: ${tc.title ?? tc.toolCallId ?? "a tool call"}` }),
