@@ -361,6 +361,10 @@ func TestCleanStopPersistsEverySession(t *testing.T) {
 	if !d2.waitLog("state restored", 10*time.Second) || !strings.Contains(d2.logs(), "sessions=20000") || !strings.Contains(d2.logs(), "clean=true") {
 		t.Fatalf("restart:\n%s", tail(d2.logs(), 2000))
 	}
+	// The token file is written once the daemon serves, after the restore.
+	if !d2.waitLog("agentbridge serving", 10*time.Second) {
+		t.Fatalf("restarted daemon never served:\n%s", tail(d2.logs(), 2000))
+	}
 	if got := d2.metric(t, "agentbridge_sessions "); got != n {
 		t.Fatalf("%v sessions after restart, want %d", got, n)
 	}
