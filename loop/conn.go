@@ -286,6 +286,10 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 			}
 		}
 	}
+	if p, ok := c.proto.(pumper); ok {
+		p.pump(c) // a terminal: its own queue, no outbox
+		return gnet.None
+	}
 	if !c.closing() {
 		c.drain()
 	}
