@@ -42,6 +42,7 @@ func ParseFraming(s string) (Framing, error) {
 const (
 	DefaultMaxMessage        = 16 << 20
 	DefaultQueueBytes        = 64 << 20
+	DefaultQueueMessages     = 65536
 	DefaultMinBackoff        = 100 * time.Millisecond
 	DefaultMaxBackoff        = 10 * time.Second
 	DefaultResetAfter        = 30 * time.Second
@@ -61,18 +62,28 @@ type Config struct {
 	Dir string
 	// Framing is the agent's stdio framing. Zero means NDJSON.
 	Framing Framing
+	// Stdio is how stdin and stdout are connected. Zero means pipes, read
+	// and written by this package's goroutines; StdioSocket needs Attach.
+	Stdio Stdio
+	// Attach serves the daemon's end of the socket in StdioSocket mode.
+	Attach Attacher
 	// MaxMessage bounds one message from the agent, in bytes. Zero means
-	// 16 MiB. An agent that writes a larger message is treated as broken: the
-	// supervisor logs the size at ERROR, kills the process and restarts it,
-	// and AgentExited carries ErrMessageTooLarge. Skipping the message instead
-	// would keep the agent up but silently lose what may be a response, so a
-	// client would wait on a request that can never complete; a restart fails
-	// every pending request visibly (-32003) and tells the operator which knob
-	// to raise.
+	// 16 MiB. A larger message is skipped to its end (the stream stays in
+	// step) and counted; a Handler that implements DropHandler hears of it,
+	// with the id when the message's head shows an answer, so the client
+	// waiting on that call gets an error naming the size rather than waiting
+	// for ever. The agent keeps running. (An LSP header that cannot be parsed
+	// is different: the frame boundaries are lost, and the process is killed
+	// and restarted.)
 	MaxMessage int
 	// QueueBytes bounds the framed bytes waiting for the agent's stdin. Zero
 	// means 64 MiB. Send returns ErrOverloaded past it.
 	QueueBytes int
+	// QueueMessages bounds the messages waiting for the agent's stdin, so a
+	// flood of tiny requests to an agent that does not read is refused
+	// early, not after millions of small allocations. Zero means 65,536.
+	// Send returns ErrOverloaded past it.
+	QueueMessages int
 	// MinBackoff is the first restart delay. Zero means 100ms.
 	MinBackoff time.Duration
 	// MaxBackoff caps the restart delay, which doubles per consecutive crash
@@ -104,12 +115,18 @@ func (c *Config) normalize() error {
 	if c.Framing != FramingNDJSON && c.Framing != FramingLSP {
 		return fmt.Errorf("%w %v", ErrBadFraming, c.Framing)
 	}
+	if c.Stdio == StdioSocket && c.Attach == nil {
+		return fmt.Errorf("agent: socket stdio needs an Attach")
+	}
 	c.Command = append([]string(nil), c.Command...)
 	if c.MaxMessage <= 0 {
 		c.MaxMessage = DefaultMaxMessage
 	}
 	if c.QueueBytes <= 0 {
 		c.QueueBytes = DefaultQueueBytes
+	}
+	if c.QueueMessages <= 0 {
+		c.QueueMessages = DefaultQueueMessages
 	}
 	if c.MinBackoff <= 0 {
 		c.MinBackoff = DefaultMinBackoff

@@ -40,6 +40,7 @@ type control struct {
 	Exit   *int   `json:"exit"`
 	Stderr string `json:"stderr"`
 	Big    int    `json:"big"`
+	BigID  int    `json:"bigid"` // with big: a response to this id
 	Raw    string `json:"raw"`
 }
 
@@ -71,6 +72,9 @@ func runHelper(mode string) int {
 				fmt.Fprintln(os.Stderr, c.Stderr)
 			case c.Raw != "":
 				out.WriteString(c.Raw)
+			case c.Big > 0 && c.BigID > 0:
+				big := fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%d,"result":{"big":"%s"}}`, c.BigID, strings.Repeat("x", c.Big))
+				helperWrite(out, big, lsp)
 			case c.Big > 0:
 				big := fmt.Appendf(nil, `{"big":"%s"}`, strings.Repeat("x", c.Big))
 				helperWrite(out, big, lsp)
@@ -146,7 +150,8 @@ func helperWrite(w *bufio.Writer, msg []byte, lsp bool) {
 
 // event is one Handler call.
 type event struct {
-	kind      string // started, message, exited
+	kind      string // started, message, exited, dropped
+	size      int    // dropped: the message's size
 	gen       uint64
 	msg       []byte
 	err       error
@@ -176,6 +181,9 @@ func (r *recorder) put(e event) {
 func (r *recorder) AgentStarted(gen uint64) { r.put(event{kind: "started", gen: gen}) }
 func (r *recorder) AgentMessage(gen uint64, msg []byte) {
 	r.put(event{kind: "message", gen: gen, msg: msg})
+}
+func (r *recorder) AgentDropped(gen uint64, id []byte, size int) {
+	r.put(event{kind: "dropped", gen: gen, msg: id, size: size})
 }
 func (r *recorder) AgentExited(gen uint64, err error, restartIn time.Duration) {
 	r.put(event{kind: "exited", gen: gen, err: err, restartIn: restartIn})

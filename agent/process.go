@@ -35,12 +35,16 @@ type proc struct {
 
 	// Our ends of the pipes. os.Pipe files sit in the runtime poller, so
 	// closing one unblocks a goroutine parked in Read or Write on it.
+	// Nil in socket mode, where stream carries both stdin and stdout.
 	stdin, stdout, stderr *os.File
+	stream                Stream    // socket mode: the event loop's side of the socket
+	readerOnce            sync.Once // socket mode: readerDone is closed by the stream's end
 
 	qmu sync.Mutex
 	// Guarded by qmu.
 	q       [][]byte // framed messages waiting for the writer
 	qbytes  int      // framed bytes in q plus the message being written
+	qmsgs   int      // messages counted in qbytes
 	closing bool     // no more enqueue: Stop closed the input or the process is gone
 	abort   bool     // drop q and return: the process is gone
 	busy    bool     // the writer holds a batch (or unflushed bytes): no write-through
@@ -60,6 +64,9 @@ type proc struct {
 
 // spawn starts the process of generation gen without starting its goroutines.
 func (s *Supervisor) spawn(gen uint64) (*proc, error) {
+	if s.cfg.Stdio == StdioSocket {
+		return s.spawnSocket(gen)
+	}
 	inR, inW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -74,34 +81,44 @@ func (s *Supervisor) spawn(gen uint64) (*proc, error) {
 		closeAll(inR, inW, outR, outW)
 		return nil, err
 	}
-	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
-	cmd.Env = s.cfg.Env
-	cmd.Dir = s.cfg.Dir
+	cmd := s.command()
 	// *os.File std streams are handed to the child as they are, so Wait does
 	// not wait on copying goroutines and reading stays entirely ours.
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = cmd.Start()
 	closeAll(inR, outW, errW) // the child's ends
 	if err != nil {
 		closeAll(inW, outR, errR)
 		return nil, err
 	}
+	return s.newProc(gen, cmd, inW, outR, errR), nil
+}
+
+// command is the agent's command, not yet started.
+func (s *Supervisor) command() *exec.Cmd {
+	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
+	cmd.Env = s.cfg.Env
+	cmd.Dir = s.cfg.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd
+}
+
+func (s *Supervisor) newProc(gen uint64, cmd *exec.Cmd, stdin, stdout, stderr *os.File) *proc {
 	return &proc{
 		s:          s,
 		gen:        gen,
 		cmd:        cmd,
 		pid:        cmd.Process.Pid,
 		start:      s.now(),
-		stdin:      inW,
-		stdout:     outR,
-		stderr:     errR,
+		stdin:      stdin,
+		stdout:     stdout,
+		stderr:     stderr,
 		wake:       make(chan struct{}, 1),
 		readerDone: make(chan struct{}),
 		stderrDone: make(chan struct{}),
 		writerDone: make(chan struct{}),
 		done:       make(chan struct{}),
-	}, nil
+	}
 }
 
 func closeAll(fs ...*os.File) {
@@ -111,14 +128,19 @@ func closeAll(fs ...*os.File) {
 }
 
 func (p *proc) run() {
-	go p.readLoop()
+	if p.stream == nil {
+		go p.readLoop()
+		go p.writeLoop()
+	}
 	go p.stderrLoop()
-	go p.writeLoop()
 	go p.waitLoop()
 }
 
 // enqueue frames msg onto the stdin queue. Safe from any goroutine.
 func (p *proc) enqueue(msg []byte) error {
+	if p.stream != nil {
+		return p.enqueueStream(msg)
+	}
 	cfg := &p.s.cfg
 	framed := appendFrame(cfg.Framing, make([]byte, 0, len(msg)+32), msg)
 	p.qmu.Lock()
@@ -126,7 +148,7 @@ func (p *proc) enqueue(msg []byte) error {
 		p.qmu.Unlock()
 		return ErrUnavailable
 	}
-	if p.qbytes+len(framed) > cfg.QueueBytes {
+	if p.qbytes+len(framed) > cfg.QueueBytes || p.qmsgs >= cfg.QueueMessages {
 		p.qmu.Unlock()
 		return ErrOverloaded
 	}
@@ -147,6 +169,7 @@ func (p *proc) enqueue(msg []byte) error {
 	}
 	p.q = append(p.q, framed)
 	p.qbytes += len(framed)
+	p.qmsgs++
 	p.qmu.Unlock()
 	p.poke()
 	return nil
@@ -227,6 +250,7 @@ func (p *proc) writeLoop() {
 			p.qmu.Lock()
 			if !p.abort { // abort already zeroed the count
 				p.qbytes -= len(m)
+				p.qmsgs--
 			}
 			p.qmu.Unlock()
 			batch[i] = nil
@@ -236,6 +260,9 @@ func (p *proc) writeLoop() {
 			}
 		}
 		spare = batch[:0]
+		if cap(spare) > 4096 {
+			spare = nil // a flood's backing array is not kept for ever
+		}
 
 		p.qmu.Lock()
 		empty := len(p.q) == 0
@@ -260,7 +287,7 @@ func (p *proc) writeFailed(err error) {
 	p.qmu.Lock()
 	p.closing = true
 	p.q = nil
-	p.qbytes = 0
+	p.qbytes, p.qmsgs = 0, 0
 	p.qmu.Unlock()
 	if !errors.Is(err, os.ErrClosed) && !errors.Is(err, syscall.EPIPE) {
 		p.s.log.Warn("agent stdin write failed", "pid", p.pid, "gen", p.gen, "err", err)
@@ -269,6 +296,10 @@ func (p *proc) writeFailed(err error) {
 
 // closeInput makes the writer close stdin after what is queued.
 func (p *proc) closeInput() {
+	if p.stream != nil {
+		p.stream.CloseWrite()
+		return
+	}
 	p.qmu.Lock()
 	p.closing = true
 	p.qmu.Unlock()
@@ -278,11 +309,15 @@ func (p *proc) closeInput() {
 // abortInput drops the queue and closes stdin under a writer that may be
 // blocked on a full pipe.
 func (p *proc) abortInput() {
+	if p.stream != nil {
+		p.stream.Close()
+		return
+	}
 	p.qmu.Lock()
 	p.closing = true
 	p.abort = true
 	p.q = nil
-	p.qbytes = 0
+	p.qbytes, p.qmsgs = 0, 0
 	p.qmu.Unlock()
 	p.poke()
 	p.stdin.Close()
@@ -292,15 +327,34 @@ func (p *proc) abortInput() {
 // to the handler.
 func (p *proc) readLoop() {
 	defer close(p.readerDone)
-	fr := newFrameReader(p.s.cfg.Framing, p.stdout, p.s.cfg.MaxMessage)
+	fr := newOutReader(p.s.cfg.Framing, p.stdout, p.s.cfg.MaxMessage)
 	for {
 		msg, err := fr.Read()
+		if o, ok := err.(*oversize); ok {
+			p.dropped(o)
+			continue
+		}
 		if err != nil {
 			p.readFailed(err)
 			return
 		}
 		// One spare byte: the router appends the NDJSON newline in place.
 		p.s.h.AgentMessage(p.gen, append(make([]byte, 0, len(msg)+1), msg...))
+	}
+}
+
+// dropped counts and reports a message skipped for its size; the agent
+// keeps running. If it answered a call, the handler fails that call.
+func (p *proc) dropped(o *oversize) {
+	p.s.oversize.Add(1)
+	id, _ := ResponseID(o.head)
+	if ok, held := p.s.oversizeLog.allow(time.Now()); ok {
+		p.s.log.Warn("agent message over the limit: dropped (raise --max-message if this is legitimate)",
+			"pid", p.pid, "gen", p.gen, "bytes", o.size, "max", p.s.cfg.MaxMessage, "answer_to", string(id),
+			"also_dropped_since_last_line", held, "dropped_total", p.s.oversize.Load())
+	}
+	if dh, ok := p.s.h.(DropHandler); ok {
+		dh.AgentDropped(p.gen, id, o.size)
 	}
 }
 
@@ -312,12 +366,6 @@ func (p *proc) readFailed(err error) {
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		log.Warn("agent stdout ended inside a message", "pid", p.pid, "gen", p.gen)
 		return
-	case isTooLarge(err):
-		// For NDJSON the size is only known to exceed the limit: the line
-		// is not read to its end.
-		log.Error("agent message over the limit: killing the agent (raise the max message size if this is legitimate)",
-			"cmd", p.s.desc, "pid", p.pid, "gen", p.gen, "max", p.s.cfg.MaxMessage, "err", err)
-		p.kill(fmt.Errorf("%w: %v", ErrMessageTooLarge, err))
 	default:
 		// The stream is out of step (say a bad LSP header); nothing after
 		// this can be trusted to be a message boundary.
@@ -392,22 +440,28 @@ func (p *proc) waitLoop() {
 	p.sigmu.Unlock()
 	err := p.cmd.Wait()
 
-	t := time.NewTimer(drainTimeout)
-	for _, ch := range []chan struct{}{p.readerDone, p.stderrDone} {
-		select {
-		case <-ch:
-		case <-t.C:
-			// Someone outside the group still holds the pipes.
-			p.stdout.Close()
-			p.stderr.Close()
-			<-ch
+	if p.stream != nil {
+		p.awaitStreamEnd()
+		p.awaitStderr()
+		p.stream.Close()
+	} else {
+		t := time.NewTimer(drainTimeout)
+		for _, ch := range []chan struct{}{p.readerDone, p.stderrDone} {
+			select {
+			case <-ch:
+			case <-t.C:
+				// Someone outside the group still holds the pipes.
+				p.stdout.Close()
+				p.stderr.Close()
+				<-ch
+			}
 		}
+		t.Stop()
+		p.stdout.Close()
+		p.stderr.Close()
+		p.abortInput()
+		<-p.writerDone
 	}
-	t.Stop()
-	p.stdout.Close()
-	p.stderr.Close()
-	p.abortInput()
-	<-p.writerDone
 
 	p.causeMu.Lock()
 	if p.cause != nil {

@@ -26,8 +26,9 @@ type Handler interface {
 	// wrote has been delivered; whatever was still queued for its stdin was
 	// discarded, so requests sent to it will get no answer. err is the Wait
 	// error (nil for exit status 0, an *exec.ExitError otherwise), or, when
-	// the supervisor killed a process whose output it could not frame, an
-	// error wrapping ErrMessageTooLarge or the codec's framing error.
+	// the supervisor killed a process whose output it could not frame (an
+	// LSP header it cannot parse), an error wrapping the codec's framing
+	// error.
 	// restartIn is the delay before the next generation; negative means none
 	// follows (Stop). Called on the generation's wait goroutine.
 	AgentExited(gen uint64, err error, restartIn time.Duration)
@@ -47,6 +48,9 @@ type Supervisor struct {
 	cur      atomic.Pointer[proc]
 	gen      atomic.Uint64
 	restarts atomic.Uint64
+	oversize atomic.Uint64 // messages dropped for their size
+
+	oversizeLog everySecond
 
 	// spawns counts spawns in progress, so Stop can wait for them to land in
 	// cur before terminating. Add only under mu with stopping false.
@@ -173,6 +177,10 @@ func (s *Supervisor) Running() bool { return s.cur.Load() != nil }
 // from any goroutine.
 func (s *Supervisor) Restarts() uint64 { return s.restarts.Load() }
 
+// Oversize returns how many messages from the agent were dropped for being
+// over MaxMessage. Safe from any goroutine.
+func (s *Supervisor) Oversize() uint64 { return s.oversize.Load() }
+
 // Pid returns the live process's pid (also its process group), 0 when none.
 // Safe from any goroutine.
 func (s *Supervisor) Pid() int {
@@ -190,7 +198,7 @@ func (s *Supervisor) launch(p *proc) {
 	s.mu.Unlock()
 	s.gen.Store(p.gen)
 	s.cur.Store(p)
-	s.log.Info("agent started", "cmd", s.desc, "pid", p.pid, "gen", p.gen)
+	s.log.Info("agent started", "cmd", s.desc, "pid", p.pid, "gen", p.gen, "stdio", s.cfg.Stdio.String())
 	s.h.AgentStarted(p.gen)
 	p.run()
 }

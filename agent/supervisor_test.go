@@ -191,7 +191,7 @@ func TestLargeMessages(t *testing.T) {
 	}
 }
 
-func TestMessageOverLimitRestarts(t *testing.T) {
+func TestMessageOverLimitDropped(t *testing.T) {
 	for _, mode := range []string{"echo", "echo-lsp"} {
 		t.Run(mode, func(t *testing.T) {
 			s, rec, sink := newSup(t, mode, func(c *Config) {
@@ -203,23 +203,48 @@ func TestMessageOverLimitRestarts(t *testing.T) {
 			}
 			rec.expect(t, "started", 1)
 			mustSend(t, s, `{"before":1}`)
+			mustSend(t, s, `{"big":1048576,"bigid":7}`)
 			mustSend(t, s, `{"big":1048576}`)
+			mustSend(t, s, `{"after":1}`)
 			rec.expect(t, "message", 1)
-			e := rec.expect(t, "exited", 1)
-			if !errors.Is(e.err, ErrMessageTooLarge) || e.restartIn < 0 {
-				t.Fatalf("exit err %v restartIn %v", e.err, e.restartIn)
+			want := len(`{"jsonrpc":"2.0","id":7,"result":{"big":""}}`) + 1<<20
+			if e := rec.expect(t, "dropped", 1); string(e.msg) != "7" || e.size != want {
+				t.Fatalf("first drop: id %q size %d, want id 7 size %d", e.msg, e.size, want)
 			}
-			if len(sink.find(func(r slog.Record) bool {
-				return r.Level == slog.LevelError && strings.Contains(r.Message, "over the limit")
-			})) != 1 {
-				t.Fatal("no ERROR log for the oversized message")
+			if e := rec.expect(t, "dropped", 1); e.msg != nil || e.size != 1<<20+len(`{"big":""}`) {
+				t.Fatalf("second drop: id %q size %d", e.msg, e.size)
 			}
-			rec.expect(t, "started", 2)
-			mustSend(t, s, `{"after":2}`)
-			if e := rec.expect(t, "message", 2); string(e.msg) != `{"after":2}` {
-				t.Fatalf("gen 2 got %q", e.msg)
+			// The agent is not killed: the stream stays in step.
+			if e := rec.expect(t, "message", 1); string(e.msg) != `{"after":1}` {
+				t.Fatalf("after the drops got %q", e.msg)
+			}
+			if s.Oversize() != 2 {
+				t.Fatalf("Oversize() = %d, want 2", s.Oversize())
+			}
+			// Two drops within a second: one line, the second held back.
+			if n := len(sink.find(func(r slog.Record) bool {
+				return r.Level == slog.LevelWarn && strings.Contains(r.Message, "over the limit")
+			})); n != 1 {
+				t.Fatalf("%d WARN lines for two drops in a second, want 1", n)
 			}
 		})
+	}
+}
+
+func TestResponseID(t *testing.T) {
+	for _, c := range []struct{ in, id string }{
+		{`{"jsonrpc":"2.0","id":7,"result":{"x":"`, "7"},
+		{`{"id":"a\"b","error":{"code":1`, `"a\"b"`},
+		{`{"result":{"id":9,"method":"x"},"id":-3}`, "-3"},
+		{`{"jsonrpc":"2.0","id":7,"method":"fs/read","params":{"x":"`, ""},
+		{`{"jsonrpc":"2.0","id":7`, ""},      // the number may go on
+		{`{"jsonrpc":"2.0","id":7,"par`, ""}, // no result seen
+		{`{"params":{"id":1,"result":2}`, ""},
+	} {
+		id, ok := ResponseID([]byte(c.in))
+		if string(id) != c.id || ok != (c.id != "") {
+			t.Errorf("ResponseID(%s) = %q %v, want %q", c.in, id, ok, c.id)
+		}
 	}
 }
 

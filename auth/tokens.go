@@ -255,3 +255,35 @@ func WriteTokenFile(path, token string) error {
 	}
 	return nil
 }
+
+// TokensFileWarning says what is unsafe about the tokens file at path
+// (readable or writable by others than its owner), or "" when nothing is.
+// The daemon logs it: refusing would break a deployment that shares the
+// file on purpose, but a person must hear of it.
+func TokensFileWarning(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Sprintf("tokens file %s has mode %04o: other users may read or change the tokens; run `chmod 600 %s`", path, perm, path)
+	}
+	return ""
+}
+
+// RemoveTokenFile removes the token file at path if it still holds token:
+// a file another daemon has written since (or that a person replaced) is
+// left alone.
+func RemoveTokenFile(path, token string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return err
+	}
+	if !strings.Contains(string(b), " "+token+"\n") {
+		return nil
+	}
+	return os.Remove(path)
+}

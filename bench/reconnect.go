@@ -372,24 +372,32 @@ func finalSeqs(ctx context.Context, s system) (map[string]uint64, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
-	m, err := call(c, 1, "bridge/sessions", map[string]any{})
-	if err != nil {
-		return nil, err
-	}
-	var resp struct {
-		Result struct {
-			Sessions []struct {
-				ID  string `json:"sessionId"`
-				Seq uint64 `json:"seq"`
-			} `json:"sessions"`
-		} `json:"result"`
-	}
-	if err := json.Unmarshal(m, &resp); err != nil {
-		return nil, fmt.Errorf("bridge/sessions: %v", err)
-	}
-	out := make(map[string]uint64, len(resp.Result.Sessions))
-	for _, s := range resp.Result.Sessions {
-		out[s.ID] = s.Seq
+	out := map[string]uint64{}
+	params := map[string]any{"limit": 1000}
+	for id := int64(1); ; id++ {
+		m, err := call(c, id, "bridge/sessions", params)
+		if err != nil {
+			return nil, err
+		}
+		var resp struct {
+			Result struct {
+				Sessions []struct {
+					ID  string `json:"sessionId"`
+					Seq uint64 `json:"seq"`
+				} `json:"sessions"`
+				NextCursor string `json:"nextCursor"`
+			} `json:"result"`
+		}
+		if err := json.Unmarshal(m, &resp); err != nil {
+			return nil, fmt.Errorf("bridge/sessions: %v", err)
+		}
+		for _, s := range resp.Result.Sessions {
+			out[s.ID] = s.Seq
+		}
+		if resp.Result.NextCursor == "" {
+			break
+		}
+		params["cursor"] = resp.Result.NextCursor // the daemon pages its answer
 	}
 	return out, nil
 }

@@ -49,6 +49,11 @@ type Options struct {
 	Stdout io.Writer
 	// Logger receives progress and warnings. Nil discards them.
 	Logger *slog.Logger
+	// AllowUIDs are uids besides the shim's own that may serve a unix://
+	// URL. The shim checks the server's uid (SO_PEERCRED) before it sends
+	// anything: a socket another user listens on (squatting the path) would
+	// otherwise receive the resume key and every prompt.
+	AllowUIDs []uint32
 }
 
 // Run relays stdin to the daemon and the daemon's messages to stdout until
@@ -78,7 +83,7 @@ func Run(ctx context.Context, o Options) error {
 		if path == "" {
 			return &Error{Msg: fmt.Sprintf("invalid URL %q: want unix:///path/to.sock", o.URL)}
 		}
-		tr = &unixTransport{path: path, max: o.MaxMessage + envelopeRoom}
+		tr = &unixTransport{path: path, max: o.MaxMessage + envelopeRoom, allow: o.AllowUIDs}
 	case "ws", "wss":
 		if tr, err = newWSTransport(u, o); err != nil {
 			return err
@@ -122,8 +127,9 @@ const writeTimeout = 60 * time.Second
 
 // unixTransport dials the daemon's Unix socket.
 type unixTransport struct {
-	path string
-	max  int
+	path  string
+	max   int
+	allow []uint32
 }
 
 func (t *unixTransport) String() string { return "unix://" + t.path }
@@ -131,6 +137,10 @@ func (t *unixTransport) String() string { return "unix://" + t.path }
 func (t *unixTransport) dial(ctx context.Context) (stream, error) {
 	c, err := DialUnix(t.path)
 	if err != nil {
+		return nil, err
+	}
+	if err := CheckPeer(c, t.path, t.allow); err != nil {
+		c.Close()
 		return nil, err
 	}
 	return &unixStream{c: c, r: ndjson.NewReader(c, t.max), w: bufio.NewWriterSize(c, 64<<10), max: t.max}, nil
@@ -151,6 +161,40 @@ func DialUnix(path string) (net.Conn, error) {
 		return nil, refused(&Error{Msg: fmt.Sprintf("permission denied on %s (the socket belongs to another user)", path), Err: err})
 	}
 	return nil, &Error{Msg: fmt.Sprintf("cannot connect to %s: %v", path, err), Err: err}
+}
+
+// CheckPeer refuses (a refusal: retrying cannot help) a Unix-socket
+// server whose uid, read with SO_PEERCRED, is neither this process's nor
+// in allow. Call it before writing anything to c. Safe from any goroutine.
+func CheckPeer(c net.Conn, path string, allow []uint32) error {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return nil
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return &Error{Msg: fmt.Sprintf("cannot check who serves %s: %v", path, err), Err: err}
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		cerr = err
+	}
+	if cerr != nil {
+		return refused(&Error{Msg: fmt.Sprintf("cannot check who serves %s (SO_PEERCRED: %v); nothing was sent", path, cerr), Err: cerr})
+	}
+	self := uint32(os.Getuid())
+	if cred.Uid == self {
+		return nil
+	}
+	for _, u := range allow {
+		if u == cred.Uid {
+			return nil
+		}
+	}
+	return refused(&Error{Msg: fmt.Sprintf("%s is served by uid %d (pid %d), not by this user (uid %d); nothing was sent. Another user may be squatting the socket path; if that daemon is trusted, pass --allow-uid %d", path, cred.Uid, cred.Pid, self, cred.Uid), Err: ErrForeignServer})
 }
 
 var (

@@ -11,6 +11,9 @@ var (
 	ErrDaemonClosed = errors.New("connect: the daemon closed the connection")
 	// ErrHandshake: the daemon did not answer the shim's bridge/hello in time.
 	ErrHandshake = errors.New("connect: no answer to bridge/hello")
+	// ErrForeignServer: the Unix socket is served by a uid that is neither
+	// the shim's nor allowed (--allow-uid).
+	ErrForeignServer = errors.New("connect: the socket is served by another user")
 )
 
 // Error is a failure the user can act on; Run returns it with a message

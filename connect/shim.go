@@ -617,7 +617,7 @@ func (s *shim) pump() {
 				// forwarding the load: a cursor that loses nothing if the
 				// connection drops before the first event.
 				s.barrier = true
-				s.ownCall(&ownCall{kind: ownSessions, sid: c.sid}, "bridge/sessions", map[string]any{})
+				s.ownCall(&ownCall{kind: ownSessions, sid: c.sid}, "bridge/sessions", map[string]any{"sessionId": c.sid})
 				return
 			}
 			ss.attached = true

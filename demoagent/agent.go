@@ -11,14 +11,20 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
 
-// protocolVersion is the ACP major version this agent speaks.
-const protocolVersion = 1
+// codeResourceNotFound is ACP's error for a session the agent does not
+// have (session/resume, session/fork, session/close, session/delete).
+const codeResourceNotFound = -32002
+
+// codeUnsupportedVersion is what a v2 agent answers an initialize asking
+// for an older version (the SDK's AgentProtocolRouter does the same).
+const codeUnsupportedVersion = -32022
 
 // historyBytes bounds the text a session keeps for session/load.
 const historyBytes = 64 << 10
@@ -88,11 +94,16 @@ type agent struct {
 }
 
 type session struct {
-	id string
+	id  string
+	cwd string
 	// Guarded by agent.mu.
-	cancel  context.CancelFunc // non-nil while a prompt runs
-	history []turn
-	hbytes  int
+	cancel   context.CancelFunc // non-nil while a prompt runs
+	promptID string             // idKey of the running prompt's request id
+	history  []turn
+	hbytes   int
+	closed   bool // session/close: resume it before prompting again
+	updated  time.Time
+	title    string
 }
 
 type turn struct{ user, agent string }
@@ -171,7 +182,21 @@ func (a *agent) request(m *inMsg) {
 	case "session/new":
 		result, err = a.newSession(m.Params)
 	case "session/load":
+		if a.opts.Protocol == 2 {
+			err = &rpcErr{codeMethodNotFound, "method \"session/load\" not found (ACP v2: use session/resume with replayFrom)"}
+			break
+		}
 		result, err = a.loadSession(m.Params)
+	case "session/resume":
+		result, err = a.resumeSession(m.Params)
+	case "session/fork":
+		result, err = a.forkSession(m.Params)
+	case "session/close":
+		result, err = a.closeSession(m.Params)
+	case "session/delete":
+		result, err = a.deleteSession(m.Params)
+	case "session/list":
+		result, err = a.listSessions(m.Params)
 	case "session/prompt":
 		// The prompt answers from its own goroutine.
 		if err = a.prompt(m.ID, m.Params); err == nil {
@@ -197,8 +222,11 @@ func (a *agent) request(m *inMsg) {
 }
 
 func (a *agent) notification(m *inMsg) {
-	if m.Method == "session/cancel" {
+	switch m.Method {
+	case "session/cancel":
 		_ = a.cancelSession(m.Params) // nobody to tell about bad params
+	case "$/cancel_request":
+		a.cancelRequest(m.Params)
 	}
 }
 
@@ -238,16 +266,36 @@ func (a *agent) initialize(raw json.RawMessage) (any, error) {
 			return nil, invalidParams("protocolVersion must be a small non-negative integer, got %s", p.ProtocolVersion)
 		}
 	}
+	info := map[string]string{"name": "agentbridge-demo", "title": "agentbridge demo agent", "version": "1"}
+	if a.opts.Protocol == 2 {
+		// The highest version at or below the one asked for, as the SDK's
+		// router does; this agent speaks only 2.
+		if p.ProtocolVersion != nil && string(p.ProtocolVersion) < "2" && len(p.ProtocolVersion) == 1 {
+			return nil, &rpcErr{codeUnsupportedVersion, fmt.Sprintf("protocol version %s is not supported; this agent speaks version 2", p.ProtocolVersion)}
+		}
+		return map[string]any{
+			"protocolVersion": 2,
+			"info":            info,
+			"capabilities": map[string]any{
+				"session": map[string]any{"fork": map[string]any{}, "delete": map[string]any{}},
+			},
+			"authMethods": []any{},
+		}, nil
+	}
 	// Version negotiation: answer with the one version spoken here; a client
 	// that cannot speak it disconnects.
 	return map[string]any{
-		"protocolVersion": protocolVersion,
+		"protocolVersion": 1,
 		"agentCapabilities": map[string]any{
 			"loadSession":        true,
 			"promptCapabilities": map[string]bool{"image": false, "audio": false, "embeddedContext": false},
 			"mcpCapabilities":    map[string]bool{"http": false, "sse": false},
+			"sessionCapabilities": map[string]any{
+				"list": map[string]any{}, "resume": map[string]any{}, "close": map[string]any{},
+				"fork": map[string]any{}, "delete": map[string]any{},
+			},
 		},
-		"agentInfo":   map[string]string{"name": "agentbridge-demo", "title": "agentbridge demo agent", "version": "1"},
+		"agentInfo":   info,
 		"authMethods": []any{},
 	}, nil
 }
@@ -275,13 +323,25 @@ func (a *agent) newSession(raw json.RawMessage) (any, error) {
 	if err := p.check(); err != nil {
 		return nil, err
 	}
+	s := a.addSession(p.Cwd, nil)
+	return map[string]string{"sessionId": s.id}, nil
+}
+
+// addSession makes a session with a fresh id and the given history.
+func (a *agent) addSession(cwd *string, history []turn) *session {
 	var b [8]byte
 	rand.Read(b[:])
-	id := "sess_" + hex.EncodeToString(b[:])
+	s := &session{id: "sess_" + hex.EncodeToString(b[:]), updated: time.Now()}
+	if cwd != nil {
+		s.cwd = *cwd
+	}
+	for _, t := range history {
+		s.remember(t)
+	}
 	a.mu.Lock()
-	a.sessions[id] = &session{id: id}
+	a.sessions[s.id] = s
 	a.mu.Unlock()
-	return map[string]string{"sessionId": id}, nil
+	return s
 }
 
 func (a *agent) loadSession(raw json.RawMessage) (any, error) {
@@ -305,13 +365,203 @@ func (a *agent) loadSession(raw json.RawMessage) (any, error) {
 	if s == nil {
 		return nil, invalidParams("unknown session %s", *p.SessionID)
 	}
-	for _, t := range history {
-		a.update(s.id, map[string]any{"sessionUpdate": "user_message_chunk", "content": textBlock(t.user)})
+	a.mu.Lock()
+	s.closed = false
+	a.mu.Unlock()
+	a.replay(s.id, history)
+	return nil, nil
+}
+
+// replay sends a session's history as message chunks (v2: with message ids).
+func (a *agent) replay(sid string, history []turn) {
+	for i, t := range history {
+		u := map[string]any{"sessionUpdate": "user_message_chunk", "content": textBlock(t.user)}
+		if a.opts.Protocol == 2 {
+			u["messageId"] = fmt.Sprintf("%s-u%d", sid, i+1)
+		}
+		a.update(sid, u)
 		if t.agent != "" {
-			a.update(s.id, map[string]any{"sessionUpdate": "agent_message_chunk", "content": textBlock(t.agent)})
+			u := map[string]any{"sessionUpdate": "agent_message_chunk", "content": textBlock(t.agent)}
+			if a.opts.Protocol == 2 {
+				u["messageId"] = fmt.Sprintf("%s-a%d", sid, i+1)
+			}
+			a.update(sid, u)
 		}
 	}
-	return nil, nil
+}
+
+// lifecycleParams are the fields of session/resume, fork, close and delete.
+type lifecycleParams struct {
+	SessionID  *string          `json:"sessionId"`
+	Cwd        *string          `json:"cwd"`
+	ReplayFrom *json.RawMessage `json:"replayFrom"`
+}
+
+// known decodes params and finds the session they name: -32602 for bad
+// params, -32002 for a session this agent does not have.
+func (a *agent) known(raw json.RawMessage, p *lifecycleParams) (*session, error) {
+	if err := decodeParams(raw, p, true); err != nil {
+		return nil, err
+	}
+	if p.SessionID == nil {
+		return nil, invalidParams("sessionId is required")
+	}
+	a.mu.Lock()
+	s := a.sessions[*p.SessionID]
+	a.mu.Unlock()
+	if s == nil {
+		return nil, &rpcErr{codeResourceNotFound, "unknown session " + *p.SessionID}
+	}
+	return s, nil
+}
+
+// resumeSession reopens a session (after session/close or on a new
+// connection). v2: replayFrom {type: "start"} replays the history first,
+// and a state_update snapshot precedes the answer, as the schema asks.
+func (a *agent) resumeSession(raw json.RawMessage) (any, error) {
+	var p lifecycleParams
+	s, err := a.known(raw, &p)
+	if err != nil {
+		return nil, err
+	}
+	if p.Cwd == nil {
+		return nil, invalidParams("cwd is required")
+	}
+	replay := false
+	if p.ReplayFrom != nil && string(*p.ReplayFrom) != "null" {
+		var rf struct {
+			Type string `json:"type"`
+		}
+		if a.opts.Protocol != 2 {
+			return nil, invalidParams("replayFrom is a protocol version 2 parameter")
+		}
+		if json.Unmarshal(*p.ReplayFrom, &rf) != nil || rf.Type != "start" {
+			return nil, invalidParams("replayFrom %s is not supported (only {\"type\":\"start\"})", *p.ReplayFrom)
+		}
+		replay = true
+	}
+	a.mu.Lock()
+	s.closed = false
+	history := append([]turn(nil), s.history...)
+	running := s.cancel != nil
+	a.mu.Unlock()
+	if replay {
+		a.replay(s.id, history)
+	}
+	if a.opts.Protocol == 2 {
+		state := "idle"
+		if running {
+			state = "running"
+		}
+		a.update(s.id, map[string]any{"sessionUpdate": "state_update", "state": state})
+	}
+	return struct{}{}, nil
+}
+
+// forkSession copies a session's history into a new session.
+func (a *agent) forkSession(raw json.RawMessage) (any, error) {
+	var p lifecycleParams
+	src, err := a.known(raw, &p)
+	if err != nil {
+		return nil, err
+	}
+	if p.Cwd == nil {
+		return nil, invalidParams("cwd is required")
+	}
+	a.mu.Lock()
+	history := append([]turn(nil), src.history...)
+	a.mu.Unlock()
+	s := a.addSession(p.Cwd, history)
+	return map[string]string{"sessionId": s.id}, nil
+}
+
+// closeSession cancels the session's prompt, as session/cancel would, and
+// closes it until it is resumed.
+func (a *agent) closeSession(raw json.RawMessage) (any, error) {
+	var p lifecycleParams
+	s, err := a.known(raw, &p)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.closed = true
+	a.mu.Unlock()
+	return struct{}{}, nil
+}
+
+// deleteSession forgets a session.
+func (a *agent) deleteSession(raw json.RawMessage) (any, error) {
+	var p lifecycleParams
+	s, err := a.known(raw, &p)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	delete(a.sessions, s.id)
+	a.mu.Unlock()
+	return struct{}{}, nil
+}
+
+// listSessions lists the sessions, optionally those of one cwd, oldest
+// first; no pagination (no nextCursor).
+func (a *agent) listSessions(raw json.RawMessage) (any, error) {
+	var p struct {
+		Cwd *string `json:"cwd"`
+	}
+	if err := decodeParams(raw, &p, false); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	list := make([]*session, 0, len(a.sessions))
+	for _, s := range a.sessions {
+		if p.Cwd == nil || *p.Cwd == s.cwd {
+			list = append(list, s)
+		}
+	}
+	out := make([]map[string]any, 0, len(list))
+	slices.SortFunc(list, func(x, y *session) int { return x.updated.Compare(y.updated) })
+	for _, s := range list {
+		e := map[string]any{"sessionId": s.id, "cwd": s.cwd, "updatedAt": s.updated.UTC().Format(time.RFC3339Nano)}
+		if len(s.history) > 0 {
+			e["title"] = firstLine(s.history[0].user)
+		}
+		out = append(out, e)
+	}
+	a.mu.Unlock()
+	return map[string]any{"sessions": out}, nil
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 80 {
+		s = s[:80]
+	}
+	return s
+}
+
+// cancelRequest handles $/cancel_request for a running prompt: it cancels
+// the turn whose session/prompt had that id.
+func (a *agent) cancelRequest(raw json.RawMessage) {
+	var p struct {
+		RequestID json.RawMessage `json:"requestId"`
+	}
+	if decodeParams(raw, &p, true) != nil || len(p.RequestID) == 0 {
+		return
+	}
+	key := idKey(p.RequestID)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range a.sessions {
+		if s.cancel != nil && s.promptID == key {
+			s.cancel()
+		}
+	}
 }
 
 func (a *agent) cancelSession(raw json.RawMessage) error {
@@ -441,21 +691,38 @@ func (a *agent) prompt(id json.RawMessage, raw json.RawMessage) error {
 		a.mu.Unlock()
 		return invalidParams("session %s is busy: a prompt is already running (send session/cancel first)", s.id)
 	}
+	if s.closed {
+		a.mu.Unlock()
+		return &rpcErr{codeResourceNotFound, "session " + s.id + " is closed; send session/resume first"}
+	}
 	ctx, cancel := context.WithCancel(a.hard)
-	s.cancel = cancel
+	s.cancel, s.promptID, s.updated = cancel, idKey(id), time.Now()
+	turnNo := len(s.history) + 1
 	a.prompts.Add(1)
 	a.mu.Unlock()
 
-	go a.runPrompt(ctx, s, id, text.String())
+	if a.opts.Protocol == 2 {
+		// v2: the answer acknowledges the prompt's insertion; the turn is
+		// reported by state_update.
+		a.reply(id, map[string]string{"messageId": fmt.Sprintf("%s-u%d", s.id, turnNo)})
+	}
+	go a.runPrompt(ctx, s, id, text.String(), turnNo)
 	return nil
 }
 
 // runPrompt streams one prompt's turn and answers the request.
-func (a *agent) runPrompt(ctx context.Context, s *session, id json.RawMessage, text string) {
+func (a *agent) runPrompt(ctx context.Context, s *session, id json.RawMessage, text string, turnNo int) {
 	defer a.prompts.Done()
+	v2 := a.opts.Protocol == 2
+	msgID := ""
+	if v2 {
+		msgID = fmt.Sprintf("%s-a%d", s.id, turnNo)
+		a.update(s.id, map[string]any{"sessionUpdate": "user_message_chunk", "messageId": fmt.Sprintf("%s-u%d", s.id, turnNo), "content": textBlock(text)})
+		a.state(s.id, "running", "")
+	}
 	var said strings.Builder
 	stop := "end_turn"
-	if !a.stream(ctx, s, text, &said) {
+	if !a.stream(ctx, s, text, &said, msgID) {
 		stop = "cancelled"
 	}
 	if a.hard.Err() != nil {
@@ -463,18 +730,31 @@ func (a *agent) runPrompt(ctx context.Context, s *session, id json.RawMessage, t
 	}
 	a.mu.Lock()
 	s.cancel()
-	s.cancel = nil
+	s.cancel, s.promptID = nil, ""
 	s.remember(turn{user: text, agent: said.String()})
 	a.mu.Unlock()
+	if v2 {
+		a.state(s.id, "idle", stop)
+		return
+	}
 	a.reply(id, map[string]string{"stopReason": stop})
+}
+
+// state sends a v2 state_update.
+func (a *agent) state(sid, state, stopReason string) error {
+	u := map[string]any{"sessionUpdate": "state_update", "state": state}
+	if stopReason != "" {
+		u["stopReason"] = stopReason
+	}
+	return a.update(sid, u)
 }
 
 // stream sends the turn's updates; it reports false when the turn was
 // cancelled.
-func (a *agent) stream(ctx context.Context, s *session, text string, said *strings.Builder) bool {
+func (a *agent) stream(ctx context.Context, s *session, text string, said *strings.Builder, msgID string) bool {
 	if echo, ok := strings.CutPrefix(text, "echo:"); ok {
 		said.WriteString(echo)
-		return a.chunk(s.id, echo) == nil
+		return a.chunk(s.id, echo, msgID) == nil
 	}
 	o := &a.opts
 	crashAt := -1
@@ -507,7 +787,7 @@ func (a *agent) stream(ctx context.Context, s *session, text string, said *strin
 		if said.Len() < historyBytes {
 			said.WriteString(t)
 		}
-		if a.chunk(s.id, t) != nil {
+		if a.chunk(s.id, t, msgID) != nil {
 			return false
 		}
 	}
@@ -525,11 +805,17 @@ func (a *agent) stream(ctx context.Context, s *session, text string, said *strin
 
 // chunk sends one agent_message_chunk. It is the hot path of every
 // benchmark, so it is encoded by hand rather than through reflection.
-func (a *agent) chunk(sessionID, text string) error {
-	b := make([]byte, 0, 160+len(sessionID)+len(text))
+func (a *agent) chunk(sessionID, text, msgID string) error {
+	b := make([]byte, 0, 160+len(sessionID)+len(text)+len(msgID))
 	b = append(b, `{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":`...)
 	b = appendString(b, sessionID)
-	b = append(b, `,"update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":`...)
+	b = append(b, `,"update":{"sessionUpdate":"agent_message_chunk",`...)
+	if msgID != "" { // v2: chunks name their message
+		b = append(b, `"messageId":`...)
+		b = appendString(b, msgID)
+		b = append(b, ',')
+	}
+	b = append(b, `"content":{"type":"text","text":`...)
 	b = appendString(b, text)
 	b = append(b, '}')
 	if a.opts.Stamp {
@@ -569,6 +855,9 @@ func (a *agent) toolCall(ctx context.Context, s *session, k int) bool {
 		"status":     "pending",
 	}
 	announce := map[string]any{"sessionUpdate": "tool_call", "rawInput": map[string]string{"path": fmt.Sprintf("demo/file%d.txt", k)}}
+	if a.opts.Protocol == 2 {
+		announce["sessionUpdate"] = "tool_call_update" // v2: an upsert, no separate tool_call
+	}
 	for k, v := range call {
 		announce[k] = v
 	}
@@ -608,15 +897,25 @@ func (a *agent) askPermission(ctx context.Context, s *session, call map[string]a
 		a.mu.Unlock()
 	}()
 
-	err := a.write(outRequest{JSONRPC: "2.0", ID: id, Method: "session/request_permission", Params: map[string]any{
+	params := map[string]any{
 		"sessionId": s.id,
 		"toolCall":  call,
 		"options": []map[string]string{
 			{"optionId": "allow", "name": "Allow", "kind": "allow_once"},
 			{"optionId": "reject", "name": "Reject", "kind": "reject_once"},
 		},
-	}})
-	if err != nil {
+	}
+	v2 := a.opts.Protocol == 2
+	if v2 {
+		// v2 asks with a title; the tool call is named in _meta.
+		delete(params, "toolCall")
+		params["title"] = call["title"]
+		params["_meta"] = map[string]any{"toolCallId": call["toolCallId"]}
+		if a.state(s.id, "requires_action", "") != nil {
+			return false, true
+		}
+	}
+	if err := a.write(outRequest{JSONRPC: "2.0", ID: id, Method: "session/request_permission", Params: params}); err != nil {
 		return false, true
 	}
 	var m *inMsg
@@ -624,6 +923,9 @@ func (a *agent) askPermission(ctx context.Context, s *session, call map[string]a
 	case m = <-ch:
 	case <-ctx.Done():
 		return false, true
+	}
+	if v2 {
+		a.state(s.id, "running", "")
 	}
 	if m.Error != nil {
 		return false, false

@@ -432,11 +432,11 @@ func TestRegisterFlags(t *testing.T) {
 	if !sameOptions(o, DefaultOptions()) {
 		t.Fatalf("before Parse: %+v, want defaults", o)
 	}
-	err := fs.Parse([]string{"--chunks=3", "--chunk-size=7", "--pace=5ms", "--permission=false", "--tool-calls=0", "--stamp"})
+	err := fs.Parse([]string{"--chunks=3", "--chunk-size=7", "--pace=5ms", "--permission=false", "--tool-calls=0", "--stamp", "--protocol=2"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Options{Chunks: 3, ChunkSize: 7, Pace: 5 * time.Millisecond, ToolCalls: 0, Stamp: true}
+	want := Options{Chunks: 3, ChunkSize: 7, Pace: 5 * time.Millisecond, ToolCalls: 0, Stamp: true, Protocol: 2}
 	if !sameOptions(o, want) {
 		t.Fatalf("parsed %+v, want %+v", o, want)
 	}
@@ -445,7 +445,7 @@ func TestRegisterFlags(t *testing.T) {
 func sameOptions(a, b Options) bool {
 	a.exit, b.exit = nil, nil
 	return a.Chunks == b.Chunks && a.ChunkSize == b.ChunkSize && a.Pace == b.Pace &&
-		a.Permission == b.Permission && a.ToolCalls == b.ToolCalls && a.Stamp == b.Stamp
+		a.Permission == b.Permission && a.ToolCalls == b.ToolCalls && a.Stamp == b.Stamp && a.Protocol == b.Protocol
 }
 
 func TestChunkText(t *testing.T) {

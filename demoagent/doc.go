@@ -1,4 +1,4 @@
-// Package demoagent is the built-in ACP (Agent Client Protocol, version 1)
+// Package demoagent is the built-in ACP (Agent Client Protocol, version 1 or 2)
 // agent: `agentbridge demo-agent`, and what `serve` runs when no agent command
 // is given. It speaks newline-delimited JSON-RPC 2.0 over an io.Reader and an
 // io.Writer (stdin and stdout when run as a process) and needs no model: its
@@ -20,6 +20,24 @@
 //     when Options.Permission is set, and a tool_call_update: "completed" when
 //     an allow option was selected, "failed" otherwise. Then → {stopReason:
 //     "end_turn"}. A second prompt on a session that is still running fails.
+//   - session/resume {sessionId, cwd} reopens a session (v1: no replay; v2:
+//     replayFrom {type: "start"} replays its history, then a state_update
+//     snapshot precedes the answer {}); session/fork {sessionId, cwd} → a new
+//     session {sessionId} holding a copy of the history; session/close
+//     cancels the running prompt and closes the session until it is resumed
+//     (a prompt meanwhile gets -32002); session/delete forgets it;
+//     session/list {cwd?} → {sessions: [{sessionId, cwd, title?, updatedAt}]}.
+//     An unknown session is -32002. initialize advertises them
+//     (sessionCapabilities list, resume, close, fork, delete).
+//   - $/cancel_request {requestId} cancels the prompt with that request id.
+//   - With Options.Protocol 2 (--protocol 2) it speaks ACP v2: initialize →
+//     {protocolVersion: 2, info, capabilities: {session: {fork, delete}}}
+//     (an older requested version is -32022); session/prompt is answered at
+//     once with {messageId}, and the turn is a user_message_chunk, state_update
+//     running, chunks carrying messageId, tool calls as tool_call_update
+//     upserts, state_update requires_action while a permission request
+//     ({sessionId, title, options}) waits, and state_update idle with the
+//     stopReason; session/load is -32601.
 //   - session/cancel {sessionId} (a notification) stops the session's prompt:
 //     streaming ends, a pending permission request is abandoned, and the prompt
 //     answers {stopReason: "cancelled"}. So does a permission answer with the

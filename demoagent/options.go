@@ -28,6 +28,10 @@ type Options struct {
 	// Stamp puts the send time in each chunk's _meta.sentAt (unix
 	// nanoseconds). Default false.
 	Stamp bool
+	// Protocol is the ACP protocol version spoken: 1 (default) or 2 (prompt
+	// answered at once with a messageId, the turn reported by state_update;
+	// no session/load). Zero means 1.
+	Protocol int
 
 	// exit ends the process for a "crash" prompt; nil means os.Exit. Tests
 	// replace it.
@@ -36,7 +40,7 @@ type Options struct {
 
 // DefaultOptions returns the documented defaults.
 func DefaultOptions() Options {
-	return Options{Chunks: 20, ChunkSize: 64, Permission: true, ToolCalls: 1}
+	return Options{Chunks: 20, ChunkSize: 64, Permission: true, ToolCalls: 1, Protocol: 1}
 }
 
 // RegisterFlags binds --chunks, --chunk-size, --pace, --permission,
@@ -51,6 +55,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.Permission, "permission", d.Permission, "ask session/request_permission before each tool call")
 	fs.IntVar(&o.ToolCalls, "tool-calls", d.ToolCalls, "tool calls per prompt")
 	fs.BoolVar(&o.Stamp, "stamp", d.Stamp, "put the send time (unix ns) in each chunk's _meta.sentAt")
+	fs.IntVar(&o.Protocol, "protocol", d.Protocol, "ACP protocol version: 1, or 2 (prompt acknowledged at once, turn reported by state_update)")
 }
 
 // normalized returns o with unusable values replaced.
@@ -61,6 +66,9 @@ func (o Options) normalized() Options {
 	o.Chunks = max(o.Chunks, 0)
 	o.ToolCalls = max(o.ToolCalls, 0)
 	o.Pace = max(o.Pace, 0)
+	if o.Protocol != 2 {
+		o.Protocol = 1
+	}
 	return o
 }
 

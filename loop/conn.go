@@ -62,8 +62,12 @@ type conn struct {
 
 var _ delivery.Transport = (*conn)(nil)
 
-// Wake asks the loop to drain soon. Any goroutine.
-func (c *conn) Wake() { _ = c.gc.Wake(nil) }
+// Wake asks the loop to drain soon (at the end of the agent's callback
+// when woken from it; see Server.wake). Any goroutine.
+func (c *conn) Wake() { c.srv.wake(c) }
+
+// maxIOV bounds one writev (the kernel's IOV_MAX is 1024).
+const maxIOV = 512
 
 // Frame is the protocol's framing of m. Event loop only.
 func (c *conn) Frame(m *wire.Msg) []byte { return c.proto.frame(m) }
@@ -204,6 +208,9 @@ func (s *Server) rewake(now time.Time) {
 // OnOpen accepts a connection: Unix-socket peers are checked by uid and
 // registered with the hub at once; TCP peers speak HTTP first.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	if _, ok := gc.Context().(*agentConn); ok {
+		return nil, gnet.None // the agent's socket (agentconn.go)
+	}
 	c := &conn{srv: s, gc: gc}
 	switch gc.LocalAddr().Network() {
 	case "unix":
@@ -246,6 +253,9 @@ func (s *Server) track(c *conn) {
 func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	c, ok := gc.Context().(*conn)
 	if !ok {
+		if ac, ok := gc.Context().(*agentConn); ok {
+			return ac.onTraffic(gc)
+		}
 		return gnet.Close
 	}
 	if c.closeBy != 0 {
@@ -287,6 +297,11 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 
 // OnClose unregisters the connection.
 func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
+	if ac, ok := gc.Context().(*agentConn); ok {
+		ac.onClose(err)
+		return gnet.None
+	}
+	s.adm.release(addrIP(gc.RemoteAddr())) // every client connection came through acceptLoop
 	c, ok := gc.Context().(*conn)
 	if !ok {
 		return gnet.None

@@ -1,5 +1,6 @@
 // Package loop is the only importer of gnet: it owns the listeners (Unix
-// socket and TCP on one engine via gnet.Rotate), per-connection state, the
+// socket and TCP, accepted by its own goroutines and registered with one
+// gnet engine; see accept.go), per-connection state, the
 // protocol on each connection (NDJSON on the Unix socket; HTTP, WebSocket
 // and SSE on TCP), and the draining of each connection's outbox into its
 // socket.

@@ -64,12 +64,14 @@ var (
 	descDeliveries   = prometheus.NewDesc("agentbridge_hub_deliveries_total", "Messages the hub queued to connections, per recipient.", nil, nil)
 	descErrors       = prometheus.NewDesc("agentbridge_hub_errors_total", "Error responses the bridge produced itself.", nil, nil)
 	descDenied       = prometheus.NewDesc("agentbridge_hub_denied_total", "Messages refused by role (-32001).", nil, nil)
+	descEvicted      = prometheus.NewDesc("agentbridge_sessions_evicted_total", "Sessions only the agent named, forgotten past --max-sessions (oldest idle first).", nil, nil)
+	descTimedOut     = prometheus.NewDesc("agentbridge_calls_timed_out_total", "Client requests answered -32005 because the agent did not answer within --call-timeout.", nil, nil)
 	descLagged       = prometheus.NewDesc("agentbridge_hub_lagged_total", "Times a connection fell behind (onSlow catchup) and was fed from the session log instead.", nil, nil)
 	descReplayBytes  = prometheus.NewDesc("agentbridge_replay_bytes", "Bytes all session logs hold (bounded by --replay-memory).", nil, nil)
 )
 
 func (hc *hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descClients, descPendingCalls, descPendingReqs, descAgentUp, descRestarts, descClientMsgs, descAgentMsgs, descDeliveries, descErrors, descDenied, descLagged, descReplayBytes} {
+	for _, d := range []*prometheus.Desc{descSessions, descClients, descPendingCalls, descPendingReqs, descAgentUp, descRestarts, descClientMsgs, descAgentMsgs, descDeliveries, descErrors, descDenied, descEvicted, descTimedOut, descLagged, descReplayBytes} {
 		ch <- d
 	}
 }
@@ -95,6 +97,8 @@ func (hc *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDeliveries, st.Deliveries)
 	counter(descErrors, st.Errors)
 	counter(descDenied, st.Denied)
+	counter(descEvicted, st.SessionsEvicted)
+	counter(descTimedOut, st.CallsTimedOut)
 	counter(descLagged, st.Lagged)
 	gauge(descReplayBytes, float64(st.ReplayBytes))
 }

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/agentbridge/agentbridge/breaker"
 	"github.com/agentbridge/agentbridge/delivery"
@@ -165,7 +166,24 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 	reg.MustRegister(m.connsTotal, m.connsOpen, m.msgsIn, m.bytesIn, m.msgsOut, m.bytesOut, m.refusals, m.closes, m.httpReqs, m.wsProtoErrs)
 	m.bp = newBPMetrics()
 	reg.MustRegister(m.bp.collectors()...)
+	// go_* (goroutines, heap, GC) and process_* (RSS, open fds against
+	// their limit, CPU): what an operator watches when a flood or a leak is
+	// suspected. Registered once per registry (tests share one).
+	register(reg, collectors.NewGoCollector())
+	register(reg, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// CounterFunc exports a monotonic count read at scrape time (the store's
+// and the audit log's dropped writes, for instance). f must be safe from
+// any goroutine and must not block. Safe from any goroutine.
+func (m *Metrics) CounterFunc(name, help string, f func() float64) {
+	register(m.Registry, prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
+}
+
+// GaugeFunc exports a value read at scrape time, like CounterFunc.
+func (m *Metrics) GaugeFunc(name, help string, f func() float64) {
+	register(m.Registry, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
 }
 
 func (m *Metrics) opened(t string) {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -48,6 +50,13 @@ type Config struct {
 	UDSRole auth.Role
 	// Loops is the number of event loops. Zero means one per CPU.
 	Loops int
+	// MaxConns is the most client connections held at once over every
+	// listener; past it a new connection is refused (see refuse). Zero means
+	// no limit.
+	MaxConns int
+	// MaxConnsPerIP is the most connections from one IP address on the TCP
+	// listener. Zero means no limit.
+	MaxConnsPerIP int
 	// HTTP configures the TCP listener's protocols (set by the WebSocket
 	// layer); nil serves nothing on TCP but a 404.
 	HTTP *HTTPConfig
@@ -79,13 +88,17 @@ func (c *Config) fill() {
 // Server serves clients on a gnet engine.
 type Server struct {
 	gnet.BuiltinEventEngine
-	cfg  Config
-	log  *slog.Logger
-	hub  *session.Hub
-	uid  uint32
-	eng  gnet.Engine
-	boot chan struct{}
-	done chan error
+	cfg Config
+	log *slog.Logger
+	hub *session.Hub
+	uid uint32
+	eng gnet.Engine
+	// ready is closed on the first OnTick: gnet calls OnBoot before it makes
+	// its loops, and the ticker starts after them, so from then on Register
+	// finds them (and the race detector sees why).
+	ready     chan struct{}
+	readyOnce sync.Once
+	done      chan error
 
 	mu      sync.Mutex
 	blocked map[*conn]struct{} // connections waiting for gnet's outbound buffer to drain
@@ -98,7 +111,24 @@ type Server struct {
 
 	front *front           // the TCP listener's HTTP layer; nil without --listen
 	tls   *tlsserve.Server // owns --listen when TLS is configured
-	gnet  bool             // the gnet engine runs (false: TLS only, no Unix socket)
+
+	adm       admission
+	lns       []listener                // our own listeners, accepted by acceptLoop
+	acceptors sync.WaitGroup            // one acceptLoop per listener
+	stopping  chan struct{}             // closed by Stop: acceptors stop backing off
+	agentc    atomic.Pointer[agentConn] // the agent's socket, with --agent-stdio socket
+
+	// While the agent's loop routes its output (agentconn.go): connections
+	// of that loop to drain before the callback returns.
+	inAgent    atomic.Bool
+	amu        sync.Mutex
+	agentLoop  gnet.EventLoop // guarded by amu
+	drainAfter []*conn        // guarded by amu
+	spareDrain []*conn        // guarded by amu: drainAfter's other buffer
+
+	engineOnce sync.Once
+	engineErr  error
+	engineUp   atomic.Bool
 }
 
 // New validates the configuration and prepares the listeners' paths; it
@@ -122,7 +152,8 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, hub: cfg.Hub, uid: uint32(os.Getuid()),
-		boot: make(chan struct{}), done: make(chan error, 2),
+		ready: make(chan struct{}), done: make(chan error, 2), stopping: make(chan struct{}),
+		adm:     admission{max: int64(max(cfg.MaxConns, 0)), perIP: max(cfg.MaxConnsPerIP, 0), byIP: make(map[netip.Addr]int)},
 		blocked: make(map[*conn]struct{}), conns: make(map[*conn]struct{})}
 	s.epc = s.endpointConfig()
 	if cfg.Listen != "" && cfg.HTTP != nil {
@@ -155,32 +186,25 @@ func checkSocketPath(path string) error {
 	return fmt.Errorf("socket path %s: %w", path, err)
 }
 
-// Start runs the engine in the background and returns once the listeners
-// are bound (or failed).
-func (s *Server) Start() error {
-	var addrs []string
-	if s.cfg.UDS != "" {
-		addrs = append(addrs, "unix://"+s.cfg.UDS)
+// StartEngine starts the gnet engine (on a private socket nobody can
+// reach; clients come from acceptLoop) and returns once its loops run. It
+// runs even when only TLS listens, so the agent's socket has a loop. Safe
+// from any goroutine but a loop callback; later calls return the first
+// call's result.
+func (s *Server) StartEngine() error {
+	s.engineOnce.Do(func() { s.engineErr = s.startEngine() })
+	return s.engineErr
+}
+
+func (s *Server) startEngine() error {
+	dir, err := os.MkdirTemp("", "agentbridge-engine-")
+	if err != nil {
+		return fmt.Errorf("engine socket: %w", err)
 	}
-	if s.cfg.Listen != "" {
-		if s.cfg.HTTP.TLS() {
-			if err := s.startTLS(); err != nil {
-				return err
-			}
-		} else {
-			addrs = append(addrs, "tcp://"+s.cfg.Listen)
-		}
-	}
-	if len(addrs) == 0 {
-		return nil // TLS only: no engine
-	}
-	s.gnet = true
-	// The socket file is created by bind() with the umask's mode; make it
-	// 0600 from its first instant rather than chmod-ing it afterwards.
-	old := syscall.Umask(0o177)
 	go func() {
-		s.done <- gnet.Rotate(s, addrs,
+		s.done <- gnet.Run(s, "unix://"+filepath.Join(dir, "e.sock"),
 			gnet.WithNumEventLoop(s.loops()),
+			gnet.WithLoadBalancing(gnet.LeastConnections),
 			gnet.WithTicker(true),
 			gnet.WithReusePort(false),
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
@@ -190,21 +214,85 @@ func (s *Server) Start() error {
 		)
 	}()
 	select {
-	case <-s.boot:
-		syscall.Umask(old)
-		if s.cfg.UDS != "" {
-			if err := os.Chmod(s.cfg.UDS, 0o600); err != nil {
-				return fmt.Errorf("chmod %s: %w", s.cfg.UDS, err)
-			}
-		}
+	case <-s.ready:
+		// Nobody can connect to the engine's own socket from now on.
+		_ = os.RemoveAll(dir)
+		s.engineUp.Store(true)
 		return nil
 	case err := <-s.done:
-		syscall.Umask(old)
+		_ = os.RemoveAll(dir)
 		if err == nil {
 			err = errors.New("engine stopped before it started")
 		}
+		return fmt.Errorf("event loop: %w", err)
+	}
+}
+
+// Start starts the engine if StartEngine has not, then binds the listeners
+// and starts accepting; it returns once they are bound (or failed).
+func (s *Server) Start() error {
+	if err := s.StartEngine(); err != nil {
+		return err
+	}
+	holdSpareFD()
+	if err := s.listen(); err != nil {
+		s.closeListeners()
 		_ = s.stopTLS(context.Background())
-		return fmt.Errorf("listen: %w", err)
+		_ = s.eng.Stop(context.Background())
+		return err
+	}
+	for _, l := range s.lns {
+		s.acceptors.Add(1)
+		go s.acceptLoop(l)
+	}
+	return nil
+}
+
+// listen binds the TCP listener (or starts TLS on it), then the Unix
+// socket: clients (and tests) take the socket's appearance to mean the
+// daemon is ready, so it comes last.
+func (s *Server) listen() error {
+	if s.cfg.Listen != "" {
+		// Go's net.Listen sets SO_REUSEADDR, so a restart binds at once
+		// while the previous daemon's connections linger in TIME_WAIT or
+		// FIN_WAIT_2.
+		ln, err := net.Listen("tcp", s.cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
+		}
+		if s.cfg.HTTP.TLS() {
+			if err := s.startTLS(limitListener{Listener: ln, s: s}); err != nil {
+				return err
+			}
+		} else {
+			s.lns = append(s.lns, listener{ln: ln, transport: "http"})
+		}
+	}
+	if s.cfg.UDS == "" {
+		return nil
+	}
+	// checkSocketPath (in New) found no live daemon behind a file here.
+	if fi, err := os.Lstat(s.cfg.UDS); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		_ = os.Remove(s.cfg.UDS)
+	}
+	// The socket file is created by bind() with the umask's mode; make it
+	// 0600 from its first instant rather than chmod-ing it afterwards.
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", s.cfg.UDS)
+	syscall.Umask(old)
+	if err != nil {
+		return fmt.Errorf("listen on the Unix socket %s: %w", s.cfg.UDS, err)
+	}
+	s.lns = append(s.lns, listener{ln: ln, transport: "unix"})
+	if err := os.Chmod(s.cfg.UDS, 0o600); err != nil {
+		return fmt.Errorf("chmod %s: %w", s.cfg.UDS, err)
+	}
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range s.lns {
+		_ = l.ln.Close()
 	}
 }
 
@@ -227,13 +315,12 @@ func (s *Server) Stop(ctx context.Context) error {
 	if !s.stopped.CompareAndSwap(false, true) {
 		return nil
 	}
+	close(s.stopping)
+	s.closeListeners()
+	s.acceptors.Wait()
 	err := s.stopTLS(ctx)
-	if !s.gnet {
-		return err
-	}
-	err = errors.Join(err, s.eng.Stop(ctx))
-	if s.cfg.UDS != "" {
-		_ = os.Remove(s.cfg.UDS) // gnet removes it too; be sure
+	if s.engineUp.Load() {
+		err = errors.Join(err, s.eng.Stop(ctx))
 	}
 	return err
 }
@@ -241,18 +328,21 @@ func (s *Server) Stop(ctx context.Context) error {
 // OnBoot records the engine.
 func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 	s.eng = eng
-	close(s.boot)
 	return gnet.None
 }
 
 // OnTick wakes connections blocked on gnet's outbound buffer and runs the
 // periodic work of the protocols (heartbeats, summaries).
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
+	s.readyOnce.Do(func() { close(s.ready) })
 	now := time.Now()
 	s.rewake(now)
 	s.mu.Lock()
 	ticks := s.ticks
 	s.mu.Unlock()
+	if ac := s.agentc.Load(); ac != nil && ac.needsTick() {
+		_ = ac.gc.Wake(nil)
+	}
 	for _, f := range ticks {
 		f(now)
 	}

@@ -2,6 +2,7 @@ package loop
 
 import (
 	"context"
+	"net"
 
 	"github.com/agentbridge/agentbridge/delivery"
 	"github.com/agentbridge/agentbridge/tlsserve"
@@ -16,8 +17,9 @@ import (
 
 var _ tlsserve.Front = (*front)(nil)
 
-// startTLS starts the TLS listener on --listen. Called by Start.
-func (s *Server) startTLS() error {
+// startTLS starts the TLS server on ln (--listen, bound by listen and
+// wrapped in the admission). Called by Start.
+func (s *Server) startTLS(ln net.Listener) error {
 	f := s.front
 	if f == nil {
 		f = newFront(s, HTTPConfig{})
@@ -25,6 +27,7 @@ func (s *Server) startTLS() error {
 	}
 	srv, err := tlsserve.New(tlsserve.Config{
 		Addr:           s.cfg.Listen,
+		Listener:       ln,
 		CertFile:       f.cfg.TLSCert,
 		KeyFile:        f.cfg.TLSKey,
 		Hub:            s.hub,
@@ -46,9 +49,11 @@ func (s *Server) startTLS() error {
 		},
 	})
 	if err != nil {
+		_ = ln.Close()
 		return err
 	}
 	if err := srv.Start(); err != nil {
+		_ = ln.Close()
 		return err
 	}
 	s.tls = srv

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/agentbridge/agentbridge/agent"
@@ -92,7 +93,7 @@ func (h *Hub) AgentExited(gen uint64, err error, restartIn time.Duration) {
 		}
 	}
 	for _, s := range h.sessions {
-		s.prompts = 0
+		s.prompts, s.agentState, s.loaders = 0, "", nil
 		h.refreshStatus(s)
 	}
 	m := h.statusMsg("", StatusBlocked)
@@ -114,6 +115,13 @@ func (h *Hub) failCalls(match func(*call) bool, why string) {
 	for _, id := range ids {
 		c := h.calls[id]
 		delete(h.calls, id)
+		h.callDone(c)
+		h.releaseTokens(c)
+		if c.loading {
+			if s := h.sessions[c.sessionID]; s != nil {
+				s.loaders = removeClient(s.loaders, c.cl)
+			}
+		}
 		if c.cl != nil {
 			h.replyError(c.cl, c.id, codeAgentUnavailable, why)
 		}
@@ -126,7 +134,12 @@ func (h *Hub) AgentMessage(gen uint64, msg []byte) {
 	h.agentMessages.Add(1)
 	hd, err := jsonrpc.Peek(msg)
 	if err != nil {
-		h.log.Warn("agent sent an invalid JSON-RPC message; dropped", "err", err, "bytes", len(msg), "head", head(msg))
+		// An agent spewing garbage makes one line a second, not one per line.
+		n := h.agentInvalid.Add(1)
+		if ok, held := h.invalidLog.allow(time.Now()); ok {
+			h.log.Warn("agent sent an invalid JSON-RPC message; dropped", "err", err, "bytes", len(msg), "head", head(msg),
+				"also_dropped_since_last_line", held, "dropped_total", n)
+		}
 		return
 	}
 	h.mu.Lock()
@@ -144,6 +157,50 @@ func (h *Hub) AgentMessage(gen uint64, msg []byte) {
 	}
 }
 
+// AgentDropped answers the call that a message the agent package dropped
+// for its size was the answer to (rawID, nil when its head showed none):
+// the client gets an error naming the size instead of waiting for ever.
+// Safe from any goroutine; called in order with AgentMessage.
+func (h *Hub) AgentDropped(gen uint64, rawID []byte, size int) {
+	if rawID == nil {
+		return
+	}
+	why := fmt.Sprintf("the agent's answer was %d bytes, over the limit (--max-message); it was dropped", size)
+	msg := jsonrpc.AppendError(nil, rawID, &jsonrpc.Error{Code: jsonrpc.CodeInternal, Message: why})
+	hd, err := jsonrpc.Peek(msg)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if gen != h.gen {
+		return
+	}
+	if id, ok := parseID(hd.ID); ok && h.calls[id] != nil {
+		h.agentResponse(msg, hd) // as if the agent had answered with this error
+	}
+}
+
+// everySecond lets through at most one log line a second and counts what
+// it held back. Safe from any goroutine.
+type everySecond struct {
+	mu   sync.Mutex
+	last time.Time
+	held int
+}
+
+func (e *everySecond) allow(now time.Time) (bool, int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if now.Sub(e.last) < time.Second {
+		e.held++
+		return false, 0
+	}
+	n := e.held
+	e.last, e.held = now, 0
+	return true, n
+}
+
 func head(b []byte) string {
 	if len(b) > 120 {
 		b = b[:120]
@@ -159,42 +216,57 @@ func (h *Hub) agentResponse(msg []byte, hd jsonrpc.Header) {
 		return
 	}
 	delete(h.calls, id)
+	h.callDone(c)
+	h.releaseTokens(c)
 	if c.internal != nil {
 		c.internal(h, msg)
 		return
 	}
 	s := h.sessions[c.sessionID]
 	refresh := false // announced after the response: the answer comes first
+	var claim string // a session/new or session/fork answer: the caller's new session
+	closed := false
 	switch c.method {
-	case "session/new":
+	case "session/new", "session/fork":
 		if sid := jsonrpc.ResultSessionID(msg); !hd.IsError && len(sid) > 0 {
-			s = h.session(string(sid))
-			s.gen, s.closed = h.gen, false
-			if !c.cl.closed {
-				h.setOwner(s, c.cl)
-				s.attach(c.cl)
-			} else if p := c.cl.park; p != nil && h.parked[p.key] == p {
-				// Its successor owns it and gets its events from the start.
-				p.created = append(p.created, s.ID)
-			}
-			refresh = true
+			claim = string(sid)
 		}
 	case "session/prompt":
 		if s != nil && s.prompts > 0 {
 			s.prompts--
 			refresh = true
 		}
+	case "session/load", "session/resume":
+		h.finishAttaching(c, s, hd.IsError)
+		refresh = s != nil
+	case "session/close", "session/delete", "session/archive":
+		closed = s != nil && !hd.IsError
 	}
 	out := jsonrpc.ReplaceID(make([]byte, 0, len(msg)+len(c.id)+1), msg, hd, c.id)
 	h.reply(c.cl, c.id, lineOf(out))
+	if claim != "" {
+		// After the answer, so the client knows the session before its
+		// first event arrives.
+		s, refresh = h.claimNew(c, claim), true
+	}
+	if closed {
+		h.sessionClosed(c.cl, s, c.method)
+		return
+	}
 	if refresh {
 		h.refreshStatus(s)
 	}
 }
 
 func (h *Hub) agentNotification(msg []byte, hd jsonrpc.Header) {
-	m := wire.Own(append(msg, '\n'))
 	if len(hd.SessionID) == 0 {
+		if len(hd.Method) > 0 && (hd.Method[0] == '$' || hd.Method[0] == 'n') {
+			method := string(hd.Method)
+			if h.agentCancel(msg, method) || h.agentProgress(msg, method) {
+				return
+			}
+		}
+		m := wire.Own(append(msg, '\n'))
 		for _, cl := range h.conns {
 			h.send(cl, m, wire.Data)
 		}
@@ -206,7 +278,15 @@ func (h *Hub) agentNotification(msg []byte, hd jsonrpc.Header) {
 		// session; keep them so the owner can replay them.
 		s = h.session(string(hd.SessionID))
 	}
-	h.publish(s, m)
+	if len(s.loaders) > 0 {
+		h.loaderOnly(s, msg)
+		return
+	}
+	stateChanged := h.trackState(s, msg)
+	h.publish(s, wire.Own(append(msg, '\n')))
+	if stateChanged {
+		h.refreshStatus(s)
+	}
 }
 
 func (h *Hub) agentRequest(msg []byte, hd jsonrpc.Header) {
@@ -315,9 +395,13 @@ func (h *Hub) retireRequest(ar *agentRequest, winner *Client) {
 		h.resolvedQ = h.resolvedQ[1:]
 	}
 	m := wire.ResolvedMsg(ar.sessionID, ar.id)
+	cancel := h.cancelMsg(ar.id) // the request's own protocol tells the losers too
 	for cl := range ar.sentTo {
 		if cl != winner {
 			h.send(cl, m, wire.Control)
+			if cancel != nil {
+				h.send(cl, cancel, wire.Control)
+			}
 		}
 	}
 	if ar.sessionID == "" {

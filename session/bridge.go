@@ -76,7 +76,7 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 			return false
 		}
 		if err := jsonrpc.Unmarshal(p, v); err != nil {
-			h.replyError(cl, hd.ID, codeInvalidParams, method+": invalid params: "+err.Error())
+			h.replyError(cl, hd.ID, codeInvalidParams, method+": "+paramsError(p, v))
 			return false
 		}
 		return true
@@ -116,11 +116,11 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 			deliver()
 		}
 	case "bridge/sessions":
-		var p struct{}
+		var p listParams
 		if !decode(&p) {
 			return
 		}
-		h.replyResult(cl, hd.ID, map[string]any{"sessions": h.sessionsLocked()})
+		h.listSessions(cl, hd.ID, p) // list.go
 	case "bridge/attach", "bridge/detach", "bridge/snapshot":
 		var p sessionParams
 		if !decode(&p) {
@@ -181,6 +181,7 @@ func (h *Hub) attach(cl *Client, id []byte, s *Session, since *uint64, last *int
 	if s.owner == nil && cl.info.Role == auth.RoleClient {
 		h.setOwner(s, cl)
 	}
+	h.claim(s)
 	s.attach(cl)
 	h.replyResult(cl, id, attachResult{SessionID: s.ID, Seq: s.seq, Status: s.status, Replayed: replay})
 	h.startCatchup(cl, s, cursor)

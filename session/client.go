@@ -77,7 +77,10 @@ func (h *Hub) routePeeked(cl *Client, msg []byte, hd jsonrpc.Header, err error) 
 // session must be attached on this connection, or owned by it (an owner
 // that detached from the data plane still drives its session; sessions are
 // isolated between clients). For a client, unknown sessions are the agent's business; an
-// operator (who may only cancel) must name a session it has attached.
+// operator (who may only cancel) must name a session it has attached. The
+// lifecycle methods (load, resume, fork, list, status, set_title, close,
+// delete, archive, unarchive) pass: a client may name any session with them
+// and lifecycle.go decides what they do (docs/protocol.md, the gate table).
 func (h *Hub) sessionGate(cl *Client, sid []byte, method string) (*Session, string) {
 	full := cl.info.Role == auth.RoleClient
 	if len(sid) == 0 {
@@ -90,7 +93,7 @@ func (h *Hub) sessionGate(cl *Client, sid []byte, method string) (*Session, stri
 	if s == nil && !full {
 		return nil, fmt.Sprintf("unknown session %q; bridge/sessions lists the known ones", sid)
 	}
-	if s == nil || (method == "session/load" && full) {
+	if s == nil || (full && lifecycleOf(method) != gated) {
 		return s, ""
 	}
 	if _, ok := cl.attached[s.ID]; !ok && s.owner != cl {
@@ -100,6 +103,15 @@ func (h *Hub) sessionGate(cl *Client, sid []byte, method string) (*Session, stri
 }
 
 func (h *Hub) forwardNotification(cl *Client, msg []byte, hd jsonrpc.Header, method string) {
+	if param := cancelParam(method); param != "" {
+		// A cancel names the sender's own request by the sender's id.
+		if out := h.clientCancel(cl, msg, method, param); out != nil {
+			if err := h.toAgent(out); err != nil {
+				h.log.Info("client cancel not delivered to the agent", "conn", cl.ID, "method", method, "err", err)
+			}
+		}
+		return
+	}
 	s, why := h.sessionGate(cl, hd.SessionID, method)
 	if why != "" {
 		if method == "session/cancel" {
@@ -109,8 +121,8 @@ func (h *Hub) forwardNotification(cl *Client, msg []byte, hd jsonrpc.Header, met
 		return
 	}
 	switch method {
-	case "initialized":
-		// LSP: the shared server hears "initialized" once per generation.
+	case "initialized", "notifications/initialized":
+		// LSP, MCP: the shared server hears it once per generation.
 		if h.init.notified == nil {
 			h.init.notified = clone(msg)
 		}
@@ -180,8 +192,28 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 		h.replyError(cl, hd.ID, codeAgentUnavailable, "the agent is not running (restarting); retry shortly")
 		return
 	}
+	kind := lifecycleOf(method)
+	if kind == closing && h.closeByOther(cl, s, hd.ID, method) {
+		return
+	}
+	if !h.admitCall(cl, hd.ID, method) {
+		return
+	}
 	c := &call{cl: cl, id: clone(hd.ID), method: method, sessionID: string(hd.SessionID), gen: h.gen}
+	if out, ok := h.remapTokens(c, msg); !ok {
+		h.replyError(cl, hd.ID, codeInvalidRequest, "a progress token member appears more than once; send each member once")
+		return
+	} else if len(c.tokens) > 0 {
+		msg = out
+		var err error
+		if hd, err = jsonrpc.Peek(msg); err != nil {
+			h.releaseTokens(c)
+			h.replyError(cl, c.id, codeInternal, "the bridge could not remap the request's progress token: "+err.Error())
+			return
+		}
+	}
 	if !h.sendCall(c, msg, hd) {
+		h.releaseTokens(c)
 		return
 	}
 	switch method {
@@ -193,17 +225,12 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 			s.prompts++
 			h.refreshStatus(s)
 		}
-	case "session/load":
-		// The agent replays history as session/update before it answers, so
-		// the loader is attached now, not when the answer arrives.
-		s = h.session(c.sessionID)
-		s.closed = false
-		s.gen = h.gen
-		s.attach(cl)
-		if s.owner == nil {
-			h.setOwner(s, cl)
-		}
-		h.refreshStatus(s)
+	}
+	if kind == attaching && c.sessionID != "" {
+		// The agent replays history (load) or sends its state snapshot
+		// (v2 resume) before it answers, so the caller is attached now,
+		// not when the answer arrives.
+		h.startAttaching(c, msg)
 	}
 }
 
@@ -225,6 +252,7 @@ func (h *Hub) sendCall(c *call, msg []byte, hd jsonrpc.Header) bool {
 		return false
 	}
 	h.calls[bid] = c
+	h.trackCall(bid, c)
 	return true
 }
 
@@ -273,6 +301,7 @@ func (h *Hub) sendInitialize() {
 			return
 		}
 		in.response = clone(body)
+		h.learnDialect(body)
 		for _, w := range in.waiters {
 			h.replyCached(w.cl, w.id)
 		}
@@ -313,6 +342,11 @@ func (h *Hub) clientAnswer(cl *Client, msg []byte, hd jsonrpc.Header) {
 	ar := h.requests[id]
 	if !ok || ar == nil {
 		if sid, done := h.resolved[id]; ok && done {
+			if hd.IsError {
+				// Typically the client acknowledging the cancel the
+				// bridge sent it for this request: nothing to tell.
+				return
+			}
 			h.send(cl, wire.ResolvedMsg(sid, id), wire.Control)
 			return
 		}

@@ -54,6 +54,17 @@ type Config struct {
 	// ResumeKeys caps how many dropped connections are kept for resuming;
 	// past it the oldest is forgotten. Zero means 4096.
 	ResumeKeys int
+	// MaxInflight caps one connection's requests awaiting the agent; past
+	// it requests get -32004 (--max-inflight). Zero means 1024.
+	MaxInflight int
+	// MaxSessions caps the sessions that exist only because the agent
+	// named them (no client created, loaded, attached or owned them); past
+	// it the oldest idle one is forgotten (--max-sessions). Zero means 10,000.
+	MaxSessions int
+	// CallTimeout answers a client request the agent has not answered in
+	// time with -32005, freeing its --max-inflight slot (--call-timeout).
+	// Zero means no timeout.
+	CallTimeout time.Duration
 }
 
 // Journal persists sessions and their events (store.Store). Both methods
@@ -95,6 +106,12 @@ func (c *Config) fill() {
 	if c.ResumeKeys <= 0 {
 		c.ResumeKeys = 4096
 	}
+	if c.MaxInflight <= 0 {
+		c.MaxInflight = 1024
+	}
+	if c.MaxSessions <= 0 {
+		c.MaxSessions = 10000
+	}
 }
 
 // AuditRecord is one control-plane decision.
@@ -113,9 +130,11 @@ type Stats struct {
 	AgentUp         bool // the agent process is running and accepting messages
 	Sessions        int
 	Connections     int
-	PendingCalls    int // client requests awaiting the agent
-	PendingRequests int // agent requests awaiting a client
-	Resumable       int // dropped connections kept for bridge/hello {resume}
+	PendingCalls    int    // client requests awaiting the agent
+	PendingRequests int    // agent requests awaiting a client
+	Resumable       int    // dropped connections kept for bridge/hello {resume}
+	SessionsEvicted uint64 // unclaimed sessions forgotten past MaxSessions
+	CallsTimedOut   uint64 // client requests answered -32005 by CallTimeout
 }
 
 // Hub routes JSON-RPC messages between clients and one agent.
@@ -147,9 +166,17 @@ type Hub struct {
 	resumeKeys  map[string]*Client
 	parked      map[string]*park
 	parkedBytes int
+	// protocol: learnt from the agent's initialize answer (remap.go)
+	dialect    dialect
+	acpVersion int                      // ACP protocolVersion; 2 means state_update drives status
+	progress   map[string]progressRoute // bridge progress token -> the client's
+	nextToken  int64
+	lim        limits // limits.go
 
 	clientMessages atomic.Uint64
 	agentMessages  atomic.Uint64
+	agentInvalid   atomic.Uint64 // agent messages dropped as invalid JSON-RPC
+	invalidLog     everySecond   // at most one log line a second for them
 	deliveries     atomic.Uint64
 	lagged         atomic.Uint64
 	errors         atomic.Uint64
@@ -176,6 +203,7 @@ type Client struct {
 	// pump reads them from the log in order once the replay reaches them.
 	catchup  map[*Session]uint64
 	catching atomic.Bool // len(catchup) > 0, readable without the hub mutex
+	inflight int         // requests awaiting the agent (limits.go)
 }
 
 // Catching reports whether a replay is still being paced out to this
@@ -194,6 +222,11 @@ type call struct {
 	sessionID string
 	gen       uint64
 	internal  func(h *Hub, body []byte) // for the bridge's own requests; under h.mu
+	// lifecycle (lifecycle.go): what forwarding this call did, undone if
+	// the agent refuses it
+	attachedNow, ownedNow, loading bool
+	tokens                         []string // bridge progress tokens minted for it (remap.go)
+	lim                            callLimits
 }
 
 // agentRequest is a request from the agent awaiting a client's answer.
@@ -332,6 +365,9 @@ func (h *Hub) setOwner(s *Session, cl *Client) {
 		delete(s.owner.owns, s.ID)
 	}
 	s.owner = cl
+	if cl != nil {
+		h.claim(s)
+	}
 	if cl != nil && !cl.closed {
 		if cl.owns == nil {
 			cl.owns = make(map[string]*Session)
@@ -343,7 +379,8 @@ func (h *Hub) setOwner(s *Session, cl *Client) {
 // Stats returns the hub's counters. Safe from any goroutine.
 func (h *Hub) Stats() Stats {
 	h.mu.Lock()
-	st := Stats{Sessions: len(h.sessions), Connections: len(h.conns), PendingCalls: len(h.calls), PendingRequests: len(h.requests), AgentUp: h.agentUp, Resumable: len(h.parked), ReplayBytes: h.logs.used}
+	st := Stats{Sessions: len(h.sessions), Connections: len(h.conns), PendingCalls: len(h.calls), PendingRequests: len(h.requests), AgentUp: h.agentUp, Resumable: len(h.parked),
+		SessionsEvicted: h.lim.evicted, CallsTimedOut: h.lim.timedOut, ReplayBytes: h.logs.used}
 	h.mu.Unlock()
 	st.ClientMessages = h.clientMessages.Load()
 	st.AgentMessages = h.agentMessages.Load()

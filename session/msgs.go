@@ -17,6 +17,7 @@ const (
 	codeAgentUnavailable = jsonrpc.CodeAgentUnavailable
 	codeOverloaded       = jsonrpc.CodeOverloaded
 	codeTimeout          = jsonrpc.CodeTimeout
+	codeInternal         = jsonrpc.CodeInternal
 )
 
 var nullID = []byte("null")

@@ -154,9 +154,13 @@ func (h *Hub) resume(cl *Client, key string) (*resumeResult, func(), *jsonrpc.Er
 		}
 	}
 	slices.Sort(bids) // in the order they were sent
+	moveCalls(old, cl)
 	for _, bid := range bids {
 		c := h.calls[bid]
 		c.cl = cl
+		for _, t := range c.tokens {
+			h.progress[t] = progressRoute{cl: cl, token: h.progress[t].token}
+		}
 		rr.Pending = append(rr.Pending, json.RawMessage(c.id))
 	}
 	for i := range h.init.waiters {

@@ -30,6 +30,14 @@ type Session struct {
 	gen      uint64          // agent generation that knows the session
 	closed   bool
 	restored bool // recovered from the state directory
+	// loaders are clients whose session/load (or v2 resume with
+	// replayFrom) is in flight while the log already holds events: the
+	// agent's replay goes to them only, unlogged (lifecycle.go).
+	loaders []*Client
+	// agentState is a v2 agent's last state_update state ("running",
+	// "idle", "requires_action"; "" before any).
+	agentState string
+	lim        sessionLimits
 }
 
 func (h *Hub) session(id string) *Session {
@@ -37,9 +45,8 @@ func (h *Hub) session(id string) *Session {
 	if s == nil {
 		s = &Session{ID: id, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: StatusIdle, gen: h.gen}
 		h.sessions[id] = s
-		if h.cfg.Journal != nil {
-			h.cfg.Journal.Create(id)
-		}
+		h.unclaimed(s) // journaled once a client claims it
+
 	}
 	return s
 }
@@ -113,9 +120,9 @@ func (s *Session) computeStatus(agentUp bool) Status {
 		return StatusClosed
 	case !agentUp:
 		return StatusBlocked
-	case len(s.pending) > 0:
+	case len(s.pending) > 0 || s.agentState == "requires_action":
 		return StatusAwaitingHITL
-	case s.prompts > 0:
+	case s.prompts > 0 || s.agentState == "running":
 		return StatusRunning
 	default:
 		return StatusIdle
@@ -147,7 +154,7 @@ func (h *Hub) publish(s *Session, m *wire.Msg) {
 	m.SessionID, m.Seq = s.ID, s.seq
 	s.log.append(m)
 	h.trimLogs()
-	if h.cfg.Journal != nil {
+	if h.cfg.Journal != nil && s.journaled() {
 		h.cfg.Journal.Append(s.ID, s.seq, m.Body())
 	}
 	delivered := 0

@@ -81,6 +81,9 @@ const Transport = "wss"
 type Config struct {
 	// Addr is the TCP address to listen on, host:port.
 	Addr string
+	// Listener, when set, is served instead of listening on Addr (the
+	// daemon binds it itself to apply its connection limits); Stop closes it.
+	Listener net.Listener
 	// CertFile and KeyFile are the PEM certificate chain and private key.
 	CertFile, KeyFile string
 	// Hub routes messages; required.
@@ -221,9 +224,12 @@ func New(cfg Config) (*Server, error) {
 // Start listens on Config.Addr and serves in the background. It returns
 // once the socket is bound. Call it once, from any goroutine.
 func (s *Server) Start() error {
-	ln, err := net.Listen("tcp", s.cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", s.cfg.Addr, err)
+	ln := s.cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", s.cfg.Addr); err != nil {
+			return fmt.Errorf("listen %s: %w", s.cfg.Addr, err)
+		}
 	}
 	s.lnMu.Lock()
 	s.ln = ln

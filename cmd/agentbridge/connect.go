@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/agentbridge/agentbridge/connect"
+	"github.com/agentbridge/agentbridge/internal/config"
 )
 
 func runConnect(args []string) int {
@@ -20,6 +22,8 @@ func runConnect(args []string) int {
 	maxMsg := fs.Int("max-message", 16<<20, "largest message, bytes")
 	retryFor := fs.Duration("retry-for", 2*time.Minute, "how long reconnecting may fail before giving up (exit 1)")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error (logs go to stderr)")
+	var allowUID config.List
+	fs.Var(&allowUID, "allow-uid", "unix://: uid besides your own whose daemon may serve the socket (repeatable); any other is refused before anything is sent")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: agentbridge connect [flags] URL\n\nURL is unix:///path/to.sock, ws://host:port/acp or wss://host:port/acp.\nstdin and stdout carry newline-delimited JSON-RPC, so an editor can run this as its agent command.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -31,6 +35,15 @@ func runConnect(args []string) int {
 		fmt.Fprintln(os.Stderr, "agentbridge connect: exactly one URL is required (unix:///path.sock, ws://host:port/acp or wss://host:port/acp)")
 		return 2
 	}
+	var uids []uint32
+	for _, s := range allowUID {
+		u, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "agentbridge connect: invalid --allow-uid %q (want a numeric uid)\n", s)
+			return 2
+		}
+		uids = append(uids, uint32(u))
+	}
 	log, err := newLogger(os.Stderr, *logLevel, "text")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "agentbridge connect: %v\n", err)
@@ -39,7 +52,7 @@ func runConnect(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	err = connect.Run(ctx, connect.Options{URL: fs.Arg(0), Token: *token, CA: *ca, MaxMessage: *maxMsg, RetryFor: *retryFor,
-		Stdin: os.Stdin, Stdout: os.Stdout, Logger: log.With(slog.String("src", "connect"))})
+		AllowUIDs: uids, Stdin: os.Stdin, Stdout: os.Stdout, Logger: log.With(slog.String("src", "connect"))})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "agentbridge connect: %v\n", err)
 		return 1

@@ -22,6 +22,10 @@ func runDemoAgent(args []string) int {
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
+	if o.Protocol != 1 && o.Protocol != 2 {
+		fmt.Fprintf(os.Stderr, "agentbridge demo-agent: --protocol %d: the demo agent speaks ACP protocol version 1 or 2\n", o.Protocol)
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := demoagent.Run(ctx, os.Stdin, os.Stdout, o); err != nil {

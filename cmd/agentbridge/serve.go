@@ -33,30 +33,25 @@ import (
 type serveFlags struct {
 	uds, listen, tlsCert, tlsKey, tokens, config string
 	stateDir, auditFile                          string
-	logLevel, logFormat, framing                 config.Choice
+	logLevel, logFormat, framing, agentStdio     config.Choice
 	allowOrigin                                  config.List
 	allowUID                                     config.List
 	replay, replayBytes, maxMessage, queueItems  int
 	replayMemory                                 int
-	loops                                        int
+	loops, maxConns, maxConnsPerIP               int
 	pprof                                        string
 	queueBytes, controlBytes                     int
 	heartbeat, requestTimeout, grace, stateSync  time.Duration
 	summaryInterval, stallTimeout                time.Duration
+	maxInflight, maxSessions                     int           // hardening
+	callTimeout                                  time.Duration // hardening
 	rate                                         string
-}
-
-func defaultSocket() string {
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "agentbridge.sock")
-	}
-	return fmt.Sprintf("/tmp/agentbridge-%d.sock", os.Getuid())
 }
 
 func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	f := &serveFlags{}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.StringVar(&f.uds, "uds", defaultSocket(), "Unix socket path (\"\" disables)")
+	fs.StringVar(&f.uds, "uds", config.DefaultSocket(), "Unix socket path, in a directory only this user may write (\"\" disables); the default directory is created 0700")
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8931", "TCP address for WebSocket/HTTP (\"\" disables)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate file (with --tls-key: serve https/wss)")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "TLS key file")
@@ -71,6 +66,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.StringVar(&f.auditFile, "audit", "", "append control-plane decisions to this file as JSON lines (mode 0600)")
 	f.framing = config.Choice{Value: "ndjson", Allowed: []string{"ndjson", "lsp"}}
 	fs.Var(&f.framing, "framing", "the agent's stdio framing: ndjson or lsp")
+	f.agentStdio = config.Choice{Value: "socket", Allowed: []string{"socket", "pipe"}}
+	fs.Var(&f.agentStdio, "agent-stdio", "the agent's stdin/stdout: socket (one socketpair end, served by the event loop) or pipe (for agents that need real pipes); stderr is always a pipe to the log")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "WebSocket ping interval; a peer silent for two intervals is dropped")
 	fs.DurationVar(&f.summaryInterval, "summary-interval", time.Second, "a degraded (slow) connection gets at most one bridge/summary per session per interval")
 	fs.DurationVar(&f.stallTimeout, "stall-timeout", 60*time.Second, "a connection that takes nothing for this long while something is due to it is closed (WebSocket 1013); its client resumes by cursor")
@@ -83,10 +80,15 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.IntVar(&f.maxMessage, "max-message", 16<<20, "largest message accepted from a client or the agent, bytes")
 	fs.IntVar(&f.queueItems, "queue-items", 4096, "per-connection outbound queue: most messages")
 	fs.IntVar(&f.loops, "loops", 0, "event loops (0: half the CPUs, at least one: the agent and its reader need the rest)")
+	fs.IntVar(&f.maxConns, "max-conns", 0, "most client connections at once over all listeners; past it new ones are refused (0: the fd limit less a reserve of 1024, at least half the limit)")
+	fs.IntVar(&f.maxConnsPerIP, "max-conns-per-ip", 0, "most TCP connections from one IP address (0: no limit)")
 	fs.StringVar(&f.pprof, "pprof", "", "debugging: serve net/http/pprof on this address (e.g. 127.0.0.1:6060; keep it on loopback)")
 	fs.IntVar(&f.queueBytes, "queue-bytes", 1<<20, "per-connection outbound queue: data-plane bytes before eviction/degrade")
 	fs.IntVar(&f.controlBytes, "control-bytes", 4<<20, "per-connection outbound queue: control-plane bytes before the connection is closed")
 	fs.DurationVar(&f.requestTimeout, "request-timeout", 10*time.Minute, "how long an agent request waits for a client's answer")
+	fs.IntVar(&f.maxInflight, "max-inflight", 1024, "requests one connection may have awaiting the agent; past it -32004")
+	fs.IntVar(&f.maxSessions, "max-sessions", 10000, "sessions kept that only the agent named (no client created, loaded or attached them); past it the oldest idle one is forgotten")
+	fs.DurationVar(&f.callTimeout, "call-timeout", 0, "answer a client request the agent has not answered within this with -32005 (0: wait for ever)")
 	fs.DurationVar(&f.grace, "grace", 5*time.Second, "on shutdown, how long the agent gets to exit after stdin closes (then SIGTERM, then SIGKILL)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: agentbridge serve [flags] [-- AGENT_CMD ARGS...]\n\nEvery flag can also be set as AGENTBRIDGE_<NAME> (e.g. AGENTBRIDGE_LISTEN) or in --config.\n\nFlags:\n")
@@ -152,16 +154,22 @@ func runServe(args []string) int {
 	if f.replay < 0 {
 		return fail("invalid --replay %d (0 means no count limit)", f.replay)
 	}
-	for name, v := range map[string]int{"--replay-memory": f.replayMemory, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes} {
+	for name, v := range map[string]int{"--replay-memory": f.replayMemory, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes, "--max-inflight": f.maxInflight, "--max-sessions": f.maxSessions} {
 		if v <= 0 {
 			return fail("invalid %s %d (must be positive)", name, v)
 		}
+	}
+	if f.maxConns < 0 || f.maxConnsPerIP < 0 {
+		return fail("invalid --max-conns %d / --max-conns-per-ip %d (must be 0 or positive)", f.maxConns, f.maxConnsPerIP)
 	}
 	if f.loops < 0 {
 		return fail("invalid --loops %d (0 means half the CPUs)", f.loops)
 	}
 	if f.heartbeat <= 0 || f.requestTimeout <= 0 || f.grace <= 0 {
 		return fail("--heartbeat, --request-timeout and --grace must be positive durations")
+	}
+	if f.callTimeout < 0 {
+		return fail("invalid --call-timeout %s (0 disables it)", f.callTimeout)
 	}
 	if f.summaryInterval <= 0 {
 		return fail("invalid --summary-interval %s (must be positive)", f.summaryInterval)
@@ -193,36 +201,38 @@ func runServe(args []string) int {
 		cmd = []string{self, "demo-agent"}
 	}
 
-	// Tokens: given, or generated next to the socket.
+	// Tokens: given, or generated next to the socket once it is bound.
 	var tokens *auth.Tokens
-	tokenFile := ""
+	tokenFile, token := "", ""
 	if f.tokens != "" {
 		if tokens, err = auth.LoadTokens(f.tokens); err != nil {
 			return fail("%v", err)
 		}
-	} else {
-		dir := filepath.Dir(defaultSocket())
-		if f.uds != "" {
-			dir = filepath.Dir(f.uds)
+		if w := auth.TokensFileWarning(f.tokens); w != "" {
+			log.Warn(w)
 		}
-		tok, err := auth.GenerateToken()
-		if err != nil {
+	} else {
+		if token, err = auth.GenerateToken(); err != nil {
 			return fail("generate token: %v", err)
 		}
-		tokenFile = filepath.Join(dir, "agentbridge.token")
-		if err := auth.WriteTokenFile(tokenFile, tok); err != nil {
-			return fail("write token file: %v", err)
+		tokenFile = config.TokenFileFor(config.DefaultSocket())
+		if f.uds != "" {
+			tokenFile = config.TokenFileFor(f.uds)
 		}
-		if tokens, err = auth.NewTokens([]auth.Grant{{Role: auth.RoleClient, Token: tok}}); err != nil {
+		if tokens, err = auth.NewTokens([]auth.Grant{{Role: auth.RoleClient, Token: token}}); err != nil {
 			return fail("%v", err)
 		}
+	}
+	if err := socketDirs(f.uds, tokenFile); err != nil {
+		return fail("%v", err)
 	}
 	origins, err := auth.NewOriginPolicy(f.allowOrigin)
 	if err != nil {
 		return fail("%v", err)
 	}
 
-	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, ReplayMemory: f.replayMemory, RequestTimeout: f.requestTimeout, Version: version, Logger: log}
+	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, ReplayMemory: f.replayMemory, RequestTimeout: f.requestTimeout, Version: version, Logger: log,
+		MaxInflight: f.maxInflight, MaxSessions: f.maxSessions, CallTimeout: f.callTimeout}
 	var auditLog *audit.Log
 	if f.auditFile != "" {
 		if auditLog, err = audit.Open(f.auditFile, audit.Options{}); err != nil {
@@ -272,21 +282,25 @@ func runServe(args []string) int {
 		go func() { _ = http.Serve(ln, nil) }() // net/http/pprof registers on the default mux
 		log.Info("pprof serving", "addr", ln.Addr().String())
 	}
+	fdLimit := raiseFDLimit(log)
+	maxConns := f.maxConns
+	if maxConns == 0 {
+		maxConns = defaultMaxConns(fdLimit)
+	} else if fdLimit > 0 && maxConns > fdLimit-64 {
+		log.Warn("--max-conns is above what the fd limit allows; accept will fail first (and back off)", "max_conns", maxConns, "fd_limit", fdLimit)
+	}
 	hub := session.New(hcfg)
 	if st != nil {
 		hub.Restore(recovered)
 		log.Info("state restored", "dir", f.stateDir, "sessions", len(recovered))
 	}
-	sup, err := agent.New(agent.Config{Command: cmd, Framing: framing, MaxMessage: f.maxMessage, Grace: f.grace, Logger: log.With("src", "agent")}, hub)
-	if err != nil {
-		return fail("%v", err)
-	}
-	hub.SetAgent(sup)
 	metrics := loop.NewMetrics(nil)
+	exportStats(metrics, st, auditLog)
 	srv, err := loop.New(loop.Config{
 		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
-		Queue:     ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
-		Loops:     loops,
+		Queue:    ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
+		Loops:    loops,
+		MaxConns: maxConns, MaxConnsPerIP: f.maxConnsPerIP,
 		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval, StallTimeout: f.stallTimeout},
 		Rate:      rate,
 		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
@@ -295,6 +309,22 @@ func runServe(args []string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
+	// Signals are caught before anything is served: a supervisor may stop
+	// the daemon the moment its socket appears.
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	acfg := agent.Config{Command: cmd, Framing: framing, MaxMessage: f.maxMessage, Grace: f.grace, Logger: log.With("src", "agent")}
+	if acfg.Stdio, err = agent.ParseStdio(f.agentStdio.Value); err != nil {
+		return fail("%v", err)
+	}
+	if acfg.Stdio == agent.StdioSocket {
+		acfg.Attach = srv // the agent's stdio is a connection of the event loop
+	}
+	sup, err := agent.New(acfg, hub)
+	if err != nil {
+		return fail("%v", err)
+	}
+	hub.SetAgent(sup)
 	// The agent starts first, so a client connecting the moment the socket
 	// appears finds it running (not "restarting").
 	if err := sup.Start(); err != nil {
@@ -305,6 +335,14 @@ func runServe(args []string) int {
 		_ = sup.Stop(actx)
 		acancel()
 		return fail("%v", err)
+	}
+	// Written only once the socket is ours: a daemon that failed to bind
+	// must not replace the token file of the one that holds the socket.
+	if tokenFile != "" {
+		if err := auth.WriteTokenFile(tokenFile, token); err != nil {
+			log.Error("cannot write the token file; WebSocket clients need --tokens", "file", tokenFile, "err", err)
+			tokenFile = ""
+		}
 	}
 	attrs := []any{"agent", strings.Join(cmd, " "), "pid", os.Getpid()}
 	if f.uds != "" {
@@ -320,10 +358,9 @@ func runServe(args []string) int {
 	if tokenFile != "" {
 		attrs = append(attrs, "token_file", tokenFile)
 	}
+	attrs = append(attrs, "max_conns", maxConns, "fd_limit", fdLimit)
 	log.Info("agentbridge serving", attrs...)
 
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	var reason string
 	select {
 	case s := <-sig:
@@ -341,19 +378,100 @@ func runServe(args []string) int {
 	for srv.Connections() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := srv.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		log.Warn("engine stop", "err", err)
-	}
+	// The agent stops before the engine: with --agent-stdio socket its
+	// stdio is a connection of the engine, and what it writes while it
+	// stops is still read.
 	actx, acancel := context.WithTimeout(context.Background(), 3*f.grace)
 	defer acancel()
 	if err := sup.Stop(actx); err != nil {
 		log.Warn("agent stop", "err", err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := srv.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Warn("engine stop", "err", err)
+	}
 	if tokenFile != "" {
-		_ = os.Remove(tokenFile)
+		if err := auth.RemoveTokenFile(tokenFile, token); err != nil {
+			log.Warn("token file", "err", err)
+		}
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// socketDirs prepares the directories of the socket and the generated
+// token file: the default directory is created 0700 and, like any other,
+// refused when another uid owns it or others may write to it (anyone who
+// can write there can replace the socket or the token file).
+func socketDirs(uds, tokenFile string) error {
+	seen := map[string]bool{}
+	for _, p := range []string{uds, tokenFile} {
+		if p == "" {
+			continue
+		}
+		dir := filepath.Dir(p)
+		if seen[dir] {
+			continue
+		}
+		seen[dir] = true
+		check := config.CheckPrivateDir
+		if dir == config.DefaultSocketDir() {
+			check = config.PrivateDir
+		}
+		if err := check(dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// exportStats puts the store's and the audit log's counters in /metrics:
+// a write they dropped is otherwise only a log line.
+func exportStats(m *loop.Metrics, st *store.Store, a *audit.Log) {
+	if st != nil {
+		stat := func(f func(store.Stats) uint64) func() float64 {
+			return func() float64 { return float64(f(st.Stats())) }
+		}
+		m.CounterFunc("agentbridge_store_dropped_total", "Records the state store dropped (its queue was full: the disk is slower than the agent); each is a hole in the persisted log.", stat(func(s store.Stats) uint64 { return s.Dropped }))
+		m.CounterFunc("agentbridge_store_write_errors_total", "Failed writes or fsyncs of the state store; their records are lost.", stat(func(s store.Stats) uint64 { return s.WriteErrors }))
+		m.CounterFunc("agentbridge_store_written_total", "Records the state store handed to write(2).", stat(func(s store.Stats) uint64 { return s.Written }))
+		m.GaugeFunc("agentbridge_store_queued", "Records waiting for the state store's writer.", func() float64 { return float64(st.Stats().Queued) })
+	}
+	if a != nil {
+		m.CounterFunc("agentbridge_audit_dropped_total", "Audit records dropped (the audit queue was full or the log was closing).", func() float64 { return float64(a.Dropped()) })
+	}
+}
+
+// raiseFDLimit raises RLIMIT_NOFILE's soft limit to its hard limit (each
+// connection is a descriptor) and returns the limit in force, 0 if unknown.
+func raiseFDLimit(log *slog.Logger) int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		log.Warn("cannot read the fd limit", "err", err)
+		return 0
+	}
+	if rl.Cur < rl.Max {
+		want := rl
+		want.Cur = rl.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+			log.Warn("cannot raise the fd limit", "soft", rl.Cur, "hard", rl.Max, "err", err)
+		} else {
+			rl = want
+		}
+	}
+	if rl.Cur > 1<<30 {
+		return 1 << 30
+	}
+	return int(rl.Cur)
+}
+
+// defaultMaxConns leaves about 1024 descriptors of the limit for the agent,
+// files, the store and gnet's transient dup of each new connection; with a
+// small limit, half of it.
+func defaultMaxConns(fdLimit int) int {
+	if fdLimit <= 0 {
+		return 0
+	}
+	return max(fdLimit-1024, fdLimit/2)
 }

@@ -105,20 +105,37 @@ type span struct{ start, end int }
 var absent = span{-1, -1}
 
 // topScan is one validating pass over a message that remembers, for each
-// top-level member routing needs, the span of its last occurrence (duplicate
-// keys: last wins, as in encoding/json), and the sessionId inside the last
-// "params" and "result" objects.
+// top-level member routing needs, the span of its last occurrence, and the
+// sessionId inside the last "params" and "result" objects. It also notes the
+// first member routing needs that appears twice (dup): Peek refuses such a
+// message, because the bridge and the peer's JSON parser could read
+// different values (first wins in some parsers, last wins in others).
 type topScan struct {
 	scanner
 	isObject                                bool
 	first                                   byte // first non-blank byte
 	jsonrpc, id, method, params, result, er span
 	paramsSID, resultSID, inner             span
+	innerDup                                bool
+	dup                                     string // the duplicated member's name, "" if none
 }
 
 func (t *topScan) visitInner(ks, ke, vs, ve int) {
 	if keyIs(t.b[ks:ke], "sessionId") {
+		if t.inner.start >= 0 {
+			t.innerDup = true
+		}
 		t.inner = span{vs, ve}
+	}
+}
+
+// keyNames are the top-level members Peek tracks, by key constant.
+var keyNames = [...]string{keyJSONRPC: "jsonrpc", keyID: "id", keyMethod: "method", keyParams: "params", keyResult: "result", keyError: "error"}
+
+// noteDup records that member k was seen again, keeping the first such name.
+func (t *topScan) noteDup(prev span, name string) {
+	if prev.start >= 0 && t.dup == "" {
+		t.dup = name
 	}
 }
 
@@ -166,7 +183,7 @@ func (t *topScan) top(i int) int {
 		}
 		k := topKey(b[ks:ke])
 		var ve int
-		t.inner = absent
+		t.inner, t.innerDup = absent, false
 		if (k == keyParams || k == keyResult) && vs < len(b) && b[vs] == '{' {
 			ve = t.object(vs, 1, t.visitInner)
 		} else {
@@ -178,16 +195,25 @@ func (t *topScan) top(i int) int {
 		sp := span{vs, ve}
 		switch k {
 		case keyJSONRPC:
+			t.noteDup(t.jsonrpc, keyNames[k])
 			t.jsonrpc = sp
 		case keyID:
+			t.noteDup(t.id, keyNames[k])
 			t.id = sp
 		case keyMethod:
+			t.noteDup(t.method, keyNames[k])
 			t.method = sp
 		case keyParams:
+			t.noteDup(t.params, keyNames[k])
+			if t.innerDup && t.dup == "" {
+				t.dup = "params.sessionId"
+			}
 			t.params, t.paramsSID = sp, t.inner
 		case keyResult:
+			t.noteDup(t.result, keyNames[k])
 			t.result, t.resultSID = sp, t.inner
 		case keyError:
+			t.noteDup(t.er, keyNames[k])
 			t.er = sp
 		}
 		i = skipWS(b, ve)
@@ -215,6 +241,12 @@ func invalid(msg string) *Error { return &Error{Code: CodeInvalidRequest, Messag
 // id if one of a valid type was found, so the caller can answer it as the
 // specification asks.
 //
+// A message in which "jsonrpc", "id", "method", "params", "result", "error"
+// or params.sessionId appears more than once is CodeInvalidRequest: parsers
+// disagree on which value counts, so the bridge could check one session
+// while the agent acts on another. With a duplicated "id" the returned
+// Header has no id (the answer goes to null).
+//
 // A valid message costs one pass over its bytes and no allocation unless
 // method or sessionId contains escapes.
 func Peek(msg []byte) (Header, error) {
@@ -229,13 +261,20 @@ func Peek(msg []byte) (Header, error) {
 		}
 		return h, invalid("a JSON-RPC message must be a JSON object")
 	}
-	if t.id.start >= 0 {
-		switch msg[t.id.start] {
-		case '"', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'n':
+	if t.dup != "" {
+		// Which of the two values counts depends on the parser; the
+		// message is refused rather than read one way here and another
+		// way by the peer. A duplicated id leaves the id unknown (null).
+		if t.dup != "id" && t.id.start >= 0 && validIDStart(msg[t.id.start]) {
 			h.ID, h.IDStart, h.IDEnd = msg[t.id.start:t.id.end], t.id.start, t.id.end
-		default:
+		}
+		return h, invalid(`member "` + t.dup + `" appears more than once; send each member once`)
+	}
+	if t.id.start >= 0 {
+		if !validIDStart(msg[t.id.start]) {
 			return h, invalid(`"id" must be a number, a string or null`)
 		}
+		h.ID, h.IDStart, h.IDEnd = msg[t.id.start:t.id.end], t.id.start, t.id.end
 	}
 	if !isString(msg, t.jsonrpc) || string(unquote(msg, t.jsonrpc.start, t.jsonrpc.end)) != "2.0" {
 		return h, invalid(`"jsonrpc" must be "2.0"`)
@@ -275,6 +314,16 @@ func Peek(msg []byte) (Header, error) {
 	return h, nil
 }
 
+// validIDStart reports whether a value starting with c is a valid id: a
+// number, a string or null.
+func validIDStart(c byte) bool {
+	switch c {
+	case '"', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'n':
+		return true
+	}
+	return false
+}
+
 func isString(msg []byte, sp span) bool { return sp.start >= 0 && msg[sp.start] == '"' }
 
 // ReplaceID appends msg to dst with its id value replaced by newID, which
@@ -304,4 +353,43 @@ func ResultSessionID(msg []byte) []byte {
 		return nil
 	}
 	return unquote(msg, t.resultSID.start, t.resultSID.end)
+}
+
+// Member finds the value at path, a chain of object keys from the top level
+// of msg (e.g. "params", "_meta", "progressToken"), and returns its span
+// msg[start:end]. start is -1 when the value is absent or something on the
+// way is not an object. dup reports that a key on the path appears twice in
+// its object: the value is then ambiguous and start is -1. msg must be a
+// message Peek accepted. Keys match after decoding escapes, as in Peek. It
+// does not allocate.
+func Member(msg []byte, path ...string) (start, end int, dup bool) {
+	s := scanner{b: msg}
+	i := skipWS(msg, 0)
+	start, end = -1, -1
+	for _, key := range path {
+		if i >= len(msg) || msg[i] != '{' {
+			return -1, -1, false
+		}
+		vs, ve := -1, -1
+		if s.object(i, 0, func(ks, ke, a, b int) {
+			if keyIs(msg[ks:ke], key) {
+				if vs >= 0 {
+					dup = true
+				}
+				vs, ve = a, b
+			}
+		}) < 0 || dup || vs < 0 {
+			return -1, -1, dup
+		}
+		i, start, end = vs, vs, ve
+	}
+	return start, end, false
+}
+
+// Splice appends msg to dst with the value at msg[start:end] replaced by
+// val (raw JSON). Spans must come from Member or Peek on this msg.
+func Splice(dst, msg []byte, start, end int, val []byte) []byte {
+	dst = append(dst, msg[:start]...)
+	dst = append(dst, val...)
+	return append(dst, msg[end:]...)
 }

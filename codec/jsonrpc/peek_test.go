@@ -58,10 +58,8 @@ func TestPeekValid(t *testing.T) {
 			want{kind: KindNotification, method: "n"}},
 		{"nested result ignored in request", `{"jsonrpc":"2.0","id":1,"method":"m","params":{"result":1,"error":{}}}`,
 			want{kind: KindRequest, id: "1", method: "m"}},
-		{"duplicate keys last wins", `{"jsonrpc":"1.0","jsonrpc":"2.0","id":1,"id":"two","method":"a","method":"b","params":{"sessionId":"x","sessionId":"y"}}`,
-			want{kind: KindRequest, id: `"two"`, method: "b", session: "y"}},
-		{"duplicate params last wins", `{"jsonrpc":"2.0","method":"m","params":{"sessionId":"x"},"params":{"other":1}}`,
-			want{kind: KindNotification, method: "m"}},
+		{"duplicate nested keys are not ours", `{"jsonrpc":"2.0","method":"m","params":{"sessionId":"x","a":{"sessionId":"1","sessionId":"2"},"b":1,"b":2},"x":1,"x":2}`,
+			want{kind: KindNotification, method: "m", session: "x"}},
 		{"sessionId not a string", `{"jsonrpc":"2.0","method":"m","params":{"sessionId":12}}`,
 			want{kind: KindNotification, method: "m"}},
 		{"similar keys", `{"jsonrpc":"2.0","ids":1,"Id":2,"method":"m","Method":3,"params":{"sessionid":"x","SessionId":"y"}}`,
@@ -203,6 +201,15 @@ func TestPeekErrors(t *testing.T) {
 		{"response without id", `{"jsonrpc":"2.0","result":1}`, CodeInvalidRequest, `must have an "id"`, ""},
 		{"nested method does not count", `{"jsonrpc":"2.0","id":1,"params":{"method":"m"}}`, CodeInvalidRequest, `needs "method"`, "1"},
 		{"escaped id key still typed", `{"jsonrpc":"2.0","\u0069d":[1],"method":"m"}`, CodeInvalidRequest, `"id"`, ""},
+		{"duplicate id", `{"jsonrpc":"2.0","id":1,"id":"two","method":"m"}`, CodeInvalidRequest, `member "id" appears more than once`, ""},
+		{"duplicate escaped id", `{"jsonrpc":"2.0","id":1,"\u0069d":2,"method":"m"}`, CodeInvalidRequest, `member "id"`, ""},
+		{"duplicate jsonrpc", `{"jsonrpc":"1.0","jsonrpc":"2.0","id":1,"method":"m"}`, CodeInvalidRequest, `member "jsonrpc"`, "1"},
+		{"duplicate method", `{"jsonrpc":"2.0","id":3,"method":"a","method":"b"}`, CodeInvalidRequest, `member "method"`, "3"},
+		{"duplicate params", `{"jsonrpc":"2.0","method":"m","params":{"sessionId":"x"},"params":{"other":1}}`, CodeInvalidRequest, `member "params"`, ""},
+		{"duplicate result", `{"jsonrpc":"2.0","id":4,"result":1,"result":2}`, CodeInvalidRequest, `member "result"`, "4"},
+		{"duplicate error", `{"jsonrpc":"2.0","id":5,"error":{},"error":{}}`, CodeInvalidRequest, `member "error"`, "5"},
+		{"duplicate sessionId", `{"jsonrpc":"2.0","id":6,"method":"session/prompt","params":{"sessionId":"mine","prompt":[],"sessionId":"yours"}}`, CodeInvalidRequest, `member "params.sessionId"`, "6"},
+		{"duplicate escaped sessionId", `{"jsonrpc":"2.0","id":7,"method":"m","params":{"sessionId":"a","session\u0049d":"b"}}`, CodeInvalidRequest, `params.sessionId`, "7"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -232,7 +239,6 @@ func TestReplaceID(t *testing.T) {
 		{`{"jsonrpc":"2.0","id":1,"method":"m"}`, `"b-7"`, `{"jsonrpc":"2.0","id":"b-7","method":"m"}`},
 		{`{"jsonrpc":"2.0","id" : "long-client-id" ,"result":{"id":3}}`, `9`, `{"jsonrpc":"2.0","id" : 9 ,"result":{"id":3}}`},
 		{`{"id":null,"jsonrpc":"2.0","error":{"code":1,"message":"x"}}`, `12345678901`, `{"id":12345678901,"jsonrpc":"2.0","error":{"code":1,"message":"x"}}`},
-		{`{"jsonrpc":"2.0","id":1,"id":2,"method":"m"}`, `"z"`, `{"jsonrpc":"2.0","id":1,"id":"z","method":"m"}`},
 		{`{"jsonrpc":"2.0","method":"n"}`, `1`, `{"jsonrpc":"2.0","method":"n"}`},
 	}
 	for _, tt := range tests {
@@ -302,13 +308,50 @@ func TestAllocs(t *testing.T) {
 	}
 }
 
-// oracle derives the header with encoding/json (exact keys, last wins) for
-// the differential fuzz check. ok is false when msg is not a valid message.
+// repeated reports whether the JSON object raw has a member named in
+// names more than once (keys compared after decoding escapes).
+func repeated(raw []byte, names ...string) bool {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return false
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		k, _ := tok.(string)
+		var v json.RawMessage
+		if dec.Decode(&v) != nil {
+			return false
+		}
+		for _, n := range names {
+			if k == n {
+				if seen[k] {
+					return true
+				}
+				seen[k] = true
+			}
+		}
+	}
+	return false
+}
+
+// oracle derives the header with encoding/json (exact keys) for the
+// differential fuzz check. ok is false when msg is not a valid message,
+// duplicated routing members included.
 func oracle(msg []byte) (w want, resultSID []byte, ok bool) {
 	var m map[string]json.RawMessage
 	if json.Unmarshal(msg, &m) != nil || m == nil {
 		return w, nil, false
 	}
+	defer func() {
+		if ok && (repeated(msg, "jsonrpc", "id", "method", "params", "result", "error") ||
+			(len(m["params"]) > 0 && m["params"][0] == '{' && repeated(m["params"], "sessionId"))) {
+			ok = false
+		}
+	}()
 	str := func(raw json.RawMessage) (string, bool) {
 		var s string
 		if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
@@ -473,5 +516,26 @@ func BenchmarkReplaceID(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		dst = ReplaceID(dst[:0], msg, h, newID)
+	}
+}
+
+func TestMember(t *testing.T) {
+	msg := []byte(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"x","_meta":{"progressToken":2},"arguments":{"_meta":{"progressToken":"no"}}}}`)
+	s, e, dup := Member(msg, "params", "_meta", "progressToken")
+	if dup || s < 0 || string(msg[s:e]) != "2" {
+		t.Fatalf("Member = %d %d %v", s, e, dup)
+	}
+	if got := string(Splice(nil, msg, s, e, []byte(`"p-1"`))); !strings.Contains(got, `"_meta":{"progressToken":"p-1"},"arguments":{"_meta":{"progressToken":"no"}}`) {
+		t.Fatalf("Splice = %s", got)
+	}
+	if s, _, _ := Member(msg, "params", "workDoneToken"); s != -1 {
+		t.Fatalf("absent member found at %d", s)
+	}
+	if s, _, _ := Member(msg, "params", "name", "x"); s != -1 {
+		t.Fatalf("member of a string found at %d", s)
+	}
+	dupMsg := []byte(`{"jsonrpc":"2.0","method":"$/cancel_request","params":{"requestId":1,"request\u0049d":2}}`)
+	if s, _, dup := Member(dupMsg, "params", "requestId"); s != -1 || !dup {
+		t.Fatalf("duplicate key: start %d dup %v", s, dup)
 	}
 }

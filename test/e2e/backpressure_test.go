@@ -65,7 +65,7 @@ func bpDaemon(t *testing.T, args ...string) *daemon {
 func (d *daemon) metric(t *testing.T, prefix string) float64 {
 	t.Helper()
 	token := e2eClientToken // with --tokens (see netDaemon's file)
-	tok, err := os.ReadFile(filepath.Join(d.dir, "agentbridge.token"))
+	tok, err := os.ReadFile(filepath.Join(d.dir, "ab.token"))
 	if err != nil && !os.IsNotExist(err) {
 		t.Fatalf("token file: %v", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -20,6 +21,8 @@ import (
 //	burst {sessionId, n, size} -> n session/update notifications, then {sent:n}
 //	session/new      -> {sessionId:"s<k>"}
 //	ask {sessionId}  -> sends session/request_permission to the client, answers with the client's answer
+//	stall {ms}       -> stops reading stdin for ms, then answers
+//	spray {n, prefix} -> one session/update for each of n sessions prefix%06d, then {sent:n}
 //	stream {sessionId, n, size, every, pauseUs} -> n session/update notifications
 //	                    (streamEvent bytes), flushed every `every` with a pause
 //	                    of pauseUs between flushes, then {sent:n}; the agent
@@ -79,8 +82,37 @@ func fakeAgent() {
 				time.Sleep(time.Duration(ms) * time.Millisecond)
 				reply(p)
 			}()
+		case "huge": // an answer of about size bytes
+			size, _ := p["size"].(float64)
+			reply(map[string]any{"pad": strings.Repeat("x", int(size))})
+		case "garbage": // n lines that are not JSON-RPC, then the answer
+			n, _ := p["n"].(float64)
+			mu.Lock()
+			for i := 0; i < int(n); i++ {
+				fmt.Fprintf(out, "garbage line %d\n", i)
+			}
+			mu.Unlock()
+			reply(map[string]any{"sent": int(n)})
 		case "crash":
 			os.Exit(3)
+		case "stall":
+			// Stops reading stdin for ms: what the client sends meanwhile
+			// waits in the bridge's queue for the agent.
+			ms, _ := p["ms"].(float64)
+			time.Sleep(time.Duration(ms) * time.Millisecond)
+			reply(p)
+		case "spray":
+			// One session/update for each of n sessions nobody created.
+			n, _ := p["n"].(float64)
+			prefix, _ := p["prefix"].(string)
+			mu.Lock()
+			for i := 0; i < int(n); i++ {
+				b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "session/update", "params": map[string]any{"sessionId": fmt.Sprintf("%s%06d", prefix, i), "update": map[string]any{"sessionUpdate": "agent_message_chunk"}}})
+				out.Write(b)
+				out.WriteByte('\n')
+			}
+			mu.Unlock()
+			reply(map[string]any{"sent": int(n)})
 		case "session/new":
 			sessions++
 			reply(map[string]any{"sessionId": fmt.Sprintf("s%d", sessions)})

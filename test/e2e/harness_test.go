@@ -72,6 +72,13 @@ func (d *daemon) logs() string {
 // agent command, if any) and waits until the socket accepts connections.
 func startDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
+	return startDaemonWrapped(t, nil, args...)
+}
+
+// startDaemonWrapped is startDaemon run under wrap (say prlimit), which
+// must exec the daemon so that d.cmd's pid is the daemon's.
+func startDaemonWrapped(t *testing.T, wrap []string, args ...string) *daemon {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "ab")
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +97,9 @@ func startDaemon(t *testing.T, args ...string) *daemon {
 		full = []string{"serve", "--uds", d.sock, "--log-level", "debug"}
 	}
 	full = append(full, args...)
-	d.cmd = exec.Command(binPath, full...)
+	full = append([]string{binPath}, full...)
+	full = append(append([]string(nil), wrap...), full...)
+	d.cmd = exec.Command(full[0], full[1:]...)
 	d.cmd.Stdout = logWriter{d}
 	d.cmd.Stderr = logWriter{d}
 	d.cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+dir)

@@ -336,7 +336,9 @@ func TestForeignUIDRefused(t *testing.T) {
 	os.Chmod(d.dir, 0o755)
 	os.Chmod(d.sock, 0o666)
 	os.Chmod(filepath.Dir(binPath), 0o755)
-	cmd := exec.Command(binPath, "connect", "unix://"+d.sock)
+	// --allow-uid: this user trusts the daemon's uid (0), so the shim's own
+	// server check passes and the refusal tested is the daemon's.
+	cmd := exec.Command(binPath, "connect", "--allow-uid", "0", "unix://"+d.sock)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	cmd.Stdin = strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"echo","params":{}}` + "\n")
 	var stderr strings.Builder

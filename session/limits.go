@@ -1,0 +1,159 @@
+package session
+
+import (
+	"container/list"
+	"fmt"
+	"time"
+)
+
+// Limits on what one connection, or the agent, can make the hub hold.
+// Everything here runs under the hub mutex unless said otherwise.
+
+// limits is the hub's bookkeeping for the bounds below. Guarded by h.mu.
+type limits struct {
+	// unclaimed lists, oldest first, the sessions only the agent named:
+	// no client created, loaded, attached or owned them. Past
+	// Config.MaxSessions the oldest idle one is forgotten.
+	unclaimed *list.List // of *Session
+	evicted   uint64     // sessions forgotten by that bound (read under h.mu)
+	timedOut  uint64     // client requests answered -32005 by CallTimeout
+}
+
+// sessionLimits is per-session bookkeeping of the bounds. Guarded by h.mu.
+type sessionLimits struct {
+	unclaimed *list.Element // in limits.unclaimed while only the agent named the session
+}
+
+// callLimits is per-call bookkeeping. Guarded by h.mu.
+type callLimits struct {
+	timer *time.Timer // CallTimeout; nil when off
+}
+
+// admitCall refuses a client request past MaxInflight requests of its
+// connection awaiting the agent, with -32004 naming the bound.
+func (h *Hub) admitCall(cl *Client, id []byte, method string) bool {
+	if cl.inflight < h.cfg.MaxInflight {
+		return true
+	}
+	h.replyError(cl, id, codeOverloaded, fmt.Sprintf("%s refused: this connection already has %d requests awaiting the agent (--max-inflight %d); wait for answers before sending more", method, cl.inflight, h.cfg.MaxInflight))
+	return false
+}
+
+// trackCall counts a call forwarded under bridge id bid against its
+// connection and arms its timeout.
+func (h *Hub) trackCall(bid int64, c *call) {
+	if c.cl == nil {
+		return // the bridge's own request: neither counted nor timed
+	}
+	c.cl.inflight++
+	if d := h.cfg.CallTimeout; d > 0 {
+		c.lim.timer = time.AfterFunc(d, func() { h.expireCall(bid, c, d) })
+	}
+}
+
+// callDone undoes trackCall once the call is answered, failed or expired.
+func (h *Hub) callDone(c *call) {
+	if c.cl == nil {
+		return
+	}
+	if c.cl.inflight > 0 {
+		c.cl.inflight--
+	}
+	if c.lim.timer != nil {
+		c.lim.timer.Stop()
+		c.lim.timer = nil
+	}
+}
+
+// expireCall answers a call the agent has not answered within d with
+// -32005 and frees its slot; a late answer from the agent is dropped.
+// Called by the call's timer, on its own goroutine.
+func (h *Hub) expireCall(bid int64, c *call, d time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.calls[bid] != c {
+		return // answered or failed meanwhile
+	}
+	delete(h.calls, bid)
+	h.callDone(c)
+	h.releaseTokens(c)
+	if c.loading {
+		if s := h.sessions[c.sessionID]; s != nil {
+			s.loaders = removeClient(s.loaders, c.cl)
+		}
+	}
+	h.lim.timedOut++
+	if c.method == "session/prompt" {
+		if s := h.sessions[c.sessionID]; s != nil && s.prompts > 0 {
+			s.prompts--
+			defer h.refreshStatus(s)
+		}
+	}
+	h.replyError(c.cl, c.id, codeTimeout, fmt.Sprintf("the agent did not answer %s within %s (--call-timeout); the request may still be running in the agent", c.method, d))
+}
+
+// moveCalls hands the in-flight count of a dropped connection to the one
+// that resumed its calls.
+func moveCalls(from, to *Client) {
+	to.inflight += from.inflight
+	from.inflight = 0
+}
+
+// unclaimed records that s exists only because the agent named it, and
+// forgets the oldest idle such session past MaxSessions.
+func (h *Hub) unclaimed(s *Session) {
+	if h.lim.unclaimed == nil {
+		h.lim.unclaimed = list.New()
+	}
+	s.lim.unclaimed = h.lim.unclaimed.PushBack(s)
+	for n := h.lim.unclaimed.Len(); n > h.cfg.MaxSessions; n-- {
+		if !h.evictOldest(s.lim.unclaimed) {
+			return
+		}
+	}
+}
+
+// evictOldest forgets the oldest unclaimed session before newest (which
+// its caller is about to use) with nothing pending and nobody attached. It
+// reports false when every one is busy.
+func (h *Hub) evictOldest(newest *list.Element) bool {
+	for e := h.lim.unclaimed.Front(); e != nil && e != newest; e = e.Next() {
+		s := e.Value.(*Session)
+		if len(s.pending) > 0 || len(s.attached) > 0 || s.owner != nil || s.prompts > 0 {
+			continue
+		}
+		h.lim.unclaimed.Remove(e)
+		s.lim.unclaimed = nil
+		s.log.release() // its memory goes back to --replay-memory
+		delete(h.sessions, s.ID)
+		h.lim.evicted++
+		if h.lim.evicted == 1 || h.lim.evicted%1000 == 0 {
+			h.log.Warn("the agent named more sessions than --max-sessions that no client created or attached; forgetting the oldest", "session", s.ID, "max_sessions", h.cfg.MaxSessions, "evicted_total", h.lim.evicted)
+		}
+		return true
+	}
+	return false
+}
+
+// claim marks s as used by a client (created, loaded, attached or owned):
+// it leaves the unclaimed bound and, with a journal, is persisted from now
+// on, with the events the agent sent before.
+func (h *Hub) claim(s *Session) {
+	if s == nil || s.lim.unclaimed == nil {
+		return
+	}
+	h.lim.unclaimed.Remove(s.lim.unclaimed)
+	s.lim.unclaimed = nil
+	if h.cfg.Journal == nil {
+		return
+	}
+	h.cfg.Journal.Create(s.ID)
+	for _, m := range s.log.since(0) {
+		h.cfg.Journal.Append(s.ID, m.Seq, m.Body())
+	}
+}
+
+// journaled reports whether s's events go to the journal: only once a
+// client has claimed it (an agent naming thousands of sessions nobody uses
+// must not fill the disk).
+func (s *Session) journaled() bool { return s.lim.unclaimed == nil }
