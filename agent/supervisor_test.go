@@ -571,3 +571,40 @@ func (h *countHandler) AgentMessage(uint64, []byte) {
 	}
 }
 func (h *countHandler) AgentExited(uint64, error, time.Duration) {}
+
+// TestQueueMessagesBound: tiny messages to an agent that never reads are
+// refused past QueueMessages, long before QueueBytes (issue 10 finding 5:
+// ~1.55M requests queued before the first -32004).
+func TestQueueMessagesBound(t *testing.T) {
+	const bound = 1000
+	s, rec, _ := newSup(t, "deaf", func(c *Config) {
+		c.QueueMessages = bound
+		c.Grace = 50 * time.Millisecond
+	})
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	rec.expect(t, "started", 1)
+	rec.expect(t, "message", 1)
+	msg := []byte(`{"id":1}`)
+	sent := 0
+	for {
+		err := s.Send(msg)
+		if errors.Is(err, ErrOverloaded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The pipe (64 KiB, ~7,000 of these) and the writer's buffer hold
+		// some beyond the queue; far past that the bound is not enforced.
+		if sent++; sent > 20*bound+20000 {
+			t.Fatalf("sent %d messages to an agent that never reads without ErrOverloaded", sent)
+		}
+	}
+	if sent < bound {
+		t.Fatalf("overloaded after only %d messages, bound %d", sent, bound)
+	}
+	stop(t, s)
+	rec.expect(t, "exited", 1)
+}

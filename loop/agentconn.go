@@ -177,6 +177,9 @@ func (s *Server) endAgentFeed() {
 	s.amu.Unlock()
 }
 
+// maxIOV bounds one writev to the agent (the kernel's IOV_MAX is 1024).
+const maxIOV = 512
+
 // flush hands the queued requests to gnet in one writev and, once all is
 // written after CloseWrite, shuts the write side. Event loop only.
 func (ac *agentConn) flush(gc gnet.Conn) {

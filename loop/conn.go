@@ -63,12 +63,9 @@ type conn struct {
 
 var _ delivery.Transport = (*conn)(nil)
 
-// Wake asks the loop to drain soon (at the end of the agent's callback
-// when woken from it; see Server.wake). Any goroutine.
+// Wake asks the loop to drain soon (or, while the agent's output is routed
+// on this loop, right after it: agentconn.go). Any goroutine.
 func (c *conn) Wake() { c.srv.wake(c) }
-
-// maxIOV bounds one writev (the kernel's IOV_MAX is 1024).
-const maxIOV = 512
 
 // Frame is the protocol's framing of m. Event loop only.
 func (c *conn) Frame(m *wire.Msg) []byte { return c.proto.frame(m) }
@@ -307,6 +304,10 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 				c.Close(ce.code, ce.reason)
 			}
 		}
+	}
+	if p, ok := c.proto.(pumper); ok {
+		p.pump(c) // a terminal: its own queue, no outbox
+		return gnet.None
 	}
 	c.service()
 	return gnet.None

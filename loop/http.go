@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/codec/ws"
 	"github.com/agentbridge/agentbridge/session"
+	"github.com/agentbridge/agentbridge/terminal"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -48,6 +51,8 @@ type HTTPConfig struct {
 	// TLSCert and TLSKey, both set, make the listener speak HTTPS and WSS:
 	// it is then served by package tlsserve rather than by gnet.
 	TLSCert, TLSKey string
+	// Terminal serves GET /terminal (--terminal); nil answers it 404.
+	Terminal *terminal.Manager
 }
 
 func (c *HTTPConfig) fill() {
@@ -248,7 +253,7 @@ func heartbeat(gc gnet.Conn, err error) error {
 		return nil
 	}
 	switch c.proto.(type) {
-	case *wsProto:
+	case *wsProto, *termProto:
 		// Written even above the outbound watermark: a peer that is alive
 		// but behind must still be asked, or it would be dropped as silent.
 		_, _ = gc.Write(pingFrame)
@@ -322,8 +327,11 @@ func (rp *reply) serve(w http.ResponseWriter, head bool) {
 // pathClass bounds the path label of the request metric.
 func pathClass(p string) string {
 	switch p {
-	case "/healthz", "/metrics", "/acp", "/events", "/":
+	case "/healthz", "/metrics", "/acp", "/events", "/", "/terminal", "/login", "/logout":
 		return p
+	}
+	if strings.HasPrefix(p, "/ui/") {
+		return "/ui/"
 	}
 	return "other"
 }
@@ -403,10 +411,7 @@ func (b *bufferedResponse) Write(p []byte) (int, error) { return b.buf.Write(p) 
 func (b *bufferedResponse) WriteHeader(status int)      { b.status = status }
 
 func notFound(path string) *reply {
-	if path == "/" {
-		return textReply(http.StatusNotFound, "agentbridge: no dashboard in this build. Endpoints: GET /acp (WebSocket), GET /events?session=ID (SSE), GET /healthz, GET /metrics")
-	}
-	return textReply(http.StatusNotFound, "not found: agentbridge serves /acp, /events, /healthz and /metrics")
+	return textReply(http.StatusNotFound, "not found: agentbridge serves / (the dashboard), /acp, /events, /healthz, /metrics and /terminal")
 }
 
 func notAllowed(method, allow string) *reply {
@@ -440,6 +445,17 @@ func (f *front) route(r *http.Request, tls bool) *reply {
 			return notAllowed(r.Method, "GET")
 		}
 		return nil
+	case "/terminal":
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return notAllowed(r.Method, "GET, HEAD")
+		}
+		if isUpgrade(r) {
+			return nil
+		}
+		return f.page(r, tls, "terminal.html")
+	}
+	if rp := f.web(r, tls); rp != nil {
+		return rp
 	}
 	return notFound(r.URL.Path)
 }
@@ -515,13 +531,23 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 		if end > limit {
 			return len(buf), p.refuse(c, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request header block is over the limit of %d bytes", limit))
 		}
-		p.scanned, p.started = 0, false
 		block := rest[:end]
-		used += end
 		req, err := http.ReadRequest(bufio.NewReaderSize(bytes.NewReader(block), len(block)))
 		if err != nil {
 			return len(buf), p.refuse(c, http.StatusBadRequest, "malformed request: "+err.Error())
 		}
+		if formBody(req) {
+			// The login form: its small body is read with the headers.
+			if len(rest)-end < int(req.ContentLength) {
+				p.scanned = 0
+				return used, nil // wait for the rest of the body
+			}
+			req.Body = io.NopCloser(bytes.NewReader(rest[end : end+int(req.ContentLength)]))
+			end += int(req.ContentLength)
+			req.ContentLength = 0
+		}
+		p.scanned, p.started = 0, false
+		used += end
 		n, done, err := p.serve(c, req, buf[used:])
 		used += n
 		if err != nil || done || c.closing() {
@@ -558,6 +584,8 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 			closeAfter = true
 		} else if req.URL.Path == "/acp" {
 			return p.upgrade(c, req, after)
+		} else if req.URL.Path == "/terminal" {
+			return p.upgradeTerminal(c, req, after)
 		} else {
 			return p.f.startSSE(c, req, p.w, after)
 		}
@@ -650,6 +678,10 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.URL.Path == "/events" {
 		f.serveSSE(w, r)
+		return
+	}
+	if r.URL.Path == "/terminal" {
+		f.serveTerminalTLS(w, r)
 		return
 	}
 	notFound(r.URL.Path).serve(w, false)

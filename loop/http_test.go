@@ -105,7 +105,7 @@ func TestHTTPEndpoints(t *testing.T) {
 		}
 	})
 	t.Run("not found", func(t *testing.T) {
-		for _, p := range []string{"/", "/nope", "/acp/x"} {
+		for _, p := range []string{"/nope", "/acp/x", "/ui/nope.js", "/ui/index.html"} {
 			resp, body := get(p)
 			if resp.StatusCode != 404 || body == "" {
 				t.Fatalf("%s: %s %q", p, resp.Status, body)

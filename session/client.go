@@ -105,9 +105,12 @@ func (h *Hub) sessionGate(cl *Client, sid []byte, method string) (*Session, stri
 func (h *Hub) forwardNotification(cl *Client, msg []byte, hd jsonrpc.Header, method string) {
 	if param := cancelParam(method); param != "" {
 		// A cancel names the sender's own request by the sender's id.
-		if out := h.clientCancel(cl, msg, method, param); out != nil {
+		if out, bid := h.clientCancel(cl, msg, method, param); out != nil {
 			if err := h.toAgent(out); err != nil {
 				h.log.Info("client cancel not delivered to the agent", "conn", cl.ID, "method", method, "err", err)
+			}
+			if method == "notifications/cancelled" {
+				h.forgetCancelled(bid)
 			}
 		}
 		return
@@ -221,7 +224,9 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 		h.audit(cl, AuditRecord{Session: c.sessionID, Method: method, Outcome: "forwarded"})
 		h.cancelPermissions(cl, s)
 	case "session/prompt":
-		if s != nil {
+		// v2 answers a prompt at once; its turn is followed by state_update
+		// (lifecycle.go), so only v1 counts round trips.
+		if s != nil && h.acpVersion < 2 {
 			s.prompts++
 			h.refreshStatus(s)
 		}

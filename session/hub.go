@@ -398,6 +398,9 @@ type SessionInfo struct {
 	Status    Status `json:"status"`
 	Seq       uint64 `json:"seq"`
 	Clients   int    `json:"clients"`
+	// OwnerConnected: the client that owns the session is connected (the
+	// dashboard shows it; bridge/snapshot says the same).
+	OwnerConnected bool `json:"ownerConnected"`
 }
 
 // Sessions lists the sessions, ordered by id. Safe from any goroutine.
@@ -410,7 +413,7 @@ func (h *Hub) Sessions() []SessionInfo {
 func (h *Hub) sessionsLocked() []SessionInfo {
 	out := make([]SessionInfo, 0, len(h.sessions))
 	for _, s := range h.sessions {
-		out = append(out, SessionInfo{SessionID: s.ID, Status: s.status, Seq: s.seq, Clients: len(s.attached)})
+		out = append(out, info(s))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].SessionID < out[j].SessionID })
 	return out

@@ -6,6 +6,7 @@ import (
 
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
+	"github.com/agentbridge/agentbridge/store"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -169,6 +170,10 @@ func (h *Hub) sessionClosed(cl *Client, s *Session, method string) {
 	}
 	s.log.release() // its memory goes back to --replay-memory
 	delete(h.sessions, s.ID)
+	if s.lim.unclaimed != nil { // leave the --max-sessions bound too (limits.go)
+		h.lim.unclaimed.Remove(s.lim.unclaimed)
+		s.lim.unclaimed = nil
+	}
 	if method == "session/delete" {
 		if d, ok := h.cfg.Journal.(JournalDeleter); ok {
 			d.Delete(s.ID)
@@ -182,6 +187,8 @@ func (h *Hub) sessionClosed(cl *Client, s *Session, method string) {
 type JournalDeleter interface {
 	Delete(sessionID string)
 }
+
+var _ JournalDeleter = (*store.Store)(nil)
 
 // loaderOnly delivers an agent event of a session being loaded to its
 // loaders only, unlogged: the agent is replaying history the log already

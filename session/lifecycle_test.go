@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/agentbridge/agentbridge/auth"
+	"github.com/agentbridge/agentbridge/store"
 )
 
 func TestDuplicateKeysRefused(t *testing.T) {
@@ -230,6 +231,14 @@ func TestCancelRemappedToTheSendersOwnRequest(t *testing.T) {
 			t.Fatalf("%s reached the agent as %v; b's request is %v, a's %v", tc.method, f, fwdB["id"], fwdA["id"])
 		}
 	}
+	// MCP's cancel ends the call: the server will not answer it.
+	if st := r.hub.Stats(); st.PendingCalls != 1 {
+		t.Fatalf("after notifications/cancelled %d calls pending, want a's only", st.PendingCalls)
+	}
+	r.from(a, `{"jsonrpc":"2.0","method":"$/cancel_request","params":{"requestId":9009}}`)
+	if f := r.forwarded(); field(f, "params", "requestId") != fwdA["id"] {
+		t.Fatalf("a's cancel reached the agent as %v", f)
+	}
 	// An id the client has not got in flight is dropped, never forwarded.
 	r.from(b, `{"jsonrpc":"2.0","method":"$/cancel_request","params":{"requestId":1}}`)
 	if s := r.ag.take(); len(s) != 0 {
@@ -298,16 +307,23 @@ func TestProgressTokensPerClient(t *testing.T) {
 	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":[]}`, f["id"])
 	fa.take(t)
 	r.agentSays(`{"jsonrpc":"2.0","method":"$/progress","params":{"token":%q,"value":{"kind":"end"}}}`, wd)
+	if len(fb.take(t)) != 0 || len(fa.take(t)) != 0 {
+		t.Fatalf("progress for a finished request's bridge token went out")
+	}
+	r.agentSays(`{"jsonrpc":"2.0","method":"$/progress","params":{"token":"server-own","value":{"kind":"begin"}}}`)
 	if len(fb.take(t)) != 1 || len(fa.take(t)) != 1 {
-		t.Fatalf("an unknown token is broadcast as before")
+		t.Fatalf("the agent's own token is not broadcast as before")
 	}
 }
 
 func TestV2StateUpdateDrivesStatus(t *testing.T) {
 	r, a, _ := acpRig(t, 2)
-	r.from(a, `{"jsonrpc":"2.0","id":2,"method":"session/prompt","params":{"sessionId":"s1","prompt":[]}}`)
-	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":{"messageId":"m1"}}`, r.forwarded()["id"])
 	st := func() Status { return r.hub.Sessions()[0].Status }
+	r.from(a, `{"jsonrpc":"2.0","id":2,"method":"session/prompt","params":{"sessionId":"s1","prompt":[]}}`)
+	if st() != StatusIdle {
+		t.Fatalf("a v2 prompt's round trip counted as running: %s", st())
+	}
+	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":{"messageId":"m1"}}`, r.forwarded()["id"])
 	if st() != StatusIdle {
 		t.Fatalf("after the ack: %s", st())
 	}
@@ -332,4 +348,87 @@ func field(m map[string]any, path ...string) any {
 		v = mm[p]
 	}
 	return v
+}
+
+func TestLoadInFlightFollowsAResumedConnection(t *testing.T) {
+	r, _, _ := acpRig(t, 1)
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","n":1}}`)
+	b, fb := r.open(auth.RoleClient)
+	r.from(b, `{"jsonrpc":"2.0","id":"h","method":"bridge/hello","params":{"resume":"0123456789abcdef-key"}}`)
+	r.from(b, `{"jsonrpc":"2.0","id":4,"method":"session/load","params":{"sessionId":"s1","cwd":"/","mcpServers":[]}}`)
+	f := r.forwarded()
+	fb.take(t)
+	r.hub.Closed(b)
+	b2, fb2 := r.open(auth.RoleClient)
+	r.from(b2, `{"jsonrpc":"2.0","id":"h","method":"bridge/hello","params":{"resume":"0123456789abcdef-key"}}`)
+	fb2.take(t)
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","n":1}}`)
+	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":null}`, f["id"])
+	got := fb2.take(t)
+	if ms := methods(got); len(ms) != 2 || ms[0] != "session/update" || got[1]["id"] != float64(4) {
+		t.Fatalf("successor got %v", got)
+	}
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","n":2}}`)
+	if s := r.hub.Sessions()[0]; s.Seq != 2 {
+		t.Fatalf("a live event after the load was not logged: %+v", s)
+	}
+}
+
+func TestDeleteLeavesThePersistedState(t *testing.T) {
+	dir := t.TempDir()
+	st, _, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, Config{Journal: st})
+	a, fa := r.open(auth.RoleClient)
+	r.newSession(a, fa, "s1")
+	r.newSession(a, fa, "s2")
+	r.hub.AgentMessage(1, update("s1", 1))
+	r.hub.AgentMessage(1, update("s2", 1))
+	r.from(a, `{"jsonrpc":"2.0","id":4,"method":"session/delete","params":{"sessionId":"s1"}}`)
+	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":{}}`, r.forwarded()["id"])
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st2, rec, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st2.Close()
+	if len(rec) != 1 || rec[0].ID != "s2" {
+		t.Fatalf("recovered %+v, want s2 only", rec)
+	}
+}
+
+func TestV2ResumeReplayFromIsTheAgentsAndNotLoggedTwice(t *testing.T) {
+	r, _, fa := acpRig(t, 2)
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","n":1}}`)
+	fa.take(t)
+	b, fb := r.open(auth.RoleClient)
+	r.from(b, `{"jsonrpc":"2.0","id":3,"method":"session/resume","params":{"sessionId":"s1","cwd":"/","replayFrom":{"type":"start"}}}`)
+	f := r.forwarded()
+	if field(f, "params", "replayFrom", "type") != "start" {
+		t.Fatalf("replayFrom not forwarded unchanged: %v", f)
+	}
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","n":1}}`)
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","update":{"sessionUpdate":"state_update","state":"idle"}}}`)
+	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":{}}`, f["id"])
+	if got := methods(fb.take(t)); len(got) != 3 || got[2] != "result" {
+		t.Fatalf("resumer got %v", got)
+	}
+	if ms := fa.take(t); len(ms) != 0 {
+		t.Fatalf("the owner saw the replay: %v", ms)
+	}
+	if s := r.hub.Sessions()[0]; s.Seq != 1 {
+		t.Fatalf("the replay was logged: %+v", s)
+	}
+	// Without replayFrom the resume's state snapshot is a live event.
+	r.from(b, `{"jsonrpc":"2.0","id":4,"method":"session/resume","params":{"sessionId":"s1","cwd":"/"}}`)
+	f = r.forwarded()
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","update":{"sessionUpdate":"state_update","state":"idle"}}}`)
+	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":{}}`, f["id"])
+	if s := r.hub.Sessions()[0]; s.Seq != 2 {
+		t.Fatalf("a resume without replayFrom: %+v", s)
+	}
 }

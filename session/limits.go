@@ -106,7 +106,7 @@ func (h *Hub) unclaimed(s *Session) {
 		h.lim.unclaimed = list.New()
 	}
 	s.lim.unclaimed = h.lim.unclaimed.PushBack(s)
-	for n := h.lim.unclaimed.Len(); n > h.cfg.MaxSessions; n-- {
+	for h.lim.unclaimed.Len() > h.cfg.MaxSessions {
 		if !h.evictOldest(s.lim.unclaimed) {
 			return
 		}
@@ -119,6 +119,13 @@ func (h *Hub) unclaimed(s *Session) {
 func (h *Hub) evictOldest(newest *list.Element) bool {
 	for e := h.lim.unclaimed.Front(); e != nil && e != newest; e = e.Next() {
 		s := e.Value.(*Session)
+		if h.sessions[s.ID] != s {
+			// Removed from the hub by another path (session/delete):
+			// only the list entry is left.
+			h.lim.unclaimed.Remove(e)
+			s.lim.unclaimed = nil
+			return true
+		}
 		if len(s.pending) > 0 || len(s.attached) > 0 || s.owner != nil || s.prompts > 0 {
 			continue
 		}

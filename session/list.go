@@ -113,7 +113,7 @@ func (h *Hub) listSessions(cl *Client, id []byte, p listParams) {
 }
 
 func info(s *Session) SessionInfo {
-	return SessionInfo{SessionID: s.ID, Status: s.status, Seq: s.seq, Clients: len(s.attached)}
+	return SessionInfo{SessionID: s.ID, Status: s.status, Seq: s.seq, Clients: len(s.attached), OwnerConnected: s.owner != nil}
 }
 
 func shortString(s string) string {

@@ -74,14 +74,14 @@ func sameID(a, b []byte) bool {
 
 // clientCancel rewrites a client's cancel notification to name the bridge
 // id of the client's own in-flight request. It returns the message to
-// forward, or nil when it must be dropped (it names no request of this
-// client in flight: forwarding it would cancel another client's request,
-// or nothing).
-func (h *Hub) clientCancel(cl *Client, msg []byte, method, param string) []byte {
+// forward and that bridge id, or nil when it must be dropped (it names no
+// request of this client in flight: forwarding it would cancel another
+// client's request, or nothing).
+func (h *Hub) clientCancel(cl *Client, msg []byte, method, param string) ([]byte, int64) {
 	start, end, dup := jsonrpc.Member(msg, "params", param)
 	if start < 0 {
 		h.log.Info("client cancel names no request; dropped", "conn", cl.ID, "method", method, "ambiguous", dup)
-		return nil
+		return nil, 0
 	}
 	want := msg[start:end]
 	var bid int64 = -1
@@ -93,10 +93,24 @@ func (h *Hub) clientCancel(cl *Client, msg []byte, method, param string) []byte 
 	}
 	if bid < 0 {
 		h.log.Info("client cancel names a request it has not got in flight; dropped", "conn", cl.ID, "method", method, "id", string(want))
-		return nil
+		return nil, 0
 	}
 	var idb [20]byte
-	return jsonrpc.Splice(make([]byte, 0, len(msg)+8), msg, start, end, appendID(idb[:0], bid))
+	return jsonrpc.Splice(make([]byte, 0, len(msg)+8), msg, start, end, appendID(idb[:0], bid)), bid
+}
+
+// forgetCancelled retires a call its client cancelled with MCP's
+// notifications/cancelled: an MCP server sends no response to a cancelled
+// request (and the client expects none), so the call would otherwise stay
+// in flight, holding its slot and progress tokens.
+func (h *Hub) forgetCancelled(bid int64) {
+	c := h.calls[bid]
+	if c == nil {
+		return
+	}
+	delete(h.calls, bid)
+	h.callDone(c)
+	h.releaseTokens(c)
 }
 
 // agentCancel routes the agent's cancel of one of its own requests to the
@@ -154,6 +168,9 @@ var tokenPaths = [...][]string{
 	{"params", "partialResultToken"},
 }
 
+// tokenPrefix starts every progress token the bridge mints (raw JSON).
+var tokenPrefix = []byte(`"agentbridge-progress-`)
+
 var tokenHints = [...][]byte{[]byte(`progressToken"`), []byte(`workDoneToken"`), []byte(`partialResultToken"`)}
 
 // remapTokens replaces the progress tokens of a client request with bridge
@@ -175,7 +192,7 @@ func (h *Hub) remapTokens(c *call, msg []byte) (out []byte, ok bool) {
 			continue
 		}
 		h.nextToken++
-		tok := strconv.AppendInt([]byte(`"agentbridge-progress-`), h.nextToken, 10)
+		tok := strconv.AppendInt(append([]byte(nil), tokenPrefix...), h.nextToken, 10)
 		tok = append(tok, '"')
 		if h.progress == nil {
 			h.progress = make(map[string]progressRoute)
@@ -209,11 +226,18 @@ func (h *Hub) agentProgress(msg []byte, method string) bool {
 		return false
 	}
 	start, end, _ := jsonrpc.Member(msg, "params", key)
-	if start < 0 || len(h.progress) == 0 {
+	if start < 0 {
 		return false
 	}
-	r, ok := h.progress[string(msg[start:end])]
+	tok := msg[start:end]
+	r, ok := h.progress[string(tok)]
 	if !ok {
+		if bytes.HasPrefix(tok, tokenPrefix) {
+			// Minted here for a request that has ended (answered, or
+			// cancelled while the agent still reports): nobody's anymore.
+			h.log.Debug("agent progress for a finished request; dropped", "token", string(tok))
+			return true
+		}
 		return false // the agent's own token (e.g. LSP window/workDoneProgress/create)
 	}
 	if !r.cl.closed {

@@ -161,6 +161,15 @@ func (h *Hub) resume(cl *Client, key string) (*resumeResult, func(), *jsonrpc.Er
 		for _, t := range c.tokens {
 			h.progress[t] = progressRoute{cl: cl, token: h.progress[t].token}
 		}
+		if s := h.sessions[c.sessionID]; c.loading && s != nil {
+			// The load's replay now goes to the successor.
+			for i, x := range s.loaders {
+				if x == old {
+					s.loaders[i] = cl
+					break
+				}
+			}
+		}
 		rr.Pending = append(rr.Pending, json.RawMessage(c.id))
 	}
 	for i := range h.init.waiters {

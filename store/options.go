@@ -14,8 +14,8 @@ type Options struct {
 	// MaxBytes is how many body bytes per session it must keep (the hub's
 	// --replay-bytes). Zero means 64 MiB.
 	MaxBytes int
-	// SegmentBytes is the size at which a segment file is closed and a new
-	// one started. Zero means MaxBytes/4, between 4 KiB and 16 MiB.
+	// SegmentBytes is the size at which the shared segment file is closed
+	// and a new one started. Zero means 16 MiB.
 	SegmentBytes int
 	// SyncInterval is how often written records are fsynced. Zero means
 	// one second; a negative value fsyncs after every write batch.
@@ -26,9 +26,6 @@ type Options struct {
 	// QueueBytes bounds the body bytes waiting for the writer. Zero means
 	// 64 MiB.
 	QueueBytes int
-	// MaxOpenFiles bounds the segment files kept open for appending. Zero
-	// means 64.
-	MaxOpenFiles int
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
@@ -41,7 +38,7 @@ func (o *Options) fill() {
 		o.MaxBytes = 64 << 20
 	}
 	if o.SegmentBytes <= 0 {
-		o.SegmentBytes = min(max(o.MaxBytes/4, 4<<10), 16<<20)
+		o.SegmentBytes = 16 << 20
 	}
 	if o.SyncInterval == 0 {
 		o.SyncInterval = time.Second
@@ -52,17 +49,10 @@ func (o *Options) fill() {
 	if o.QueueBytes <= 0 {
 		o.QueueBytes = 64 << 20
 	}
-	if o.MaxOpenFiles <= 0 {
-		o.MaxOpenFiles = 64
-	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 }
-
-// segmentEvents is how many events a segment holds before rotation, so
-// that deleting the oldest whole segment trims about a quarter of the bound.
-func (o *Options) segmentEvents() int { return max((o.MaxEvents+3)/4, 1) }
 
 // LossBound is how far past the last record on disk a session's seq
 // resumes after an unclean stop: the most records of one session that can

@@ -1,8 +1,7 @@
 package store
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,8 +19,7 @@ import (
 )
 
 const (
-	formatLine = "agentbridge state 1\n"
-	kindCreate = 'C' // queue-only: make the session's directory and meta
+	formatLine = "agentbridge state 2\n"
 	segSuffix  = ".seg"
 )
 
@@ -44,6 +42,19 @@ type Session struct {
 	Events []Event
 }
 
+// Recovery says what Open found: what it restored and what it could not.
+type Recovery struct {
+	Clean     bool  // the last run closed the directory cleanly
+	Sessions  int   // sessions restored
+	Events    int   // events restored (within the retention bounds)
+	Segments  int   // segment files read
+	Corrupt   int   // corrupt or torn records found (the rest of their segment is lost)
+	LostBytes int64 // bytes of those segments past the corruption
+	// PrevDropped is how many records the last run dropped (its queue was
+	// full) or failed to write, as it recorded when it closed cleanly.
+	PrevDropped uint64
+}
+
 // Stats are the store's counters.
 type Stats struct {
 	Appended    uint64 // records accepted into the queue
@@ -51,8 +62,10 @@ type Stats struct {
 	Written     uint64 // records handed to write(2)
 	WriteErrors uint64 // failed writes (their records are lost)
 	Syncs       uint64 // fsyncs of segment files
+	Compactions uint64 // segments rewritten and deleted
 	Queued      int    // records waiting for the writer now
 	Sessions    int    // sessions known on disk (as of the last batch)
+	Segments    int    // segment files on disk
 }
 
 // Store persists session events under one directory.
@@ -61,6 +74,7 @@ type Store struct {
 	opt  Options
 	log  *slog.Logger
 	lock *os.File
+	rec  Recovery
 
 	mu        sync.Mutex // guards the fields up to wake
 	queue     []rec
@@ -73,18 +87,23 @@ type Store struct {
 	done     chan struct{}
 	closeErr error
 
-	appended, dropped, written, writeErrors, syncs atomic.Uint64
-	nsessions                                      atomic.Int64
+	appended, dropped, written, writeErrors, syncs, compactions atomic.Uint64
+	nsessions, nsegments                                        atomic.Int64
 
 	// Owned by the writer goroutine (and by Open before it starts it).
-	sess      map[string]*sessFile
-	open      []*sessFile // files with an open descriptor
-	retired   []*os.File  // closed for appending, written since their last fsync
-	touched   []*sessFile
-	clock     uint64 // batch counter, for LRU
-	dirtyDirs map[string]bool
-	errLogAt  time.Time
-	errQuiet  int
+	sess     map[string]*sessState
+	segs     []*segFile // ascending; the last is the active one
+	active   *os.File
+	buf      []byte     // records for the active segment, not yet written
+	retired  []*os.File // rotated segments not yet fsynced
+	dirty    bool       // active written since its last fsync
+	dirDirty bool       // segment files created or deleted since the last dir fsync
+	failed   bool       // a write failed: the next start must not trust "clean"
+	// purgeAtOpen are segments holding records of deleted sessions, found
+	// by recovery (a delete cut short by a crash).
+	purgeAtOpen map[*segFile]bool
+	errLogAt    time.Time
+	errQuiet    int
 }
 
 type rec struct {
@@ -94,35 +113,37 @@ type rec struct {
 	body    []byte
 }
 
-// segment is one segment file's bookkeeping (events only, not marks).
-type segment struct {
-	first uint64 // from the file name
-	path  string
-	count int
-	bytes int
+// segFile is one shared segment file's bookkeeping.
+type segFile struct {
+	id   uint64
+	path string
+	size int64 // bytes on disk (and in buf, for the active one)
+	live int64 // bytes of records still needed (creates, marks, kept events)
 }
 
-// sessFile is a session's on-disk state. Owned by the writer goroutine.
-type sessFile struct {
-	id      string
-	dir     string
-	segs    []segment
-	count   int    // events in segs
-	bytes   int    // body bytes (+1 each, as the hub counts) in segs
-	lastSeq uint64 // highest seq on disk (events or marks)
-	hi      uint64 // seq the session must resume after (restored or dropped)
+// run is a stretch of one session's events, in seq order, that sit in the
+// same segment.
+type run struct {
+	seg   *segFile
+	first uint64
+	count int
+	bytes int   // body bytes +1 each, as the hub counts
+	disk  int64 // framed bytes on disk
+}
 
-	f       *os.File // active segment (the last of segs), nil when closed
-	size    int64    // active segment's size on disk
-	dirty   bool     // written since its last fsync
-	broken  bool     // the last write failed: start a new segment
-	lastUse uint64
-	touched bool
-
-	buf       []byte // records for the active segment, not yet written
-	pendCount int
-	pendBytes int
-	pendLast  uint64
+// sessState is a session's on-disk state. Owned by the writer goroutine.
+type sessState struct {
+	id         string
+	created    int64
+	createSeg  *segFile
+	createDisk int64
+	markSeg    *segFile
+	markDisk   int64
+	runs       []run
+	count      int
+	bytes      int
+	lastSeq    uint64 // highest seq on disk (events or marks)
+	hi         uint64 // seq the session must resume after (restored or dropped)
 }
 
 // Open opens (creating if needed) the state directory dir, recovers every
@@ -150,17 +171,20 @@ func Open(dir string, o Options) (*Store, []Session, error) {
 		droppedHi: make(map[string]uint64),
 		wake:      make(chan struct{}, 1),
 		done:      make(chan struct{}),
-		sess:      make(map[string]*sessFile),
-		dirtyDirs: make(map[string]bool),
+		sess:      make(map[string]*sessState),
 	}
 	fail := func(err error) (*Store, []Session, error) {
 		lock.Close()
 		return nil, nil, err
 	}
 	cleanPath := filepath.Join(dir, "clean")
-	_, err = os.Stat(cleanPath)
+	cb, err := os.ReadFile(cleanPath)
 	clean := err == nil
 	if clean {
+		var c cleanFile
+		if json.Unmarshal(cb, &c) == nil {
+			s.rec.PrevDropped = c.Dropped
+		}
 		// From now on a crash must look unclean.
 		if err := os.Remove(cleanPath); err != nil {
 			return fail(fmt.Errorf("state dir: %w", err))
@@ -169,13 +193,31 @@ func Open(dir string, o Options) (*Store, []Session, error) {
 			return fail(fmt.Errorf("state dir: %w", err))
 		}
 	}
+	s.rec.Clean = clean
 	sessions, err := s.recover(clean)
 	if err != nil {
 		return fail(err)
 	}
+	if err := s.rotate(); err != nil {
+		return fail(fmt.Errorf("state dir: %w", err))
+	}
+	if len(s.purgeAtOpen) > 0 {
+		s.purge(s.purgeAtOpen) // a delete cut short by a crash
+		s.purgeAtOpen = nil
+	}
+	s.syncAll()
 	s.nsessions.Store(int64(len(s.sess)))
+	s.nsegments.Store(int64(len(s.segs)))
 	go s.run()
 	return s, sessions, nil
+}
+
+// Recovery reports what Open restored and what it could not. Safe from
+// any goroutine.
+func (s *Store) Recovery() Recovery { return s.rec }
+
+type cleanFile struct {
+	Dropped uint64 `json:"dropped"`
 }
 
 // prepareDir creates dir and its FORMAT file, or checks an existing one.
@@ -190,7 +232,11 @@ func prepareDir(dir string) error {
 	switch {
 	case err == nil:
 		if string(b) != formatLine {
-			return fmt.Errorf("%w: %s holds FORMAT %q, want %q", ErrFormat, dir, strings.TrimSpace(string(b)), strings.TrimSpace(formatLine))
+			hint := ""
+			if strings.TrimSpace(string(b)) == "agentbridge state 1" {
+				hint = " (the layout with a directory per session, before December 2026: it is not converted; move it away to start afresh)"
+			}
+			return fmt.Errorf("%w: %s holds FORMAT %q, want %q%s", ErrFormat, dir, strings.TrimSpace(string(b)), strings.TrimSpace(formatLine), hint)
 		}
 	case errors.Is(err, fs.ErrNotExist):
 		ents, err := os.ReadDir(dir)
@@ -199,7 +245,7 @@ func prepareDir(dir string) error {
 		}
 		for _, e := range ents {
 			switch e.Name() {
-			case "lock", "sessions", "clean":
+			case "lock", "log", "clean":
 			default:
 				return fmt.Errorf("%w: %s is not empty and has no FORMAT file (found %q)", ErrFormat, dir, e.Name())
 			}
@@ -210,14 +256,15 @@ func prepareDir(dir string) error {
 	default:
 		return fmt.Errorf("state dir: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "sessions"), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, "log"), 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
 	return syncDir(dir)
 }
 
 // Create records that a session exists (so it survives a restart even with
-// no events). Safe from any goroutine; never blocks on I/O.
+// no events). Safe from any goroutine; never blocks on I/O. Creates are
+// never dropped: they are small, and losing one loses a whole session.
 func (s *Store) Create(sessionID string) { s.push(rec{kind: kindCreate, session: sessionID}) }
 
 // Append queues one event for writing. body must not be modified
@@ -229,8 +276,12 @@ func (s *Store) Append(sessionID string, seq uint64, body []byte) {
 }
 
 func (s *Store) push(r rec) {
+	if len(r.session) > maxID {
+		s.dropped.Add(1)
+		return
+	}
 	s.mu.Lock()
-	if s.closed || len(s.queue) >= s.opt.QueueRecords || s.qbytes+len(r.body) > s.opt.QueueBytes {
+	if s.closed || (r.kind == kindEvent && (len(s.queue) >= s.opt.QueueRecords || s.qbytes+len(r.body) > s.opt.QueueBytes)) {
 		if r.kind == kindEvent && !s.closed && s.droppedHi[r.session] < r.seq {
 			s.droppedHi[r.session] = r.seq
 		}
@@ -258,7 +309,8 @@ func (s *Store) Stats() Stats {
 	s.mu.Unlock()
 	return Stats{
 		Appended: s.appended.Load(), Dropped: s.dropped.Load(), Written: s.written.Load(),
-		WriteErrors: s.writeErrors.Load(), Syncs: s.syncs.Load(), Queued: q, Sessions: int(s.nsessions.Load()),
+		WriteErrors: s.writeErrors.Load(), Syncs: s.syncs.Load(), Compactions: s.compactions.Load(),
+		Queued: q, Sessions: int(s.nsessions.Load()), Segments: int(s.nsegments.Load()),
 	}
 }
 
@@ -280,155 +332,201 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
-// hashName is a session's directory name.
-func hashName(id string) string {
-	h := sha256.Sum256([]byte(id))
-	return hex.EncodeToString(h[:16])
+func segName(id uint64) string { return fmt.Sprintf("%020d%s", id, segSuffix) }
+
+// recovered is one session's state while segments are read.
+type recEvent struct {
+	seq  uint64
+	body []byte
+	seg  *segFile
+	disk int64
 }
 
-type metaFile struct {
-	SessionID string    `json:"sessionId"`
-	Created   time.Time `json:"created"`
+type recSession struct {
+	st     *sessState
+	events []recEvent
 }
 
-func segName(first uint64) string { return fmt.Sprintf("%020d%s", first, segSuffix) }
-
-// recover loads every session directory. Corruption is logged and
-// contained; I/O errors fail Open.
+// recover reads every segment in order and rebuilds the sessions and the
+// live-byte accounting. Corruption is logged and contained; I/O errors
+// fail Open.
 func (s *Store) recover(clean bool) ([]Session, error) {
-	root := filepath.Join(s.dir, "sessions")
+	root := filepath.Join(s.dir, "log")
 	ents, err := os.ReadDir(root)
 	if err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	skip := uint64(0)
-	if !clean {
-		skip = s.opt.LossBound()
-	}
-	var out []Session
-	for _, e := range ents {
-		if !e.IsDir() {
-			continue
-		}
-		ss, err := s.loadSession(filepath.Join(root, e.Name()))
-		if err != nil {
-			return nil, err
-		}
-		if ss == nil {
-			continue
-		}
-		ss.Seq += skip
-		s.sess[ss.ID].hi = ss.Seq
-		out = append(out, *ss)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	if !clean && len(out) > 0 {
-		s.log.Warn("state dir was not closed cleanly; recovered sessions resume their seq past what may have been lost", "dir", s.dir, "sessions", len(out), "skip", skip)
-	}
-	return out, nil
-}
-
-func (s *Store) loadSession(dir string) (*Session, error) {
-	mb, err := os.ReadFile(filepath.Join(dir, "meta"))
-	if errors.Is(err, fs.ErrNotExist) {
-		// A crash between mkdir and meta: nothing was ever written here.
-		s.log.Warn("state dir: removing a session directory without meta", "dir", dir)
-		return nil, os.RemoveAll(dir)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
-	}
-	var m metaFile
-	if err := json.Unmarshal(mb, &m); err != nil || m.SessionID == "" || hashName(m.SessionID) != filepath.Base(dir) {
-		s.log.Warn("state dir: unreadable session meta; session skipped", "dir", dir, "err", err)
-		return nil, nil
-	}
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
-	}
-	sf := &sessFile{id: m.SessionID, dir: dir}
-	var firsts []uint64
+	var ids []uint64
 	for _, e := range ents {
 		name, ok := strings.CutSuffix(e.Name(), segSuffix)
 		if !ok || e.IsDir() {
 			continue
 		}
-		first, err := strconv.ParseUint(name, 10, 64)
+		id, err := strconv.ParseUint(name, 10, 64)
 		if err != nil {
 			continue
 		}
-		firsts = append(firsts, first)
+		ids = append(ids, id)
 	}
-	sort.Slice(firsts, func(i, j int) bool { return firsts[i] < firsts[j] })
-	var events []Event
-	var last, hi uint64
-	for i, first := range firsts {
-		path := filepath.Join(dir, segName(first))
-		isLast := i == len(firsts)-1
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	work := map[string]*recSession{}
+	purge := map[*segFile]bool{}
+	get := func(id string) *recSession {
+		rs := work[id]
+		if rs == nil {
+			rs = &recSession{st: &sessState{id: id}}
+			work[id] = rs
+		}
+		return rs
+	}
+	for i, id := range ids {
+		path := filepath.Join(root, segName(id))
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
+		s.rec.Segments++
 		if len(data) < len(segMagic) || string(data[:len(segMagic)]) != segMagic {
 			if len(data) < len(segMagic) && segMagic[:len(data)] == string(data) {
-				// Created but cut before its first record was written.
+				// Created but cut before its magic was complete.
 				if err := os.Remove(path); err != nil {
 					return nil, fmt.Errorf("state dir: %w", err)
 				}
 				continue
 			}
+			s.rec.Corrupt++
+			s.rec.LostBytes += int64(len(data))
 			s.log.Warn("state dir: segment without its magic; renamed to .corrupt and ignored", "file", path)
 			if err := os.Rename(path, path+".corrupt"); err != nil {
 				return nil, fmt.Errorf("state dir: %w", err)
 			}
 			continue
 		}
-		seg := segment{first: first, path: path}
+		seg := &segFile{id: id, path: path, size: int64(len(segMagic))}
+		s.segs = append(s.segs, seg)
 		good, perr := parseRecords(data[len(segMagic):], func(r record) {
-			if r.kind == kindMark {
-				hi = max(hi, r.seq)
+			if r.kind == kindDelete {
+				// Everything of the session before the tombstone is gone;
+				// segments still holding it are rewritten once open.
+				if rs := work[r.id]; rs != nil {
+					for _, e := range rs.events {
+						purge[e.seg] = true
+					}
+					if rs.st.createSeg != nil {
+						purge[rs.st.createSeg] = true
+					}
+					if rs.st.markSeg != nil {
+						purge[rs.st.markSeg] = true
+					}
+					delete(work, r.id)
+				}
 				return
 			}
-			if r.seq == 0 || r.seq <= last {
-				return
+			rs := get(r.id)
+			disk := int64(len(r.raw))
+			switch r.kind {
+			case kindCreate:
+				if rs.st.createSeg == nil {
+					rs.st.createSeg, rs.st.createDisk = seg, disk
+					if len(r.body) == 8 {
+						rs.st.created = int64(binary.LittleEndian.Uint64(r.body))
+					}
+				}
+			case kindMark:
+				if r.seq >= rs.st.hi {
+					rs.st.hi, rs.st.markSeg, rs.st.markDisk = r.seq, seg, disk
+				}
+			case kindEvent:
+				if r.seq > 0 {
+					rs.events = append(rs.events, recEvent{seq: r.seq, body: r.body, seg: seg, disk: disk})
+				}
 			}
-			events = append(events, Event{Seq: r.seq, Body: r.body})
-			last = r.seq
-			seg.count++
-			seg.bytes += len(r.body) + 1
 		})
-		size := int64(len(segMagic) + good)
+		seg.size += int64(good)
 		if perr != nil {
-			if isLast {
-				s.log.Warn("state dir: truncating a torn or corrupt tail (a write cut by a crash)", "file", path, "err", perr, "lost_bytes", int64(len(data))-size)
-				if err := os.Truncate(path, size); err != nil {
+			lost := int64(len(data)-len(segMagic)) - int64(good)
+			s.rec.Corrupt++
+			s.rec.LostBytes += lost
+			if i == len(ids)-1 {
+				s.log.Warn("state dir: truncating a torn or corrupt tail (a write cut by a crash)", "file", path, "err", perr, "lost_bytes", lost)
+				if err := os.Truncate(path, seg.size); err != nil {
 					return nil, fmt.Errorf("state dir: %w", err)
 				}
 			} else {
-				s.log.Warn("state dir: corrupt record; the rest of this segment is ignored", "file", path, "err", perr, "lost_bytes", int64(len(data))-size)
+				s.log.Warn("state dir: corrupt record; the rest of this segment is ignored", "file", path, "err", perr, "lost_bytes", lost)
 			}
 		}
-		// Appending after ignored bytes would hide the new records from the
-		// next recovery: a segment that ends up last and is corrupt inside
-		// gets no more records.
-		sf.broken = perr != nil && !isLast
-		sf.segs = append(sf.segs, seg)
-		sf.count += seg.count
-		sf.bytes += seg.bytes
-		sf.size = size
 	}
-	sf.lastSeq = max(last, hi)
-	s.sess[sf.id] = sf
-	s.trim(sf)
-	if len(sf.segs) > 0 {
-		// Events of deleted segments are gone from disk; drop them here too.
-		keepFrom := sf.segs[0].first
-		i := sort.Search(len(events), func(i int) bool { return events[i].Seq >= keepFrom })
-		events = events[i:]
+	skip := uint64(0)
+	if !clean {
+		skip = s.opt.LossBound()
 	}
-	s.syncDirs()
-	return &Session{ID: m.SessionID, Created: m.Created, Seq: sf.lastSeq, Events: events}, nil
+	out := make([]Session, 0, len(work))
+	for id, rs := range work {
+		st := rs.st
+		if st.createSeg == nil && len(rs.events) == 0 {
+			continue // only a mark survived: nothing to show
+		}
+		evs := rs.events
+		sort.SliceStable(evs, func(i, j int) bool { return evs[i].seq < evs[j].seq })
+		// Compaction copies records forward; a copy and its original may
+		// both be on disk until the original's segment is deleted.
+		k := 0
+		for i := range evs {
+			if k > 0 && evs[k-1].seq == evs[i].seq {
+				continue
+			}
+			evs[k] = evs[i]
+			k++
+		}
+		evs = evs[:k]
+		// Keep what the hub would: the last MaxEvents events, MaxBytes bytes.
+		from, bytes := len(evs), 0
+		for from > 0 && len(evs)-from < s.opt.MaxEvents && bytes+len(evs[from-1].body)+1 <= s.opt.MaxBytes {
+			from--
+			bytes += len(evs[from].body) + 1
+		}
+		evs = evs[from:]
+		events := make([]Event, len(evs))
+		for i, e := range evs {
+			events[i] = Event{Seq: e.seq, Body: e.body}
+			st.addEvent(e.seq, len(e.body), e.disk, e.seg)
+		}
+		if st.createSeg != nil {
+			st.createSeg.live += st.createDisk
+		}
+		if st.markSeg != nil {
+			st.markSeg.live += st.markDisk
+		}
+		st.lastSeq = max(st.lastSeq, st.hi)
+		st.hi = st.lastSeq + skip
+		s.sess[id] = st
+		s.rec.Events += len(events)
+		out = append(out, Session{ID: id, Created: time.Unix(0, st.created).UTC(), Seq: st.hi, Events: events})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	s.rec.Sessions = len(out)
+	s.purgeAtOpen = purge
+	if !clean && len(out) > 0 {
+		s.log.Warn("state dir was not closed cleanly; recovered sessions resume their seq past what may have been lost", "dir", s.dir, "sessions", len(out), "skip", skip)
+	}
+	return out, nil
+}
+
+// addEvent accounts one event of st that sits in seg.
+func (st *sessState) addEvent(seq uint64, body int, disk int64, seg *segFile) {
+	if n := len(st.runs); n > 0 && st.runs[n-1].seg == seg {
+		r := &st.runs[n-1]
+		r.count++
+		r.bytes += body + 1
+		r.disk += disk
+	} else {
+		st.runs = append(st.runs, run{seg: seg, first: seq, count: 1, bytes: body + 1, disk: disk})
+	}
+	st.count++
+	st.bytes += body + 1
+	st.lastSeq = max(st.lastSeq, seq)
+	seg.live += disk
 }
 
 // run is the writer goroutine.
@@ -477,6 +575,9 @@ func (s *Store) take() ([]rec, bool) {
 
 func (s *Store) recycle(b []rec) {
 	clear(b) // drop the bodies now
+	if cap(b) > 1<<16 {
+		return // a burst's backing array is not kept
+	}
 	s.mu.Lock()
 	if s.spare == nil {
 		s.spare = b[:0]
@@ -485,240 +586,324 @@ func (s *Store) recycle(b []rec) {
 }
 
 func (s *Store) writeBatch(b []rec) {
-	s.clock++
 	for i := range b {
 		r := &b[i]
-		sf := s.session(r.session)
-		if sf == nil || r.kind == kindCreate || r.seq <= sf.lastSeq {
+		if r.kind == kindDelete {
+			s.forget(r.session)
 			continue
 		}
-		if !sf.touched {
-			sf.touched = true
-			s.touched = append(s.touched, sf)
+		st := s.session(r.session)
+		if r.kind == kindEvent && r.seq > st.lastSeq {
+			s.put(kindEvent, st.id, r.seq, r.body)
+			s.written.Add(1)
+			st.addEvent(r.seq, len(r.body), recordSize(st.id, r.body), s.cur())
+			s.trim(st)
 		}
-		s.appendRecord(sf, kindEvent, r.seq, r.body)
 	}
-	for _, sf := range s.touched {
-		s.flush(sf)
-		sf.touched = false
-		s.trim(sf)
-	}
-	clear(s.touched)
-	s.touched = s.touched[:0]
+	s.flush()
+	s.compact()
 	s.nsessions.Store(int64(len(s.sess)))
+	s.nsegments.Store(int64(len(s.segs)))
 }
 
-// session returns the session's state, creating its directory and meta on
-// first use. Nil when that failed (logged).
-func (s *Store) session(id string) *sessFile {
-	if sf := s.sess[id]; sf != nil {
-		return sf
+// cur is the active segment.
+func (s *Store) cur() *segFile { return s.segs[len(s.segs)-1] }
+
+// session returns a session's state, writing its create record first.
+func (s *Store) session(id string) *sessState {
+	if st := s.sess[id]; st != nil {
+		return st
 	}
-	dir := filepath.Join(s.dir, "sessions", hashName(id))
-	meta, _ := json.Marshal(metaFile{SessionID: id, Created: time.Now().UTC()})
-	err := os.MkdirAll(dir, 0o700)
-	if err == nil {
-		err = writeFileSync(filepath.Join(dir, "meta"), meta)
-	}
-	if err == nil {
-		// meta must be durable before any segment: recovery names the
-		// session from it.
-		err = syncDir(dir)
-	}
-	if err == nil {
-		err = syncDir(filepath.Join(s.dir, "sessions"))
-	}
-	if err != nil {
-		s.writeErrors.Add(1)
-		s.logErr("state dir: cannot create a session directory; its events are not persisted", "session", id, "err", err)
-		return nil
-	}
-	sf := &sessFile{id: id, dir: dir}
-	s.sess[id] = sf
-	return sf
+	st := &sessState{id: id, created: time.Now().UnixNano()}
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(st.created))
+	s.put(kindCreate, id, 0, b[:])
+	st.createSeg, st.createDisk = s.cur(), recordSize(id, b[:])
+	st.createSeg.live += st.createDisk
+	s.sess[id] = st
+	return st
 }
 
-// appendRecord buffers one record for the session's active segment,
-// rotating first when the segment is full or broken.
-func (s *Store) appendRecord(sf *sessFile, kind byte, seq uint64, body []byte) {
-	if len(sf.segs) == 0 || sf.broken || s.full(sf) {
-		s.flush(sf)
-		s.rotate(sf, seq)
+// put buffers one record for the active segment, rotating first when it
+// is full.
+func (s *Store) put(kind byte, id string, seq uint64, body []byte) {
+	seg := s.cur()
+	if seg.size > int64(len(segMagic)) && seg.size+recordSize(id, body) > int64(s.opt.SegmentBytes) {
+		s.flush()
+		if err := s.rotate(); err != nil {
+			s.writeErrors.Add(1)
+			s.failed = true
+			s.logErr("state dir: cannot start a new segment; writing on in the old one", "err", err)
+		}
+		seg = s.cur()
 	}
-	sf.buf = appendRecord(sf.buf, kind, seq, body)
-	sf.pendLast = seq
-	if kind == kindEvent {
-		sf.pendCount++
-		sf.pendBytes += len(body) + 1
-	}
+	s.buf = appendRecord(s.buf, kind, id, seq, body)
+	seg.size += recordSize(id, body)
 }
 
-func (s *Store) full(sf *sessFile) bool {
-	seg := &sf.segs[len(sf.segs)-1]
-	return sf.size+int64(len(sf.buf)) >= int64(s.opt.SegmentBytes) || seg.count+sf.pendCount >= s.opt.segmentEvents()
-}
-
-// rotate closes the active segment and starts a new one named by seq.
-// Precondition: sf.buf is empty (flushed).
-func (s *Store) rotate(sf *sessFile, seq uint64) {
-	s.closeFile(sf)
-	sf.segs = append(sf.segs, segment{first: seq, path: filepath.Join(sf.dir, segName(seq))})
-	sf.size = 0
-	sf.broken = false
-	sf.buf = append(sf.buf[:0], segMagic...)
-	s.dirtyDirs[sf.dir] = true
-}
-
-// flush writes the session's buffered records with one write(2).
-func (s *Store) flush(sf *sessFile) {
-	if len(sf.buf) == 0 {
+// flush writes the buffered records with one write(2).
+func (s *Store) flush() {
+	if len(s.buf) == 0 {
 		return
 	}
-	f, err := s.file(sf)
-	n := 0
-	if err == nil {
-		n, err = f.Write(sf.buf)
-	}
+	n, err := s.active.Write(s.buf)
 	if err != nil {
 		s.writeErrors.Add(1)
-		s.logErr("state dir: write failed; these events are not persisted", "session", sf.id, "err", err)
-		if f != nil && n > 0 {
-			// Leave no torn record in the middle of the file; the next
-			// record goes to a new segment in any case.
-			_ = f.Truncate(sf.size)
-		}
-		sf.broken = true
-	} else {
-		seg := &sf.segs[len(sf.segs)-1]
-		seg.count += sf.pendCount
-		seg.bytes += sf.pendBytes
-		sf.count += sf.pendCount
-		sf.bytes += sf.pendBytes
-		sf.lastSeq = max(sf.lastSeq, sf.pendLast)
-		sf.size += int64(n)
-		sf.dirty = true
-		s.written.Add(uint64(sf.pendCount))
-	}
-	sf.pendCount, sf.pendBytes = 0, 0
-	if cap(sf.buf) > 1<<20 {
-		sf.buf = nil
-	} else {
-		sf.buf = sf.buf[:0]
-	}
-}
-
-// file returns the active segment's descriptor, opening it (and closing
-// the least recently used one past MaxOpenFiles).
-func (s *Store) file(sf *sessFile) (*os.File, error) {
-	sf.lastUse = s.clock
-	if sf.f != nil {
-		return sf.f, nil
-	}
-	if len(s.open) >= s.opt.MaxOpenFiles {
-		lru := s.open[0]
-		for _, o := range s.open[1:] {
-			if o.lastUse < lru.lastUse {
-				lru = o
+		s.failed = true
+		s.logErr("state dir: write failed; these events are not persisted", "file", s.active.Name(), "bytes", len(s.buf), "err", err)
+		if n > 0 {
+			// Leave no torn record: the next recovery would stop there.
+			if fi, e := s.active.Stat(); e == nil {
+				_ = s.active.Truncate(fi.Size() - int64(n))
 			}
 		}
-		s.closeFile(lru)
 	}
-	f, err := os.OpenFile(sf.segs[len(sf.segs)-1].path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
+	s.dirty = true
+	if cap(s.buf) > 4<<20 {
+		s.buf = nil
+	} else {
+		s.buf = s.buf[:0]
 	}
-	sf.f = f
-	s.open = append(s.open, sf)
-	return f, nil
 }
 
-// closeFile stops appending to the session's active segment. A file
-// written since its last fsync keeps its descriptor until the next sync
-// point, so rotation never waits for the disk on the write path.
-func (s *Store) closeFile(sf *sessFile) {
-	if sf.f == nil {
-		return
+// rotate starts a new active segment. Precondition: buf flushed.
+func (s *Store) rotate() error {
+	next := uint64(1)
+	if len(s.segs) > 0 {
+		next = s.segs[len(s.segs)-1].id + 1
 	}
-	if sf.dirty {
-		s.retired = append(s.retired, sf.f)
-		sf.dirty = false
-		if len(s.retired) > s.opt.MaxOpenFiles {
-			s.syncRetired(len(s.retired) / 2)
+	path := filepath.Join(s.dir, "log", segName(next))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(segMagic); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if s.active != nil {
+		if s.dirty {
+			s.retired = append(s.retired, s.active)
+		} else {
+			s.active.Close()
 		}
-	} else if err := sf.f.Close(); err != nil {
-		s.logErr("state dir: close failed", "session", sf.id, "err", err)
 	}
-	sf.f = nil
-	for i, o := range s.open {
-		if o == sf {
-			s.open = append(s.open[:i], s.open[i+1:]...)
+	s.active, s.dirty, s.dirDirty = f, true, true
+	s.segs = append(s.segs, &segFile{id: next, path: path, size: int64(len(segMagic))})
+	return nil
+}
+
+// trim forgets a session's oldest runs while the newer ones alone hold
+// MaxEvents events or MaxBytes bytes: their bytes are dead, for compaction.
+func (s *Store) trim(st *sessState) {
+	for len(st.runs) > 1 {
+		old := st.runs[0]
+		if st.count-old.count < s.opt.MaxEvents && st.bytes-old.bytes < s.opt.MaxBytes {
+			return
+		}
+		st.count -= old.count
+		st.bytes -= old.bytes
+		old.seg.live -= old.disk
+		st.runs = st.runs[1:]
+	}
+}
+
+// compact deletes every old segment with no live record, and rewrites at
+// most one more per batch when the segments hold more than twice the live
+// bytes (and a segment's worth more): its live records are copied into
+// the active segment, fsynced, and the old file deleted.
+func (s *Store) compact() {
+	for rewrote := false; ; {
+		again, rewrite := s.compactOne(!rewrote)
+		if !again {
+			return
+		}
+		rewrote = rewrote || rewrite
+	}
+}
+
+// compactOne deletes or (when allowed) rewrites the old segment with the
+// fewest live bytes per byte; it reports whether it did, and whether that
+// was a rewrite.
+func (s *Store) compactOne(mayRewrite bool) (bool, bool) {
+	if len(s.segs) < 2 {
+		return false, false
+	}
+	var total, live int64
+	var victim *segFile
+	for _, seg := range s.segs[:len(s.segs)-1] {
+		total += seg.size
+		live += seg.live
+		if victim == nil || seg.live*victim.size < victim.live*seg.size {
+			victim = seg
+		}
+	}
+	if victim.live > 0 && (!mayRewrite || total <= 2*live+int64(s.opt.SegmentBytes)) {
+		return false, false
+	}
+	rewrite := victim.live > 0
+	if !s.rewriteSeg(victim) {
+		return false, false
+	}
+	return true, rewrite
+}
+
+// rewriteSeg copies the live records of an old segment into the active
+// one, fsyncs them, and deletes the segment. It reports success.
+func (s *Store) rewriteSeg(victim *segFile) bool {
+	if victim.live > 0 {
+		data, err := os.ReadFile(victim.path)
+		if err != nil || len(data) < len(segMagic) {
+			s.logErr("state dir: cannot read a segment to compact it", "file", victim.path, "err", err)
+			return false
+		}
+		dst := s.cur()
+		moved := map[*sessState]bool{}
+		_, _ = parseRecords(data[len(segMagic):], func(r record) {
+			st := s.sess[r.id]
+			if st == nil {
+				return // deleted: its records are dead
+			}
+			keep := false
+			switch r.kind {
+			case kindCreate:
+				keep = st.createSeg == victim
+			case kindMark:
+				keep = st.markSeg == victim && r.seq == st.hi
+			case kindEvent:
+				// The run covering seq is the last one starting at or
+				// before it; older events than the first run are dead.
+				i := sort.Search(len(st.runs), func(i int) bool { return st.runs[i].first > r.seq }) - 1
+				keep = i >= 0 && st.runs[i].seg == victim
+			}
+			if keep {
+				// Copied byte for byte, without rotating: the moved runs
+				// must all land in dst.
+				s.buf = append(s.buf, r.raw...)
+				dst.size += int64(len(r.raw))
+				moved[st] = true
+			}
+		})
+		for st := range moved {
+			if st.createSeg == victim {
+				st.createSeg = dst
+				dst.live += st.createDisk
+			}
+			if st.markSeg == victim {
+				st.markSeg = dst
+				dst.live += st.markDisk
+			}
+			for i := range st.runs {
+				if st.runs[i].seg == victim {
+					st.runs[i].seg = dst
+					dst.live += st.runs[i].disk
+				}
+			}
+		}
+		s.flush()
+		// The copies must be durable before the originals go.
+		if err := s.active.Sync(); err != nil {
+			s.writeErrors.Add(1)
+			s.failed = true
+			s.logErr("state dir: fsync failed; compaction postponed", "err", err)
+			return false
+		}
+		s.syncs.Add(1)
+		s.dirty = false
+	}
+	if err := os.Remove(victim.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.logErr("state dir: cannot delete a compacted segment", "file", victim.path, "err", err)
+		return false
+	}
+	for i, seg := range s.segs {
+		if seg == victim {
+			s.segs = append(s.segs[:i], s.segs[i+1:]...)
 			break
 		}
 	}
+	s.dirDirty = true
+	s.compactions.Add(1)
+	return true
 }
 
-func (s *Store) syncFile(sf *sessFile) {
-	if err := sf.f.Sync(); err != nil {
-		s.writeErrors.Add(1)
-		s.logErr("state dir: fsync failed", "session", sf.id, "err", err)
+// Delete forgets a session (session/delete): a tombstone is written, and
+// every segment holding its records is rewritten without them before the
+// call's batch ends, so a restart never brings it back. Safe from any
+// goroutine; never blocks on I/O; never dropped.
+func (s *Store) Delete(sessionID string) { s.push(rec{kind: kindDelete, session: sessionID}) }
+
+// forget drops a session's state and rewrites the segments that hold its
+// records. Writer goroutine only.
+func (s *Store) forget(id string) {
+	st := s.sess[id]
+	if st == nil {
+		return
 	}
-	s.syncs.Add(1)
-	sf.dirty = false
+	segs := map[*segFile]bool{}
+	for _, r := range st.runs {
+		r.seg.live -= r.disk
+		segs[r.seg] = true
+	}
+	if st.createSeg != nil {
+		st.createSeg.live -= st.createDisk
+		segs[st.createSeg] = true
+	}
+	if st.markSeg != nil {
+		st.markSeg.live -= st.markDisk
+		segs[st.markSeg] = true
+	}
+	delete(s.sess, id)
+	// The tombstone covers a crash before the rewrites are done.
+	s.put(kindDelete, id, 0, nil)
+	s.purge(segs)
 }
 
-// syncAll fsyncs every written file and every directory whose entries
-// changed.
-func (s *Store) syncAll() {
-	for _, sf := range s.open {
-		if sf.dirty {
-			s.syncFile(sf)
+// purge rewrites the given segments (the active one after rotating it).
+func (s *Store) purge(segs map[*segFile]bool) {
+	s.flush()
+	if segs[s.cur()] {
+		if err := s.rotate(); err != nil {
+			s.writeErrors.Add(1)
+			s.failed = true
+			s.logErr("state dir: cannot start a new segment; a deleted session's records stay until the next compaction", "err", err)
+			return
 		}
 	}
-	s.syncRetired(len(s.retired))
-	s.syncDirs()
+	for _, seg := range append([]*segFile(nil), s.segs[:len(s.segs)-1]...) {
+		if segs[seg] {
+			s.rewriteSeg(seg)
+		}
+	}
 }
 
-// syncRetired fsyncs and closes the n oldest retired files.
-func (s *Store) syncRetired(n int) {
-	for _, f := range s.retired[:n] {
+// syncAll fsyncs the active segment, the rotated ones and the directory.
+func (s *Store) syncAll() {
+	if s.dirty && s.active != nil {
+		if err := s.active.Sync(); err != nil {
+			s.writeErrors.Add(1)
+			s.failed = true
+			s.logErr("state dir: fsync failed", "file", s.active.Name(), "err", err)
+		}
+		s.syncs.Add(1)
+		s.dirty = false
+	}
+	for _, f := range s.retired {
 		if err := f.Sync(); err != nil {
 			s.writeErrors.Add(1)
+			s.failed = true
 			s.logErr("state dir: fsync failed", "file", f.Name(), "err", err)
 		}
 		s.syncs.Add(1)
-		if err := f.Close(); err != nil {
-			s.logErr("state dir: close failed", "file", f.Name(), "err", err)
-		}
+		f.Close()
 	}
-	clear(s.retired[:n])
-	s.retired = append(s.retired[:0], s.retired[n:]...)
-}
-
-func (s *Store) syncDirs() {
-	for d := range s.dirtyDirs {
-		if err := syncDir(d); err != nil {
-			s.logErr("state dir: fsync of a directory failed", "dir", d, "err", err)
+	clear(s.retired)
+	s.retired = s.retired[:0]
+	if s.dirDirty {
+		if err := syncDir(filepath.Join(s.dir, "log")); err != nil {
+			s.logErr("state dir: fsync of the directory failed", "err", err)
 		}
-		delete(s.dirtyDirs, d)
-	}
-}
-
-// trim deletes a session's oldest segments while the newer ones alone
-// hold MaxEvents events or MaxBytes bytes.
-func (s *Store) trim(sf *sessFile) {
-	for len(sf.segs) > 1 {
-		old := sf.segs[0]
-		if sf.count-old.count < s.opt.MaxEvents && sf.bytes-old.bytes < s.opt.MaxBytes {
-			return
-		}
-		if err := os.Remove(old.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			s.logErr("state dir: cannot delete an old segment", "file", old.path, "err", err)
-			return
-		}
-		sf.count -= old.count
-		sf.bytes -= old.bytes
-		sf.segs = sf.segs[1:]
-		s.dirtyDirs[sf.dir] = true
+		s.dirDirty = false
 	}
 }
 
@@ -731,28 +916,32 @@ func (s *Store) finish() error {
 	s.droppedHi = nil
 	s.mu.Unlock()
 	for id, seq := range dropped {
-		if sf := s.session(id); sf != nil && sf.hi < seq {
-			sf.hi = seq
+		if st := s.sess[id]; st != nil && st.hi < seq {
+			st.hi = seq
 		}
 	}
-	for _, sf := range s.sess {
-		if sf.hi > sf.lastSeq {
-			s.appendRecord(sf, kindMark, sf.hi, nil)
-			s.flush(sf)
+	for _, st := range s.sess {
+		if st.hi > st.lastSeq {
+			s.put(kindMark, st.id, st.hi, nil)
+			st.lastSeq = st.hi
 		}
 	}
-	for len(s.open) > 0 {
-		s.closeFile(s.open[0])
-	}
+	s.flush()
 	s.syncAll()
 	var err error
-	if s.writeErrors.Load() > 0 {
-		err = fmt.Errorf("state dir: %d write errors; some events were not persisted", s.writeErrors.Load())
+	if s.active != nil {
+		err = s.active.Close()
 	}
-	if e := writeFileSync(filepath.Join(s.dir, "clean"), nil); e != nil {
-		err = errors.Join(err, fmt.Errorf("state dir: %w", e))
-	} else if e := syncDir(s.dir); e != nil {
-		err = errors.Join(err, fmt.Errorf("state dir: %w", e))
+	if n := s.writeErrors.Load(); n > 0 {
+		err = errors.Join(err, fmt.Errorf("state dir: %d write errors; some events were not persisted", n))
+	}
+	if !s.failed {
+		cb, _ := json.Marshal(cleanFile{Dropped: s.dropped.Load()})
+		if e := writeFileSync(filepath.Join(s.dir, "clean"), cb); e != nil {
+			err = errors.Join(err, fmt.Errorf("state dir: %w", e))
+		} else if e := syncDir(s.dir); e != nil {
+			err = errors.Join(err, fmt.Errorf("state dir: %w", e))
+		}
 	}
 	if e := s.lock.Close(); e != nil {
 		err = errors.Join(err, fmt.Errorf("state dir: %w", e))

@@ -41,6 +41,10 @@ func TestDeps(t *testing.T) {
 		"wire":          {"codec/ws", "ring"},
 		"agent":         {"codec/ndjson", "codec/lsp"},
 		"session":       {"auth", "agent", "codec/jsonrpc", "wire", "store", "audit"},
+		// PTY bytes never reach a session's log or the agent: the terminal
+		// knows neither.
+		"terminal": {"audit", "auth"},
+		"web":      {},
 	}
 	for pkg, ok := range allowed {
 		if _, exists := imports[pkg]; !exists {
@@ -62,6 +66,8 @@ func TestDeps(t *testing.T) {
 		"github.com/sony/gobreaker":     {"breaker"},
 		"github.com/bytedance/sonic":    {"codec/jsonrpc"},
 		"github.com/lxzan/gws":          {"tlsserve", "connect", "bench"},
+		"github.com/creack/pty":         {"terminal"},
+		"github.com/charmbracelet/x/vt": {"terminal"},
 		"net":                           {"loop", "tlsserve", "connect", "bench", "cmd/agentbridge"},
 		"github.com/prometheus/client_": {"loop", "tlsserve", "cmd/agentbridge"},
 	}

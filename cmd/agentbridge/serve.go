@@ -29,6 +29,7 @@ import (
 	"github.com/agentbridge/agentbridge/ring"
 	"github.com/agentbridge/agentbridge/session"
 	"github.com/agentbridge/agentbridge/store"
+	"github.com/agentbridge/agentbridge/terminal"
 )
 
 type serveFlags struct {
@@ -47,6 +48,8 @@ type serveFlags struct {
 	maxInflight, maxSessions                     int           // hardening
 	callTimeout                                  time.Duration // hardening
 	rate                                         string
+	terminal                                     string
+	terminalLinger                               time.Duration
 }
 
 func newServeFlags() (*flag.FlagSet, *serveFlags) {
@@ -73,6 +76,8 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.DurationVar(&f.summaryInterval, "summary-interval", time.Second, "a degraded (slow) connection gets at most one bridge/summary per session per interval")
 	fs.DurationVar(&f.stallTimeout, "stall-timeout", 60*time.Second, "a connection that takes nothing for this long while something is due to it is closed (WebSocket 1013); its client resumes by cursor")
 	fs.StringVar(&f.rate, "rate", "off", "per-connection input limit, `MSGS/s,BYTES/s` (e.g. 200/s,4MiB/s; either part may be left out): over it requests get -32004 and notifications are dropped, 10x over for 3s closes the connection; off = no limit")
+	fs.StringVar(&f.terminal, "terminal", "", "serve a browser terminal at GET /terminal running this command (e.g. /bin/bash; words split on spaces) in the agent's directory and environment: client tokens type, operator tokens watch (\"\": off)")
+	fs.DurationVar(&f.terminalLinger, "terminal-linger", 5*time.Minute, "how long a terminal outlives its tab, waiting for the same token to re-attach")
 	fs.StringVar(&f.config, "config", "", "config file: one `name value` per line, names as the flags")
 	f.logLevel = config.Choice{Value: "info", Allowed: []string{"debug", "info", "warn", "error"}}
 	fs.Var(&f.logLevel, "log-level", "debug, info, warn or error")
@@ -257,11 +262,7 @@ func runServe(args []string) int {
 			return fail("%v", err)
 		}
 		// Closed after the agent stopped: its last events are persisted too.
-		defer func() {
-			if err := st.Close(); err != nil {
-				log.Warn("state dir close", "err", err)
-			}
-		}()
+		defer closeStore(log, st)
 		hcfg.Journal = st
 	}
 	// Each gnet loop's thread keeps its P while it waits in epoll_wait, so
@@ -293,7 +294,14 @@ func runServe(args []string) int {
 	hub := session.New(hcfg)
 	if st != nil {
 		hub.Restore(recovered)
-		log.Info("state restored", "dir", f.stateDir, "sessions", len(recovered))
+		logRecovery(log, f.stateDir, st.Recovery())
+	}
+	term, err := newTerminal(f, auditLog, log)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if term != nil {
+		defer term.Close()
 	}
 	metrics := loop.NewMetrics(nil)
 	exportStats(metrics, st, auditLog)
@@ -305,7 +313,7 @@ func runServe(args []string) int {
 		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval, StallTimeout: f.stallTimeout},
 		Rate:      rate,
 		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
-		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey},
+		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey, Terminal: term},
 	})
 	if err != nil {
 		return fail("%v", err)
@@ -375,6 +383,9 @@ func runServe(args []string) int {
 	// Answer or fail every pending request, tell clients why, let queues
 	// flush, then stop the engine and give the agent its grace period.
 	hub.Shutdown(reason)
+	if term != nil {
+		term.Close() // shells get SIGHUP; their browsers a close frame
+	}
 	deadline := time.Now().Add(2 * time.Second)
 	for srv.Connections() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -399,6 +410,23 @@ func runServe(args []string) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// newTerminal builds the --terminal manager, or nil when it is off. The
+// terminal runs in the agent's directory with the agent's environment
+// (both the daemon's own: serve does not change them for the agent).
+func newTerminal(f *serveFlags, auditLog *audit.Log, log *slog.Logger) (*terminal.Manager, error) {
+	if strings.TrimSpace(f.terminal) == "" {
+		return nil, nil
+	}
+	if f.terminalLinger <= 0 {
+		return nil, fmt.Errorf("invalid --terminal-linger %s (must be positive)", f.terminalLinger)
+	}
+	cfg := terminal.Config{Command: strings.Fields(f.terminal), Linger: f.terminalLinger, Logger: log.With("src", "terminal")}
+	if auditLog != nil {
+		cfg.Audit = auditLog.Record
+	}
+	return terminal.New(cfg)
 }
 
 // socketDirs prepares the directories of the socket and the generated
@@ -484,4 +512,43 @@ func storeEvents(replay int) int {
 		return math.MaxInt32
 	}
 	return replay
+}
+
+// storeCloseTimeout bounds how long a stop waits for the state store to
+// write and fsync what it acknowledged: long enough for a slow disk, short
+// enough that a hung one does not hold the stop for ever.
+const storeCloseTimeout = 30 * time.Second
+
+// closeStore flushes and fsyncs the state store with a deadline of its own
+// and says what was saved or lost.
+func closeStore(log *slog.Logger, st *store.Store) {
+	done := make(chan error, 1)
+	go func() { done <- st.Close() }()
+	select {
+	case err := <-done:
+		s := st.Stats()
+		if err != nil {
+			log.Error("state dir close", "err", err, "written", s.Written, "dropped", s.Dropped)
+			return
+		}
+		lvl := slog.LevelInfo
+		if s.Dropped > 0 {
+			lvl = slog.LevelWarn
+		}
+		log.Log(context.Background(), lvl, "state saved", "sessions", s.Sessions, "events_written", s.Written, "events_dropped", s.Dropped)
+	case <-time.After(storeCloseTimeout):
+		s := st.Stats()
+		log.Error("state dir: not closed within the deadline; records still queued are lost and the next start treats the directory as not closed cleanly", "deadline", storeCloseTimeout, "queued", s.Queued)
+	}
+}
+
+// logRecovery says what the state directory gave back and what it could not.
+func logRecovery(log *slog.Logger, dir string, r store.Recovery) {
+	log.Info("state restored", "dir", dir, "sessions", r.Sessions, "events", r.Events, "segments", r.Segments, "clean", r.Clean)
+	if r.Corrupt > 0 {
+		log.Warn("state dir: some records could not be restored (corrupt or torn); their sessions show a bridge/gap there", "dir", dir, "corrupt_records", r.Corrupt, "lost_bytes", r.LostBytes)
+	}
+	if r.PrevDropped > 0 {
+		log.Warn("state dir: the previous run dropped events it could not write in time; they are holes in the restored logs", "dir", dir, "dropped", r.PrevDropped)
+	}
 }

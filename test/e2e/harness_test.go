@@ -167,6 +167,8 @@ type client struct {
 	msgs chan map[string]any
 	raw  chan []byte
 	mu   sync.Mutex
+	// sawStatus collects bridge/status values a helper saw (lifecycle_test.go).
+	sawStatus []string
 }
 
 func dial(t *testing.T, d *daemon) *client {

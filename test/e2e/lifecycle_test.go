@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +32,8 @@ func turn(t *testing.T, c *client, v int, id any, sid, text string) (chunks []st
 	for {
 		m, _ := c.waitFor(wait, "the turn's next message", func(map[string]any) bool { return true })
 		switch {
+		case m["method"] == "bridge/status" && field(m, "params", "sessionId") == sid:
+			c.sawStatus = append(c.sawStatus, field(m, "params", "status").(string))
 		case m["method"] == "session/request_permission":
 			if field(m, "params", "sessionId") != sid {
 				t.Fatalf("permission request of another session: %v", m)
@@ -96,12 +100,48 @@ func TestLifecyclePlainClient(t *testing.T) {
 			b := dial(t, d)
 			acpInit(t, b, v)
 			b.call(3, "session/resume", map[string]any{"sessionId": sid, "cwd": "/tmp"})
+			b.sawStatus = nil
 			chunks, stop = turn(t, b, v, 4, sid, "after the restart")
 			checkChunks(t, "turn after resume", chunks, 5)
 			if stop != "end_turn" {
 				t.Fatalf("stop %s", stop)
 			}
+			// The bridge's status followed the turn: v1 by the prompt's
+			// round trip, v2 by state_update (running, requires_action
+			// while the permission waits, idle).
+			b.waitFor(wait, "bridge/status idle", func(m map[string]any) bool {
+				return m["method"] == "bridge/status" && field(m, "params", "status") == "idle"
+			})
+			if got := strings.Join(b.sawStatus, ","); !strings.HasPrefix(got, "running,awaiting_hitl,running") {
+				t.Fatalf("bridge/status during the turn: %s", got)
+			}
 
+			if v == 2 {
+				// replayFrom: the agent replays (decision in
+				// docs/protocol.md); the replay reaches the resumer only
+				// and is not logged again.
+				before := sessionSeq(t, b, sid)
+				c := dial(t, d)
+				acpInit(t, c, v)
+				c.request("rf", "session/resume", map[string]any{"sessionId": sid, "cwd": "/tmp", "replayFrom": map[string]any{"type": "start"}})
+				m, replay := c.response("rf", wait)
+				if m["error"] != nil {
+					t.Fatalf("resume with replayFrom: %v", m)
+				}
+				users := 0
+				for _, r := range replay {
+					if field(r, "params", "update", "sessionUpdate") == "user_message_chunk" {
+						users++
+					}
+				}
+				if users != 2 { // "first" and "after the restart"
+					t.Fatalf("replay held %d user messages: %s", users, brief(replay))
+				}
+				if after := sessionSeq(t, b, sid); after != before {
+					t.Fatalf("the replay was logged: seq %v -> %v", before, after)
+				}
+				c.c.Close()
+			}
 			// A fork is the caller's from its first event.
 			fork := field(b.call(5, "session/fork", map[string]any{"sessionId": sid, "cwd": "/tmp"}), "result", "sessionId").(string)
 			if fork == sid {
@@ -192,4 +232,55 @@ func TestCancelRemappedPerClient(t *testing.T) {
 	if !d.waitLog("not got in flight; dropped", wait) {
 		t.Fatal("no log line for a cancel naming nothing in flight")
 	}
+}
+
+// A permission request goes to the owner and to an attached operator; the
+// owner answers first; the operator hears bridge/resolved and ACP's
+// $/cancel_request naming the request it was sent, so an ACP client closes
+// its prompt.
+func TestRetiredRequestCancelsTheOthers(t *testing.T) {
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	const opToken = "e2e-operator-token-0123456789"
+	if err := os.WriteFile(tokens, []byte("operator "+opToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	d := startDaemon(t, "--listen", addr, "--tokens", tokens, "--", binPath, "demo-agent", "--chunks", "1")
+	owner := dial(t, d)
+	acpInit(t, owner, 1)
+	sid := field(owner.call(1, "session/new", map[string]any{"cwd": "/tmp", "mcpServers": []any{}}), "result", "sessionId").(string)
+	op, _, err := dialPeer(t, "ws://"+addr+"/acp", nil, "Authorization", "Bearer "+opToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op.call("att", "bridge/attach", map[string]any{"sessionId": sid})
+	owner.request(2, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "go"}}})
+	perm, _ := owner.waitFor(wait, "the permission request", func(m map[string]any) bool { return m["method"] == "session/request_permission" })
+	opPerm, _ := op.waitFor("the operator's copy", func(m map[string]any) bool { return m["method"] == "session/request_permission" })
+	if opPerm["id"] != perm["id"] {
+		t.Fatalf("owner and operator got ids %v and %v", perm["id"], opPerm["id"])
+	}
+	owner.send(map[string]any{"id": perm["id"], "result": map[string]any{"outcome": map[string]any{"outcome": "selected", "optionId": "allow"}}})
+	res, _ := op.waitFor("bridge/resolved", func(m map[string]any) bool { return m["method"] == "bridge/resolved" })
+	cancel, _ := op.waitFor("$/cancel_request", func(m map[string]any) bool { return m["method"] == "$/cancel_request" })
+	if field(res, "params", "id") != perm["id"] || field(cancel, "params", "requestId") != perm["id"] {
+		t.Fatalf("operator got %v and %v for request %v", res, cancel, perm["id"])
+	}
+	if m, _ := owner.response(2, wait); field(m, "result", "stopReason") != "end_turn" {
+		t.Fatalf("prompt: %v", m)
+	}
+}
+
+// sessionSeq is the session's seq in bridge/sessions.
+func sessionSeq(t *testing.T, c *client, sid string) float64 {
+	t.Helper()
+	m := c.call("seq-"+fmt.Sprint(time.Now().UnixNano()), "bridge/sessions", map[string]any{})
+	list, _ := field(m, "result", "sessions").([]any)
+	for _, e := range list {
+		if em, _ := e.(map[string]any); em["sessionId"] == sid {
+			return em["seq"].(float64)
+		}
+	}
+	t.Fatalf("session %s not listed", sid)
+	return 0
 }

@@ -34,9 +34,10 @@ export function freePort() {
 
 /**
  * Starts a daemon listening on a fresh port of 127.0.0.1 with a tokens file
- * holding a `client` and a `viewer` token, runs fn(d), and always stops it.
- * d gains: port, origin (the daemon's own http://127.0.0.1:PORT), wsUrl
- * (ws://127.0.0.1:PORT/acp), token (client role) and viewerToken.
+ * holding a `client`, a `viewer` and an `operator` token, runs fn(d), and
+ * always stops it. d gains: port, origin (the daemon's own
+ * http://127.0.0.1:PORT), wsUrl (ws://127.0.0.1:PORT/acp), token (client
+ * role), viewerToken and operatorToken.
  *
  * @param {{args?: string[], agent?: string[]}} opts as for withDaemon; args
  *   may add --allow-origin, --heartbeat, --max-message, …
@@ -47,8 +48,9 @@ export async function withWsDaemon(opts, fn) {
   try {
     const token = newToken();
     const viewerToken = newToken();
+    const operatorToken = newToken();
     const tokens = path.join(dir, "tokens");
-    writeFileSync(tokens, `# written by the node WebSocket tests\nclient ${token}\nviewer ${viewerToken}\n`, { mode: 0o600 });
+    writeFileSync(tokens, `# written by the node WebSocket tests\nclient ${token}\nviewer ${viewerToken}\noperator ${operatorToken}\n`, { mode: 0o600 });
     const port = await freePort();
     return await withDaemon(
       { ...opts, listen: `127.0.0.1:${port}`, args: ["--tokens", tokens, ...(opts.args ?? [])] },
@@ -59,6 +61,7 @@ export async function withWsDaemon(opts, fn) {
           wsUrl: `ws://127.0.0.1:${port}/acp`,
           token,
           viewerToken,
+          operatorToken,
         });
         return fn(d);
       },
