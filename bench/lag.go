@@ -39,14 +39,14 @@ func (r *runner) stallLag(ctx context.Context, transport string) error {
 	if err != nil {
 		return fmt.Errorf("lag at half speed: %v", err)
 	}
-	r.prog.printf("agentbridge bench: stall %s lag: agent %.0f events/s; the client read %d of %d at %.0f events/s in %v",
-		transport, rate, half.events, lagFlood, rate/2, half.took.Round(time.Millisecond))
 	kase := fmt.Sprintf("lag: 1 client at half speed, %d events", lagFlood)
+	r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: kase, Metric: "agent rate", Unit: "msgs/s", Better: "higher", Value: rate}, nil, nil)
+	r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: kase, Metric: "lag read time", Unit: "s", Better: "lower", Value: half.took.Seconds()}, nil, nil)
 	r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: kase, Metric: "events in order", Unit: "events", Better: "higher", Value: float64(half.events),
 		Target: &Target{Text: fmt.Sprintf("= %d, no disconnect", lagFlood), Met: half.events == lagFlood && half.err == nil}}, nil, nil)
 	growth := float64(half.peakKB-half.startKB) / 1024
 	const budgetMB = 64 // --replay-memory's default
-	r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: kase, Metric: "rss growth", Unit: "MB", Better: "lower", Value: growth,
+	r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: kase, Metric: "lag rss growth", Unit: "MB", Better: "lower", Value: growth,
 		Target: &Target{Text: fmt.Sprintf("≤ 2 × %d MB (the log budget)", budgetMB), Met: growth <= 2*budgetMB}}, nil, nil)
 	if half.err != nil {
 		return half.err

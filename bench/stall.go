@@ -38,8 +38,8 @@ func (r *runner) stallOver(ctx context.Context, transport string) error {
 		pace = time.Duration(float64(time.Second) * float64(cal.Conns) / (cal.Rate / 2))
 		pace = max(pace, 10*time.Microsecond)
 		r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: "no stalled, agent at full speed", Metric: "fan-out capacity", Unit: "msgs/s", Better: "higher", Value: cal.Rate}, nil, nil)
-		r.prog.printf("agentbridge bench: stall %s: fan-out capacity %.0f deliveries/s; streaming at half: a chunk every %v per session (%.0f deliveries/s)",
-			transport, cal.Rate, pace, float64(cal.Conns)*float64(time.Second)/float64(pace))
+		r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: fmt.Sprintf("half the capacity: a chunk every %v per session", pace.Round(time.Microsecond)),
+			Metric: "fixed rate", Unit: "msgs/s", Better: "higher", Value: float64(cal.Conns) * float64(time.Second) / float64(pace)}, nil, nil)
 	}
 	runs := make([]Measurement, 0, len(o.StallCounts))
 	for _, k := range o.StallCounts {
