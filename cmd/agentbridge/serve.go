@@ -339,19 +339,24 @@ func runServe(args []string) int {
 	if err := sup.Start(); err != nil {
 		return fail("cannot start the agent %q: %v", strings.Join(cmd, " "), err)
 	}
-	if err := srv.Start(); err != nil {
-		actx, acancel := context.WithTimeout(context.Background(), f.grace)
-		_ = sup.Stop(actx)
-		acancel()
-		return fail("%v", err)
-	}
-	// Written only once the socket is ours: a daemon that failed to bind
-	// must not replace the token file of the one that holds the socket.
+	// The token file is written once loop.New found the socket path free
+	// (a daemon that finds it in use must not replace the token file of the
+	// one holding it) and before the socket appears (a client that waits
+	// for the socket then reads the token must find it).
 	if tokenFile != "" {
 		if err := auth.WriteTokenFile(tokenFile, token); err != nil {
 			log.Error("cannot write the token file; WebSocket clients need --tokens", "file", tokenFile, "err", err)
 			tokenFile = ""
 		}
+	}
+	if err := srv.Start(); err != nil {
+		actx, acancel := context.WithTimeout(context.Background(), f.grace)
+		_ = sup.Stop(actx)
+		acancel()
+		if tokenFile != "" {
+			_ = auth.RemoveTokenFile(tokenFile, token)
+		}
+		return fail("%v", err)
 	}
 	attrs := []any{"agent", strings.Join(cmd, " "), "pid", os.Getpid()}
 	if f.uds != "" {
