@@ -169,9 +169,7 @@ func (s *Server) endAgentFeed() {
 	s.drainAfter = s.spareDrain[:0]
 	s.amu.Unlock()
 	for i, c := range list {
-		if !c.closing() {
-			c.drain()
-		}
+		c.service()
 		list[i] = nil
 	}
 	s.amu.Lock()

@@ -54,6 +54,7 @@ type conn struct {
 
 	// Owned by the event loop.
 	closeBy int64 // UnixNano: a close waiting for gnet's buffer to drain; 0 when none
+	held    bool  // the reader stopped handing input over: answers pile up (holdInput)
 	// Re-wake backoff while gnet's buffer stays over its watermark; see
 	// Server.rewake.
 	wakeAt   int64        // UnixNano; guarded by srv.mu
@@ -139,6 +140,24 @@ func (c *conn) closeAtBoundary(now time.Time) error {
 	}
 	c.srv.markBlocked(c)
 	return nil
+}
+
+// holdInput reports whether the reader must stop handing messages to the
+// hub: the connection's answers pile up past its control watermark, so
+// its requests wait, unparsed, in gnet's input buffer until they drain
+// (gnet cannot stop reading the socket). pending is how many unread bytes
+// wait; past the bound (twice --max-message) the connection is closed
+// (CloseInputBacklog, 1013) here, at a message boundary. Event loop only.
+func (c *conn) holdInput(pending int) bool {
+	if !c.ep.InputHeld() {
+		c.held = false
+		return false
+	}
+	c.held = true
+	if limit := 2 * c.srv.cfg.MaxMessage; pending > limit {
+		c.Close(wire.CloseInputBacklog, fmt.Sprintf("input backlog: %d bytes of requests wait while %s's answers pile up unread (limit %d); resume by cursor", pending, c.ep.Peer(), limit))
+	}
+	return true
 }
 
 // drain writes what is queued and paces replays; see
@@ -290,10 +309,39 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		p.pump(c) // a terminal: its own queue, no outbox
 		return gnet.None
 	}
-	if !c.closing() {
+	c.service()
+	return gnet.None
+}
+
+// service drains the connection, then hands the hub the input it held
+// back while answers piled up, as soon as they have drained (the peer may
+// have sent everything and wait for its answers: no other event would
+// come). Event loop only.
+func (c *conn) service() {
+	if c.closing() {
+		return
+	}
+	c.drain()
+	gc := c.gc
+	for range 8 {
+		if !c.held || c.closing() || c.ep.InputHeld() || gc.InboundBuffered() == 0 {
+			break
+		}
+		buf, _ := gc.Peek(gc.InboundBuffered())
+		used, err := c.proto.read(c, buf)
+		if used > 0 {
+			_, _ = gc.Discard(used)
+		}
+		if err != nil {
+			ce, ok := err.(*closeError)
+			if !ok {
+				ce = &closeError{code: wire.CloseInternal, reason: err.Error()}
+			}
+			c.Close(ce.code, ce.reason)
+			break
+		}
 		c.drain()
 	}
-	return gnet.None
 }
 
 // OnClose unregisters the connection.

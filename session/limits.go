@@ -148,6 +148,7 @@ func (h *Hub) evictOldest(newest *list.Element) bool {
 		}
 		h.lim.unclaimed.Remove(e)
 		s.lim.unclaimed = nil
+		s.log.release() // its memory goes back to --replay-memory
 		delete(h.sessions, s.ID)
 		h.lim.evicted++
 		if h.lim.evicted == 1 || h.lim.evicted%1000 == 0 {

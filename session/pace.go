@@ -163,3 +163,12 @@ func (h *Hub) queueEvent(cl *Client, s *Session, m *wire.Msg) bool {
 	}
 	return false
 }
+
+// Inflight is how many of cl's requests await the agent: answers that are
+// coming to its connection, which its transport counts before it admits
+// more input. Safe from any goroutine.
+func (h *Hub) Inflight(cl *Client) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return cl.inflight
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	_ "net/http/pprof"
@@ -257,7 +258,7 @@ func runServe(args []string) int {
 		if syncEvery == 0 {
 			syncEvery = -1 // store: negative fsyncs after every batch
 		}
-		if st, recovered, err = store.Open(f.stateDir, store.Options{MaxEvents: f.replay, MaxBytes: f.replayBytes, SyncInterval: syncEvery, Logger: log.With("src", "store")}); err != nil {
+		if st, recovered, err = store.Open(f.stateDir, store.Options{MaxEvents: storeEvents(f.replay), MaxBytes: f.replayBytes, SyncInterval: syncEvery, Logger: log.With("src", "store")}); err != nil {
 			return fail("%v", err)
 		}
 		// Closed after the agent stopped: its last events are persisted too.
@@ -507,6 +508,15 @@ func defaultMaxConns(fdLimit int) int {
 		return 0
 	}
 	return max(fdLimit-1024, fdLimit/2)
+}
+
+// storeEvents is the store's per-session event count for --replay: 0 (no
+// count limit) leaves the bytes to bound it, as in memory.
+func storeEvents(replay int) int {
+	if replay == 0 {
+		return math.MaxInt32
+	}
+	return replay
 }
 
 // storeCloseTimeout bounds how long a stop waits for the state store to
