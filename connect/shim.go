@@ -127,9 +127,10 @@ type call struct {
 	// it first wrote the request; prior: whether it was attached then;
 	// epoch: the session's epoch then (a bridge/attach or bridge/detach of
 	// the client's answered meanwhile decides instead).
-	armed bool
-	prior bool
-	epoch uint64
+	armed  bool
+	prior  bool
+	epoch  uint64
+	armGen int // the connection it was first written on
 }
 
 type helloWish struct {
@@ -150,6 +151,7 @@ const (
 	ownAttach   ownKind = iota + 1 // re-attach after a reconnect
 	ownProbe                       // bridge/hello {}: proves the daemon read what came before
 	ownSessions                    // bridge/sessions before a session/load: the session's seq then
+	ownDetach                      // undoes a re-attach for a load or resume the agent refused
 )
 
 // sess is what the shim knows of a session the stdio client uses.
@@ -634,7 +636,7 @@ func (s *shim) pump() {
 			// before its answer re-attaches the session too; an error
 			// answer undoes it (answered).
 			if !c.armed {
-				c.armed, c.prior, c.epoch = true, ss.attached, ss.epoch
+				c.armed, c.prior, c.epoch, c.armGen = true, ss.attached, ss.epoch, s.gen
 			}
 			ss.attached = true
 		}
@@ -825,6 +827,13 @@ func (s *shim) answered(c *call, b []byte, hd jsonrpc.Header) []byte {
 			// meanwhile says where the session stands instead.
 			if ss := s.sessions[c.sid]; ss != nil && ss.epoch == c.epoch && !c.prior {
 				ss.attached = false
+				// A reconnect since the request was first written attached
+				// this connection with bridge/attach, which the daemon
+				// does not undo for the refused request: the shim does,
+				// unless the client is attaching the session again.
+				if s.gen > c.armGen && !s.attaching(c) {
+					s.ownCall(&ownCall{kind: ownDetach, sid: c.sid}, "bridge/detach", map[string]any{"sessionId": c.sid})
+				}
 			}
 		}
 		return b
@@ -912,6 +921,19 @@ func (s *shim) answered(c *call, b []byte, hd jsonrpc.Header) []byte {
 		})
 	}
 	return b
+}
+
+// attaching says whether a request of the client sent after c and not
+// answered yet attaches c's session.
+func (s *shim) attaching(c *call) bool {
+	for _, cs := range s.calls {
+		for _, o := range cs {
+			if o.seq > c.seq && o.sid == c.sid && (o.method == "bridge/attach" || attachesOnForward(o.method)) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // attachesOnForward says whether the daemon attaches the caller to the

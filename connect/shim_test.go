@@ -951,3 +951,44 @@ func TestClosedSessionsNotReattached(t *testing.T) {
 		t.Fatalf("want x, got %s (closed sessions attached again)", m.raw)
 	}
 }
+
+// TestRefusedLoadAfterReconnectDetaches: a session/load in flight at a
+// drop is re-attached on the new connection (the daemon attached the
+// caller when it forwarded the load); when the agent then refuses the
+// load, the shim detaches the session again, as the daemon would have
+// without the drop, and does not attach it after the next reconnect.
+func TestRefusedLoadAfterReconnectDetaches(t *testing.T) {
+	d := newFakeUnix(t)
+	s := startStdio(t, Options{URL: d.url()})
+	c1 := d.accept()
+	c1.hello(fresh)
+	s.send(`{"jsonrpc":"2.0","id":1,"method":"session/load","params":{"sessionId":"L","cwd":"/"}}`)
+	q := c1.next()
+	c1.send(answer(q.ID, `{"sessions":[{"sessionId":"L","status":"closed","seq":5,"clients":0}]}`))
+	if m := c1.next(); m.Method != "session/load" {
+		t.Fatalf("want the load, got %s", m.raw)
+	}
+	c1.cut()
+	c2 := d.accept()
+	c2.hello(`{"resumed":true,"received":3,"pending":[1]}`)
+	at := c2.next()
+	if at.Method != "bridge/attach" || at.Params["sessionId"] != "L" || at.Params["since"] != float64(5) {
+		t.Fatalf("want bridge/attach L since 5, got %s", at.raw)
+	}
+	c2.send(answer(at.ID, `{"sessionId":"L","seq":5,"status":"closed","replayed":0}`))
+	s.expect(`{"jsonrpc":"2.0","method":"bridge/status","params":{"sessionId":"L","status":"closed"}}`)
+	c2.send(`{"jsonrpc":"2.0","id":1,"error":{"code":-32002,"message":"unknown session L"}}`)
+	s.expectError("1", -32002)
+	de := c2.next()
+	if de.Method != "bridge/detach" || de.Params["sessionId"] != "L" || !strings.HasPrefix(string(de.ID), `"`+ownPrefix) {
+		t.Fatalf("want our bridge/detach L, got %s", de.raw)
+	}
+	c2.send(answer(de.ID, `{}`))
+	c2.cut()
+	c3 := d.accept()
+	c3.hello(`{"resumed":true,"received":3,"pending":[]}`)
+	s.send(req("2", "x"))
+	if m := c3.next(); m.Method != "x" {
+		t.Fatalf("want x, got %s (the refused load's session attached again)", m.raw)
+	}
+}
