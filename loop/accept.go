@@ -208,12 +208,12 @@ func (s *Server) acceptLoop(l listener) {
 		// gnet dups the descriptor on a worker, registers it with a loop
 		// (OnOpen) and closes c. A failure there never reaches OnClose, so
 		// the slot is given back here; success releases it in OnClose.
-		go func() {
-			if r := <-ch; r.Err != nil {
-				s.adm.release(ip)
-				s.log.Warn("cannot hand a connection to the event loop", "transport", l.transport, "err", r.Err)
-			}
-		}()
+		// Waiting here (not in a goroutine per connection, whose stack would
+		// stay in the daemon's RSS) paces accept to what the loops take.
+		if r := <-ch; r.Err != nil {
+			s.adm.release(ip)
+			s.log.Warn("cannot hand a connection to the event loop", "transport", l.transport, "err", r.Err)
+		}
 	}
 }
 
