@@ -55,6 +55,7 @@ type conn struct {
 	// Owned by the event loop.
 	closeBy int64 // UnixNano: a close waiting for gnet's buffer to drain; 0 when none
 	held    bool  // the reader stopped handing input over: answers pile up (holdInput)
+	lastOut int   // gnet's outbound buffer at the previous Backlog
 	// Re-wake backoff while gnet's buffer stays over its watermark; see
 	// Server.rewake.
 	wakeAt   int64        // UnixNano; guarded by srv.mu
@@ -92,10 +93,18 @@ func (c *conn) Write(frames [][]byte) error {
 func (c *conn) Backlog() (int, bool) {
 	n := c.gc.OutboundBuffered()
 	if n > 0 {
-		c.srv.markBlocked(c)
+		if n < c.lastOut {
+			// The peer is reading: come back soon, no backoff. Only a
+			// peer that takes nothing is woken less and less often.
+			c.wakeStep.Store(0)
+		}
+		c.markBlocked()
 	}
+	c.lastOut = n
 	return n, n > 0
 }
+
+func (c *conn) markBlocked() { c.srv.markBlocked(c) }
 
 // Shut runs finish on the loop. Any goroutine.
 func (c *conn) Shut() {
@@ -274,6 +283,17 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		}
 		return gnet.Close
 	}
+	// On the agent's loop, requests routed here are written to the agent
+	// when this callback ends (agentconn.go), not through a Wake.
+	if ac := s.agentc.Load(); ac != nil && gc.EventLoop() == ac.loop {
+		ac.enter()
+		defer ac.leave()
+	}
+	return s.clientTraffic(gc, c)
+}
+
+// clientTraffic is OnTraffic for a client connection.
+func (s *Server) clientTraffic(gc gnet.Conn, c *conn) gnet.Action {
 	if c.closeBy != 0 {
 		// Closing once gnet's buffer has drained: input is discarded.
 		_, _ = gc.Discard(gc.InboundBuffered())
