@@ -150,7 +150,7 @@ type ownKind uint8
 const (
 	ownAttach   ownKind = iota + 1 // re-attach after a reconnect
 	ownProbe                       // bridge/hello {}: proves the daemon read what came before
-	ownSessions                    // bridge/sessions before a session/load: the session's seq then
+	ownSessions                    // bridge/sessions before a session/load or session/resume: the session's seq then
 	ownDetach                      // undoes a re-attach for a load or resume the agent refused
 )
 
