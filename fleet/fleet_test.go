@@ -3,7 +3,9 @@ package fleet
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -229,5 +231,87 @@ func TestNodeSilenceBlocks(t *testing.T) {
 	hubB.waitFor(t, "s1 blocked", func() bool { return hubB.status["s1"] == session.StatusBlocked })
 	if took := time.Since(put); took < 300*time.Millisecond || took > 2*time.Second {
 		t.Fatalf("blocked after %s; want the TTL (300ms) plus at most a refresh or so", took)
+	}
+}
+
+// TestNATSRestartLosesNothing: the NATS server stops for about two
+// seconds (its store kept) while node A keeps appending; once it is back,
+// node B's mirror holds every event exactly once, in order.
+func TestNATSRestartLosesNothing(t *testing.T) {
+	dir := t.TempDir()
+	opts := &natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true}
+	ns, err := natsserver.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS not ready")
+	}
+	url := ns.ClientURL()
+	ctx := context.Background()
+	sid := "s1"
+	a, err := Join(ctx, Config{URL: url, Node: "A", Fleet: "unit", Refresh: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(newFakeHub(session.SessionInfo{SessionID: sid, Status: session.StatusRunning, Node: "A"})); err != nil {
+		t.Fatal(err)
+	}
+	hubB := newFakeHub()
+	b, err := Join(ctx, Config{URL: url, Node: "B", Fleet: "unit", Refresh: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(hubB); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(ctx)
+	defer a.Close(ctx)
+	seq := uint64(0)
+	appendN := func(n int) {
+		for range n {
+			seq++
+			a.Append(sid, seq, []byte(`{"n":`+strconv.FormatUint(seq, 10)+`}`))
+		}
+	}
+	appendN(100)
+	hubB.waitFor(t, "the first 100 events on B", func() bool { return len(hubB.events[sid]) >= 100 })
+
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	appendN(100) // while NATS is down: queued, buffered, retried
+	time.Sleep(2 * time.Second)
+	opts2 := *opts
+	_, ps, _ := net.SplitHostPort(strings.TrimPrefix(url, "nats://"))
+	opts2.Port, _ = strconv.Atoi(ps)
+	t.Logf("restarting NATS on port %d", opts2.Port)
+	ns2, err := natsserver.NewServer(&opts2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns2.Start()
+	if !ns2.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS not ready after restart")
+	}
+	t.Cleanup(ns2.Shutdown)
+	appendN(100)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		hubB.mu.Lock()
+		got := append([]uint64(nil), hubB.events[sid]...)
+		hubB.mu.Unlock()
+		for i, s := range got {
+			if s != uint64(i+1) {
+				t.Fatalf("B's event %d has seq %d: a hole or a duplicate (%v)", i, s, got)
+			}
+		}
+		if len(got) == int(seq) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("B has %d of %d events 30s after NATS came back", len(got), seq)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
