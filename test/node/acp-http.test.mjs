@@ -209,3 +209,71 @@ test("a POST body sent chunked is read whole", T, () =>
     assert.equal(status, 200);
   }),
 );
+
+test("one session watched at once by a Unix-socket client, a WebSocket client and an HTTP client", T, () =>
+  withWsDaemon({ agent: sdkAgent }, async (d) => {
+    const { WsPeer } = await import("./lib/wspeer.mjs");
+    const c = httpClient(`${d.origin}/acp`, { headers: { Authorization: `Bearer ${d.token}` } }, (f) => d.defer(f));
+    await within(10000, "initialize", c.conn.agent.request(acp.methods.agent.initialize, { protocolVersion: acp.PROTOCOL_VERSION, clientCapabilities: plainCapabilities }));
+    const { sessionId } = await within(10000, "session/new", c.conn.agent.request(acp.methods.agent.session.new, { cwd: d.dir, mcpServers: [] }));
+    const unix = await RawClient.connect(d);
+    await unix.call(1, "bridge/attach", { sessionId });
+    const ws = await WsPeer.open(d, d.wsUrl, undefined, { headers: { Authorization: `Bearer ${d.viewerToken}` } });
+    ws.request(1, "bridge/attach", { sessionId });
+    const att = await ws.response(1);
+    assert.equal(att.error, undefined, JSON.stringify(att));
+    const res = await within(30000, "session/prompt", c.conn.agent.request(acp.methods.agent.session.prompt, { sessionId, prompt: [{ type: "text", text: "three ways" }] }));
+    assert.equal(res.stopReason, "end_turn");
+    const last = (m) => m.method === "session/update" && m.params?.sessionId === sessionId && m.params.update?.content?.text === "permission granted";
+    await unix.waitFor("the last chunk on the Unix socket", last);
+    await ws.waitFor("the last chunk on the WebSocket", last);
+    await c.events.waitFor("the last chunk over HTTP", (e) => e.kind === "update" && last({ method: "session/update", params: e.params }));
+    for (const seen of [unix.all, ws.all]) {
+      assert.ok(seen.some((m) => m.method === "session/update" && m.params.update?.content?.text === "sdk agent heard: three ways"));
+    }
+  }),
+);
+
+test("a session GET with Last-Event-ID takes the stream over and resumes from the session log, events carrying id: SEQ", T, () =>
+  withWsDaemon({ agent: sdkAgent }, async (d) => {
+    let connId;
+    const spy = async (url, init) => {
+      const r = await fetch(url, init);
+      connId ??= r.headers.get("acp-connection-id") ?? undefined;
+      return r;
+    };
+    const c = httpClient(`${d.origin}/acp`, { headers: { Authorization: `Bearer ${d.token}` }, fetch: spy }, (f) => d.defer(f));
+    await script(c, d.dir);
+    assert.ok(connId);
+    const sessionId = c.events.all.find((e) => e.kind === "update").params.sessionId;
+    const ac = new AbortController();
+    d.defer(() => ac.abort());
+    const headers = { Authorization: `Bearer ${d.token}`, Accept: "text/event-stream", "Acp-Connection-Id": connId, "Acp-Session-Id": sessionId };
+    assert.equal((await fetch(`${d.origin}/acp`, { headers })).status, 409);
+    const g = await fetch(`${d.origin}/acp`, { headers: { ...headers, "Last-Event-ID": "1" }, signal: ac.signal });
+    assert.equal(g.status, 200);
+    const reader = g.body.getReader();
+    let text = "";
+    while (!text.includes("permission granted")) {
+      const { value, done } = await within(10000, "the replayed events", reader.read());
+      assert.ok(!done, "stream ended early: " + text);
+      text += new TextDecoder().decode(value);
+    }
+    const ids = [...text.matchAll(/^id: (\d+)$/gm)].map((m) => Number(m[1]));
+    assert.ok(ids.length >= 3, text);
+    assert.ok(ids[0] > 1, `replay starts after Last-Event-ID 1: ${ids}`);
+    assert.doesNotMatch(text, /sdk agent heard/, "seq 1 (the first chunk) was not asked for");
+  }),
+);
+
+test("--http-idle reaps a connection with no GET and no request", T, () =>
+  withWsDaemon({ args: ["--http-idle", "1s"] }, async (d) => {
+    const id = await rawInit(d);
+    const post = () => fetch(`${d.origin}/acp`, { method: "POST", headers: { Authorization: `Bearer ${d.token}`, "Content-Type": "application/json", "Acp-Connection-Id": id }, body: JSON.stringify({ jsonrpc: "2.0", method: "x/ping" }) });
+    assert.equal((await post()).status, 202);
+    // Reaping is the passing of time itself: wait past --http-idle plus a
+    // sweep, with no GET open and no request.
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal((await post()).status, 404);
+  }),
+);
