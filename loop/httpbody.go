@@ -56,6 +56,9 @@ func dechunk(b []byte, limit int) (body []byte, n int, rp *reply) {
 			}
 			return nil, -1, nil
 		}
+		if i > 1024 {
+			return nil, 0, textReply(http.StatusBadRequest, "malformed chunked body: chunk size line too long")
+		}
 		line := b[pos : pos+i]
 		if j := bytes.IndexByte(line, ';'); j >= 0 {
 			line = line[:j] // chunk extensions
@@ -74,6 +77,9 @@ func dechunk(b []byte, limit int) (body []byte, n int, rp *reply) {
 						return nil, 0, textReply(http.StatusBadRequest, "malformed chunked body: trailers too long")
 					}
 					return nil, -1, nil
+				}
+				if k > 16<<10 {
+					return nil, 0, textReply(http.StatusBadRequest, "malformed chunked body: trailers too long")
 				}
 				pos += k + 2
 				if k == 0 {
