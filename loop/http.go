@@ -633,7 +633,7 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 	}
 	class := pathClass(req.URL.Path)
 	rp := p.f.route(req, false)
-	if rp == nil && req.URL.Path == "/acp" && !isUpgrade(req) {
+	if rp == nil && req.URL.Path == "/acp" && !wsAttempt(req) {
 		var done bool
 		rp, done = p.f.serveACP(c, p, req, p.body)
 		p.body = nil
@@ -667,6 +667,13 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 	}
 	p.w.deadline.Store(p.f.now() + int64(p.f.cfg.IdleTimeout))
 	return 0, false, nil
+}
+
+// wsAttempt reports whether a request on /acp means to be a WebSocket
+// handshake (refused as one when it is not a valid one) rather than a
+// Streamable HTTP message or stream.
+func wsAttempt(r *http.Request) bool {
+	return r.Method == http.MethodGet && (r.Header.Get("Upgrade") != "" || r.Header.Get("Sec-WebSocket-Key") != "")
 }
 
 // upgrade completes a WebSocket handshake on /acp: Origin and token first
