@@ -97,13 +97,15 @@ func (r *acpRegistry) reap(now int64) {
 // acpStream is one SSE stream of a connection: the connection's own ("")
 // or a session's. Guarded by acpConn.mu.
 type acpStream struct {
-	buf  []byte     // events framed and not yet taken by a GET
-	sink *acpSSEGet // the GET that receives it; nil while none
+	buf   []byte     // events framed and not yet taken by a GET
+	sink  *acpSSEGet // the GET that receives it; nil while none
+	final bool       // MCP POST stream: its response is queued; end after it
 }
 
 // acpConn is one ACP Streamable HTTP connection.
 type acpConn struct {
 	f     *front
+	mcp   bool // an MCP session (/mcp, Mcp-Session-Id) rather than ACP
 	id    string
 	token [32]byte // sha256 of the token that created it
 	ep    *delivery.Endpoint
@@ -123,6 +125,8 @@ type acpConn struct {
 	agentReq map[string]string // agent request id → the session stream it went out on
 	initWait *acpInitWait      // the POST initialize waiting for its answer
 	closed   bool
+	posts    int               // MCP: POST streams opened, for their keys
+	progTok  map[string]string // MCP: progress token (raw JSON) → the POST stream of its request
 
 	// Writer goroutine only.
 	routes []string
@@ -156,6 +160,11 @@ func (a *acpConn) Wake() {
 // Frame is m as one SSE event; it also notes which stream m goes to, for
 // the Write that follows. Writer only.
 func (a *acpConn) Frame(m *wire.Msg) []byte {
+	if a.mcp {
+		a.routes = append(a.routes, a.routeMCP(m))
+		// The MCP SDK client drops events named other than "message".
+		return appendData(nil, m)
+	}
 	a.routes = append(a.routes, a.route(m))
 	return appendEvent(nil, m)
 }
@@ -212,7 +221,22 @@ func (a *acpConn) Write(frames [][]byte) error {
 		if r == "\x00drop" {
 			continue
 		}
+		final := false
+		if strings.HasPrefix(r, "\x02") {
+			r, final = r[1:], true
+			for t, k := range a.progTok {
+				if k == r {
+					delete(a.progTok, t)
+				}
+			}
+		}
 		st := a.streams[r]
+		if st == nil && strings.HasPrefix(r, "\x01") {
+			continue // the POST that asked has gone: its stream with it
+		}
+		if final {
+			st.final = true
+		}
 		if st == nil {
 			st = &acpStream{}
 			a.streams[r] = st
@@ -299,13 +323,17 @@ func (a *acpConn) finish() {
 		a.f.resume(w.c, textReply(http.StatusNotFound, "Unknown Acp-Connection-Id"))
 	}
 	a.ep.Release()
-	a.f.m.closedConn("acp-http")
+	a.f.m.closedConn(a.ep.Transport())
 }
 
 // answerInit answers the parked POST initialize with the agent's reply.
 // Writer goroutine.
 func (a *acpConn) answerInit(w *acpInitWait, body []byte) {
-	rp := &reply{status: http.StatusOK, ctype: jsonType, body: body, hdr: []string{"Acp-Connection-Id", a.id}}
+	name := "Acp-Connection-Id"
+	if a.mcp {
+		name = "Mcp-Session-Id"
+	}
+	rp := &reply{status: http.StatusOK, ctype: jsonType, body: body, hdr: []string{name, a.id}}
 	a.f.resume(w.c, rp)
 }
 
@@ -349,7 +377,12 @@ type acpSSEGet struct {
 	gen bool // replaced by a takeover: close without touching the stream
 }
 
-func (g *acpSSEGet) name() string { return "acp-sse" }
+func (g *acpSSEGet) name() string {
+	if g.a.mcp {
+		return "mcp-sse"
+	}
+	return "acp-sse"
+}
 
 func (g *acpSSEGet) read(_ *conn, buf []byte) (int, error) { return len(buf), nil }
 
@@ -363,7 +396,7 @@ func (g *acpSSEGet) closed() {
 	a.mu.Lock()
 	if st := a.streams[g.key]; st != nil && st.sink == g {
 		st.sink = nil
-		if g.key != "" && len(st.buf) == 0 {
+		if g.key != "" && (len(st.buf) == 0 || strings.HasPrefix(g.key, "\x01")) {
 			delete(a.streams, g.key)
 		}
 	}
@@ -396,10 +429,15 @@ func (g *acpSSEGet) drain(gc gnet.Conn, err error) error {
 		a.queued -= len(b)
 	}
 	closed := a.closed
+	if st.final && len(st.buf) == 0 {
+		// An MCP POST stream ends with its response.
+		delete(a.streams, g.key)
+		closed = true
+	}
 	a.mu.Unlock()
 	if len(b) > 0 {
 		_, _ = gc.Write(b)
-		a.f.m.out("acp-sse", 1, len(b))
+		a.f.m.out(g.name(), 1, len(b))
 		a.Wake() // the writer may have stopped at the backlog limit
 	}
 	if closed {
@@ -433,14 +471,18 @@ func (f *front) serveACP(c *conn, p *httpProto, req *http.Request, body []byte) 
 // acpLookup finds the request's connection, bound to the token that
 // created it: another token gets the same 404 as an unknown id.
 func (f *front) acpLookup(req *http.Request) (*acpConn, *reply) {
-	id := req.Header.Get("Acp-Connection-Id")
+	return f.lookupConn(req, "Acp-Connection-Id", false)
+}
+
+func (f *front) lookupConn(req *http.Request, header string, mcp bool) (*acpConn, *reply) {
+	id := req.Header.Get(header)
 	if id == "" {
-		return nil, acpErr(http.StatusBadRequest, "Missing Acp-Connection-Id")
+		return nil, acpErr(http.StatusBadRequest, "Missing "+header)
 	}
 	tok, _ := auth.TokenFromRequest(req)
 	a := f.acp.get(id)
-	if a == nil || sha256.Sum256([]byte(tok)) != a.token || a.ep.Closing() {
-		return nil, acpErr(http.StatusNotFound, "Unknown Acp-Connection-Id")
+	if a == nil || a.mcp != mcp || sha256.Sum256([]byte(tok)) != a.token || a.ep.Closing() {
+		return nil, acpErr(http.StatusNotFound, "Unknown "+header)
 	}
 	return a, nil
 }
@@ -475,7 +517,7 @@ func (f *front) acpPost(c *conn, p *httpProto, req *http.Request, body []byte) *
 		if hd.ID == nil || string(hd.ID) == "null" {
 			return acpErr(http.StatusBadRequest, "Initialize request must include an ID")
 		}
-		return f.acpOpen(c, p, req, trim, hd)
+		return f.openConn(c, p, req, trim, hd, false)
 	}
 	a, rp := f.acpLookup(req)
 	if rp != nil {
@@ -535,31 +577,36 @@ func (f *front) acpPost(c *conn, p *httpProto, req *http.Request, body []byte) *
 
 // acpOpen creates a connection for a POST initialize and parks the POST
 // until the hub answers it (from its cache, or once the agent has).
-func (f *front) acpOpen(c *conn, p *httpProto, req *http.Request, msg []byte, hd jsonrpc.Header) *reply {
-	role, _, rp := f.authorize(req, "acp-http", true, false)
+func (f *front) openConn(c *conn, p *httpProto, req *http.Request, msg []byte, hd jsonrpc.Header, mcp bool) *reply {
+	label := "acp-http"
+	if mcp {
+		label = "mcp-http"
+	}
+	role, _, rp := f.authorize(req, label, true, false)
 	if rp != nil {
 		return rp
 	}
 	tok, _ := auth.TokenFromRequest(req)
 	a := &acpConn{
-		f: f, id: newConnID(), token: sha256.Sum256([]byte(tok)),
+		f: f, mcp: mcp, id: newConnID(), token: sha256.Sum256([]byte(tok)),
 		wake: make(chan struct{}, 1), quit: make(chan struct{}),
 		streams:  map[string]*acpStream{"": {}},
 		pending:  map[string]string{},
 		agentReq: map[string]string{},
+		progTok:  map[string]string{},
 	}
 	a.active.Store(time.Now().UnixNano())
 	peer := c.ep.Peer()
-	a.ep = delivery.NewEndpoint(&f.s.epc, a, "acp-http", peer, f.s.cfg.Metrics.outbox(f.s.log, func() string { return peer }))
+	a.ep = delivery.NewEndpoint(&f.s.epc, a, label, peer, f.s.cfg.Metrics.outbox(f.s.log, func() string { return peer }))
 	a.initWait = &acpInitWait{c: c, id: string(hd.ID)}
 	p.parked = true
 	f.acp.mu.Lock()
 	f.acp.conns[a.id] = a
 	f.acp.mu.Unlock()
-	f.m.opened("acp-http")
+	f.m.opened(label)
 	go a.run()
 	a.ep.Register(role, nil)
-	f.s.log.Debug("acp http connection open", "peer", peer, "id", a.id, "role", role.String())
+	f.s.log.Debug("streamable http connection open", "transport", label, "peer", peer, "id", a.id, "role", role.String())
 	a.inMu.Lock()
 	a.ep.Input(msg, time.Now())
 	a.inMu.Unlock()
@@ -582,11 +629,24 @@ func (f *front) acpGet(c *conn, p *httpProto, req *http.Request) (*reply, bool) 
 		return acpErr(http.StatusBadRequest, fmt.Sprintf("Session ID exceeds maxIdLength (%d)", acpMaxID)), false
 	}
 	resume := req.Header.Get("Last-Event-ID")
+	rp, done := f.openStream(c, p, a, key, resume != "")
+	if done && key != "" && resume != "" {
+		if seq, err := strconv.ParseUint(resume, 10, 64); err == nil {
+			a.resumeSession(key, seq)
+		}
+	}
+	return rp, done
+}
+
+// openStream makes c, whose request p just parsed, the receiver of a's
+// stream key: a second receiver is refused 409 unless it takes the stream
+// over (Last-Event-ID). Then c only writes SSE.
+func (f *front) openStream(c *conn, p *httpProto, a *acpConn, key string, takeover bool) (*reply, bool) {
 	g := &acpSSEGet{a: a, key: key, c: c, w: p.w}
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
-		return acpErr(http.StatusNotFound, "Unknown Acp-Connection-Id"), false
+		return acpErr(http.StatusNotFound, "Unknown connection"), false
 	}
 	st := a.streams[key]
 	if st == nil {
@@ -595,7 +655,7 @@ func (f *front) acpGet(c *conn, p *httpProto, req *http.Request) (*reply, bool) 
 	}
 	var old *acpSSEGet
 	if st.sink != nil {
-		if resume == "" {
+		if !takeover {
 			a.mu.Unlock()
 			return acpErr(http.StatusConflict, "Outbound stream already has an active receiver"), false
 		}
@@ -610,18 +670,17 @@ func (f *front) acpGet(c *conn, p *httpProto, req *http.Request) (*reply, bool) 
 	}
 	_, _ = c.gc.Write([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n" +
 		"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"))
-	f.m.request("/acp", http.StatusOK)
+	path := "/acp"
+	if a.mcp {
+		path = "/mcp"
+	}
+	f.m.request(path, http.StatusOK)
 	c.proto = g
 	p.w.deadline.Store(0)
-	p.w.kind.Store(watchACP)
 	p.w.acp = g
+	p.w.kind.Store(watchACP)
 	f.m.closedConn("http")
-	f.m.opened("acp-sse")
-	if key != "" && resume != "" {
-		if seq, err := strconv.ParseUint(resume, 10, 64); err == nil {
-			a.resumeSession(key, seq)
-		}
-	}
+	f.m.opened(g.name())
 	g.notify()
 	return nil, true
 }

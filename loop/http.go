@@ -354,7 +354,7 @@ func (rp *reply) serve(w http.ResponseWriter, head bool) {
 // pathClass bounds the path label of the request metric.
 func pathClass(p string) string {
 	switch p {
-	case "/healthz", "/metrics", "/acp", "/events", "/", "/terminal", "/login", "/logout":
+	case "/healthz", "/metrics", "/acp", "/mcp", "/events", "/", "/terminal", "/login", "/logout":
 		return p
 	}
 	if strings.HasPrefix(p, "/ui/") {
@@ -438,7 +438,7 @@ func (b *bufferedResponse) Write(p []byte) (int, error) { return b.buf.Write(p) 
 func (b *bufferedResponse) WriteHeader(status int)      { b.status = status }
 
 func notFound(path string) *reply {
-	return textReply(http.StatusNotFound, "not found: agentbridge serves / (the dashboard), /acp, /events, /healthz, /metrics and /terminal")
+	return textReply(http.StatusNotFound, "not found: agentbridge serves / (the dashboard), /acp, /mcp, /events, /healthz, /metrics and /terminal")
 }
 
 func notAllowed(method, allow string) *reply {
@@ -467,7 +467,7 @@ func (f *front) route(r *http.Request, tls bool) *reply {
 			return rp
 		}
 		return f.metricsReply(r)
-	case "/acp":
+	case "/acp", "/mcp":
 		switch r.Method {
 		case http.MethodGet, http.MethodPost, http.MethodDelete:
 			return nil
@@ -645,6 +645,19 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 		}
 		if rp.status >= 400 {
 			p.f.m.refused("acp-http", strconv.Itoa(rp.status))
+		}
+	} else if rp == nil && req.URL.Path == "/mcp" {
+		var done bool
+		rp, done = p.f.serveMCP(c, p, req, p.body)
+		p.body = nil
+		if done {
+			return len(after), true, nil
+		}
+		if rp == nil {
+			return 0, false, nil
+		}
+		if rp.status >= 400 {
+			p.f.m.refused("mcp-http", strconv.Itoa(rp.status))
 		}
 	} else if rp == nil {
 		if chunked || req.ContentLength > 0 {
