@@ -29,6 +29,9 @@ func newSup(t *testing.T, mode string, tweak func(*Config)) (*Supervisor, *recor
 	if mode == "echo-lsp" {
 		cfg.Framing = FramingLSP
 	}
+	if os.Getenv(socketEnv) != "" {
+		cfg.Stdio, cfg.Attach = StdioSocket, goAttacher{}
+	}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -102,6 +105,15 @@ func TestRoundTrip(t *testing.T) {
 			rec.expect(t, "started", 1)
 			if !s.Running() || s.Pid() == 0 || s.Generation() != 1 {
 				t.Fatalf("Running %v Pid %d Generation %d", s.Running(), s.Pid(), s.Generation())
+			}
+			in, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/0", s.Pid()))
+			out, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/1", s.Pid()))
+			want0 := "pipe:"
+			if os.Getenv(socketEnv) != "" {
+				want0 = "socket:"
+			}
+			if !strings.HasPrefix(in, want0) || !strings.HasPrefix(out, want0) || (want0 == "socket:" && in != out) {
+				t.Fatalf("agent stdin %q stdout %q, want %s", in, out, want0)
 			}
 			var want []string
 			for i := range 200 {

@@ -101,8 +101,11 @@ type Options struct {
 	// StallPace, beside each count of StallCounts clients that never read;
 	// the daemon runs with --queue-bytes StallQueueBytes so a stalled
 	// client reaches its ceiling within the run (0 keeps the daemon's
-	// default). Stalled clients attach to every session. Defaults 1000, 10,
-	// [0 1 100], 10ms, 512, 65536.
+	// default). Stalled clients attach to every session, with their role's
+	// default onSlow. StallPace 0 measures the fan-out capacity first (the
+	// same fleet, the agent as fast as it can) and streams at half of it,
+	// so the runs measure isolation, not saturation. Defaults 1000, 10,
+	// [0 1 100 1000], 0 (half the capacity), 512, 65536.
 	StallFast       int           `json:"stallFast"`
 	StallSessions   int           `json:"stallSessions"`
 	StallCounts     []int         `json:"stallCounts"`
@@ -133,7 +136,7 @@ func DefaultOptions() Options {
 		Count: 1_000_000, Size: 100, Conns: 64, Window: 256, WebsocketdWindow: 64,
 		Sessions: 10, Clients: 100, ChunkSize: 64,
 		IdleConns: 10_000,
-		StallFast: 1000, StallSessions: 10, StallCounts: []int{0, 1, 100}, StallPace: 10 * time.Millisecond,
+		StallFast: 1000, StallSessions: 10, StallCounts: []int{0, 1, 100, 1000}, StallPace: 0,
 		StallChunkSize: 512, StallQueueBytes: 64 << 10,
 		ReconnectClients: 1000, ReconnectSessions: 10, ReconnectPace: 10 * time.Millisecond,
 	}
@@ -223,7 +226,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.StallFast, "stall-fast", o.StallFast, "stall: clients that read everything")
 	fs.IntVar(&o.StallSessions, "stall-sessions", o.StallSessions, "stall: sessions the clients spread over")
 	fs.Var(intList{&o.StallCounts}, "stall-counts", "stall: stalled-client counts to compare, e.g. 0,1,100 (the first is the baseline)")
-	fs.DurationVar(&o.StallPace, "stall-pace", o.StallPace, "stall: the agent's delay between chunks (fixed rate)")
+	fs.DurationVar(&o.StallPace, "stall-pace", o.StallPace, "stall: the agent's delay between chunks (fixed rate); 0: half the measured fan-out capacity")
 	fs.IntVar(&o.StallChunkSize, "stall-chunk-size", o.StallChunkSize, "stall: bytes of text per chunk")
 	fs.IntVar(&o.StallQueueBytes, "stall-queue-bytes", o.StallQueueBytes, "stall: the daemon's --queue-bytes, so stalled clients reach their ceiling within the run (0: daemon default)")
 	fs.IntVar(&o.ReconnectClients, "reconnect-clients", o.ReconnectClients, "reconnect: clients that drop at once and re-attach")
@@ -377,8 +380,8 @@ func (o *Options) validate() error {
 	if o.Size < 64 {
 		return fmt.Errorf("invalid --size %d (at least 64: a JSON-RPC request needs the room)", o.Size)
 	}
-	if o.Duration <= 0 || o.Timeout <= 0 || o.Warmup < 0 || o.FanoutPace < 0 || o.StallPace <= 0 || o.ReconnectPace <= 0 {
-		return errors.New("--duration, --timeout, --stall-pace and --reconnect-pace must be positive; --warmup and --fanout-pace not negative")
+	if o.Duration <= 0 || o.Timeout <= 0 || o.Warmup < 0 || o.FanoutPace < 0 || o.StallPace < 0 || o.ReconnectPace <= 0 {
+		return errors.New("--duration, --timeout and --reconnect-pace must be positive; --warmup, --fanout-pace and --stall-pace not negative")
 	}
 	if o.Rate < 0 || o.CPU < 0 || o.StallQueueBytes < 0 {
 		return errors.New("--rate, --cpu and --stall-queue-bytes must not be negative")

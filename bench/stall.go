@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync/atomic"
+	"time"
 )
 
 // stall measures what clients that never read cost the ones that do: the
@@ -21,9 +22,28 @@ func (r *runner) stall(ctx context.Context) error {
 
 func (r *runner) stallOver(ctx context.Context, transport string) error {
 	o := &r.o
+	pace := o.StallPace
+	if pace == 0 {
+		// The agent's pace that makes the fleet's deliveries half of what
+		// it can take at most: measured, not guessed, on this machine.
+		cal, err := r.stallRun(ctx, transport, 0, 0, false)
+		if err != nil {
+			return fmt.Errorf("measuring the fan-out capacity: %v", err)
+		}
+		if cal.Rate <= 0 {
+			return fmt.Errorf("measuring the fan-out capacity: nothing delivered")
+		}
+		// Every session's chunk reaches cal.Conns/StallSessions clients:
+		// the fleet takes cal.Conns deliveries per round of chunks.
+		pace = time.Duration(float64(time.Second) * float64(cal.Conns) / (cal.Rate / 2))
+		pace = max(pace, 10*time.Microsecond)
+		r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: "no stalled, agent at full speed", Metric: "fan-out capacity", Unit: "msgs/s", Better: "higher", Value: cal.Rate}, nil, nil)
+		r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: fmt.Sprintf("half the capacity: a chunk every %v per session", pace.Round(time.Microsecond)),
+			Metric: "fixed rate", Unit: "msgs/s", Better: "higher", Value: float64(cal.Conns) * float64(time.Second) / float64(pace)}, nil, nil)
+	}
 	runs := make([]Measurement, 0, len(o.StallCounts))
 	for _, k := range o.StallCounts {
-		m, err := r.stallRun(ctx, transport, k)
+		m, err := r.stallRun(ctx, transport, k, pace, true)
 		if err != nil {
 			return fmt.Errorf("%d stalled: %v", k, err)
 		}
@@ -54,10 +74,21 @@ func (r *runner) stallOver(ctx context.Context, transport string) error {
 			f.Target = &Target{Text: fmt.Sprintf("≤ %.1f MB (2 × stalled × ceilings)", baseGrowth+2*bound), Met: growth <= baseGrowth+2*bound}
 		}
 		r.addFigure(f, map[string]float64{baseName: baseGrowth}, []string{baseName})
+		if k := o.StallCounts[i] - o.StallCounts[0]; k > 0 {
+			// What one more stalled client costs during the run, beyond
+			// its idle connection (measured before the stream starts).
+			per := (growth - baseGrowth) * 1024 / float64(k)
+			r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: m.Case, Metric: "rss per stalled client", Unit: "KB", Better: "lower", Value: per,
+				Target: &Target{Text: "≤ 4 KB beyond its idle cost", Met: per <= 4}}, nil, nil)
+		}
 	}
 	if len(runs) == 1 {
 		r.skip("stall: only one --stall-counts value, so no isolation ratio")
 	}
+	if r.external == nil {
+		return r.stallLag(ctx, transport)
+	}
+	r.skip("stall: the lag case needs a daemon bench starts (its agent floods a fixed count)")
 	return nil
 }
 
@@ -78,9 +109,11 @@ func (r *runner) stallBoundMB(n int) float64 {
 	return float64(n) * float64(data+control) / (1 << 20)
 }
 
-func (r *runner) stallRun(ctx context.Context, transport string, k int) (Measurement, error) {
+// stallRun streams at pace (0: as fast as the agent can) to the fast
+// clients beside k stalled ones; record adds the run to the results.
+func (r *runner) stallRun(ctx context.Context, transport string, k int, pace time.Duration, record bool) (Measurement, error) {
 	o := &r.o
-	spec := daemonSpec{agent: r.streamAgent(o.StallChunkSize, o.StallPace)}
+	spec := daemonSpec{agent: r.streamAgent(o.StallChunkSize, pace)}
 	if o.StallQueueBytes > 0 {
 		spec.serve = []string{"--queue-bytes", strconv.Itoa(o.StallQueueBytes)}
 	}
@@ -119,7 +152,9 @@ func (r *runner) stallRun(ctx context.Context, transport string, k int) (Measure
 			return fmt.Errorf("connect: %v", err)
 		}
 		stalled[i] = c
-		if _, err := call(c, 1, "bridge/hello", map[string]any{"onSlow": "degrade"}); err != nil {
+		// The role's default onSlow: a client's is catchup, which costs a
+		// stalled reader a cursor.
+		if _, err := call(c, 1, "bridge/hello", map[string]any{}); err != nil {
 			return err
 		}
 		for j, id := range f.ids {
@@ -158,7 +193,7 @@ func (r *runner) stallRun(ctx context.Context, transport string, k int) (Measure
 	m := Measurement{Scenario: "stall", Transport: transport, Case: kase, System: sysBridge, Conns: len(f.clients) + k,
 		Seconds: st.seconds, Count: st.delivered, Rate: float64(st.delivered) / st.seconds, Latency: st.lat,
 		Delivered: st.delivered, Dropped: st.dropped, Missing: st.missing, RSSBeforeKB: before, RSSAfterKB: after}
-	m.Note = fmt.Sprintf("%d fast clients over %d sessions, a %d-byte chunk every %v", len(f.clients), o.StallSessions, o.StallChunkSize, o.StallPace)
+	m.Note = fmt.Sprintf("%d fast clients over %d sessions, a %d-byte chunk every %v", len(f.clients), o.StallSessions, o.StallChunkSize, pace)
 	m.ServerDrops = int64(st.closed)
 	if !st.drained {
 		m.Note += fmt.Sprintf("; the streams had not drained %v after they were stopped (the agent outpaced delivery), so drops are not accounted", drainTime)
@@ -169,6 +204,8 @@ func (r *runner) stallRun(ctx context.Context, transport string, k int) (Measure
 	if st.closed > 0 {
 		m.Note += fmt.Sprintf("; the server disconnected %d fast clients (%v)", st.closed, st.closeErr)
 	}
-	r.res.Runs = append(r.res.Runs, m)
+	if record {
+		r.res.Runs = append(r.res.Runs, m)
+	}
 	return m, nil
 }

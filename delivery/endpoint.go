@@ -199,6 +199,18 @@ func (e *Endpoint) Closing() bool { return e.closing.Load() }
 // Writer only (after Shut).
 func (e *Endpoint) Reason() (wire.CloseReason, string) { return e.reason, e.detail }
 
+// InputHeld reports whether the reader should stop handing this
+// connection's input to the hub for now: its answers pile up past its
+// control high watermark (see Outbox.InputHeld). The reader keeps what it
+// has not handed over and tries again after the next Flush. Any goroutine.
+func (e *Endpoint) InputHeld() bool {
+	inflight := 0
+	if cl := e.cl.Load(); cl != nil {
+		inflight = e.cfg.Hub.Inflight(cl)
+	}
+	return e.out.InputHeld(inflight)
+}
+
 // Input admits one complete message (borrowed) under the input rate limit
 // and hands it to the hub. Reader only, after Register.
 func (e *Endpoint) Input(msg []byte, now time.Time) {

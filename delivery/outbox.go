@@ -739,6 +739,17 @@ func (o *Outbox) ceilings() string {
 	return fmt.Sprintf("%d messages, %d data bytes, %d control bytes", q.MaxItems, q.MaxDataBytes, q.MaxControlBytes)
 }
 
+// InputHeld reports whether the connection's answers pile up past its
+// control high watermark (half its control bytes, or half its slots
+// counting the coming answers to its requests in flight): its reader
+// should stop handing it requests until they drain, rather than have it
+// closed at the control ceiling while it is still reading. Safe from any
+// goroutine.
+func (o *Outbox) InputHeld(inflight int) bool {
+	_, ctrl := o.q.Bytes()
+	return ctrl > o.cfg.Queue.MaxControlBytes/2 || o.q.Len()+inflight > o.cfg.Queue.MaxItems/2
+}
+
 // Len is the number of queued entries. Safe from any goroutine.
 func (o *Outbox) Len() int { return o.q.Len() }
 

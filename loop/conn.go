@@ -54,6 +54,8 @@ type conn struct {
 
 	// Owned by the event loop.
 	closeBy int64 // UnixNano: a close waiting for gnet's buffer to drain; 0 when none
+	held    bool  // the reader stopped handing input over: answers pile up (holdInput)
+	lastOut int   // gnet's outbound buffer at the previous Backlog
 	// Re-wake backoff while gnet's buffer stays over its watermark; see
 	// Server.rewake.
 	wakeAt   int64        // UnixNano; guarded by srv.mu
@@ -91,10 +93,18 @@ func (c *conn) Write(frames [][]byte) error {
 func (c *conn) Backlog() (int, bool) {
 	n := c.gc.OutboundBuffered()
 	if n > 0 {
-		c.srv.markBlocked(c)
+		if n < c.lastOut {
+			// The peer is reading: come back soon, no backoff. Only a
+			// peer that takes nothing is woken less and less often.
+			c.wakeStep.Store(0)
+		}
+		c.markBlocked()
 	}
+	c.lastOut = n
 	return n, n > 0
 }
+
+func (c *conn) markBlocked() { c.srv.markBlocked(c) }
 
 // Shut runs finish on the loop. Any goroutine.
 func (c *conn) Shut() {
@@ -139,6 +149,24 @@ func (c *conn) closeAtBoundary(now time.Time) error {
 	}
 	c.srv.markBlocked(c)
 	return nil
+}
+
+// holdInput reports whether the reader must stop handing messages to the
+// hub: the connection's answers pile up past its control watermark, so
+// its requests wait, unparsed, in gnet's input buffer until they drain
+// (gnet cannot stop reading the socket). pending is how many unread bytes
+// wait; past the bound (twice --max-message) the connection is closed
+// (CloseInputBacklog, 1013) here, at a message boundary. Event loop only.
+func (c *conn) holdInput(pending int) bool {
+	if !c.ep.InputHeld() {
+		c.held = false
+		return false
+	}
+	c.held = true
+	if limit := 2 * c.srv.cfg.MaxMessage; pending > limit {
+		c.Close(wire.CloseInputBacklog, fmt.Sprintf("input backlog: %d bytes of requests wait while %s's answers pile up unread (limit %d); resume by cursor", pending, c.ep.Peer(), limit))
+	}
+	return true
 }
 
 // drain writes what is queued and paces replays; see
@@ -255,6 +283,17 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		}
 		return gnet.Close
 	}
+	// On the agent's loop, requests routed here are written to the agent
+	// when this callback ends (agentconn.go), not through a Wake.
+	if ac := s.agentc.Load(); ac != nil && gc.EventLoop() == ac.loop {
+		ac.enter()
+		defer ac.leave()
+	}
+	return s.clientTraffic(gc, c)
+}
+
+// clientTraffic is OnTraffic for a client connection.
+func (s *Server) clientTraffic(gc gnet.Conn, c *conn) gnet.Action {
 	if c.closeBy != 0 {
 		// Closing once gnet's buffer has drained: input is discarded.
 		_, _ = gc.Discard(gc.InboundBuffered())
@@ -290,10 +329,39 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		p.pump(c) // a terminal: its own queue, no outbox
 		return gnet.None
 	}
-	if !c.closing() {
+	c.service()
+	return gnet.None
+}
+
+// service drains the connection, then hands the hub the input it held
+// back while answers piled up, as soon as they have drained (the peer may
+// have sent everything and wait for its answers: no other event would
+// come). Event loop only.
+func (c *conn) service() {
+	if c.closing() {
+		return
+	}
+	c.drain()
+	gc := c.gc
+	for range 8 {
+		if !c.held || c.closing() || c.ep.InputHeld() || gc.InboundBuffered() == 0 {
+			break
+		}
+		buf, _ := gc.Peek(gc.InboundBuffered())
+		used, err := c.proto.read(c, buf)
+		if used > 0 {
+			_, _ = gc.Discard(used)
+		}
+		if err != nil {
+			ce, ok := err.(*closeError)
+			if !ok {
+				ce = &closeError{code: wire.CloseInternal, reason: err.Error()}
+			}
+			c.Close(ce.code, ce.reason)
+			break
+		}
 		c.drain()
 	}
-	return gnet.None
 }
 
 // OnClose unregisters the connection.

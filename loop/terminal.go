@@ -11,7 +11,6 @@ import (
 
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/codec/ws"
-	"github.com/agentbridge/agentbridge/session"
 	"github.com/agentbridge/agentbridge/terminal"
 	"github.com/agentbridge/agentbridge/wire"
 )
@@ -94,12 +93,14 @@ func (p *termProto) SendText(b []byte) { p.enqueue(ws.OpText, b) }
 func (p *termProto) Backlog() int { return int(p.queued.Load() + p.buffered.Load()) }
 
 // Close implements terminal.Peer. Any goroutine.
-func (p *termProto) Close(reason string) { p.c.Close(session.CloseGoingAway, reason) }
+func (p *termProto) Close(reason string) { p.c.Close(wire.CloseGoingAway, reason) }
 
 // pump writes the queue into gnet while its outbound buffer is under the
 // high watermark, then tells the terminal how far behind the browser is.
 // A connection with bytes still in gnet's buffer is re-woken by the ticker,
-// so the backlog is re-measured as the socket drains.
+// so the backlog is re-measured as the socket drains; a shrinking buffer
+// counts as progress, so the re-wake does not back off while the browser
+// reads.
 func (p *termProto) pump(c *conn) {
 	high := c.srv.cfg.OutboundHigh
 	for c.gc.OutboundBuffered() < high {
@@ -112,17 +113,18 @@ func (p *termProto) pump(c *conn) {
 			p.spare = q
 			break
 		}
-		if _, err := c.gc.Writev(p.frames(q)); err != nil {
+		if err := c.Write(p.frames(q)); err != nil {
 			return // gnet closed the connection; OnClose follows
 		}
-		c.srv.cfg.Metrics.out("terminal", len(q), n)
 		p.queued.Add(-int64(n))
 		clear(q)
 		clear(p.iov)
 		p.spare = q[:0]
 	}
 	ob := c.gc.OutboundBuffered()
-	p.buffered.Store(int64(ob))
+	if int64(ob) < p.buffered.Swap(int64(ob)) {
+		c.wakeStep.Store(0)
+	}
 	if ob > 0 || p.queued.Load() > 0 {
 		c.srv.markBlocked(c)
 	}
@@ -148,7 +150,7 @@ func (p *termProto) frames(q []termFrame) [][]byte {
 }
 
 // farewell flushes what is queued (an exit notice) before the close frame.
-func (p *termProto) farewell(code session.CloseCode, reason string) []byte {
+func (p *termProto) farewell(code wire.CloseReason, reason string) []byte {
 	p.mu.Lock()
 	q := p.q
 	p.q, p.qBytes = nil, 0
@@ -197,7 +199,7 @@ func (p *termProto) read(c *conn, buf []byte) (int, error) {
 			}
 			switch err := p.att.Input(ev.Payload); {
 			case errors.Is(err, terminal.ErrInputFull):
-				return len(buf), &closeError{code: session.ClosePolicy, reason: err.Error()}
+				return len(buf), &closeError{code: wire.ClosePolicy, reason: err.Error()}
 			case err != nil:
 				// A watcher's keystrokes: dropped and counted (audited
 				// at close), never an error the page has to handle.
@@ -218,7 +220,7 @@ func (p *termProto) read(c *conn, buf []byte) (int, error) {
 		case ws.EventPong:
 		case ws.EventClose:
 			p.peerClosed, p.peerCode = true, ev.CloseCode
-			c.Close(session.CloseGoingAway, "peer closed: "+strconv.Itoa(int(ev.CloseCode)))
+			c.Close(wire.CloseGoingAway, "peer closed: "+strconv.Itoa(int(ev.CloseCode)))
 			return len(buf), nil
 		}
 		if c.closing() {
@@ -261,7 +263,7 @@ func (p *httpProto) upgradeTerminal(c *conn, req *http.Request, after []byte) (i
 		rp.close = true
 		_, _ = c.gc.Write(rp.appendTo(nil, false))
 		p.f.m.request("/terminal", rp.status)
-		c.Close(session.ClosePolicy, "terminal handshake refused")
+		c.Close(wire.ClosePolicy, "terminal handshake refused")
 		return 0, true, nil
 	}
 	role, sub, rp := p.f.authorize(req, "terminal", true, false)
@@ -276,7 +278,7 @@ func (p *httpProto) upgradeTerminal(c *conn, req *http.Request, after []byte) (i
 		p.f.m.refused("terminal", "handshake")
 		_, _ = c.gc.Write(ws.AppendHandshakeError(nil, status, why))
 		p.f.m.request("/terminal", status)
-		c.Close(session.ClosePolicy, "websocket handshake refused")
+		c.Close(wire.ClosePolicy, "websocket handshake refused")
 		return 0, true, nil
 	}
 	_, _ = c.gc.Write(ws.AppendHandshakeResponse(nil, req.Header.Get("Sec-WebSocket-Key"), sub))
@@ -285,11 +287,12 @@ func (p *httpProto) upgradeTerminal(c *conn, req *http.Request, after []byte) (i
 	wp.r.MaxMessage = termMaxMessage
 	tp := &termProto{wsProto: wp, c: c}
 	c.proto = tp
+	c.ep.SetTransport("terminal")
 	p.f.m.closedConn("http")
 	p.f.m.opened("terminal")
 	att, err := p.f.cfg.Terminal.Attach(p.f.termInfo(req, c.ep.Peer(), role, tok, false), tp)
 	if err != nil {
-		c.Close(session.CloseGoingAway, err.Error())
+		c.Close(wire.CloseGoingAway, err.Error())
 		return 0, true, nil
 	}
 	tp.att = att

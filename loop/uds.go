@@ -24,6 +24,9 @@ func (p *ndjsonProto) read(c *conn, buf []byte) (int, error) {
 	used := 0
 	now := time.Now()
 	for used < len(buf) {
+		if c.holdInput(len(buf) - used) {
+			break
+		}
 		line, n, err := p.split.Next(buf[used:])
 		if err != nil {
 			if errors.Is(err, ndjson.ErrTooLarge) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -303,4 +304,49 @@ func TestDashboardTLS(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "/ui/static/app.js") || resp.Header.Get("Content-Security-Policy") == "" {
 		t.Fatalf("dashboard over TLS: %s %.100q", resp.Status, body)
 	}
+}
+
+// TestTerminalWriterBackpressure: a writer whose socket is not read stalls
+// the shell (the PTY is not read), over a real gnet connection; once it
+// reads, the shell finishes.
+func TestTerminalWriterBackpressure(t *testing.T) {
+	dir := t.TempDir()
+	m, err := terminal.New(terminal.Config{Command: []string{"/bin/sh"}, Dir: dir, Env: []string{"PATH=/usr/bin:/bin", "PS1=$ "}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	e := startEnv(t, HTTPConfig{Terminal: m})
+	c, br, resp := handshake(t, e.addr, "/terminal", hdrs("Authorization", "Bearer "+clientToken)...)
+	if resp.StatusCode != 101 {
+		t.Fatal(resp.Status)
+	}
+	w := &wsc{t: t, c: c, br: br, key: [4]byte{1, 1, 1, 1}}
+	w.r.MaxMessage = 64 << 20
+	// Far more than the kernel's socket buffers and gnet's watermark hold.
+	w.write(w.frame(true, ws.OpBinary, []byte("seq 1 4000000; touch DONE\n")))
+	done := dir + "/DONE"
+	deadline := time.Now().Add(1500 * time.Millisecond) // a window in which the shell must not finish
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(done); err == nil {
+			t.Fatal("the shell finished although its writer read nothing")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	n := 0
+	var last []byte
+	for !strings.Contains(string(last), "4000000\r\n") {
+		g, err := w.next(30 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", n, err)
+		}
+		if g.kind == ws.EventBinary {
+			n += len(g.payload)
+			last = append(last[max(0, len(last)-64):], g.payload...)
+		}
+	}
+	if n < 25<<20 {
+		t.Errorf("read %d bytes, want the whole output (about 30 MB)", n)
+	}
+	eventually(t, "DONE after the writer read everything", func() bool { _, err := os.Stat(done); return err == nil })
 }

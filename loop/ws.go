@@ -72,6 +72,9 @@ func (p *wsProto) read(c *conn, buf []byte) (int, error) {
 	p.w.seen.Store(now.UnixNano())
 	used := 0
 	for {
+		if c.holdInput(len(buf) - used) {
+			return used, nil // the rest waits in gnet's buffer; see holdInput
+		}
 		ev, n, err := p.r.Next(buf[used:])
 		used += n
 		if err != nil {

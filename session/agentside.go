@@ -212,6 +212,9 @@ func (h *Hub) agentResponse(msg []byte, hd jsonrpc.Header) {
 	id, ok := parseID(hd.ID)
 	c := h.calls[id]
 	if !ok || c == nil {
+		if ok && h.lateAnswer(id) { // limits.go
+			return
+		}
 		h.log.Warn("agent answered an unknown request id; dropped", "id", string(hd.ID))
 		return
 	}

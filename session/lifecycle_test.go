@@ -400,3 +400,35 @@ func TestDeleteLeavesThePersistedState(t *testing.T) {
 		t.Fatalf("recovered %+v, want s2 only", rec)
 	}
 }
+
+func TestV2ResumeReplayFromIsTheAgentsAndNotLoggedTwice(t *testing.T) {
+	r, _, fa := acpRig(t, 2)
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","n":1}}`)
+	fa.take(t)
+	b, fb := r.open(auth.RoleClient)
+	r.from(b, `{"jsonrpc":"2.0","id":3,"method":"session/resume","params":{"sessionId":"s1","cwd":"/","replayFrom":{"type":"start"}}}`)
+	f := r.forwarded()
+	if field(f, "params", "replayFrom", "type") != "start" {
+		t.Fatalf("replayFrom not forwarded unchanged: %v", f)
+	}
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","n":1}}`)
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","update":{"sessionUpdate":"state_update","state":"idle"}}}`)
+	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":{}}`, f["id"])
+	if got := methods(fb.take(t)); len(got) != 3 || got[2] != "result" {
+		t.Fatalf("resumer got %v", got)
+	}
+	if ms := fa.take(t); len(ms) != 0 {
+		t.Fatalf("the owner saw the replay: %v", ms)
+	}
+	if s := r.hub.Sessions()[0]; s.Seq != 1 {
+		t.Fatalf("the replay was logged: %+v", s)
+	}
+	// Without replayFrom the resume's state snapshot is a live event.
+	r.from(b, `{"jsonrpc":"2.0","id":4,"method":"session/resume","params":{"sessionId":"s1","cwd":"/"}}`)
+	f = r.forwarded()
+	r.agentSays(`{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","update":{"sessionUpdate":"state_update","state":"idle"}}}`)
+	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":{}}`, f["id"])
+	if s := r.hub.Sessions()[0]; s.Seq != 2 {
+		t.Fatalf("a resume without replayFrom: %+v", s)
+	}
+}

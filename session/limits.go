@@ -4,6 +4,8 @@ import (
 	"container/list"
 	"fmt"
 	"time"
+
+	"github.com/agentbridge/agentbridge/store"
 )
 
 // Limits on what one connection, or the agent, can make the hub hold.
@@ -17,7 +19,14 @@ type limits struct {
 	unclaimed *list.List // of *Session
 	evicted   uint64     // sessions forgotten by that bound (read under h.mu)
 	timedOut  uint64     // client requests answered -32005 by CallTimeout
+	// expired remembers the bridge ids of the last calls answered -32005,
+	// so the agent's late answers are dropped quietly, not one warning each.
+	expired  map[int64]struct{}
+	expiredQ []int64
 }
+
+// expiredKeep bounds the remembered ids of timed-out calls.
+const expiredKeep = 4096
 
 // sessionLimits is per-session bookkeeping of the bounds. Guarded by h.mu.
 type sessionLimits struct {
@@ -83,6 +92,14 @@ func (h *Hub) expireCall(bid int64, c *call, d time.Duration) {
 		}
 	}
 	h.lim.timedOut++
+	if h.lim.expired == nil {
+		h.lim.expired = make(map[int64]struct{})
+	}
+	h.lim.expired[bid] = struct{}{}
+	if h.lim.expiredQ = append(h.lim.expiredQ, bid); len(h.lim.expiredQ) > expiredKeep {
+		delete(h.lim.expired, h.lim.expiredQ[0])
+		h.lim.expiredQ = h.lim.expiredQ[1:]
+	}
 	if c.method == "session/prompt" {
 		if s := h.sessions[c.sessionID]; s != nil && s.prompts > 0 {
 			s.prompts--
@@ -131,6 +148,7 @@ func (h *Hub) evictOldest(newest *list.Element) bool {
 		}
 		h.lim.unclaimed.Remove(e)
 		s.lim.unclaimed = nil
+		s.log.release() // its memory goes back to --replay-memory
 		delete(h.sessions, s.ID)
 		h.lim.evicted++
 		if h.lim.evicted == 1 || h.lim.evicted%1000 == 0 {
@@ -163,3 +181,16 @@ func (h *Hub) claim(s *Session) {
 // client has claimed it (an agent naming thousands of sessions nobody uses
 // must not fill the disk).
 func (s *Session) journaled() bool { return s.lim.unclaimed == nil }
+
+var _ Journal = (*store.Store)(nil)
+
+// lateAnswer reports (and forgets) whether bid is a call answered -32005
+// by --call-timeout: the agent's answer came too late and is dropped.
+func (h *Hub) lateAnswer(bid int64) bool {
+	if _, ok := h.lim.expired[bid]; !ok {
+		return false
+	}
+	delete(h.lim.expired, bid)
+	h.log.Debug("the agent answered a request after --call-timeout; dropped", "id", bid)
+	return true
+}

@@ -88,6 +88,14 @@ func (l *eventLog) dropOldest() {
 	}
 }
 
+// release empties the log of a session the hub forgets, giving its bytes
+// back to the budget.
+func (l *eventLog) release() {
+	for l.n > 0 {
+		l.dropOldest()
+	}
+}
+
 // shrink halves the array of a log that lost most of its events to the
 // budget, so the memory it freed is really freed.
 func (l *eventLog) shrink() {

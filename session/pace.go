@@ -111,6 +111,9 @@ func (h *Hub) pumpSession(cl *Client, s *Session) bool {
 	}
 	events := s.log.sinceN(cur, pumpEvents, pumpBytes)
 	last, all := h.sendReplay(cl, s, cur, events, len(events) == 0)
+	for _, m := range events {
+		m.ForgetEnvelope() // see publish
+	}
 	if all && last >= s.seq {
 		h.endCatchup(cl, s) // caught up: live delivery from the next event
 		return true
@@ -162,4 +165,13 @@ func (h *Hub) queueEvent(cl *Client, s *Session, m *wire.Msg) bool {
 		}
 	}
 	return false
+}
+
+// Inflight is how many of cl's requests await the agent: answers that are
+// coming to its connection, which its transport counts before it admits
+// more input. Safe from any goroutine.
+func (h *Hub) Inflight(cl *Client) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return cl.inflight
 }

@@ -171,4 +171,7 @@ func (h *Hub) publish(s *Session, m *wire.Msg) {
 	// Counted once per event, not once per recipient: this loop is the
 	// fan-out hot path.
 	h.deliveries.Add(uint64(delivered))
+	// The log keeps the event, not its envelope too (--replay-memory
+	// counts the event): the recipients of this fan-out hold theirs.
+	m.ForgetEnvelope()
 }

@@ -163,7 +163,10 @@ func TestRetentionCompactsSegments(t *testing.T) {
 // directory each (issue 10 finding 7: ~30,000 inodes), and all come back.
 func TestManySessionsFewFiles(t *testing.T) {
 	dir := t.TempDir()
-	s, _ := mustOpen(t, dir, Options{})
+	// A queue that holds all 20,000 events: this test is about the layout,
+	// and a writer starved of CPU (race detector, a busy machine) would
+	// otherwise drop events by design (TestCreatesAreNeverDropped covers that).
+	s, _ := mustOpen(t, dir, Options{QueueRecords: 1 << 16})
 	for i := 0; i < 20000; i++ {
 		sid := fmt.Sprintf("sess-%05d", i)
 		s.Create(sid)

@@ -3,6 +3,7 @@ package tlsserve
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -34,6 +35,7 @@ type wsConn struct {
 
 	wake       chan struct{} // capacity 1: the outbox has something
 	quit       chan struct{} // closed by Shut
+	flushed    chan struct{} // capacity 1: the writer flushed (a held reader looks again)
 	readerDone chan struct{} // closed when gws's read loop ends
 
 	wsCode atomic.Uint32 // non-zero overrides the close frame's code (set before Close)
@@ -49,7 +51,7 @@ var _ delivery.Transport = (*wsConn)(nil)
 
 func newWSConn(s *Server, socket *gws.Conn, raw *guardConn, peer string) *wsConn {
 	c := &wsConn{s: s, ws: socket, raw: raw, peer: peer,
-		wake: make(chan struct{}, 1), quit: make(chan struct{}), readerDone: make(chan struct{})}
+		wake: make(chan struct{}, 1), quit: make(chan struct{}), readerDone: make(chan struct{}), flushed: make(chan struct{}, 1)}
 	c.ep = delivery.NewEndpoint(&s.epc, c, Transport, peer, outboxMetrics(s.cfg.OutboxMetrics, peer))
 	c.extendReadDeadline(time.Now())
 	return c
@@ -118,6 +120,10 @@ func (c *wsConn) writeLoop() {
 			if c.ep.Flush() != nil {
 				return
 			}
+			select {
+			case c.flushed <- struct{}{}:
+			default:
+			}
 		case <-t.C:
 			if err := c.raw.writeFrames(pingFrame, false); err != nil {
 				c.drop(err)
@@ -167,6 +173,32 @@ func (c *wsConn) finish() {
 	case <-t.C:
 	}
 	_ = c.raw.Close()
+}
+
+// waitInput holds the reader (and so, through TCP, the peer's writes)
+// while the connection's answers pile up past its control watermark, until
+// the writer has drained them. A peer that keeps them piled up for the
+// stall timeout is closed (CloseInputBacklog, 1013). It reports whether to
+// go on. Read loop only.
+func (c *wsConn) waitInput() bool {
+	if !c.ep.InputHeld() {
+		return true
+	}
+	limit := c.s.cfg.Delivery.WithDefaults().StallTimeout
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	for c.ep.InputHeld() {
+		c.Wake()
+		select {
+		case <-c.flushed:
+		case <-c.quit:
+			return false
+		case <-t.C:
+			c.ep.Close(wire.CloseInputBacklog, fmt.Sprintf("input backlog: requests waited %v while the answers piled up unread; resume by cursor", limit))
+			return false
+		}
+	}
+	return true
 }
 
 // extendReadDeadline moves the read deadline to two heartbeats from now:
@@ -262,6 +294,9 @@ func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	}
 	b := msg.Bytes()
 	h.s.m.In(Transport, len(b))
+	if !c.waitInput() {
+		return
+	}
 	c.ep.Input(b, now)
 }
 

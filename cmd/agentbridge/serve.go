@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	_ "net/http/pprof"
@@ -262,7 +263,7 @@ func runServe(args []string) int {
 		if syncEvery == 0 {
 			syncEvery = -1 // store: negative fsyncs after every batch
 		}
-		if st, recovered, err = store.Open(f.stateDir, store.Options{MaxEvents: f.replay, MaxBytes: f.replayBytes, SyncInterval: syncEvery, Logger: log.With("src", "store")}); err != nil {
+		if st, recovered, err = store.Open(f.stateDir, store.Options{MaxEvents: storeEvents(f.replay), MaxBytes: f.replayBytes, SyncInterval: syncEvery, Logger: log.With("src", "store")}); err != nil {
 			return fail("%v", err)
 		}
 		// Closed after the agent stopped: its last events are persisted too.
@@ -343,19 +344,24 @@ func runServe(args []string) int {
 	if err := sup.Start(); err != nil {
 		return fail("cannot start the agent %q: %v", strings.Join(cmd, " "), err)
 	}
-	if err := srv.Start(); err != nil {
-		actx, acancel := context.WithTimeout(context.Background(), f.grace)
-		_ = sup.Stop(actx)
-		acancel()
-		return fail("%v", err)
-	}
-	// Written only once the socket is ours: a daemon that failed to bind
-	// must not replace the token file of the one that holds the socket.
+	// The token file is written once loop.New found the socket path free
+	// (a daemon that finds it in use must not replace the token file of the
+	// one holding it) and before the socket appears (a client that waits
+	// for the socket then reads the token must find it).
 	if tokenFile != "" {
 		if err := auth.WriteTokenFile(tokenFile, token); err != nil {
 			log.Error("cannot write the token file; WebSocket clients need --tokens", "file", tokenFile, "err", err)
 			tokenFile = ""
 		}
+	}
+	if err := srv.Start(); err != nil {
+		actx, acancel := context.WithTimeout(context.Background(), f.grace)
+		_ = sup.Stop(actx)
+		acancel()
+		if tokenFile != "" {
+			_ = auth.RemoveTokenFile(tokenFile, token)
+		}
+		return fail("%v", err)
 	}
 	attrs := []any{"agent", strings.Join(cmd, " "), "pid", os.Getpid()}
 	if f.uds != "" {
@@ -507,6 +513,15 @@ func defaultMaxConns(fdLimit int) int {
 		return 0
 	}
 	return max(fdLimit-1024, fdLimit/2)
+}
+
+// storeEvents is the store's per-session event count for --replay: 0 (no
+// count limit) leaves the bytes to bound it, as in memory.
+func storeEvents(replay int) int {
+	if replay == 0 {
+		return math.MaxInt32
+	}
+	return replay
 }
 
 // storeCloseTimeout bounds how long a stop waits for the state store to

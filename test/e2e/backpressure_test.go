@@ -410,6 +410,9 @@ func (p *bpPeer) other(line []byte) {
 	defer p.mu.Unlock()
 	switch {
 	case f.Method == "" && len(f.ID) > 0:
+		if _, dup := p.responses[string(f.ID)]; dup && p.err == nil {
+			p.err = fmt.Errorf("%s: a second answer to id %s", p.name, f.ID)
+		}
 		if f.Error != nil {
 			p.responses[string(f.ID)] = json.RawMessage(fmt.Sprintf(`{"error":%d}`, f.Error.Code))
 		} else {
@@ -1072,6 +1075,208 @@ func TestCatchupHalfSpeedOwner(t *testing.T) {
 	// Still connected and live: a request is answered.
 	own.setMode(peerFast)
 	own.call("after", "echo", map[string]any{})
+	if n := d.metric(t, "agentbridge_closes_total"); n != 0 {
+		t.Fatalf("the daemon closed %v connections", n)
+	}
+}
+
+// TestStallTimeout: a peer that stops reading entirely while the agent
+// streams is closed after --stall-timeout (1013, reason stalled), on the
+// Unix socket and over WebSocket, whatever its onSlow (here the client's
+// default, catchup, which would otherwise wait on it forever at the cost
+// of a cursor). A WebSocket peer that reads again gets the close frame
+// after whole frames.
+func TestStallTimeout(t *testing.T) {
+	const stall = 2 * time.Second
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(tokens, []byte("client "+e2eClientToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := bpDaemon(t, append([]string{"--tokens", tokens, "--stall-timeout", stall.String()}, fakeAgentCmd()...)...)
+	own := bpDial(t, d.sock, "owner", 1<<16).start()
+	own.call("init", "initialize", map[string]any{})
+	var nw struct {
+		SessionID string `json:"sessionId"`
+	}
+	if err := json.Unmarshal(own.call("new", "session/new", map[string]any{}), &nw); err != nil || nw.SessionID == "" {
+		t.Fatalf("session/new: %v", err)
+	}
+	sid := nw.SessionID
+	own.call("detach", "bridge/detach", map[string]any{"sessionId": sid})
+
+	ux := bpDial(t, d.sock, "unix-stalled", 1<<12).start()
+	ux.attach(sid, "")
+	ux.setMode(peerPaused)
+	wsc := bpDialWS(t, d.listen, e2eClientToken, "ws-stalled").start()
+	wsc.attach(sid, "")
+	wsc.setMode(peerPaused)
+
+	start := time.Now()
+	// Enough to fill both sockets' kernel buffers many times over.
+	own.send("flood", "stream", map[string]any{"sessionId": sid, "n": 100000, "size": 200, "every": 500})
+	bpWait(t, 30*time.Second, "both stalled peers closed", func() bool {
+		return d.metric(t, `agentbridge_backpressure_closes_total{reason="stalled"}`) == 2
+	})
+	if took := time.Since(start); took < stall {
+		t.Fatalf("closed after %v, before the stall timeout %v", took, stall)
+	}
+	if !d.waitLog("reason=stalled", wait) {
+		t.Fatal("no log line names the stall")
+	}
+	if n := d.metric(t, `agentbridge_closes_total{reason="stalled",transport="unix"}`); n != 1 {
+		t.Fatalf("unix stall closes %v", n)
+	}
+	if n := d.metric(t, `agentbridge_closes_total{reason="stalled",transport="ws"}`); n != 1 {
+		t.Fatalf("ws stall closes %v", n)
+	}
+	wsc.setMode(peerFast)
+	select {
+	case <-wsc.ended:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the stalled WebSocket client's stream did not end")
+	}
+	wsc.check()
+	wsc.mu.Lock()
+	code, reason := wsc.closeCode, wsc.closeReason
+	wsc.mu.Unlock()
+	if code != ws.CloseTryAgainLater || !strings.Contains(reason, "stalled") {
+		t.Fatalf("close %d %q, want 1013 naming the stall", code, reason)
+	}
+	// The agent and the owner were never held up.
+	bpWait(t, time.Minute, "the flood to end", func() bool { _, ok := own.response("flood"); return ok })
+}
+
+// TestWSRequestsBeforeReading: a WebSocket client that writes 10,000
+// requests before reading any answer gets every answer, each once, in
+// whole frames: while its answers pile up unread its requests wait in its
+// input instead of overflowing its queue. With --max-inflight below that,
+// each request is answered, a result or -32004.
+func TestWSRequestsBeforeReading(t *testing.T) {
+	const n = 10000
+	for _, inflight := range []int{n, 100} {
+		t.Run(fmt.Sprintf("max-inflight=%d", inflight), func(t *testing.T) {
+			tokens := filepath.Join(t.TempDir(), "tokens")
+			if err := os.WriteFile(tokens, []byte("client "+e2eClientToken+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			args := []string{"--tokens", tokens, "--max-inflight", strconv.Itoa(inflight)}
+			d := bpDaemon(t, append(args, fakeAgentCmd()...)...)
+			p := bpDialWS(t, d.listen, e2eClientToken, "ws-writer")
+			p.setMode(peerPaused)
+			p.start()
+			var batch []byte
+			for i := 0; i < n; i++ {
+				b := fmt.Appendf(nil, `{"jsonrpc":"2.0","id":"r%d","method":"echo","params":{"i":%d,"pad":"%s"}}`, i, i, strings.Repeat("x", 1000))
+				batch = ws.AppendMaskedFrame(batch, true, ws.OpText, [4]byte{1, 2, 3, 4}, b)
+				if len(batch) > 64<<10 || i == n-1 {
+					if err := p.write(batch); err != nil {
+						t.Fatalf("write request %d: %v", i, err)
+					}
+					batch = batch[:0]
+				}
+			}
+			time.Sleep(500 * time.Millisecond) // not synchronisation: give the daemon time to pile answers up unread
+			p.setMode(peerFast)
+			bpWait(t, time.Minute, "every answer", func() bool {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				return len(p.responses) == n || p.readErr != nil || p.err != nil
+			})
+			p.check()
+			_, _, rerr := p.snapshot()
+			if rerr != nil {
+				t.Fatalf("stream ended: %v", rerr)
+			}
+			refused := 0
+			for i := 0; i < n; i++ {
+				r, ok := p.response(fmt.Sprintf("r%d", i))
+				switch {
+				case !ok:
+					t.Fatalf("request r%d not answered", i)
+				case bytes.Equal(r, []byte(`{"error":-32004}`)) && inflight < n:
+					refused++
+				case bytes.HasPrefix(r, []byte(`{"error"`)):
+					t.Fatalf("request r%d: %s", i, r)
+				}
+			}
+			if n := d.metric(t, "agentbridge_closes_total"); n != 0 {
+				t.Fatalf("the daemon closed %v connections", n)
+			}
+			t.Logf("%d answers, %d of them -32004", n, refused)
+		})
+	}
+}
+
+// TestStalledBesideReaders: 1,000 clients that never read cost the
+// readers beside them nothing they can see: 100 readers get a flood
+// whole, in order; the stalled ones cost the daemon a bounded amount each
+// (one write pass handed to gnet, a cursor), measured and bounded here.
+func TestStalledBesideReaders(t *testing.T) {
+	const (
+		nStalled = 1000
+		nReaders = 100
+		flood    = 20000
+	)
+	d := bpDaemon(t, fakeAgentCmd()...)
+	own := bpDial(t, d.sock, "owner", 1<<16).start()
+	own.call("hello", "bridge/hello", map[string]any{"envelope": true})
+	own.call("init", "initialize", map[string]any{})
+	var nw struct {
+		SessionID string `json:"sessionId"`
+	}
+	if err := json.Unmarshal(own.call("new", "session/new", map[string]any{}), &nw); err != nil || nw.SessionID == "" {
+		t.Fatalf("session/new: %v", err)
+	}
+	sid := nw.SessionID
+	own.watch(sid)
+	readers := make([]*bpPeer, nReaders)
+	for i := range readers {
+		readers[i] = bpDial(t, d.sock, fmt.Sprintf("reader%d", i), 1<<16).start()
+		readers[i].attach(sid, "")
+	}
+	pid := d.cmd.Process.Pid
+	base := rssKiB(t, pid)
+	stalled := make([]*bpPeer, nStalled)
+	for i := range stalled {
+		stalled[i] = bpDial(t, d.sock, fmt.Sprintf("stalled%d", i), 1<<12).start()
+		stalled[i].attach(sid, "")
+		stalled[i].setMode(peerPaused)
+	}
+	idle := rssKiB(t, pid)
+	rss := watchRSS(t, pid)
+	start := time.Now()
+	own.send("flood", "stream", map[string]any{"sessionId": sid, "n": flood, "size": 200, "every": 500})
+	deadline := time.Now().Add(3 * time.Minute)
+	for _, p := range append([]*bpPeer{own}, readers...) {
+		for p.next.Load() <= flood {
+			p.check()
+			if time.Now().After(deadline) {
+				t.Fatalf("%s read only up to seq %d of %d", p.name, p.next.Load()-1, flood)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	took := time.Since(start)
+	peak := rss.finish()
+	for _, p := range append([]*bpPeer{own}, readers...) {
+		p.check()
+		gaps, sums, rerr := p.snapshot()
+		if len(gaps) > 0 || len(sums) > 0 || rerr != nil {
+			t.Fatalf("%s: gaps %v, summaries %v, read error %v", p.name, gaps, sums, rerr)
+		}
+	}
+	idlePer := float64(idle-base) / nStalled
+	floodPer := float64(peak-idle) / nStalled
+	t.Logf("flood of %d events to %d readers beside %d stalled clients in %v; RSS %d KiB with the readers, %d with the stalled ones idle (%.1f KiB each), peak %d (%.1f KiB more each during the flood)",
+		flood, nReaders+1, nStalled, took.Round(time.Millisecond), base, idle, idlePer, peak, floodPer)
+	// Each stalled client may hold one 64 KiB write pass in gnet's buffer
+	// and a few queued events (what its kernel buffer takes is not the
+	// daemon's); the flood's events are shared (~0.5 KiB each, raw and
+	// enveloped, in the log); twice that for the collector.
+	bound := idle + 2*(nStalled*(64+16)+flood/2) + 32<<10
+	if peak > bound {
+		t.Fatalf("RSS peaked at %d KiB, over the bound %d KiB", peak, bound)
+	}
 	if n := d.metric(t, "agentbridge_closes_total"); n != 0 {
 		t.Fatalf("the daemon closed %v connections", n)
 	}

@@ -312,6 +312,10 @@ func TestCallTimeout(t *testing.T) {
 		t.Fatalf("after %s: %v", el, m)
 	}
 	c.call(4, "echo", map[string]any{"again": true}) // the slot is free
+	// The agent's late answer (at 5 s) is dropped quietly: no warning.
+	if !d.waitLog("answered a request after --call-timeout", 10*time.Second) || strings.Contains(d.logs(), "unknown request id") {
+		t.Fatalf("the late answer was logged as unknown:\n%s", d.logs())
+	}
 	// Without the flag nothing times out.
 	d2 := startDaemon(t, fakeAgentCmd()...)
 	c2 := dial(t, d2)
@@ -357,6 +361,10 @@ func TestCleanStopPersistsEverySession(t *testing.T) {
 	if !d2.waitLog("state restored", 10*time.Second) || !strings.Contains(d2.logs(), "sessions=20000") || !strings.Contains(d2.logs(), "clean=true") {
 		t.Fatalf("restart:\n%s", tail(d2.logs(), 2000))
 	}
+	// The token file is written once the daemon serves, after the restore.
+	if !d2.waitLog("agentbridge serving", 10*time.Second) {
+		t.Fatalf("restarted daemon never served:\n%s", tail(d2.logs(), 2000))
+	}
 	if got := d2.metric(t, "agentbridge_sessions "); got != n {
 		t.Fatalf("%v sessions after restart, want %d", got, n)
 	}
@@ -372,4 +380,42 @@ func tail(s string, n int) string {
 		return "…" + s[len(s)-n:]
 	}
 	return s
+}
+
+// TestRestartReportsWhatItCouldNotRestore: a corrupt record in the state
+// directory is reported at start with what was lost, beside what was
+// restored (finding 7: no log line said what a restart lost).
+func TestRestartReportsWhatItCouldNotRestore(t *testing.T) {
+	state := t.TempDir()
+	d := startDaemon(t, append([]string{"--state-dir", state}, fakeAgentCmd()...)...)
+	c := dial(t, d)
+	c.call(1, "initialize", map[string]any{"protocolVersion": 1})
+	sid := createSessions(t, c, 1, 2)[0]
+	c.call(3, "burst", map[string]any{"sessionId": sid, "n": 200, "size": 100})
+	d.stop()
+	segs, _ := filepath.Glob(filepath.Join(state, "log", "*.seg"))
+	if len(segs) == 0 {
+		t.Fatalf("no segment in %s", state)
+	}
+	var biggest string
+	var size int64
+	for _, p := range segs {
+		if fi, err := os.Stat(p); err == nil && fi.Size() > size {
+			biggest, size = p, fi.Size()
+		}
+	}
+	data, _ := os.ReadFile(biggest)
+	data[len(data)/2] ^= 0xff // inside an event in the middle of the stream
+	if err := os.WriteFile(biggest, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d2 := startDaemon(t, append([]string{"--state-dir", state}, fakeAgentCmd()...)...)
+	if !d2.waitLog("state restored", 10*time.Second) || !d2.waitLog("could not be restored", 5*time.Second) || !strings.Contains(d2.logs(), "corrupt_records=1") {
+		t.Fatalf("restart did not report the corrupt record:\n%s", d2.logs())
+	}
+	c2 := dial(t, d2)
+	m := c2.call(1, "bridge/sessions", map[string]any{"sessionId": sid})
+	if rows, _ := field(m, "result", "sessions").([]any); len(rows) != 1 {
+		t.Fatalf("the session itself was lost: %v", m)
+	}
 }

@@ -116,6 +116,32 @@ func TestLifecyclePlainClient(t *testing.T) {
 				t.Fatalf("bridge/status during the turn: %s", got)
 			}
 
+			if v == 2 {
+				// replayFrom: the agent replays (decision in
+				// docs/protocol.md); the replay reaches the resumer only
+				// and is not logged again.
+				before := sessionSeq(t, b, sid)
+				c := dial(t, d)
+				acpInit(t, c, v)
+				c.request("rf", "session/resume", map[string]any{"sessionId": sid, "cwd": "/tmp", "replayFrom": map[string]any{"type": "start"}})
+				m, replay := c.response("rf", wait)
+				if m["error"] != nil {
+					t.Fatalf("resume with replayFrom: %v", m)
+				}
+				users := 0
+				for _, r := range replay {
+					if field(r, "params", "update", "sessionUpdate") == "user_message_chunk" {
+						users++
+					}
+				}
+				if users != 2 { // "first" and "after the restart"
+					t.Fatalf("replay held %d user messages: %s", users, brief(replay))
+				}
+				if after := sessionSeq(t, b, sid); after != before {
+					t.Fatalf("the replay was logged: seq %v -> %v", before, after)
+				}
+				c.c.Close()
+			}
 			// A fork is the caller's from its first event.
 			fork := field(b.call(5, "session/fork", map[string]any{"sessionId": sid, "cwd": "/tmp"}), "result", "sessionId").(string)
 			if fork == sid {
@@ -243,4 +269,18 @@ func TestRetiredRequestCancelsTheOthers(t *testing.T) {
 	if m, _ := owner.response(2, wait); field(m, "result", "stopReason") != "end_turn" {
 		t.Fatalf("prompt: %v", m)
 	}
+}
+
+// sessionSeq is the session's seq in bridge/sessions.
+func sessionSeq(t *testing.T, c *client, sid string) float64 {
+	t.Helper()
+	m := c.call("seq-"+fmt.Sprint(time.Now().UnixNano()), "bridge/sessions", map[string]any{})
+	list, _ := field(m, "result", "sessions").([]any)
+	for _, e := range list {
+		if em, _ := e.(map[string]any); em["sessionId"] == sid {
+			return em["seq"].(float64)
+		}
+	}
+	t.Fatalf("session %s not listed", sid)
+	return 0
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
@@ -288,5 +289,113 @@ func TestAgentOutputPolicy(t *testing.T) {
 	}
 	if !strings.Contains(d.logs(), "dropped_total=") {
 		t.Fatal("the invalid-output line carries no total")
+	}
+}
+
+func TestMaxConnsPerIP(t *testing.T) {
+	d := startDaemon(t, "--listen", freeAddr(t), "--max-conns-per-ip", "3")
+	var conns []net.Conn
+	defer func() {
+		for _, nc := range conns {
+			nc.Close()
+		}
+	}()
+	for range 3 {
+		nc, err := net.Dial("tcp", d.listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, nc)
+	}
+	for i, nc := range conns {
+		if o, what := probeTCP(nc, 300*time.Millisecond); o != held {
+			t.Fatalf("connection %d of 3 from one address: %v %q", i, o, what)
+		}
+	}
+	nc, err := net.Dial("tcp", d.listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if o, what := probeTCP(nc, 2*time.Second); o != refused || !strings.HasPrefix(what, "HTTP/1.1 503 ") || !strings.Contains(what, "--max-conns-per-ip 3") {
+		t.Fatalf("the 4th connection from one address: %v %q, want a 503 naming --max-conns-per-ip 3", o, what)
+	}
+	// The Unix socket has no address: not counted.
+	c := dial(t, d)
+	if r := c.call(1, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}}); field(r, "result") == nil {
+		t.Fatalf("a Unix-socket client beside the per-IP limit: %v", r)
+	}
+	// A slot comes back when one of the three closes.
+	conns[0].Close()
+	conns = conns[1:]
+	deadline := time.Now().Add(wait)
+	for {
+		nc, err := net.Dial("tcp", d.listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, what := probeTCP(nc, 300*time.Millisecond)
+		if o == held {
+			conns = append(conns, nc)
+			break
+		}
+		nc.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("no slot after one of three closed: %v %q", o, what)
+		}
+	}
+}
+
+func TestMaxConnsTLSClosesAfterAccept(t *testing.T) {
+	cert, key, pool := selfSigned(t)
+	d := netDaemon(t, "--tls-cert", cert, "--tls-key", key, "--max-conns", "4")
+	// The Unix socket and TLS share the limit: hold 2 Unix clients, then 2
+	// TLS connections fit and the rest are closed right after accept.
+	for i := range 2 {
+		c := dial(t, d)
+		if r := c.call(i+1, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}}); field(r, "result") == nil {
+			t.Fatalf("initialize: %v", r)
+		}
+	}
+	var conns []net.Conn
+	defer func() {
+		for _, nc := range conns {
+			nc.Close()
+		}
+	}()
+	closed := 0
+	for range 5 {
+		nc, err := net.Dial("tcp", d.listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, nc)
+		if o, _ := probeTCP(nc, 500*time.Millisecond); o == dropped {
+			closed++
+		}
+	}
+	// The readiness probe's slot may still be returning: 2 or 3 fit.
+	if closed < 2 || closed > 3 {
+		t.Fatalf("%d of 5 TLS connections closed at once with 2 of 4 slots held, want 3 (or 2)", closed)
+	}
+	// An https client is served again once the raw ones are gone.
+	for _, nc := range conns {
+		nc.Close()
+	}
+	conns = nil
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	deadline := time.Now().Add(wait)
+	for {
+		resp, err := hc.Get("https://" + d.listen + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("https after the limit cleared: %v %v", resp, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a recovery with a deadline
 	}
 }

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { binPath, RawClient, within } from "./lib/bridge.mjs";
+import { binPath, RawClient, testDir, within } from "./lib/bridge.mjs";
 import { docsScreenshot, launchChromium, tcpProxy, watchConsole } from "./lib/browser.mjs";
 import { chunkText, initializeParams, WsPeer, withWsDaemon } from "./lib/wspeer.mjs";
 
@@ -168,5 +168,81 @@ test("the page's WebSocket drops mid-stream; it resumes with bridge/attach {sinc
     assert.equal(s.duplicates, 0, "the server re-sent events the page had");
     assert.equal(s.gaps, 0);
     t.diagnostic(`dropped after ${before} chunks; reconnected ${s.connections - 1} time(s)`);
+  }),
+);
+
+test("down longer than the session log holds: the page shows the gap, then every later chunk once", T, (t) =>
+  withWsDaemon({ agent: agent(90, "20ms"), args: ["--replay", "12"] }, async (d) => {
+    const proxy = await tcpProxy(d.port);
+    d.defer(() => proxy.close());
+    const origin = `http://127.0.0.1:${proxy.port}`;
+    const { c, sessionId } = await owner(d);
+    const { p, consoleLines } = await newPage(d);
+    await p.goto(`${origin}/?token=${d.operatorToken}`);
+    await p.waitForFunction(() => window.agentbridge?.connected, null, { timeout: 10000 });
+    await openSession(p, sessionId);
+    const chunksAtOwner = () => c.all.filter((m) => m.method === "session/update" && m.params.update.sessionUpdate === "agent_message_chunk").length;
+    c.request(3, "session/prompt", { sessionId, prompt: [{ type: "text", text: "stream" }] });
+    await p.waitForFunction(() => document.querySelectorAll("#stream .msg.agent .chunk").length >= 10, null, { timeout: 20000 });
+    proxy.hold();
+    proxy.dropAll();
+    const seen = (await chunksOf(p)).length;
+    // Stay down while more than the log's 12 events go by.
+    await within(30000, "30 more chunks at the owner", new Promise((resolve) => {
+      const check = () => (chunksAtOwner() >= seen + 30 ? resolve() : setTimeout(check, 20));
+      check();
+    }));
+    proxy.release();
+    await p.waitForFunction(() => window.agentbridge.connections >= 2 && window.agentbridge.attached !== null, null, { timeout: 20000 });
+    const ask = await c.waitFor("the permission request", (m) => m.method === "session/request_permission", 30000);
+    await p.waitForSelector(`#permissions .perm[data-id="${ask.id}"] button[data-kind="allow_once"]`, { timeout: 10000 });
+    await p.click(`#permissions .perm[data-id="${ask.id}"] button[data-kind="allow_once"]`);
+    assert.equal((await c.response(3, 20000)).result?.stopReason, "end_turn");
+    await p.waitForSelector('#stream .tool[data-status="completed"]', { timeout: 15000 });
+
+    const s = await p.evaluate(() => window.agentbridge);
+    assert.equal(s.gaps, 1, `gaps: ${s.gaps}\n${consoleLines.join("\n")}`);
+    assert.equal(s.duplicates, 0);
+    const gap = await p.textContent("#stream .note.gap");
+    const m = /events (\d+)–(\d+) were not delivered/.exec(gap);
+    assert.ok(m, `gap note: ${gap}`);
+    // The page shows chunks 1..k, the gap, then k'..90: each once, in order.
+    const expected = Array.from({ length: 90 }, (_, i) => chunkText(i + 1, 90, 64));
+    const got = await chunksOf(p);
+    const k = got.findIndex((x, i) => x !== expected[i]);
+    assert.ok(k >= seen, `the page lost chunks it had shown: ${k} < ${seen}`);
+    const rest = got.slice(k);
+    const from = expected.indexOf(rest[0]);
+    assert.ok(from > k, `after the gap the page shows ${JSON.stringify(rest[0])}`);
+    assert.deepEqual(rest, expected.slice(from), "the chunks after the gap");
+    t.diagnostic(`shown ${k} chunks, gap "${gap}", then chunks ${from + 1}..90`);
+  }),
+);
+
+test("thoughts, plans and a tool call's status updates render; an operator's Cancel ends the owner's turn", T, (t) =>
+  withWsDaemon({ agent: ["node", path.join(testDir, "fixtures/rich-agent.mjs")] }, async (d) => {
+    const { c, sessionId } = await owner(d);
+    const { p, consoleLines } = await newPage(d);
+    await p.goto(`${d.origin}/?token=${d.operatorToken}`);
+    await p.waitForFunction(() => window.agentbridge?.connected, null, { timeout: 10000 });
+    await openSession(p, sessionId);
+
+    c.request(3, "session/prompt", { sessionId, prompt: [{ type: "text", text: "notes" }] });
+    assert.equal((await c.response(3, 20000)).result?.stopReason, "end_turn");
+    await p.waitForSelector('#stream .tool[data-status="completed"]', { timeout: 10000 });
+    assert.equal(await p.textContent("#stream .msg.thought"), "Thinking about notes");
+    assert.deepEqual(await p.$$eval("#plan li", (els) => els.map((e) => [e.textContent, e.dataset.status])), [
+      ["Read the file (completed)", "completed"],
+      ["Summarise it (in_progress)", "in_progress"],
+    ]);
+    assert.equal(await p.textContent("#stream .msg.agent"), "Here is the answer.");
+    assert.equal(await p.textContent("#stream .tool"), "Read notes.txt — completed");
+    assert.equal(await p.$$eval("#stream .tool", (e) => e.length), 1, "a tool call's updates made new entries");
+
+    c.request(4, "session/prompt", { sessionId, prompt: [{ type: "text", text: "wait" }] });
+    await p.waitForFunction(() => document.querySelector("#stream").textContent.includes("waiting to be cancelled"), null, { timeout: 10000 });
+    await p.click("#cancel");
+    assert.equal((await c.response(4, 20000)).result?.stopReason, "cancelled", "the operator's Cancel did not end the turn");
+    assert.deepEqual(consoleLines.filter((l) => l.startsWith("pageerror")), []);
   }),
 );

@@ -65,8 +65,15 @@ function connect() {
     }
     onMessage(m);
   };
+  let opened = false;
+  sock.addEventListener("open", () => (opened = true));
   sock.onclose = (e) => {
     if (ws !== sock) return;
+    if (!opened) {
+      // Refused before the upgrade: a token that is no longer valid shows
+      // the login form again (GET / answers 401 then).
+      fetch("/", { method: "HEAD", cache: "no-store" }).then((r) => r.status === 401 && location.assign("/"), () => {});
+    }
     state.connected = false;
     state.attached = null;
     for (const [, c] of calls) c.reject(new Error(`connection closed (${e.code})`));
@@ -104,10 +111,7 @@ function send(m) {
 function call(method, params) {
   const id = `d${nextId++}`;
   return new Promise((resolve, reject) => {
-    calls.set(id, {
-      resolve,
-      reject,
-    });
+    calls.set(id, { resolve, reject });
     send({ id, method, params });
   });
 }
@@ -248,9 +252,6 @@ function permission(params, id, delivered) {
   const key = String(id);
   let card = document.querySelector(`#permissions .perm[data-id="${CSS.escape(key)}"]`);
   if (card && (!delivered || card.dataset.delivered === "true")) return;
-  if (params.sessionId && params.sessionId !== state.current && state.current) {
-    // Asked for another session: still answerable here, say which.
-  }
   const tc = params.toolCall ?? {};
   const fresh = el("div", { class: "perm", dataset: { id: key, state: "pending", delivered: String(delivered) } },
     el("div", { class: "title", text: `Permission: ${tc.title ?? tc.toolCallId ?? "a tool call"}` }),
@@ -295,10 +296,11 @@ async function refreshSessions() {
   clearTimeout(sessionsTimer);
   const sock = ws;
   try {
-    const r = await call("bridge/sessions", {});
+    const r = await call("bridge/sessions", { limit: 200 });
     const rows = r.sessions ?? [];
     $("#sessions tbody").replaceChildren(...rows.map(row));
     $("#no-sessions").hidden = rows.length > 0;
+    $("#more-sessions").hidden = !r.nextCursor;
     if (state.current) {
       const cur = rows.find((s) => s.sessionId === state.current);
       if (cur) {

@@ -46,11 +46,17 @@ export function docsScreenshot(name) {
 /**
  * A TCP proxy on 127.0.0.1 to target port. dropAll() destroys every
  * connection through it (both sides), as a network that fails does; new
- * connections keep working.
+ * connections keep working unless hold() keeps the network down until
+ * release().
  */
 export async function tcpProxy(targetPort) {
   const pairs = new Set();
+  let holding = false;
   const server = net.createServer((client) => {
+    if (holding) {
+      client.destroy(); // the network is still down
+      return;
+    }
     const upstream = net.createConnection(targetPort, "127.0.0.1");
     const pair = { client, upstream };
     pairs.add(pair);
@@ -74,6 +80,13 @@ export async function tcpProxy(targetPort) {
     port: server.address().port,
     get open() {
       return pairs.size;
+    },
+    /** Refuses new connections (each is closed at once) until release(). */
+    hold() {
+      holding = true;
+    },
+    release() {
+      holding = false;
     },
     dropAll() {
       const n = pairs.size;
