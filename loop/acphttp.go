@@ -98,7 +98,7 @@ func (r *acpRegistry) reap(now int64) {
 // or a session's. Guarded by acpConn.mu.
 type acpStream struct {
 	buf   []byte     // events framed and not yet taken by a GET
-	sink  *acpSSEGet // the GET that receives it; nil while none
+	sink  streamSink // the GET that receives it; nil while none
 	final bool       // MCP POST stream: its response is queued; end after it
 }
 
@@ -132,13 +132,47 @@ type acpConn struct {
 	routes []string
 }
 
-// acpInitWait is a POST initialize parked on its TCP connection.
+// acpInitWait is a POST initialize waiting for its answer: parked on its
+// gnet TCP connection (c), or its net/http handler waiting on ch.
 type acpInitWait struct {
 	c  *conn
+	ch chan *reply
 	id string
 }
 
+func (w *acpInitWait) answer(f *front, rp *reply) {
+	if w.ch != nil {
+		w.ch <- rp // buffered; answered once
+		return
+	}
+	f.resume(w.c, rp)
+}
+
+// streamSink is what receives a stream: a gnet connection (acpSSEGet) or
+// a net/http handler (httpSink). notify asks it to take the stream's
+// queue; any goroutine, never blocks.
+type streamSink interface{ notify() }
+
+// hxIO is the HTTP exchange an ACP or MCP request arrived on: a gnet
+// connection (c, p) or a net/http one (the TLS listener: w, r).
+type hxIO struct {
+	c      *conn
+	p      *httpProto
+	tls    bool
+	w      http.ResponseWriter
+	initCh chan *reply // net/http: where a parked initialize's answer arrives
+	sink   *httpSink   // net/http: the stream to serve once the handler returns done
+}
+
 var _ delivery.Transport = (*acpConn)(nil)
+
+// peer names the exchange's client for logs.
+func (hx *hxIO) peer() string {
+	if hx.c != nil {
+		return hx.c.ep.Peer()
+	}
+	return "tls"
+}
 
 func newConnID() string {
 	var b [16]byte
@@ -207,7 +241,7 @@ func (a *acpConn) Write(frames [][]byte) error {
 	routes := a.routes
 	a.routes = a.routes[:0]
 	var initBody []byte
-	var wakes []*acpSSEGet
+	var wakes []streamSink
 	a.mu.Lock()
 	for i, f := range frames {
 		r := ""
@@ -307,7 +341,7 @@ func (a *acpConn) finish() {
 	a.f.acp.remove(a)
 	a.mu.Lock()
 	a.closed = true
-	var sinks []*acpSSEGet
+	var sinks []streamSink
 	for _, st := range a.streams {
 		if st.sink != nil {
 			sinks = append(sinks, st.sink)
@@ -320,7 +354,7 @@ func (a *acpConn) finish() {
 		g.notify() // drains, sees closed, closes
 	}
 	if w != nil {
-		a.f.resume(w.c, textReply(http.StatusNotFound, "Unknown Acp-Connection-Id"))
+		w.answer(a.f, textReply(http.StatusNotFound, "Unknown connection"))
 	}
 	a.ep.Release()
 	a.f.m.closedConn(a.ep.Transport())
@@ -334,7 +368,7 @@ func (a *acpConn) answerInit(w *acpInitWait, body []byte) {
 		name = "Mcp-Session-Id"
 	}
 	rp := &reply{status: http.StatusOK, ctype: jsonType, body: body, hdr: []string{name, a.id}}
-	a.f.resume(w.c, rp)
+	w.answer(a.f, rp)
 }
 
 // resume writes rp on a TCP connection whose request was parked, and lets
@@ -456,14 +490,14 @@ func acpErr(status int, msg string) *reply { return textReply(status, msg) }
 // serveACP answers a non-WebSocket request on /acp on the gnet path. It
 // returns done when the connection now carries an SSE stream, parked when
 // the response will be written later (POST initialize).
-func (f *front) serveACP(c *conn, p *httpProto, req *http.Request, body []byte) (rp *reply, done bool) {
+func (f *front) serveACP(hx *hxIO, req *http.Request, body []byte) (rp *reply, done bool) {
 	switch req.Method {
 	case http.MethodPost:
-		return f.acpPost(c, p, req, body), false
+		return f.acpPost(hx, req, body), false
 	case http.MethodGet:
-		return f.acpGet(c, p, req)
+		return f.acpGet(hx, req)
 	case http.MethodDelete:
-		return f.acpDelete(req), false
+		return f.acpDelete(hx, req), false
 	}
 	return notAllowed(req.Method, "GET, POST, DELETE"), false
 }
@@ -487,8 +521,8 @@ func (f *front) lookupConn(req *http.Request, header string, mcp bool) (*acpConn
 	return a, nil
 }
 
-func (f *front) acpPost(c *conn, p *httpProto, req *http.Request, body []byte) *reply {
-	if _, _, rp := f.authorize(req, "acp-http", true, false); rp != nil {
+func (f *front) acpPost(hx *hxIO, req *http.Request, body []byte) *reply {
+	if _, _, rp := f.authorize(req, "acp-http", true, hx.tls); rp != nil {
 		return rp
 	}
 	if mt := req.Header.Get("Content-Type"); !strings.HasPrefix(strings.ToLower(strings.TrimSpace(mt)), jsonType) {
@@ -517,7 +551,7 @@ func (f *front) acpPost(c *conn, p *httpProto, req *http.Request, body []byte) *
 		if hd.ID == nil || string(hd.ID) == "null" {
 			return acpErr(http.StatusBadRequest, "Initialize request must include an ID")
 		}
-		return f.openConn(c, p, req, trim, hd, false)
+		return f.openConn(hx, req, trim, hd, false)
 	}
 	a, rp := f.acpLookup(req)
 	if rp != nil {
@@ -577,12 +611,12 @@ func (f *front) acpPost(c *conn, p *httpProto, req *http.Request, body []byte) *
 
 // acpOpen creates a connection for a POST initialize and parks the POST
 // until the hub answers it (from its cache, or once the agent has).
-func (f *front) openConn(c *conn, p *httpProto, req *http.Request, msg []byte, hd jsonrpc.Header, mcp bool) *reply {
+func (f *front) openConn(hx *hxIO, req *http.Request, msg []byte, hd jsonrpc.Header, mcp bool) *reply {
 	label := "acp-http"
 	if mcp {
 		label = "mcp-http"
 	}
-	role, _, rp := f.authorize(req, label, true, false)
+	role, _, rp := f.authorize(req, label, true, hx.tls)
 	if rp != nil {
 		return rp
 	}
@@ -596,10 +630,15 @@ func (f *front) openConn(c *conn, p *httpProto, req *http.Request, msg []byte, h
 		progTok:  map[string]string{},
 	}
 	a.active.Store(time.Now().UnixNano())
-	peer := c.ep.Peer()
+	peer := hx.peer()
 	a.ep = delivery.NewEndpoint(&f.s.epc, a, label, peer, f.s.cfg.Metrics.outbox(f.s.log, func() string { return peer }))
-	a.initWait = &acpInitWait{c: c, id: string(hd.ID)}
-	p.parked = true
+	a.initWait = &acpInitWait{c: hx.c, id: string(hd.ID)}
+	if hx.c != nil {
+		hx.p.parked = true
+	} else {
+		hx.initCh = make(chan *reply, 1)
+		a.initWait.ch = hx.initCh
+	}
 	f.acp.mu.Lock()
 	f.acp.conns[a.id] = a
 	f.acp.mu.Unlock()
@@ -613,8 +652,8 @@ func (f *front) openConn(c *conn, p *httpProto, req *http.Request, msg []byte, h
 	return nil
 }
 
-func (f *front) acpGet(c *conn, p *httpProto, req *http.Request) (*reply, bool) {
-	if _, _, rp := f.authorize(req, "acp-http", true, false); rp != nil {
+func (f *front) acpGet(hx *hxIO, req *http.Request) (*reply, bool) {
+	if _, _, rp := f.authorize(req, "acp-http", true, hx.tls); rp != nil {
 		return rp, false
 	}
 	if !strings.Contains(req.Header.Get("Accept"), "text/event-stream") {
@@ -629,7 +668,7 @@ func (f *front) acpGet(c *conn, p *httpProto, req *http.Request) (*reply, bool) 
 		return acpErr(http.StatusBadRequest, fmt.Sprintf("Session ID exceeds maxIdLength (%d)", acpMaxID)), false
 	}
 	resume := req.Header.Get("Last-Event-ID")
-	rp, done := f.openStream(c, p, a, key, resume != "")
+	rp, done := f.openStream(hx, a, key, resume != "")
 	if done && key != "" && resume != "" {
 		if seq, err := strconv.ParseUint(resume, 10, 64); err == nil {
 			a.resumeSession(key, seq)
@@ -641,8 +680,14 @@ func (f *front) acpGet(c *conn, p *httpProto, req *http.Request) (*reply, bool) 
 // openStream makes c, whose request p just parsed, the receiver of a's
 // stream key: a second receiver is refused 409 unless it takes the stream
 // over (Last-Event-ID). Then c only writes SSE.
-func (f *front) openStream(c *conn, p *httpProto, a *acpConn, key string, takeover bool) (*reply, bool) {
-	g := &acpSSEGet{a: a, key: key, c: c, w: p.w}
+func (f *front) openStream(hx *hxIO, a *acpConn, key string, takeover bool) (*reply, bool) {
+	var g streamSink
+	if hx.c != nil {
+		g = &acpSSEGet{a: a, key: key, c: hx.c, w: hx.p.w}
+	} else {
+		hx.sink = &httpSink{a: a, key: key, wake: make(chan struct{}, 1)}
+		g = hx.sink
+	}
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -653,7 +698,7 @@ func (f *front) openStream(c *conn, p *httpProto, a *acpConn, key string, takeov
 		st = &acpStream{}
 		a.streams[key] = st
 	}
-	var old *acpSSEGet
+	var old streamSink
 	if st.sink != nil {
 		if !takeover {
 			a.mu.Unlock()
@@ -668,20 +713,25 @@ func (f *front) openStream(c *conn, p *httpProto, a *acpConn, key string, takeov
 	if old != nil {
 		old.notify() // sees it lost the stream and closes
 	}
-	_, _ = c.gc.Write([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n" +
-		"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"))
 	path := "/acp"
 	if a.mcp {
 		path = "/mcp"
 	}
 	f.m.request(path, http.StatusOK)
-	c.proto = g
+	gg, ok := g.(*acpSSEGet)
+	if !ok {
+		return nil, true // the TLS handler writes the head and serves the stream
+	}
+	c, p := hx.c, hx.p
+	_, _ = c.gc.Write([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n" +
+		"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"))
+	c.proto = gg
 	p.w.deadline.Store(0)
-	p.w.acp = g
+	p.w.acp = gg
 	p.w.kind.Store(watchACP)
 	f.m.closedConn("http")
-	f.m.opened(g.name())
-	g.notify()
+	f.m.opened(gg.name())
+	gg.notify()
 	return nil, true
 }
 
@@ -701,8 +751,8 @@ func (a *acpConn) resumeSession(sid string, seq uint64) {
 	a.inMu.Unlock()
 }
 
-func (f *front) acpDelete(req *http.Request) *reply {
-	if _, _, rp := f.authorize(req, "acp-http", true, false); rp != nil {
+func (f *front) acpDelete(hx *hxIO, req *http.Request) *reply {
+	if _, _, rp := f.authorize(req, "acp-http", true, hx.tls); rp != nil {
 		return rp
 	}
 	a, rp := f.acpLookup(req)

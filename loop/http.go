@@ -635,7 +635,7 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 	rp := p.f.route(req, false)
 	if rp == nil && req.URL.Path == "/acp" && !wsAttempt(req) {
 		var done bool
-		rp, done = p.f.serveACP(c, p, req, p.body)
+		rp, done = p.f.serveACP(&hxIO{c: c, p: p}, req, p.body)
 		p.body = nil
 		if done {
 			return len(after), true, nil
@@ -648,7 +648,7 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 		}
 	} else if rp == nil && req.URL.Path == "/mcp" {
 		var done bool
-		rp, done = p.f.serveMCP(c, p, req, p.body)
+		rp, done = p.f.serveMCP(&hxIO{c: c, p: p}, req, p.body)
 		p.body = nil
 		if done {
 			return len(after), true, nil
@@ -770,6 +770,10 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.URL.Path == "/events" {
 		f.serveSSE(w, r)
+		return
+	}
+	if r.URL.Path == "/acp" || r.URL.Path == "/mcp" {
+		f.serveStreamableTLS(w, r)
 		return
 	}
 	if r.URL.Path == "/terminal" {

@@ -97,8 +97,8 @@ func mcpErr(status, code int, msg string) *reply {
 // serveMCP answers a request on /mcp on the gnet path; done when the
 // connection now carries an SSE stream (a GET, or a POSTed request's
 // answer), and a nil reply without done when it is parked (initialize).
-func (f *front) serveMCP(c *conn, p *httpProto, req *http.Request, body []byte) (*reply, bool) {
-	if _, _, rp := f.authorize(req, "mcp-http", true, false); rp != nil {
+func (f *front) serveMCP(hx *hxIO, req *http.Request, body []byte) (*reply, bool) {
+	if _, _, rp := f.authorize(req, "mcp-http", true, hx.tls); rp != nil {
 		return rp, false
 	}
 	if v := req.Header.Get("MCP-Protocol-Version"); v != "" && !mcpVersions[v] {
@@ -106,7 +106,7 @@ func (f *front) serveMCP(c *conn, p *httpProto, req *http.Request, body []byte) 
 	}
 	switch req.Method {
 	case http.MethodPost:
-		return f.mcpPost(c, p, req, body)
+		return f.mcpPost(hx, req, body)
 	case http.MethodGet:
 		if !strings.Contains(req.Header.Get("Accept"), "text/event-stream") {
 			return mcpErr(http.StatusNotAcceptable, -32000, "Not Acceptable: GET /mcp needs Accept: text/event-stream"), false
@@ -115,7 +115,7 @@ func (f *front) serveMCP(c *conn, p *httpProto, req *http.Request, body []byte) 
 		if rp != nil {
 			return rp, false
 		}
-		return f.openStream(c, p, a, "", req.Header.Get("Last-Event-ID") != "")
+		return f.openStream(hx, a, "", req.Header.Get("Last-Event-ID") != "")
 	case http.MethodDelete:
 		a, rp := f.lookupConn(req, "Mcp-Session-Id", true)
 		if rp != nil {
@@ -127,7 +127,7 @@ func (f *front) serveMCP(c *conn, p *httpProto, req *http.Request, body []byte) 
 	return notAllowed(req.Method, "GET, POST, DELETE"), false
 }
 
-func (f *front) mcpPost(c *conn, p *httpProto, req *http.Request, body []byte) (*reply, bool) {
+func (f *front) mcpPost(hx *hxIO, req *http.Request, body []byte) (*reply, bool) {
 	acc := req.Header.Get("Accept")
 	if !strings.Contains(acc, "application/json") || !strings.Contains(acc, "text/event-stream") {
 		return mcpErr(http.StatusNotAcceptable, -32000, "Not Acceptable: Client must accept both application/json and text/event-stream"), false
@@ -147,7 +147,7 @@ func (f *front) mcpPost(c *conn, p *httpProto, req *http.Request, body []byte) (
 		if string(hd.Method) != "initialize" || hd.Kind != jsonrpc.KindRequest || hd.ID == nil || string(hd.ID) == "null" {
 			return mcpErr(http.StatusBadRequest, -32000, "Bad Request: Mcp-Session-Id header is required (only initialize opens a session)"), false
 		}
-		return f.openConn(c, p, req, trim, hd, true), false
+		return f.openConn(hx, req, trim, hd, true), false
 	}
 	a, rp := f.lookupConn(req, "Mcp-Session-Id", true)
 	if rp != nil {
@@ -168,7 +168,7 @@ func (f *front) mcpPost(c *conn, p *httpProto, req *http.Request, body []byte) (
 		a.progTok[tok] = key
 	}
 	a.mu.Unlock()
-	if rp, done := f.openStream(c, p, a, key, false); !done {
+	if rp, done := f.openStream(hx, a, key, false); !done {
 		return rp, false
 	}
 	a.inMu.Lock()
