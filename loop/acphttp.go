@@ -385,7 +385,7 @@ func (f *front) resume(c *conn, rp *reply) {
 		}
 		p.parked = false
 		p.w.deadline.Store(f.now() + int64(f.cfg.IdleTimeout))
-		f.m.request("/acp", rp.status)
+		f.m.request(p.path, rp.status)
 		// Requests pipelined behind the parked one.
 		if n := gc.InboundBuffered(); n > 0 && !c.closing() {
 			buf, _ := gc.Peek(n)
@@ -635,6 +635,7 @@ func (f *front) openConn(hx *hxIO, req *http.Request, msg []byte, hd jsonrpc.Hea
 	a.initWait = &acpInitWait{c: hx.c, id: string(hd.ID)}
 	if hx.c != nil {
 		hx.p.parked = true
+		hx.p.path = req.URL.Path
 	} else {
 		hx.initCh = make(chan *reply, 1)
 		a.initWait.ch = hx.initCh

@@ -502,6 +502,7 @@ type httpProto struct {
 	skip    int64  // body bytes of a refused request still to discard
 	started bool   // a request has begun arriving: the header deadline runs
 	parked  bool   // a request waits for its answer (POST initialize): read no further
+	path    string // the parked request's path, for its metric
 	body    []byte // the body of the request being served (POST /acp), borrowed
 }
 
