@@ -53,6 +53,10 @@ type HTTPConfig struct {
 	TLSCert, TLSKey string
 	// Terminal serves GET /terminal (--terminal); nil answers it 404.
 	Terminal *terminal.Manager
+	// HTTPIdle reaps an ACP Streamable HTTP connection with no open GET
+	// and no request for this long (--http-idle). Zero means 5m; negative
+	// never reaps.
+	HTTPIdle time.Duration
 }
 
 func (c *HTTPConfig) fill() {
@@ -67,6 +71,9 @@ func (c *HTTPConfig) fill() {
 	}
 	if c.CloseTimeout == 0 {
 		c.CloseTimeout = 5 * time.Second
+	}
+	if c.HTTPIdle == 0 {
+		c.HTTPIdle = 5 * time.Minute
 	}
 	if c.MaxHeaderBytes == 0 {
 		c.MaxHeaderBytes = 16 << 10
@@ -106,6 +113,9 @@ type front struct {
 
 	// SSE streams served over net/http (TLS), for Connections.
 	httpStreams atomic.Int64
+
+	// ACP Streamable HTTP connections (acphttp.go).
+	acp acpRegistry
 }
 
 // watch is what the sweeper may see of a TCP connection: atomics only,
@@ -116,17 +126,20 @@ type watch struct {
 	deadline atomic.Int64  // unix nanos, 0 for none: HTTP header/idle deadline, WebSocket close-handshake deadline
 	seen     atomic.Int64  // WebSocket: when the peer last sent anything
 	halfOpen atomic.Bool   // WebSocket: closed for silence; no close handshake
+	acp      *acpSSEGet    // watchACP: the stream; set before kind is stored
 }
 
 const (
 	watchHTTP uint32 = iota
 	watchWS
 	watchSSE
+	watchACP
 )
 
 func newFront(s *Server, cfg HTTPConfig) *front {
 	cfg.fill()
 	f := &front{s: s, cfg: cfg, m: s.cfg.Metrics, watches: make(map[*watch]struct{})}
+	f.acp = acpRegistry{conns: make(map[string]*acpConn), idle: cfg.HTTPIdle}
 	f.prom = promhttp.HandlerFor(f.m.Registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, DisableCompression: true})
 	f.x = newHTTPMetrics(f.m.Registry, s.hub)
 	s.OnTickFunc(f.tick)
@@ -192,13 +205,27 @@ func (f *front) tick(now time.Time) {
 			if beat {
 				f.beat = append(f.beat, w)
 			}
+		case watchACP:
+			// Also retried every sweep: a stream left queued for a slow
+			// reader is handed to gnet once it has drained.
+			f.beat = append(f.beat, w)
 		}
 	}
 	f.mu.Unlock()
+	f.acp.reap(n)
 	for _, w := range f.todo {
 		f.expire(w, n)
 	}
 	for _, w := range f.beat {
+		if w.kind.Load() == watchACP {
+			if beat {
+				_ = w.c.gc.Wake(heartbeat)
+			}
+			if g := w.acp; g != nil && g.pending() {
+				g.notify()
+			}
+			continue
+		}
 		_ = w.c.gc.Wake(heartbeat)
 	}
 	clear(f.todo)
@@ -257,7 +284,7 @@ func heartbeat(gc gnet.Conn, err error) error {
 		// Written even above the outbound watermark: a peer that is alive
 		// but behind must still be asked, or it would be dropped as silent.
 		_, _ = gc.Write(pingFrame)
-	case *sseProto:
+	case *sseProto, *acpSSEGet:
 		if gc.OutboundBuffered() == 0 {
 			_, _ = gc.Write(sseKeepAlive)
 		}
@@ -327,7 +354,7 @@ func (rp *reply) serve(w http.ResponseWriter, head bool) {
 // pathClass bounds the path label of the request metric.
 func pathClass(p string) string {
 	switch p {
-	case "/healthz", "/metrics", "/acp", "/events", "/", "/terminal", "/login", "/logout":
+	case "/healthz", "/metrics", "/acp", "/mcp", "/events", "/", "/terminal", "/login", "/logout":
 		return p
 	}
 	if strings.HasPrefix(p, "/ui/") {
@@ -411,7 +438,7 @@ func (b *bufferedResponse) Write(p []byte) (int, error) { return b.buf.Write(p) 
 func (b *bufferedResponse) WriteHeader(status int)      { b.status = status }
 
 func notFound(path string) *reply {
-	return textReply(http.StatusNotFound, "not found: agentbridge serves / (the dashboard), /acp, /events, /healthz, /metrics and /terminal")
+	return textReply(http.StatusNotFound, "not found: agentbridge serves / (the dashboard), /acp, /mcp, /events, /healthz, /metrics and /terminal")
 }
 
 func notAllowed(method, allow string) *reply {
@@ -440,7 +467,13 @@ func (f *front) route(r *http.Request, tls bool) *reply {
 			return rp
 		}
 		return f.metricsReply(r)
-	case "/acp", "/events":
+	case "/acp", "/mcp":
+		switch r.Method {
+		case http.MethodGet, http.MethodPost, http.MethodDelete:
+			return nil
+		}
+		return notAllowed(r.Method, "GET, POST, DELETE")
+	case "/events":
 		if r.Method != http.MethodGet {
 			return notAllowed(r.Method, "GET")
 		}
@@ -465,9 +498,12 @@ func (f *front) route(r *http.Request, tls bool) *reply {
 type httpProto struct {
 	f       *front
 	w       *watch
-	scanned int   // how much of the pending header block was searched for its end
-	skip    int64 // body bytes of a refused request still to discard
-	started bool  // a request has begun arriving: the header deadline runs
+	scanned int    // how much of the pending header block was searched for its end
+	skip    int64  // body bytes of a refused request still to discard
+	started bool   // a request has begun arriving: the header deadline runs
+	parked  bool   // a request waits for its answer (POST initialize): read no further
+	path    string // the parked request's path, for its metric
+	body    []byte // the body of the request being served (POST /acp), borrowed
 }
 
 func newHTTPProto(s *Server, c *conn) protocol {
@@ -496,6 +532,9 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 	}
 	used := 0
 	for used < len(buf) {
+		if p.parked {
+			return used, nil
+		}
 		if p.skip > 0 {
 			n := int(min(p.skip, int64(len(buf)-used)))
 			used += n
@@ -536,7 +575,24 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 		if err != nil {
 			return len(buf), p.refuse(c, http.StatusBadRequest, "malformed request: "+err.Error())
 		}
-		if formBody(req) {
+		p.body = nil
+		if messageBody(req) {
+			body, n, rp := readBody(req, rest[end:])
+			if rp != nil {
+				rp.close = true
+				_, _ = c.gc.Write(rp.appendTo(nil, false))
+				p.f.m.request(pathClass(req.URL.Path), rp.status)
+				return len(buf), &closeError{code: session.ClosePolicy, reason: http.StatusText(rp.status)}
+			}
+			if n < 0 {
+				p.scanned = 0
+				return used, nil // wait for the rest of the body
+			}
+			p.body = body
+			end += n
+			req.ContentLength = 0
+			req.TransferEncoding = nil
+		} else if formBody(req) {
 			// The login form: its small body is read with the headers.
 			if len(rest)-end < int(req.ContentLength) {
 				p.scanned = 0
@@ -578,7 +634,33 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 	}
 	class := pathClass(req.URL.Path)
 	rp := p.f.route(req, false)
-	if rp == nil {
+	if rp == nil && req.URL.Path == "/acp" && !wsAttempt(req) {
+		var done bool
+		rp, done = p.f.serveACP(&hxIO{c: c, p: p}, req, p.body)
+		p.body = nil
+		if done {
+			return len(after), true, nil
+		}
+		if rp == nil { // parked: answered by resume
+			return 0, false, nil
+		}
+		if rp.status >= 400 {
+			p.f.m.refused("acp-http", strconv.Itoa(rp.status))
+		}
+	} else if rp == nil && req.URL.Path == "/mcp" {
+		var done bool
+		rp, done = p.f.serveMCP(&hxIO{c: c, p: p}, req, p.body)
+		p.body = nil
+		if done {
+			return len(after), true, nil
+		}
+		if rp == nil {
+			return 0, false, nil
+		}
+		if rp.status >= 400 {
+			p.f.m.refused("mcp-http", strconv.Itoa(rp.status))
+		}
+	} else if rp == nil {
 		if chunked || req.ContentLength > 0 {
 			rp = textReply(http.StatusBadRequest, "a GET request for "+req.URL.Path+" has no body")
 			closeAfter = true
@@ -599,6 +681,13 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 	}
 	p.w.deadline.Store(p.f.now() + int64(p.f.cfg.IdleTimeout))
 	return 0, false, nil
+}
+
+// wsAttempt reports whether a request on /acp means to be a WebSocket
+// handshake (refused as one when it is not a valid one) rather than a
+// Streamable HTTP message or stream.
+func wsAttempt(r *http.Request) bool {
+	return r.Method == http.MethodGet && (r.Header.Get("Upgrade") != "" || r.Header.Get("Sec-WebSocket-Key") != "")
 }
 
 // upgrade completes a WebSocket handshake on /acp: Origin and token first
@@ -622,7 +711,11 @@ func (p *httpProto) upgrade(c *conn, req *http.Request, after []byte) (int, bool
 		c.Close(session.ClosePolicy, "websocket handshake refused")
 		return 0, true, nil
 	}
-	_, _ = c.gc.Write(ws.AppendHandshakeResponse(nil, req.Header.Get("Sec-WebSocket-Key"), sub))
+	// Acp-Connection-Id on the 101, as the SDK's Node upgrade handler
+	// sends it (the id names the connection in logs).
+	hs := ws.AppendHandshakeResponse(nil, req.Header.Get("Sec-WebSocket-Key"), sub)
+	hs = append(hs[:len(hs)-2], "Acp-Connection-Id: "+newConnID()+"\r\n\r\n"...)
+	_, _ = c.gc.Write(hs)
 	p.f.m.request("/acp", http.StatusSwitchingProtocols)
 	wp := newWSProto(p.f, c, p.w)
 	c.proto = wp
@@ -678,6 +771,10 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.URL.Path == "/events" {
 		f.serveSSE(w, r)
+		return
+	}
+	if r.URL.Path == "/acp" || r.URL.Path == "/mcp" {
+		f.serveStreamableTLS(w, r)
 		return
 	}
 	if r.URL.Path == "/terminal" {

@@ -114,7 +114,7 @@ func TestHTTPEndpoints(t *testing.T) {
 	})
 	t.Run("method not allowed", func(t *testing.T) {
 		for _, p := range []string{"/healthz", "/metrics", "/acp", "/events"} {
-			resps, bodies, _ := exchange(t, e.addr, "DELETE "+p+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 1)
+			resps, bodies, _ := exchange(t, e.addr, "PUT "+p+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 1)
 			if resps[0].StatusCode != 405 || resps[0].Header.Get("Allow") == "" || bodies[0] == "" {
 				t.Fatalf("%s: %s %v %q", p, resps[0].Status, resps[0].Header, bodies[0])
 			}

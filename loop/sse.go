@@ -157,6 +157,13 @@ func appendEvent(dst []byte, m *wire.Msg) []byte {
 		dst = append(dst, hd.Method...)
 		dst = append(dst, '\n')
 	}
+	return appendDataLines(dst, body)
+}
+
+// appendData appends m as one unnamed SSE event of data lines only.
+func appendData(dst []byte, m *wire.Msg) []byte { return appendDataLines(dst, m.Body()) }
+
+func appendDataLines(dst, body []byte) []byte {
 	// JSON holds raw line breaks only as whitespace between tokens, so a
 	// multi-line body becomes several data lines, which the client joins
 	// with "\n" back into equivalent JSON.

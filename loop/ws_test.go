@@ -208,8 +208,11 @@ func TestWebSocketRFC6455(t *testing.T) {
 			{"no connection header", "GET", []string{"Upgrade", "websocket", "Sec-WebSocket-Version", "13", "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="}, 400},
 			{"version 8", "GET", []string{"Upgrade", "websocket", "Connection", "Upgrade", "Sec-WebSocket-Version", "8", "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="}, 426},
 			{"no version", "GET", []string{"Upgrade", "websocket", "Connection", "Upgrade", "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="}, 426},
-			{"plain GET", "GET", nil, 400},
-			{"POST", "POST", hdrs(), 405},
+			// Without any WebSocket header a GET is a Streamable HTTP stream
+			// request (406 without Accept: text/event-stream), and a POST
+			// is a Streamable HTTP message (415 without application/json).
+			{"plain GET", "GET", nil, 406},
+			{"POST", "POST", hdrs(), 415},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				resp := rawRequest(t, e.addr, tc.method, "/acp", append(append([]string{}, auth...), tc.hdr...)...)

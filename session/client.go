@@ -56,6 +56,17 @@ func (h *Hub) routePeeked(cl *Client, msg []byte, hd jsonrpc.Header, err error) 
 		return
 	}
 	method := string(hd.Method)
+	if method == "initialize" && hd.Kind == jsonrpc.KindRequest && cl.info.Role != auth.RoleClient {
+		// Every role may open a connection (a viewer's ACP HTTP or
+		// WebSocket client starts with initialize), but only a client's
+		// initialize reaches the agent: the others get the cached answer.
+		if h.init.response != nil {
+			h.replyCached(cl, hd.ID)
+			return
+		}
+		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("initialize from a %s is answered from the agent's first initialize, and no client has initialized it yet", cl.info.Role))
+		return
+	}
 	if !auth.AllowRequest(cl.info.Role, method) {
 		h.denied.Add(1)
 		h.audit(cl, AuditRecord{Session: string(hd.SessionID), Method: method, Outcome: "denied", Detail: "not allowed for role " + cl.info.Role.String()})

@@ -286,7 +286,9 @@ func (s *Server) Stop(ctx context.Context) error {
 // ServeHTTP routes /acp to the WebSocket upgrade and everything else to the
 // Front. It runs on net/http's per-connection goroutine.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != "/acp" {
+	if r.URL.Path != "/acp" || !webSocketAttempt(r) {
+		// Everything but a WebSocket handshake on /acp, including ACP
+		// Streamable HTTP on /acp, is the Front's.
 		s.cfg.Front.ServeHTTP(w, r)
 		return
 	}
@@ -403,3 +405,9 @@ func (nopMetrics) Closed(string, string) {}
 func (nopMetrics) ProtocolError(uint16)  {}
 func (nopMetrics) HalfOpen(string)       {}
 func (nopMetrics) RateLimited(string)    {}
+
+// webSocketAttempt reports whether a request means to be a WebSocket
+// handshake (judged as one, refused as one) rather than Streamable HTTP.
+func webSocketAttempt(r *http.Request) bool {
+	return r.Method == http.MethodGet && (r.Header.Get("Upgrade") != "" || r.Header.Get("Sec-WebSocket-Key") != "")
+}

@@ -45,6 +45,7 @@ type serveFlags struct {
 	queueBytes, controlBytes                     int
 	heartbeat, requestTimeout, grace, stateSync  time.Duration
 	summaryInterval, stallTimeout                time.Duration
+	httpIdle                                     time.Duration // ACP/MCP Streamable HTTP
 	maxInflight, maxSessions                     int           // hardening
 	callTimeout                                  time.Duration // hardening
 	rate                                         string
@@ -73,6 +74,7 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.Var(&f.framing, "framing", "the agent's stdio framing: ndjson or lsp")
 	f.agentStdio = config.Choice{Value: "socket", Allowed: []string{"socket", "pipe"}}
 	fs.Var(&f.agentStdio, "agent-stdio", "the agent's stdin/stdout: socket (one socketpair end, served by the event loop) or pipe (for agents that need real pipes); stderr is always a pipe to the log")
+	fs.DurationVar(&f.httpIdle, "http-idle", 5*time.Minute, "reap an ACP or MCP Streamable HTTP connection with no open GET and no request for this long")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "WebSocket ping interval; a peer silent for two intervals is dropped")
 	fs.DurationVar(&f.summaryInterval, "summary-interval", time.Second, "a degraded (slow) connection gets at most one bridge/summary per session per interval")
 	fs.DurationVar(&f.stallTimeout, "stall-timeout", 60*time.Second, "a connection that takes nothing for this long while something is due to it is closed (WebSocket 1013); its client resumes by cursor")
@@ -174,6 +176,9 @@ func runServe(args []string) int {
 	}
 	if f.loops < 0 {
 		return fail("invalid --loops %d (0 means half the CPUs)", f.loops)
+	}
+	if f.httpIdle <= 0 {
+		return fail("invalid --http-idle %s: must be a positive duration", f.httpIdle)
 	}
 	if f.heartbeat <= 0 || f.requestTimeout <= 0 || f.grace <= 0 {
 		return fail("--heartbeat, --request-timeout and --grace must be positive durations")
@@ -335,7 +340,7 @@ func runServe(args []string) int {
 		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval, StallTimeout: f.stallTimeout},
 		Rate:      rate,
 		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
-		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, TLSCert: f.tlsCert, TLSKey: f.tlsKey, Terminal: term},
+		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, HTTPIdle: f.httpIdle, TLSCert: f.tlsCert, TLSKey: f.tlsKey, Terminal: term},
 	})
 	if err != nil {
 		return fail("%v", err)
