@@ -261,10 +261,11 @@ func (f *Fleet) enqueue(o op) {
 	}
 }
 
-// writer publishes queued ops in order. Appends go out asynchronously in
-// batches; a batch's failures are published again synchronously (the
-// message id makes a republish of a stored event a no-op) until they
-// succeed or the fleet closes.
+// writer publishes queued ops in order, each acknowledged before the next
+// is sent (publishSync): a pipelined publish lost in a disconnect would
+// be stored after its successors, and a mirror, which takes events in seq
+// order, would drop it as a duplicate (a hole). The message id makes the
+// retry of an event that was stored but not acknowledged a no-op.
 func (f *Fleet) writer() {
 	defer f.writerWG.Done()
 	for {
@@ -294,42 +295,13 @@ func (f *Fleet) eventMsg(o op) *nats.Msg {
 }
 
 func (f *Fleet) publish(batch []op) {
-	type pending struct {
-		o   op
-		fut jetstream.PubAckFuture
-	}
-	var futs []pending
-	flush := func() {
-		for _, p := range futs {
-			select {
-			case <-p.fut.Ok():
-				continue
-			case err := <-p.fut.Err():
-				f.log.Debug("fleet: async publish failed; retrying", "session", p.o.sid, "seq", p.o.seq, "err", err)
-			case <-time.After(10 * time.Second):
-			}
-			f.publishSync(p.o)
-		}
-		futs = futs[:0]
-	}
 	for _, o := range batch {
 		switch o.kind {
 		case 'a':
-			fut, err := f.js.PublishMsgAsync(f.eventMsg(o))
-			if err != nil {
-				flush()
-				f.publishSync(o)
-				continue
-			}
-			futs = append(futs, pending{o, fut})
-			if len(futs) >= 1024 {
-				flush()
-			}
+			f.publishSync(o)
 		case 'c':
-			flush()
 			f.putEntry(Entry{SessionID: o.sid, Node: f.cfg.Node, Status: session.StatusIdle})
 		case 'd':
-			flush()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if err := f.kv.Delete(ctx, Encode(o.sid)); err != nil {
 				f.log.Warn("fleet: cannot delete the session's KV entry", "session", o.sid, "err", err)
@@ -342,7 +314,6 @@ func (f *Fleet) publish(batch []op) {
 			cancel()
 		}
 	}
-	flush()
 }
 
 func (f *Fleet) publishSync(o op) {
