@@ -80,15 +80,23 @@ func (h *fakeHub) Mirror(sid, node string, st session.Status) bool {
 	h.mu.Lock()
 	h.status[sid], h.node[sid] = st, node
 	h.mu.Unlock()
-	h.changed <- struct{}{}
+	h.signal()
 	return true
 }
 func (h *fakeHub) MirrorEvent(sid string, seq uint64, body []byte) bool {
 	h.mu.Lock()
 	h.events[sid] = append(h.events[sid], seq)
 	h.mu.Unlock()
-	h.changed <- struct{}{}
+	h.signal()
 	return true
+}
+
+// signal wakes waitFor; a full channel already will.
+func (h *fakeHub) signal() {
+	select {
+	case h.changed <- struct{}{}:
+	default:
+	}
 }
 
 func (h *fakeHub) waitFor(t *testing.T, what string, ok func() bool) {
