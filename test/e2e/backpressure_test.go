@@ -606,7 +606,14 @@ func TestBackpressureGarbageNetwork(t *testing.T) {
 		queueBytes = 128 << 20
 		ctrlBytes  = 1 << 20
 	)
-	d := bpDaemon(t, append([]string{"--summary-interval", "200ms", "--replay", "1000", "--queue-items", strconv.Itoa(queueItems),
+	// No --replay cap: the owner and the fast clients are catch-up
+	// connections (a client's default onSlow), so a fast reader that
+	// momentarily takes nothing (a hundred readers share two cores) is
+	// fed from the session log, not from its queue, until it is back to
+	// live. The log is then its buffer: a 1,000-event log would turn any
+	// such pause into a bridge/gap, contradicting "fast clients get
+	// everything". The default retention holds the whole flood.
+	d := bpDaemon(t, append([]string{"--summary-interval", "200ms", "--queue-items", strconv.Itoa(queueItems),
 		"--queue-bytes", strconv.Itoa(queueBytes), "--control-bytes", strconv.Itoa(ctrlBytes)}, fakeAgentCmd()...)...)
 	pid := d.cmd.Process.Pid
 
