@@ -121,6 +121,16 @@ type call struct {
 	since  *uint64
 	last   bool
 	hello  *helloWish
+	// A session/load or session/resume attaches the caller when the
+	// daemon forwards it and detaches it again on an error (unless it was
+	// attached before). armed: the shim marked the session attached when
+	// it first wrote the request; prior: whether it was attached then;
+	// epoch: the session's epoch then (a bridge/attach or bridge/detach of
+	// the client's answered meanwhile decides instead).
+	armed  bool
+	prior  bool
+	epoch  uint64
+	armGen int // the connection it was first written on
 }
 
 type helloWish struct {
@@ -140,7 +150,8 @@ type ownKind uint8
 const (
 	ownAttach   ownKind = iota + 1 // re-attach after a reconnect
 	ownProbe                       // bridge/hello {}: proves the daemon read what came before
-	ownSessions                    // bridge/sessions before a session/load: the session's seq then
+	ownSessions                    // bridge/sessions before a session/load or session/resume: the session's seq then
+	ownDetach                      // undoes a re-attach for a load or resume the agent refused
 )
 
 // sess is what the shim knows of a session the stdio client uses.
@@ -149,6 +160,7 @@ type sess struct {
 	known    bool   // seq is a valid cursor
 	attached bool   // re-attach it after a reconnect
 	status   string // the last bridge/status the client saw ("" = none yet)
+	epoch    uint64 // counts the client's answered bridge/attach and bridge/detach
 }
 
 func newShim(o Options, tr transport) *shim {
@@ -610,15 +622,21 @@ func (s *shim) fail(ctx context.Context, c *call, why string) error {
 func (s *shim) pump() {
 	for s.ln != nil && !s.barrier && s.nsent < len(s.kept) {
 		m := s.kept[s.nsent]
-		if c := m.call; c != nil && c.method == "session/load" && c.sid != "" {
+		if c := m.call; c != nil && attachesOnForward(c.method) && c.sid != "" {
 			ss := s.session(c.sid)
 			if !ss.known {
 				// Learn the session's seq before the daemon attaches us by
-				// forwarding the load: a cursor that loses nothing if the
-				// connection drops before the first event.
+				// forwarding the load or resume: a cursor that loses
+				// nothing if the connection drops before the first event.
 				s.barrier = true
 				s.ownCall(&ownCall{kind: ownSessions, sid: c.sid}, "bridge/sessions", map[string]any{"sessionId": c.sid})
 				return
+			}
+			// The daemon attaches us as it forwards the request, so a drop
+			// before its answer re-attaches the session too; an error
+			// answer undoes it (answered).
+			if !c.armed {
+				c.armed, c.prior, c.epoch, c.armGen = true, ss.attached, ss.epoch, s.gen
 			}
 			ss.attached = true
 		}
@@ -803,21 +821,45 @@ func (s *shim) remember(key string) {
 // the client gets.
 func (s *shim) answered(c *call, b []byte, hd jsonrpc.Header) []byte {
 	if hd.IsError {
-		if c.method == "session/load" {
-			if ss := s.sessions[c.sid]; ss != nil {
+		if attachesOnForward(c.method) && c.armed {
+			// The daemon detached us again, unless we were attached
+			// before; an attach or detach of the client's answered
+			// meanwhile says where the session stands instead.
+			if ss := s.sessions[c.sid]; ss != nil && ss.epoch == c.epoch && !c.prior {
 				ss.attached = false
+				// A reconnect since the request was first written attached
+				// this connection with bridge/attach, which the daemon
+				// does not undo for the refused request: the shim does,
+				// unless the client is attaching the session again.
+				if s.gen > c.armGen && !s.attaching(c) {
+					s.ownCall(&ownCall{kind: ownDetach, sid: c.sid}, "bridge/detach", map[string]any{"sessionId": c.sid})
+				}
 			}
 		}
 		return b
 	}
 	switch c.method {
-	case "session/new":
-		// The daemon attached the creator; if the answer was kept for us
+	case "session/new", "session/fork":
+		// The daemon attached the creator (a fork's caller from the fork's
+		// first event: events before the answer are replayed right after
+		// it, so the cursor starts at 0); if the answer was kept for us
 		// while we were away, it attached us with the whole log.
 		if sid := jsonrpc.ResultSessionID(b); len(sid) > 0 {
 			ss := s.session(string(sid))
 			ss.attached, ss.known = true, true
 		}
+	case "session/close":
+		// Closed for this client: it expects no more of its messages, so
+		// a reconnect does not attach it again. The daemon keeps the
+		// session and its seq (a resume brings it back), so the cursor
+		// stays.
+		if ss := s.sessions[c.sid]; ss != nil {
+			ss.attached = false
+		}
+	case "session/delete", "session/archive":
+		// Gone from the daemon's sessions: one brought back by a later
+		// load or resume may count its seq anew, so the cursor goes too.
+		delete(s.sessions, c.sid)
 	case "bridge/attach":
 		var res struct {
 			Result struct {
@@ -832,6 +874,7 @@ func (s *shim) answered(c *call, b []byte, hd jsonrpc.Header) []byte {
 		// What the client asked for follows, in order, from this cursor.
 		ss := s.session(c.sid)
 		ss.attached, ss.known = true, true
+		ss.epoch++
 		switch {
 		case c.since != nil:
 			ss.seq = *c.since
@@ -844,6 +887,7 @@ func (s *shim) answered(c *call, b []byte, hd jsonrpc.Header) []byte {
 	case "bridge/detach":
 		if ss := s.sessions[c.sid]; ss != nil {
 			ss.attached = false
+			ss.epoch++
 		}
 	case "bridge/hello":
 		if c.hello != nil {
@@ -877,6 +921,26 @@ func (s *shim) answered(c *call, b []byte, hd jsonrpc.Header) []byte {
 		})
 	}
 	return b
+}
+
+// attaching says whether a request of the client sent after c and not
+// answered yet attaches c's session.
+func (s *shim) attaching(c *call) bool {
+	for _, cs := range s.calls {
+		for _, o := range cs {
+			if o.seq > c.seq && o.sid == c.sid && (o.method == "bridge/attach" || attachesOnForward(o.method)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// attachesOnForward says whether the daemon attaches the caller to the
+// request's session as it forwards it (docs/protocol.md, "Session
+// lifecycle").
+func attachesOnForward(method string) bool {
+	return method == "session/load" || method == "session/resume"
 }
 
 // ownAnswer handles the answer to one of our requests; the client never

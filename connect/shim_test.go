@@ -799,3 +799,196 @@ func BenchmarkRelayEvents(b *testing.B) {
 		}
 	}
 }
+
+// TestForkReattachedFromItsStart: a session/fork answer names a new
+// session that is the client's from its first event. Cut before any event
+// of it, the shim re-attaches it from the start (since 0), so the fork's
+// copied history and live events are not lost.
+func TestForkReattachedFromItsStart(t *testing.T) {
+	d := newFakeUnix(t)
+	s := startStdio(t, Options{URL: d.url()})
+	c1 := d.accept()
+	c1.hello(fresh)
+	s.send(`{"jsonrpc":"2.0","id":1,"method":"session/fork","params":{"sessionId":"S","cwd":"/"}}`)
+	m := c1.next()
+	if m.Method != "session/fork" {
+		t.Fatalf("want the fork forwarded at once, got %s", m.raw)
+	}
+	c1.send(answer(m.ID, `{"sessionId":"F"}`))
+	s.expect(`{"jsonrpc":"2.0","id":1,"result":{"sessionId":"F"}}`)
+	c1.cut()
+	c2 := d.accept()
+	c2.hello(`{"resumed":true,"received":2,"pending":[]}`)
+	at := c2.next()
+	if at.Method != "bridge/attach" || at.Params["sessionId"] != "F" || at.Params["since"] != float64(0) {
+		t.Fatalf("want bridge/attach F since 0, got %s", at.raw)
+	}
+	c2.send(answer(at.ID, `{"sessionId":"F","seq":2,"status":"idle","replayed":2}`))
+	for seq := 1; seq <= 2; seq++ {
+		env, body := event("F", seq)
+		c2.send(env)
+		s.expect(body)
+	}
+	s.send(req("2", "x"))
+	if m := c2.next(); m.Method != "x" {
+		t.Fatalf("want x, got %s (the source session S was never attached)", m.raw)
+	}
+}
+
+// TestResumeRequestReattached: a session/resume attaches the caller. The
+// shim learns the session's seq before forwarding it, so a drop after the
+// answer and before the first event re-attaches from there; a resume the
+// agent refused leaves the session unattached.
+func TestResumeRequestReattached(t *testing.T) {
+	d := newFakeUnix(t)
+	s := startStdio(t, Options{URL: d.url()})
+	c1 := d.accept()
+	c1.hello(fresh)
+	s.send(`{"jsonrpc":"2.0","id":1,"method":"session/resume","params":{"sessionId":"R","cwd":"/"}}`)
+	q := c1.next()
+	if q.Method != "bridge/sessions" || q.Params["sessionId"] != "R" {
+		t.Fatalf("want bridge/sessions R before the resume, got %s", q.raw)
+	}
+	c1.send(answer(q.ID, `{"sessions":[{"sessionId":"R","status":"idle","seq":7,"clients":0}]}`))
+	m := c1.next()
+	if m.Method != "session/resume" {
+		t.Fatalf("want the resume, got %s", m.raw)
+	}
+	c1.send(answer(m.ID, `{}`))
+	s.expect(`{"jsonrpc":"2.0","id":1,"result":{}}`)
+	// A resume the agent refuses: not attached after a reconnect.
+	s.send(`{"jsonrpc":"2.0","id":2,"method":"session/resume","params":{"sessionId":"Q","cwd":"/"}}`)
+	q = c1.next()
+	c1.send(answer(q.ID, `{"sessions":[]}`))
+	m = c1.next()
+	if m.Method != "session/resume" || m.Params["sessionId"] != "Q" {
+		t.Fatalf("want the resume of Q, got %s", m.raw)
+	}
+	c1.send(`{"jsonrpc":"2.0","id":2,"error":{"code":-32002,"message":"unknown session Q"}}`)
+	s.expectError("2", -32002)
+	c1.cut()
+
+	c2 := d.accept()
+	c2.hello(`{"resumed":true,"received":5,"pending":[]}`)
+	at := c2.next()
+	if at.Method != "bridge/attach" || at.Params["sessionId"] != "R" || at.Params["since"] != float64(7) {
+		t.Fatalf("want bridge/attach R since 7, got %s", at.raw)
+	}
+	c2.send(answer(at.ID, `{"sessionId":"R","seq":8,"status":"running","replayed":1}`))
+	s.expect(`{"jsonrpc":"2.0","method":"bridge/status","params":{"sessionId":"R","status":"running"}}`)
+	env, body := event("R", 8)
+	c2.send(env)
+	s.expect(body)
+	s.send(req("3", "x"))
+	if m := c2.next(); m.Method != "x" {
+		t.Fatalf("want x, got %s (Q's resume failed: no attach)", m.raw)
+	}
+}
+
+// TestResumeRefusedKeepsEarlierAttach: a session the client attached
+// before a resume the agent refused stays attached (the daemon does not
+// detach it either).
+func TestResumeRefusedKeepsEarlierAttach(t *testing.T) {
+	d := newFakeUnix(t)
+	s := startStdio(t, Options{URL: d.url()})
+	c1 := d.accept()
+	c1.hello(fresh)
+	s.send(`{"jsonrpc":"2.0","id":1,"method":"bridge/attach","params":{"sessionId":"A","since":3}}`)
+	m := c1.next()
+	c1.send(answer(m.ID, `{"sessionId":"A","seq":3,"status":"idle","replayed":0}`))
+	s.next()
+	s.send(`{"jsonrpc":"2.0","id":2,"method":"session/resume","params":{"sessionId":"A","cwd":"/"}}`)
+	if m := c1.next(); m.Method != "session/resume" {
+		t.Fatalf("want the resume forwarded (the cursor is known), got %s", m.raw)
+	}
+	c1.send(`{"jsonrpc":"2.0","id":2,"error":{"code":-32603,"message":"no"}}`)
+	s.expectError("2", -32603)
+	c1.cut()
+	c2 := d.accept()
+	c2.hello(`{"resumed":true,"received":3,"pending":[]}`)
+	if at := c2.next(); at.Method != "bridge/attach" || at.Params["sessionId"] != "A" || at.Params["since"] != float64(3) {
+		t.Fatalf("want bridge/attach A since 3, got %s", at.raw)
+	}
+}
+
+// TestClosedSessionsNotReattached: sessions the client closed, deleted or
+// archived (the agent said yes) are not attached again after a reconnect;
+// one whose close failed is.
+func TestClosedSessionsNotReattached(t *testing.T) {
+	d := newFakeUnix(t)
+	s := startStdio(t, Options{URL: d.url()})
+	c1 := d.accept()
+	c1.hello(fresh)
+	for i, sid := range []string{"S1", "S2", "S3", "S4"} {
+		s.send(req(fmt.Sprint(i+1), "session/new"))
+		c1.send(answer(c1.next().ID, fmt.Sprintf(`{"sessionId":%q}`, sid)))
+		s.next()
+	}
+	for i, m := range []string{"session/close", "session/delete", "session/archive", "session/close"} {
+		sid := fmt.Sprintf("S%d", i+1)
+		s.send(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":%q,"params":{"sessionId":%q}}`, 10+i, m, sid))
+		got := c1.next()
+		if got.Method != m || got.Params["sessionId"] != sid {
+			t.Fatalf("want %s %s, got %s", m, sid, got.raw)
+		}
+		if sid == "S4" {
+			c1.send(fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"error":{"code":-32603,"message":"cannot close"}}`, got.ID))
+			s.expectError("13", -32603)
+			continue
+		}
+		c1.send(answer(got.ID, `{}`))
+		s.expect(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"result":{}}`, 10+i))
+	}
+	c1.cut()
+	c2 := d.accept()
+	c2.hello(`{"resumed":true,"received":9,"pending":[]}`)
+	at := c2.next()
+	if at.Method != "bridge/attach" || at.Params["sessionId"] != "S4" {
+		t.Fatalf("want bridge/attach S4 only, got %s", at.raw)
+	}
+	s.send(req("20", "x"))
+	if m := c2.next(); m.Method != "x" {
+		t.Fatalf("want x, got %s (closed sessions attached again)", m.raw)
+	}
+}
+
+// TestRefusedLoadAfterReconnectDetaches: a session/load in flight at a
+// drop is re-attached on the new connection (the daemon attached the
+// caller when it forwarded the load); when the agent then refuses the
+// load, the shim detaches the session again, as the daemon would have
+// without the drop, and does not attach it after the next reconnect.
+func TestRefusedLoadAfterReconnectDetaches(t *testing.T) {
+	d := newFakeUnix(t)
+	s := startStdio(t, Options{URL: d.url()})
+	c1 := d.accept()
+	c1.hello(fresh)
+	s.send(`{"jsonrpc":"2.0","id":1,"method":"session/load","params":{"sessionId":"L","cwd":"/"}}`)
+	q := c1.next()
+	c1.send(answer(q.ID, `{"sessions":[{"sessionId":"L","status":"closed","seq":5,"clients":0}]}`))
+	if m := c1.next(); m.Method != "session/load" {
+		t.Fatalf("want the load, got %s", m.raw)
+	}
+	c1.cut()
+	c2 := d.accept()
+	c2.hello(`{"resumed":true,"received":3,"pending":[1]}`)
+	at := c2.next()
+	if at.Method != "bridge/attach" || at.Params["sessionId"] != "L" || at.Params["since"] != float64(5) {
+		t.Fatalf("want bridge/attach L since 5, got %s", at.raw)
+	}
+	c2.send(answer(at.ID, `{"sessionId":"L","seq":5,"status":"closed","replayed":0}`))
+	s.expect(`{"jsonrpc":"2.0","method":"bridge/status","params":{"sessionId":"L","status":"closed"}}`)
+	c2.send(`{"jsonrpc":"2.0","id":1,"error":{"code":-32002,"message":"unknown session L"}}`)
+	s.expectError("1", -32002)
+	de := c2.next()
+	if de.Method != "bridge/detach" || de.Params["sessionId"] != "L" || !strings.HasPrefix(string(de.ID), `"`+ownPrefix) {
+		t.Fatalf("want our bridge/detach L, got %s", de.raw)
+	}
+	c2.send(answer(de.ID, `{}`))
+	c2.cut()
+	c3 := d.accept()
+	c3.hello(`{"resumed":true,"received":3,"pending":[]}`)
+	s.send(req("2", "x"))
+	if m := c3.next(); m.Method != "x" {
+		t.Fatalf("want x, got %s (the refused load's session attached again)", m.raw)
+	}
+}

@@ -158,43 +158,22 @@ type listener struct {
 // connection; it never gives up on an accept error.
 func (s *Server) acceptLoop(l listener) {
 	defer s.acceptors.Done()
-	var backoff time.Duration
-	var lastLog time.Time
-	var shedCount int
+	var st exhaustion
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || s.stopped.Load() {
 				return
 			}
-			if backoff == 0 {
-				backoff = 5 * time.Millisecond
-			} else {
-				backoff = min(2*backoff, time.Second)
-			}
-			if isFDExhausted(err) {
-				if shed(l.ln) {
-					shedCount++
-					s.cfg.Metrics.refused(l.transport, "fd-exhausted")
-				}
-			}
-			if now := time.Now(); now.Sub(lastLog) >= time.Second {
-				// At most one line a second however long the storm lasts.
-				s.log.Error("accept failed; backing off (raise the fd limit or lower --max-conns)",
-					"listener", l.ln.Addr().String(), "err", err, "backoff", backoff, "shed", shedCount,
-					"connections", s.adm.live.Load())
-				lastLog, shedCount = now, 0
-			}
-			select {
-			case <-time.After(backoff):
-			case <-s.stopping:
+			shedNow := isFDExhausted(err) && shed(l.ln)
+			if !s.backOff(l, &st, err, shedNow) {
 				return
 			}
 			continue
 		}
-		backoff = 0
 		ip := addrIP(c.RemoteAddr())
 		if why, ok := s.adm.admit(ip); !ok {
+			st.backoff = 0
 			s.cfg.Metrics.refused(l.transport, why)
 			s.refuse(c, l.transport, why)
 			continue
@@ -210,10 +189,47 @@ func (s *Server) acceptLoop(l listener) {
 		// the slot is given back here; success releases it in OnClose.
 		// Waiting here (not in a goroutine per connection, whose stack would
 		// stay in the daemon's RSS) paces accept to what the loops take.
-		if r := <-ch; r.Err != nil {
-			s.adm.release(ip)
-			s.log.Warn("cannot hand a connection to the event loop", "transport", l.transport, "err", r.Err)
+		r := <-ch
+		if r.Err == nil {
+			st.backoff = 0
+			continue
 		}
+		s.adm.release(ip)
+		// Out of descriptors, the dup fails rather than accept (accept took
+		// the last one): gnet has closed c, so its peer was shed.
+		if !s.backOff(l, &st, r.Err, isFDExhausted(r.Err)) {
+			return
+		}
+	}
+}
+
+// exhaustion is an acceptor's state across failures.
+type exhaustion struct {
+	backoff time.Duration
+	lastLog time.Time
+	shed    int
+}
+
+// backOff counts a failed accept (or hand-over), logs at most one line a
+// second however long the storm lasts, and waits 5 ms doubling to 1 s. It
+// returns false when the server stops meanwhile.
+func (s *Server) backOff(l listener, st *exhaustion, err error, shed bool) bool {
+	st.backoff = min(max(2*st.backoff, 5*time.Millisecond), time.Second)
+	if shed {
+		st.shed++
+		s.cfg.Metrics.refused(l.transport, "fd-exhausted")
+	}
+	if now := time.Now(); now.Sub(st.lastLog) >= time.Second {
+		s.log.Error("accept failed; backing off (raise the fd limit or lower --max-conns)",
+			"listener", l.ln.Addr().String(), "err", err, "backoff", st.backoff, "shed", st.shed,
+			"connections", s.adm.live.Load())
+		st.lastLog, st.shed = now, 0
+	}
+	select {
+	case <-time.After(st.backoff):
+		return true
+	case <-s.stopping:
+		return false
 	}
 }
 

@@ -27,9 +27,10 @@ var _ agent.Attacher = (*Server)(nil)
 
 // agentConn is the daemon's end of one agent generation's socket.
 type agentConn struct {
-	s  *Server
-	in agent.Input
-	gc gnet.Conn // set once by AttachAgent before any Write can happen
+	s    *Server
+	in   agent.Input
+	gc   gnet.Conn      // set once by AttachAgent before any Write can happen
+	loop gnet.EventLoop // gc's loop, set with it
 
 	// outbound is gnet's outbound buffer for the agent after the loop last
 	// looked (OutboundBuffered is only valid on the loop); Write adds it to
@@ -41,6 +42,7 @@ type agentConn struct {
 	pending  [][]byte // framed requests not yet handed to gnet
 	pbytes   int
 	woken    bool // a Wake is on its way: no need for another
+	busy     bool // the agent's loop is in a client's callback, which flushes at its end
 	closed   bool // Close or the stream ended: Write fails
 	shut     bool // CloseWrite asked: shutdown(SHUT_WR) once all is written
 	shutDone bool
@@ -71,7 +73,7 @@ func (s *Server) AttachAgent(f *os.File, in agent.Input) (agent.Stream, error) {
 	if r.Err != nil {
 		return nil, fmt.Errorf("register the agent socket: %w", r.Err)
 	}
-	ac.gc = r.Conn
+	ac.gc, ac.loop = r.Conn, r.Conn.EventLoop()
 	s.agentc.Store(ac)
 	return ac, nil
 }
@@ -89,13 +91,37 @@ func (ac *agentConn) Write(b []byte, limit int) error {
 	}
 	ac.pending = append(ac.pending, b)
 	ac.pbytes += len(b)
-	wake := !ac.woken
-	ac.woken = true
+	wake := !ac.woken && !ac.busy
+	if wake {
+		ac.woken = true
+	}
 	ac.mu.Unlock()
 	if wake {
 		_ = ac.gc.Wake(nil)
 	}
 	return nil
+}
+
+// enter marks the agent's loop as inside a client's callback: a Write
+// meanwhile (from this callback's routing, or from any goroutine) needs no
+// Wake, since leave flushes. Event loop only (the agent's).
+func (ac *agentConn) enter() {
+	ac.mu.Lock()
+	ac.busy = true
+	ac.mu.Unlock()
+}
+
+// leave ends the callback and writes what it (or anyone meanwhile) queued,
+// so a client's request goes to the agent in the callback that read it.
+// Event loop only (the agent's).
+func (ac *agentConn) leave() {
+	ac.mu.Lock()
+	ac.busy = false
+	work := !ac.closed && (len(ac.pending) > 0 || ac.shut && !ac.shutDone)
+	ac.mu.Unlock()
+	if work {
+		ac.flush(ac.gc)
+	}
 }
 
 // CloseWrite shuts the write side once everything queued is written. Safe

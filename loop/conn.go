@@ -283,6 +283,17 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		}
 		return gnet.Close
 	}
+	// On the agent's loop, requests routed here are written to the agent
+	// when this callback ends (agentconn.go), not through a Wake.
+	if ac := s.agentc.Load(); ac != nil && gc.EventLoop() == ac.loop {
+		ac.enter()
+		defer ac.leave()
+	}
+	return s.clientTraffic(gc, c)
+}
+
+// clientTraffic is OnTraffic for a client connection.
+func (s *Server) clientTraffic(gc gnet.Conn, c *conn) gnet.Action {
 	if c.closeBy != 0 {
 		// Closing once gnet's buffer has drained: input is discarded.
 		_, _ = gc.Discard(gc.InboundBuffered())

@@ -403,8 +403,10 @@ func TestShellExitClosesPeers(t *testing.T) {
 		t.Errorf("notices: %s", p.notices())
 	}
 	a.Detach()
-	if len(sink.find("terminal/exit", "exited")) != 1 {
-		t.Errorf("no exit record")
+	// The process waiter closes the peers, then records the exit.
+	p.waitFor(t, "the exit record", func() bool { return len(sink.find("terminal/exit", "exited")) >= 1 })
+	if n := len(sink.find("terminal/exit", "exited")); n != 1 {
+		t.Errorf("%d exit records, want 1", n)
 	}
 	if m.Running() != 0 {
 		t.Errorf("running: %d", m.Running())
