@@ -711,8 +711,8 @@ func TestBackpressureGarbageNetwork(t *testing.T) {
 			bpWait(t, 10*time.Second, p.name+"'s mid-flood echo", func() bool { _, ok := p.response("mid"); return ok })
 		}
 	}
-	t.Logf("flood: %d events to %d fast clients in %v (%.0f deliveries/s); daemon RSS %d KiB before, peak %d KiB",
-		flood, nFast+1, floodTime.Round(time.Millisecond), float64(flood*(nFast+1))/floodTime.Seconds(), base, peak)
+	t.Logf("flood: %d events to %d fast clients in %v (%.0f deliveries/s), %v times a catch-up client fell behind and was fed from the log; daemon RSS %d KiB before, peak %d KiB",
+		flood, nFast+1, floodTime.Round(time.Millisecond), float64(flood*(nFast+1))/floodTime.Seconds(), d.metric(t, "agentbridge_hub_lagged_total"), base, peak)
 
 	// Memory: every connection may hold its ceilings, and the fast ones do
 	// (their queues are sized to the flood). Per connection: the slot
