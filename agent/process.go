@@ -348,7 +348,7 @@ func (p *proc) readLoop() {
 func (p *proc) dropped(o *oversize) {
 	p.s.oversize.Add(1)
 	id, _ := ResponseID(o.head)
-	if ok, held := p.s.oversizeLog.allow(time.Now()); ok {
+	if ok, held := p.s.oversizeLog.Allow(time.Now()); ok {
 		p.s.log.Warn("agent message over the limit: dropped (raise --max-message if this is legitimate)",
 			"pid", p.pid, "gen", p.gen, "bytes", o.size, "max", p.s.cfg.MaxMessage, "answer_to", string(id),
 			"also_dropped_since_last_line", held, "dropped_total", p.s.oversize.Load())

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"sync"
-	"time"
 
 	"github.com/agentbridge/agentbridge/codec/lsp"
 	"github.com/agentbridge/agentbridge/codec/ndjson"
@@ -323,27 +321,4 @@ func ResponseID(prefix []byte) (id []byte, ok bool) {
 // is the raw JSON-RPC id when the message's head shows a response, else nil.
 type DropHandler interface {
 	AgentDropped(gen uint64, id []byte, size int)
-}
-
-// everySecond lets through at most one log line a second and counts what
-// it held back, so a flood of bad output makes one line a second, not one
-// per message.
-type everySecond struct {
-	mu   sync.Mutex
-	last time.Time
-	held int
-}
-
-// allow reports whether to log now and how many were held back since the
-// last line logged.
-func (e *everySecond) allow(now time.Time) (bool, int) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if now.Sub(e.last) < time.Second {
-		e.held++
-		return false, 0
-	}
-	n := e.held
-	e.last, e.held = now, 0
-	return true, n
 }

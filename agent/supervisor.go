@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/agentbridge/agentbridge/internal/lograte"
 )
 
 // Handler receives the agent's lifecycle and output. Its methods must not
@@ -50,7 +52,7 @@ type Supervisor struct {
 	restarts atomic.Uint64
 	oversize atomic.Uint64 // messages dropped for their size
 
-	oversizeLog everySecond
+	oversizeLog lograte.EverySecond
 
 	// spawns counts spawns in progress, so Stop can wait for them to land in
 	// cur before terminating. Add only under mu with stopping false.

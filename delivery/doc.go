@@ -41,8 +41,17 @@
 // dropped, bytes, text} (text: the tail of the agent's streamed message
 // text). When the breaker half-opens, full delivery resumes at once; the
 // last skipped stretch of each session goes out as a final gap and summary
-// before that session's next event (or as soon as the queue is empty). A
-// "disconnect" connection is closed instead (CloseTryAgain), both when its
+// before that session's next event (or as soon as the queue is empty),
+// unless the transport still holds bytes its peer has not taken: then the
+// next drain attempt judges the probe, and a peer that took nothing since
+// the previous one keeps the breaker open. While the peer has not taken
+// the gaps and summaries already queued for it, the timer queues no more:
+// the accumulators keep counting, so a stalled reader neither fills its
+// control queue nor loses exactness. A "catchup" connection is never
+// degraded: it refuses live events once its queue is over its watermark
+// or its peer took nothing since the last drain attempt (Outbox.Taking
+// clears that when the transport holds nothing), and is fed from the
+// session log instead. A "disconnect" connection is closed instead (CloseTryAgain), both when its
 // breaker opens and when a data event would need an eviction.
 //
 // # Footprint

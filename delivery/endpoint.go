@@ -281,8 +281,16 @@ func (e *Endpoint) flush(force bool) (blocked bool, err error) {
 	cl := e.cl.Load()
 	for {
 		if !force {
-			if _, over := e.t.Backlog(); over {
+			n, over := e.t.Backlog()
+			if over {
 				return true, nil
+			}
+			if n == 0 {
+				// The peer took everything it was given: it is not
+				// behind, whatever the last attempt saw, so the pump
+				// below fills its queue up to the watermark rather than
+				// one event a pass.
+				e.out.Taking()
 			}
 		}
 		e.msgs = e.out.Drain(e.msgs[:0], flushBytes)

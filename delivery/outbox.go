@@ -71,6 +71,7 @@ type Outbox struct {
 	slow     atomic.Bool   // degraded or gaps pending: Send takes mu
 	degraded atomic.Bool   // written under mu; read anywhere
 	behind   atomic.Bool   // the transport held bytes at the last drain attempt (written by the drainer)
+	stuck    atomic.Bool   // ... and its peer had taken nothing since the attempt before (written by the drainer)
 	skipped  atomic.Uint64 // events not sent while degraded, not yet reported
 
 	markers map[string]*wire.Msg // per session: what a tombstone keeps; under the ring's lock
@@ -321,9 +322,14 @@ func (o *Outbox) pushCatchup(m *wire.Msg) bool {
 	)
 	if size > o.cfg.Queue.MaxDataBytes {
 		wasEmpty, err = o.q.Push(s, size, ring.Data)
-	} else if o.behind.Load() && o.q.Len() > 0 {
-		// The peer is not taking what it has: rather than queue more for
-		// it, let it read the log at its own pace.
+	} else if o.stuck.Load() && o.q.Len() > 0 {
+		// The peer took nothing since the drainer last looked: rather
+		// than queue more for it, let it read the log at its own pace. A
+		// peer that merely has bytes in flight (the transport held some
+		// at the last look, but less than before, or the drainer handed
+		// out more since) is reading: it is queued for up to the
+		// watermark, so a momentary stall of a fast reader does not
+		// switch it to the log.
 		return false
 	} else {
 		wasEmpty, err = o.q.PushUnder(s, size, o.itemsHigh)
@@ -559,10 +565,9 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 	missed := false
 	progress := o.drained
 	o.drained = false
-	if b := blocked || buffered > 0; b != o.behind.Load() {
-		o.behind.Store(b)
-	}
-	if blocked || buffered > 0 {
+	held := blocked || buffered > 0
+	stuckNow := false
+	if held {
 		// Something is due that the peer has not taken.
 		now := time.Now()
 		if o.stuckSince.IsZero() || progress || buffered < o.lastBuffered {
@@ -571,13 +576,16 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 			o.fail(wire.CloseStalled, fmt.Sprintf("stalled: its peer took nothing for %v while %d bytes were due (stall timeout %v); resume by cursor",
 				stuck.Round(time.Millisecond), buffered, o.cfg.StallTimeout))
 			return
-		} else if blocked && stuck >= o.cfg.DrainDeadline {
-			missed = true
+		} else {
+			// The peer took nothing since the previous attempt.
+			stuckNow = true
+			missed = blocked && stuck >= o.cfg.DrainDeadline
 		}
 		o.lastBuffered = buffered
 	} else {
 		o.stuckSince = time.Time{}
 	}
+	o.setBehind(held, stuckNow)
 	qc := &o.cfg.Queue
 	// A connection that catches up from the log is never degraded: over
 	// its watermark it is simply fed from the log.
@@ -585,9 +593,14 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 	switch {
 	case catchup:
 		o.unhealthy = 0
-	case missed || lvl.DataBytes > qc.HighWater || lvl.Items > o.itemsHigh:
+	case missed || stuckNow && o.degraded.Load() || lvl.DataBytes > qc.HighWater || lvl.Items > o.itemsHigh:
+		// A degraded connection whose peer still takes nothing stays
+		// degraded: its queue was purged, so only the stall shows, and
+		// without this observation the breaker would half-open and put
+		// the stalled peer back on full delivery (and its queue over the
+		// watermark again) every OpenFor.
 		o.unhealthy++
-		if missed {
+		if missed || stuckNow {
 			o.why = fmt.Sprintf("its peer took nothing for %v", time.Since(o.stuckSince).Round(time.Millisecond))
 		} else {
 			o.why = fmt.Sprintf("its queue stayed over the high watermark (%d messages, %d data bytes queued)", lvl.Items, lvl.DataBytes)
@@ -608,6 +621,24 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 	}
 	o.apply(o.why)
 }
+
+// setBehind records what the last drain attempt saw of the peer: held, the
+// transport still holds bytes for it; stuck, it took nothing since the
+// attempt before. Drainer only.
+func (o *Outbox) setBehind(held, stuck bool) {
+	if held != o.behind.Load() {
+		o.behind.Store(held)
+	}
+	if stuck != o.stuck.Load() {
+		o.stuck.Store(stuck)
+	}
+}
+
+// Taking records that the transport holds nothing for the peer any more:
+// it took everything it was given. Until the next Observe the connection
+// is not behind: a catch-up connection is queued (and pumped) up to its
+// watermark again. Drainer only.
+func (o *Outbox) Taking() { o.setBehind(false, false) }
 
 // report hands the ring's new losses and a depth sample to Metrics.
 // Drainer only.
@@ -699,8 +730,26 @@ func (o *Outbox) tick() {
 		return
 	}
 	if o.State() != breaker.Open {
-		o.leave()
-		return
+		if !o.behind.Load() {
+			o.leave()
+			return
+		}
+		// The breaker half-opened, but the peer has not taken what the
+		// transport holds: its next drain attempt (Observe) judges the
+		// probe. Leaving now would put a stalled peer back on full
+		// delivery, only for the next Observe to degrade it again, its
+		// gaps fragmented by every round.
+	}
+	if o.behind.Load() && o.q.Len() > 0 {
+		if _, ctrl := o.q.Bytes(); ctrl > 0 {
+			// The peer has not taken the gaps and summaries (or answers)
+			// it has: keep counting in the accumulators rather than
+			// queue one summary per interval for a peer that reads
+			// none (a stalled reader would fill its control queue and
+			// be closed at the ceiling). They go out once it drains.
+			o.timer.Reset(o.cfg.tickEvery())
+			return
+		}
 	}
 	now := time.Now()
 	for _, a := range o.pending {

@@ -459,7 +459,10 @@ func TestDegradeSummariesAndRecovery(t *testing.T) {
 	if first.sid != "s1" || first.dropped == 0 || first.bytes == 0 || first.seq <= 5 || !strings.HasSuffix(strings.Repeat("héllo wörld ", 30), first.text) || len(first.text) > 16 || first.text == "" {
 		t.Fatalf("summary %+v", first)
 	}
-	// Recovery: the breaker half-opens after OpenFor; the timer notices.
+	// The peer reads again: a drain attempt finds the transport empty.
+	// Recovery: the breaker half-opens after OpenFor; the timer notices
+	// (it does not while the transport still holds bytes for the peer).
+	h.o.Observe(false, 0)
 	h.until("recovery", func() bool { return !h.o.Degraded() })
 	elapsed := time.Since(start)
 	h.until("the final summary", func() bool {
@@ -547,27 +550,52 @@ func TestFinalSummaryWithoutTraffic(t *testing.T) {
 	checkExact(t, h.items, "s1", 4)
 }
 
-// A stalled degraded connection ends at its control ceiling.
-func TestDegradedStallEndsAtControlCeiling(t *testing.T) {
-	cfg := degradeConfig(time.Hour, 5*time.Millisecond)
+// A stalled degraded connection (its peer takes nothing) keeps counting
+// what it skips rather than queue a gap and a summary every interval for
+// a peer that reads none of them: its control queue stays at one batch
+// however long the stall (it used to grow to the control ceiling and get
+// the connection closed), and once the peer reads again the stream
+// accounts for every seq. What ends a stall is the stall timeout.
+func TestDegradedStallHoldsItsAccounting(t *testing.T) {
+	const interval = 2 * time.Millisecond
+	cfg := degradeConfig(time.Hour, interval)
 	cfg.Queue.MaxControlBytes = 2000
 	h := newHarness(t, cfg)
 	h.o.Send(event("s1", 1, "x", 0), wire.Data)
 	h.o.Observe(true, 100)
 	h.o.Observe(true, 100)
-	deadline := time.After(10 * time.Second)
-	for seq := uint64(2); ; seq++ {
+	if !h.o.Degraded() {
+		t.Fatal("not degraded after a missed deadline")
+	}
+	seq := uint64(1)
+	// 150 intervals: a summary and a gap every interval would be over
+	// 2000 bytes ten times over.
+	for end := time.Now().Add(150 * interval); time.Now().Before(end); {
+		seq++
 		h.o.Send(event("s1", seq, "x", 0), wire.Data)
 		select {
 		case r := <-h.closed:
-			if r != wire.CloseControlCeiling {
-				t.Fatalf("close reason %v", r)
-			}
-			return
-		case <-deadline:
-			t.Fatal("a stalled degraded connection was never closed")
-		case <-time.After(time.Millisecond):
+			t.Fatalf("a stalled degraded connection was closed (%v) at seq %d", r, seq)
+		case <-time.After(time.Millisecond / 4):
 		}
+	}
+	if ctrl := h.o.Level().ControlBytes; ctrl > cfg.Queue.MaxControlBytes/2 {
+		t.Fatalf("control queue holds %d bytes after the stall", ctrl)
+	}
+	// The peer reads again.
+	h.drain()
+	h.o.Observe(false, 0)
+	h.until("the summary of the whole stall", func() bool {
+		for _, it := range h.items {
+			if it.kind == "summary" && it.seq == seq {
+				return true
+			}
+		}
+		return false
+	})
+	checkExact(t, h.items, "s1", seq)
+	if n := h.count("summary"); n > 3 {
+		t.Fatalf("%d summaries for one stalled stretch", n)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/agentbridge/agentbridge/agent"
@@ -136,7 +135,7 @@ func (h *Hub) AgentMessage(gen uint64, msg []byte) {
 	if err != nil {
 		// An agent spewing garbage makes one line a second, not one per line.
 		n := h.agentInvalid.Add(1)
-		if ok, held := h.invalidLog.allow(time.Now()); ok {
+		if ok, held := h.invalidLog.Allow(time.Now()); ok {
 			h.log.Warn("agent sent an invalid JSON-RPC message; dropped", "err", err, "bytes", len(msg), "head", head(msg),
 				"also_dropped_since_last_line", held, "dropped_total", n)
 		}
@@ -179,26 +178,6 @@ func (h *Hub) AgentDropped(gen uint64, rawID []byte, size int) {
 	if id, ok := parseID(hd.ID); ok && h.calls[id] != nil {
 		h.agentResponse(msg, hd) // as if the agent had answered with this error
 	}
-}
-
-// everySecond lets through at most one log line a second and counts what
-// it held back. Safe from any goroutine.
-type everySecond struct {
-	mu   sync.Mutex
-	last time.Time
-	held int
-}
-
-func (e *everySecond) allow(now time.Time) (bool, int) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if now.Sub(e.last) < time.Second {
-		e.held++
-		return false, 0
-	}
-	n := e.held
-	e.last, e.held = now, 0
-	return true, n
 }
 
 func head(b []byte) string {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/agentbridge/agentbridge/audit"
 	"github.com/agentbridge/agentbridge/auth"
+	"github.com/agentbridge/agentbridge/internal/lograte"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -178,8 +179,8 @@ type Hub struct {
 
 	clientMessages atomic.Uint64
 	agentMessages  atomic.Uint64
-	agentInvalid   atomic.Uint64 // agent messages dropped as invalid JSON-RPC
-	invalidLog     everySecond   // at most one log line a second for them
+	agentInvalid   atomic.Uint64       // agent messages dropped as invalid JSON-RPC
+	invalidLog     lograte.EverySecond // at most one log line a second for them
 	deliveries     atomic.Uint64
 	lagged         atomic.Uint64
 	errors         atomic.Uint64

@@ -39,12 +39,13 @@ func TestDeps(t *testing.T) {
 		"breaker":       {},
 		"auth":          {},
 		"wire":          {"codec/ws", "ring"},
-		"agent":         {"codec/ndjson", "codec/lsp"},
-		"session":       {"auth", "agent", "codec/jsonrpc", "wire", "store", "audit"},
+		"agent":         {"codec/ndjson", "codec/lsp", "internal/lograte"},
+		"session":       {"auth", "agent", "codec/jsonrpc", "wire", "store", "audit", "internal/lograte"},
 		// PTY bytes never reach a session's log or the agent: the terminal
 		// knows neither.
-		"terminal": {"audit", "auth"},
-		"web":      {},
+		"terminal":         {"audit", "auth"},
+		"web":              {},
+		"internal/lograte": {},
 		// The fleet sees the core through its interfaces (Journal, Hub);
 		// the core never imports it.
 		"fleet": {"session"},
