@@ -730,20 +730,24 @@ func (o *Outbox) tick() {
 		return
 	}
 	if o.State() != breaker.Open {
-		if !o.behind.Load() {
+		if !o.stuck.Load() {
 			o.leave()
 			return
 		}
-		// The breaker half-opened, but the peer has not taken what the
-		// transport holds: its next drain attempt (Observe) judges the
+		// The breaker half-opened, but the peer took nothing since the
+		// drainer last looked: its next drain attempt (Observe) judges the
 		// probe. Leaving now would put a stalled peer back on full
 		// delivery, only for the next Observe to degrade it again, its
 		// gaps fragmented by every round.
 	}
-	if o.behind.Load() && o.q.Len() > 0 {
-		if _, ctrl := o.q.Bytes(); ctrl > 0 {
-			// The peer has not taken the gaps and summaries (or answers)
-			// it has: keep counting in the accumulators rather than
+	if o.q.Len() > 0 {
+		if _, ctrl := o.q.Bytes(); ctrl > 0 && ctrl > o.cfg.Queue.MaxControlBytes/4 {
+			// The peer took nothing since the drainer last looked, or has
+			// a quarter of its control ceiling still to take, and has not
+			// taken the gaps and summaries (or answers) it has (a slow
+			// reader that is still taking gets its summaries at the
+			// interval; the drainer's view of "stuck" can be a re-wake
+			// old, so the ceiling's quarter bounds the rest): keep counting in the accumulators rather than
 			// queue one summary per interval for a peer that reads
 			// none (a stalled reader would fill its control queue and
 			// be closed at the ceiling). They go out once it drains.
