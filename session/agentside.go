@@ -115,12 +115,7 @@ func (h *Hub) failCalls(match func(*call) bool, why string) {
 		c := h.calls[id]
 		delete(h.calls, id)
 		h.callDone(c)
-		h.releaseTokens(c)
-		if c.loading {
-			if s := h.sessions[c.sessionID]; s != nil {
-				s.loaders = removeClient(s.loaders, c.cl)
-			}
-		}
+		h.dropLoader(c)
 		if c.cl != nil {
 			h.replyError(c.cl, c.id, codeAgentUnavailable, why)
 		}
@@ -199,7 +194,6 @@ func (h *Hub) agentResponse(msg []byte, hd jsonrpc.Header) {
 	}
 	delete(h.calls, id)
 	h.callDone(c)
-	h.releaseTokens(c)
 	if c.internal != nil {
 		c.internal(h, msg)
 		return

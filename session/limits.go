@@ -60,8 +60,11 @@ func (h *Hub) trackCall(bid int64, c *call) {
 	}
 }
 
-// callDone undoes trackCall once the call is answered, failed or expired.
+// callDone undoes what forwarding c holds once it is answered, failed,
+// cancelled or expired: its progress tokens and, for a client's call, its
+// --max-inflight slot and timeout.
 func (h *Hub) callDone(c *call) {
+	h.releaseTokens(c)
 	if c.cl == nil {
 		return
 	}
@@ -85,12 +88,7 @@ func (h *Hub) expireCall(bid int64, c *call, d time.Duration) {
 	}
 	delete(h.calls, bid)
 	h.callDone(c)
-	h.releaseTokens(c)
-	if c.loading {
-		if s := h.sessions[c.sessionID]; s != nil {
-			s.loaders = removeClient(s.loaders, c.cl)
-		}
-	}
+	h.dropLoader(c)
 	h.lim.timedOut++
 	if h.lim.expired == nil {
 		h.lim.expired = make(map[int64]struct{})
@@ -107,6 +105,17 @@ func (h *Hub) expireCall(bid int64, c *call, d time.Duration) {
 		}
 	}
 	h.replyError(c.cl, c.id, codeTimeout, fmt.Sprintf("the agent did not answer %s within %s (--call-timeout); the request may still be running in the agent", c.method, d))
+}
+
+// dropLoader ends loader-only replay for a load (or v2 resume) that will
+// get no answer: failed or expired.
+func (h *Hub) dropLoader(c *call) {
+	if !c.loading {
+		return
+	}
+	if s := h.sessions[c.sessionID]; s != nil {
+		s.loaders = removeClient(s.loaders, c.cl)
+	}
 }
 
 // moveCalls hands the in-flight count of a dropped connection to the one

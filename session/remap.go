@@ -110,7 +110,6 @@ func (h *Hub) forgetCancelled(bid int64) {
 	}
 	delete(h.calls, bid)
 	h.callDone(c)
-	h.releaseTokens(c)
 }
 
 // agentCancel routes the agent's cancel of one of its own requests to the
