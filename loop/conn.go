@@ -311,18 +311,7 @@ func (s *Server) clientTraffic(gc gnet.Conn, c *conn) gnet.Action {
 		if c.closing() {
 			_, _ = gc.Discard(n)
 		} else {
-			buf, _ := gc.Peek(n)
-			used, err := c.proto.read(c, buf)
-			if used > 0 { // gnet's Discard(0) drops everything buffered
-				_, _ = gc.Discard(used)
-			}
-			if err != nil {
-				ce, ok := err.(*closeError)
-				if !ok {
-					ce = &closeError{code: wire.CloseInternal, reason: err.Error()}
-				}
-				c.Close(ce.code, ce.reason)
-			}
+			c.consume()
 		}
 	}
 	if p, ok := c.proto.(pumper); ok {
@@ -331,6 +320,26 @@ func (s *Server) clientTraffic(gc gnet.Conn, c *conn) gnet.Action {
 	}
 	c.service()
 	return gnet.None
+}
+
+// consume hands what gnet has buffered to the protocol and closes the
+// connection on the protocol's error; it reports whether the input was
+// taken without one. Event loop only.
+func (c *conn) consume() bool {
+	buf, _ := c.gc.Peek(c.gc.InboundBuffered())
+	used, err := c.proto.read(c, buf)
+	if used > 0 { // gnet's Discard(0) drops everything buffered
+		_, _ = c.gc.Discard(used)
+	}
+	if err == nil {
+		return true
+	}
+	ce, ok := err.(*closeError)
+	if !ok {
+		ce = &closeError{code: wire.CloseInternal, reason: err.Error()}
+	}
+	c.Close(ce.code, ce.reason)
+	return false
 }
 
 // service drains the connection, then hands the hub the input it held
@@ -347,17 +356,7 @@ func (c *conn) service() {
 		if !c.held || c.closing() || c.ep.InputHeld() || gc.InboundBuffered() == 0 {
 			break
 		}
-		buf, _ := gc.Peek(gc.InboundBuffered())
-		used, err := c.proto.read(c, buf)
-		if used > 0 {
-			_, _ = gc.Discard(used)
-		}
-		if err != nil {
-			ce, ok := err.(*closeError)
-			if !ok {
-				ce = &closeError{code: wire.CloseInternal, reason: err.Error()}
-			}
-			c.Close(ce.code, ce.reason)
+		if !c.consume() {
 			break
 		}
 		c.drain()
