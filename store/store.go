@@ -97,7 +97,7 @@ type Store struct {
 	imu sync.Mutex
 
 	appended, dropped, nwritten, writeErrors, syncs, compactions atomic.Uint64
-	nsessions, nsegments                                        atomic.Int64
+	nsessions, nsegments                                         atomic.Int64
 
 	// Owned by the writer goroutine (and by Open before it starts it);
 	// changed under imu once it runs.
