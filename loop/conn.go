@@ -83,15 +83,19 @@ func (c *conn) Frame(m *wire.Msg) []byte { return c.proto.frame(m) }
 // take stays pending by reference, and only the tail of a frame it took
 // in part goes to gnet's buffer (a copy), so the frame is finished in
 // order and gnet wakes for the socket's space. Otherwise (gnet holds
-// bytes, or the connection is closing) the frames queue behind. Event
-// loop only.
+// bytes, or the connection is closing) the frames queue behind. The
+// frames must therefore stay valid after Write returns (shared message
+// encodings, or SSE events built per write); a terminal's, which are not,
+// go to gnet as before. Event loop only.
 func (c *conn) Write(frames [][]byte) error {
 	total := 0
 	for _, f := range frames {
 		total += len(f)
 	}
 	c.srv.cfg.Metrics.out(c.proto.name(), len(frames), total)
-	if c.toGnet {
+	if _, term := c.proto.(*termProto); c.toGnet || term {
+		// A terminal's frames are scratch, reused once Write returns:
+		// they cannot be kept by reference.
 		_, err := c.gc.Writev(frames)
 		return err
 	}
