@@ -108,7 +108,7 @@ func run(ctx context.Context, o Options, args []string, stdout, stderr io.Writer
 
 	scenarios := map[string]func(context.Context) error{
 		"rtt": r.rtt, "throughput": r.throughput, "fanout": r.fanout,
-		"idle": r.idle, "stall": r.stall, "reconnect": r.reconnect,
+		"idle": r.idle, "sessions": r.sessions, "stall": r.stall, "reconnect": r.reconnect,
 	}
 	for _, name := range o.Scenarios {
 		if ctx.Err() != nil {

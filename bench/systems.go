@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -29,6 +30,7 @@ const (
 	sysUDSEcho    = "uds-echo"
 	sysGWS        = "gws"
 	sysWebsocketd = "websocketd"
+	sysForwarder  = "gws-forwarder"
 	sysBroadcast  = "broadcast"
 )
 
@@ -227,8 +229,12 @@ func (r *runner) startHelper(ctx context.Context, pin bool) (*helperServer, erro
 	h := &helperServer{uds: filepath.Join(dir, "echo.sock"), fanUDS: filepath.Join(dir, "fan.sock"), wsAddr: "127.0.0.1:" + strconv.Itoa(port)}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	h.p, err = startProc(sctx, "the baseline helper", []string{r.bin, "bench", "helper-server", "--uds", h.uds, "--fanout-uds", h.fanUDS, "--ws", h.wsAddr},
-		pin, r.o.CPU, func(line string) bool { return line == "ready" })
+	agent, err := json.Marshal(r.agentArgv())
+	if err != nil {
+		return nil, err
+	}
+	h.p, err = startProc(sctx, "the baseline helper", []string{r.bin, "bench", "helper-server", "--uds", h.uds, "--fanout-uds", h.fanUDS, "--ws", h.wsAddr,
+		"--forward-agent", string(agent)}, pin, r.o.CPU, func(line string) bool { return line == "ready" })
 	if err != nil {
 		return nil, err
 	}
@@ -241,6 +247,13 @@ func (h *helperServer) echo(transport string) system {
 	}
 	t := wsTarget{addr: h.wsAddr, host: h.wsAddr, path: "/echo"}
 	return system{name: sysGWS, pid: h.p.pid(), dial: func(ctx context.Context, o connOpts) (*msgConn, error) { return dialWS(ctx, t, o) }}
+}
+
+// forwarder is gws in front of one agent process, shared by every
+// connection (gwsForwarder): what a user would write by hand.
+func (h *helperServer) forwarder() system {
+	t := wsTarget{addr: h.wsAddr, host: h.wsAddr, path: "/forward"}
+	return system{name: sysForwarder, pid: h.p.pid(), dial: func(ctx context.Context, o connOpts) (*msgConn, error) { return dialWS(ctx, t, o) }}
 }
 
 func (h *helperServer) broadcast(transport string) system {
