@@ -63,8 +63,8 @@ type Measurement struct {
 	ServerDrops int64   `json:"serverDrops,omitempty"` // connections the daemon closed
 	// Round is which of --repeat rounds this is (1-based); 0 when the
 	// scenario does not repeat.
-	Round int `json:"round,omitempty"`
-	Note        string  `json:"note,omitempty"`
+	Round int    `json:"round,omitempty"`
+	Note  string `json:"note,omitempty"`
 }
 
 // Figure is one line of the table: the bridge's value of a metric and the

@@ -146,7 +146,7 @@ func (r *runner) sessionsRun(ctx context.Context, stateDir string) (Measurement,
 	m := Measurement{Scenario: "sessions", Transport: "unix", Case: sessionCase(n), System: sysBridge, Conns: n,
 		Seconds: setup.Seconds(), Count: int64(n), Rate: float64(n) / setup.Seconds(), RSSBeforeKB: before, RSSAfterKB: after,
 		PerConnKB: float64(after-before) / float64(n),
-		Note: fmt.Sprintf("%s; %d chunks seen before the prompts' answers", variant, chunks.Load())}
+		Note:      fmt.Sprintf("%s; %d chunks seen before the prompts' answers", variant, chunks.Load())}
 	if stateDir != "" {
 		files, _ := countFiles(stateDir)
 		m.Note += fmt.Sprintf("; %d files in the state directory", files)
