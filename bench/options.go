@@ -13,7 +13,7 @@ import (
 )
 
 // Scenarios are the scenario names, in the order a full run takes them.
-var Scenarios = []string{"rtt", "throughput", "fanout", "idle", "sessions", "stall", "reconnect"}
+var Scenarios = []string{"rtt", "throughput", "fanout", "idle", "sessions", "stall", "reconnect", "mcp"}
 
 // Transports are the transport names.
 var Transports = []string{"unix", "ws"}
@@ -134,6 +134,20 @@ type Options struct {
 	ReconnectSessions int           `json:"reconnectSessions"`
 	ReconnectPace     time.Duration `json:"reconnectPace"`
 
+	// MCPServer is the MCP stdio server (run with the argument "stdio")
+	// the mcp scenario serves through the bridge and supergateway; empty
+	// or missing skips the scenario, saying so. Default
+	// test/node/node_modules/.bin/mcp-server-everything.
+	MCPServer string `json:"mcpServer"`
+	// Supergateway is supergateway's binary for the mcp baseline; empty
+	// or missing skips the baseline, saying so. Default
+	// test/node/node_modules/.bin/supergateway.
+	Supergateway string `json:"supergateway"`
+	// MCPClients clients each make MCPCalls echo calls in the mcp storm.
+	// Defaults 100 and 5.
+	MCPClients int `json:"mcpClients"`
+	MCPCalls   int `json:"mcpCalls"`
+
 	// Outputs; empty means none.
 	JSON    string `json:"-"` // every figure plus machine facts
 	Plot    string `json:"-"` // chart, .svg or .png
@@ -153,6 +167,8 @@ func DefaultOptions() Options {
 		StallFast: 1000, StallSessions: 10, StallCounts: []int{0, 1, 100, 1000}, StallPace: 0,
 		StallChunkSize: 512, StallQueueBytes: 64 << 10,
 		ReconnectClients: 1000, ReconnectSessions: 10, ReconnectPace: 10 * time.Millisecond,
+		MCPServer: "test/node/node_modules/.bin/mcp-server-everything", Supergateway: "test/node/node_modules/.bin/supergateway",
+		MCPClients: 100, MCPCalls: 5,
 	}
 }
 
@@ -249,6 +265,10 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.ReconnectClients, "reconnect-clients", o.ReconnectClients, "reconnect: clients that drop at once and re-attach")
 	fs.IntVar(&o.ReconnectSessions, "reconnect-sessions", o.ReconnectSessions, "reconnect: sessions streaming meanwhile")
 	fs.DurationVar(&o.ReconnectPace, "reconnect-pace", o.ReconnectPace, "reconnect: the agent's delay between chunks")
+	fs.StringVar(&o.MCPServer, "mcp-server", o.MCPServer, "mcp: the MCP stdio server (run with \"stdio\") behind the bridge and supergateway (\"\" or missing skips mcp)")
+	fs.StringVar(&o.Supergateway, "supergateway", o.Supergateway, "mcp: supergateway for the baseline (\"\" or missing skips it, saying so)")
+	fs.IntVar(&o.MCPClients, "mcp-clients", o.MCPClients, "mcp: clients of the storm")
+	fs.IntVar(&o.MCPCalls, "mcp-calls", o.MCPCalls, "mcp: echo calls each storm client makes")
 	fs.StringVar(&o.JSON, "json", "", "write every figure and the machine facts to this JSON file")
 	fs.StringVar(&o.Plot, "plot", "", "chart latency percentiles, throughput and stall isolation against the baselines (.svg or .png)")
 	fs.StringVar(&o.Report, "report", "", "write a Markdown report (table, chart, machine, command) to this file")
@@ -303,6 +323,12 @@ Scenarios (default: all, in this order):
   reconnect   --reconnect-clients enveloped clients drop at once while the
               agent streams and re-attach with since=<last seq>: time until
               all are live again, events lost and duplicated (target 0, 0).
+  mcp         MCP Streamable HTTP on /mcp against supergateway (stateful
+              streamableHttp) serving the same MCP stdio server
+              (--mcp-server, server-everything): tools/call echo round
+              trips with one client, and --mcp-clients clients at once that
+              each initialize, call echo --mcp-calls times and DELETE: time
+              until all are done and the calls' p99.
 
 Targets (issue 6): unix rtt p50 <= 2.2x direct; ws throughput >= 2x gws and
 >= 20x websocketd; idle ws <= 1/5 of gws and <= 2 KB per connection; fanout
@@ -395,7 +421,7 @@ func (o *Options) validate() error {
 		"--websocketd-window": o.WebsocketdWindow, "--sessions": o.Sessions, "--clients": o.Clients,
 		"--chunk-size": o.ChunkSize, "--stall-fast": o.StallFast,
 		"--stall-sessions": o.StallSessions, "--stall-chunk-size": o.StallChunkSize,
-		"--reconnect-clients": o.ReconnectClients, "--repeat": o.Repeat, "--session-count": o.SessionCount, "--reconnect-sessions": o.ReconnectSessions}
+		"--reconnect-clients": o.ReconnectClients, "--repeat": o.Repeat, "--session-count": o.SessionCount, "--mcp-clients": o.MCPClients, "--mcp-calls": o.MCPCalls, "--reconnect-sessions": o.ReconnectSessions}
 	for name, v := range pos {
 		if v <= 0 {
 			return fmt.Errorf("invalid %s %d (must be positive)", name, v)
