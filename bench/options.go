@@ -58,6 +58,10 @@ type Options struct {
 	// figure is the median of its rounds, its ratio the median of the
 	// rounds' ratios. Default 1; make bench uses 5.
 	Repeat int `json:"repeat"`
+	// HTTP adds ACP Streamable HTTP to rtt and throughput when ws runs:
+	// the bridge's /acp over POST + SSE beside the same daemon over
+	// WebSocket. Default true.
+	HTTP bool `json:"http"`
 	// Baselines runs the baselines beside the bridge. Default true.
 	Baselines bool `json:"baselines"`
 	// Websocketd is the websocketd binary for its baseline; empty skips
@@ -160,7 +164,7 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		Duration: 5 * time.Second, Warmup: time.Second, Timeout: 30 * time.Second,
-		Repeat: 1, Baselines: true, Websocketd: "/usr/bin/websocketd", Agent: "echo",
+		Repeat: 1, HTTP: true, Baselines: true, Websocketd: "/usr/bin/websocketd", Agent: "echo",
 		Count: 1_000_000, Size: 100, Conns: 64, Window: 256, WebsocketdWindow: 64,
 		Sessions: 10, Clients: 100, ChunkSize: 64,
 		IdleConns: []int{10_000, 18_000}, SessionCount: 10_000, StateDir: true,
@@ -240,6 +244,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.Pin, "pin", o.Pin, "rtt: run the daemon, its agent and the baselines under taskset -c CPU and the load generator on CPU too")
 	fs.IntVar(&o.CPU, "cpu", o.CPU, "the CPU --pin uses")
 	fs.IntVar(&o.Repeat, "repeat", o.Repeat, "rtt (closed loop), throughput: rounds of bridge and baselines; figures are medians, ratios the median of the rounds' ratios")
+	fs.BoolVar(&o.HTTP, "http", o.HTTP, "rtt, throughput: with ws, also ACP Streamable HTTP (POST + SSE on /acp) beside the same daemon over WebSocket")
 	fs.BoolVar(&o.Baselines, "baselines", o.Baselines, "run the baselines (direct socket, uds-echo, gws, websocketd) beside the bridge")
 	fs.StringVar(&o.Websocketd, "websocketd", o.Websocketd, "websocketd binary for its baseline (\"\" skips it)")
 	fs.StringVar(&o.Agent, "agent", o.Agent, "agent behind rtt and throughput: echo (bench's one-scan echo agent) or demo (demo agent, -32601)")

@@ -62,7 +62,7 @@ func responseID(msg []byte) int64 {
 // again with everything on one CPU.
 func (r *runner) rtt(ctx context.Context) error {
 	o := &r.o
-	for _, t := range o.Transports {
+	for _, t := range r.requestTransports() {
 		if err := r.rttOver(ctx, t, false); err != nil {
 			return fmt.Errorf("%s: %v", t, err)
 		}
@@ -89,37 +89,13 @@ func (r *runner) rttOver(ctx context.Context, transport string, pin bool) error 
 		return err
 	}
 	defer d.stop()
-	systems := []system{d.bridge(transport)}
-	var order []string
-	if o.Baselines {
-		if transport == "unix" {
-			systems = append(systems, r.direct(pin))
-			order = append(order, sysDirect)
-		}
-		h, err := r.startHelper(ctx, pin)
-		if err != nil {
-			return err
-		}
-		defer h.p.stop()
-		systems = append(systems, h.echo(transport))
-		order = append(order, h.echo(transport).name)
-		if transport == "ws" {
-			systems = append(systems, h.forwarder())
-			order = append(order, sysForwarder)
-			if msg := r.websocketdMissing(); msg != "" {
-				r.skip(msg)
-			} else {
-				p, s, err := r.startWebsocketd(ctx, pin)
-				if err != nil {
-					r.skip("websocketd baseline skipped: " + err.Error())
-				} else {
-					defer p.stop()
-					systems = append(systems, s)
-					order = append(order, sysWebsocketd)
-				}
-			}
-		}
+	bs, err := r.startBaselines(ctx, d, transport, pin)
+	if err != nil {
+		return err
 	}
+	defer bs.stop()
+	systems := append([]system{d.bridge(transport)}, bs.systems...)
+	order := bs.order
 	type rttCase struct {
 		name string
 		rate int

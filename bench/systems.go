@@ -31,6 +31,7 @@ const (
 	sysGWS        = "gws"
 	sysWebsocketd = "websocketd"
 	sysForwarder  = "gws-forwarder"
+	sysBridgeWS   = "bridge over ws"
 	sysBroadcast  = "broadcast"
 )
 
@@ -98,9 +99,12 @@ func (d *daemon) stop() {
 // bridge returns the daemon as the system under test over transport.
 func (d *daemon) bridge(transport string) system {
 	s := system{name: sysBridge, pid: d.pid}
-	if transport == "unix" {
+	switch transport {
+	case "unix":
 		s.dial = func(ctx context.Context, o connOpts) (*msgConn, error) { return dialUnix(ctx, d.uds, o) }
-	} else {
+	case "http":
+		s.dial = func(ctx context.Context, o connOpts) (*msgConn, error) { return dialHTTP(ctx, d.ws, o) }
+	default:
 		s.dial = func(ctx context.Context, o connOpts) (*msgConn, error) { return dialWS(ctx, d.ws, o) }
 	}
 	return s
@@ -206,6 +210,81 @@ func (r *runner) direct(pin bool) system {
 		}
 		return m, nil
 	}}
+}
+
+// requestTransports are the transports of rtt and throughput: the chosen
+// ones, and ACP Streamable HTTP (POST + SSE on /acp) after ws when --http
+// is set, measured beside the same daemon over WebSocket.
+func (r *runner) requestTransports() []string {
+	var out []string
+	for _, t := range r.o.Transports {
+		out = append(out, t)
+		if t == "ws" && r.o.HTTP {
+			out = append(out, "http")
+		}
+	}
+	return out
+}
+
+// baselines are the systems rtt and throughput measure beside the bridge
+// over one transport, in the order the table lists them, and the
+// processes serving them.
+type baselines struct {
+	systems []system
+	order   []string
+	procs   []*proc
+}
+
+func (b *baselines) add(s system) {
+	b.systems = append(b.systems, s)
+	b.order = append(b.order, s.name)
+}
+
+// stop ends the processes startBaselines started.
+func (b *baselines) stop() {
+	for _, p := range b.procs {
+		p.stop()
+	}
+}
+
+// startBaselines starts what rtt and throughput compare the bridge with:
+// over unix the direct agent and uds-echo; over ws the gws echo, the gws
+// forwarder and websocketd; over http (ACP Streamable HTTP) the same
+// daemon over WebSocket. A baseline that cannot start is skipped, saying
+// why; none start without --baselines.
+func (r *runner) startBaselines(ctx context.Context, d *daemon, transport string, pin bool) (*baselines, error) {
+	b := &baselines{}
+	if !r.o.Baselines {
+		return b, nil
+	}
+	if transport == "http" {
+		s := d.bridge("ws")
+		s.name = sysBridgeWS
+		b.add(s)
+		return b, nil
+	}
+	if transport == "unix" {
+		b.add(r.direct(pin))
+	}
+	h, err := r.startHelper(ctx, pin)
+	if err != nil {
+		return nil, err
+	}
+	b.procs = append(b.procs, h.p)
+	b.add(h.echo(transport))
+	if transport != "ws" {
+		return b, nil
+	}
+	b.add(h.forwarder())
+	if msg := r.websocketdMissing(); msg != "" {
+		r.skip(msg)
+	} else if p, s, err := r.startWebsocketd(ctx, pin); err != nil {
+		r.skip("websocketd baseline skipped: " + err.Error())
+	} else {
+		b.procs = append(b.procs, p)
+		b.add(s)
+	}
+	return b, nil
 }
 
 // helperServer is the baseline helper process: uds-echo, gws and the

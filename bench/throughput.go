@@ -14,7 +14,7 @@ import (
 // throughput measures pipelined requests answered per second on one
 // connection and on --conns connections.
 func (r *runner) throughput(ctx context.Context) error {
-	for _, t := range r.o.Transports {
+	for _, t := range r.requestTransports() {
 		if err := r.throughputOver(ctx, t); err != nil {
 			return fmt.Errorf("%s: %v", t, err)
 		}
@@ -29,35 +29,12 @@ func (r *runner) throughputOver(ctx context.Context, transport string) error {
 		return err
 	}
 	defer d.stop()
-	bridge := d.bridge(transport)
-	var baselines []system
-	var order []string
-	if o.Baselines {
-		if transport == "unix" {
-			baselines = append(baselines, r.direct(false))
-			order = append(order, sysDirect)
-		}
-		h, err := r.startHelper(ctx, false)
-		if err != nil {
-			return err
-		}
-		defer h.p.stop()
-		baselines = append(baselines, h.echo(transport))
-		order = append(order, h.echo(transport).name)
-		if transport == "ws" {
-			baselines = append(baselines, h.forwarder())
-			order = append(order, sysForwarder)
-			if msg := r.websocketdMissing(); msg != "" {
-				r.skip(msg)
-			} else if p, s, err := r.startWebsocketd(ctx, false); err != nil {
-				r.skip("websocketd baseline skipped: " + err.Error())
-			} else {
-				defer p.stop()
-				baselines = append(baselines, s)
-				order = append(order, sysWebsocketd)
-			}
-		}
+	bs, err := r.startBaselines(ctx, d, transport, false)
+	if err != nil {
+		return err
 	}
+	defer bs.stop()
+	bridge, baselines, order := d.bridge(transport), bs.systems, bs.order
 	for _, conns := range []int{1, o.Conns} {
 		kase := fmt.Sprintf("%d conn", conns)
 		if conns > 1 {
