@@ -24,6 +24,7 @@ import (
 	"github.com/agentbridge/agentbridge/audit"
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/delivery"
+	"github.com/agentbridge/agentbridge/httpfront"
 	"github.com/agentbridge/agentbridge/internal/config"
 	"github.com/agentbridge/agentbridge/loop"
 	"github.com/agentbridge/agentbridge/ring"
@@ -332,15 +333,18 @@ func runServe(args []string) int {
 	}
 	metrics := loop.NewMetrics(nil)
 	exportStats(metrics, st, auditLog)
-	srv, err := loop.New(loop.Config{
-		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
-		Queue:    ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
-		Loops:    loops,
-		MaxConns: maxConns, MaxConnsPerIP: f.maxConnsPerIP,
-		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval, StallTimeout: f.stallTimeout},
-		Rate:      rate,
-		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
-		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, HTTPIdle: f.httpIdle, TLSCert: f.tlsCert, TLSKey: f.tlsKey, Terminal: term},
+	srv, err := newListeners(listenConfig{
+		Loop: loop.Config{
+			UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
+			Queue:    ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
+			Loops:    loops,
+			MaxConns: maxConns, MaxConnsPerIP: f.maxConnsPerIP,
+			Delivery:  delivery.Config{SummaryInterval: f.summaryInterval, StallTimeout: f.stallTimeout},
+			Rate:      rate,
+			AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
+		},
+		Front:   httpfront.Config{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, HTTPIdle: f.httpIdle, Terminal: term},
+		TLSCert: f.tlsCert, TLSKey: f.tlsKey,
 	})
 	if err != nil {
 		return fail("%v", err)
@@ -354,7 +358,7 @@ func runServe(args []string) int {
 		return fail("%v", err)
 	}
 	if acfg.Stdio == agent.StdioSocket {
-		acfg.Attach = srv // the agent's stdio is a connection of the event loop
+		acfg.Attach = srv.loop // the agent's stdio is a connection of the event loop
 	}
 	sup, err := agent.New(acfg, hub)
 	if err != nil {
