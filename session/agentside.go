@@ -6,16 +6,12 @@ import (
 	"slices"
 	"time"
 
-	"github.com/agentbridge/agentbridge/agent"
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
-var (
-	errAgentOverloaded = agent.ErrOverloaded
-	errNoAgent         = errors.New("session: no agent configured")
-)
+var errNoAgent = errors.New("session: no agent configured")
 
 // resolvedKeep is how many answered agent request ids are remembered so a
 // late answer gets bridge/resolved rather than an error.

@@ -263,7 +263,7 @@ func (h *Hub) sendCall(c *call, msg []byte, hd jsonrpc.Header) bool {
 	if err := h.toAgent(out); err != nil {
 		if c.cl != nil {
 			code := codeAgentUnavailable
-			if errors.Is(err, errAgentOverloaded) {
+			if errors.Is(err, ErrAgentOverloaded) {
 				code = codeOverloaded
 			}
 			h.replyError(c.cl, c.id, code, "request "+c.method+" not delivered to the agent: "+err.Error())

@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/agentbridge/agentbridge/audit"
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/internal/lograte"
 	"github.com/agentbridge/agentbridge/wire"
@@ -71,7 +70,8 @@ type Config struct {
 	Node string
 }
 
-// Journal persists sessions and their events (store.Store). Both methods
+// Journal persists sessions and their events (cmd wires store.Store, and in
+// a fleet fleet.Fleet). Both methods
 // are called under the hub lock, in seq order per session: they must only
 // enqueue, never block on I/O.
 type Journal interface {
@@ -118,8 +118,23 @@ func (c *Config) fill() {
 	}
 }
 
-// AuditRecord is one control-plane decision.
-type AuditRecord = audit.Record
+// AuditRecord is one control-plane decision, as the Audit hook gets it.
+// Its fields are those of audit.Record (cmd converts one into the other;
+// session does not import audit).
+type AuditRecord struct {
+	Time       time.Time `json:"time"`
+	Connection uint64    `json:"connection"`          // 0: the agent or the bridge itself
+	Role       string    `json:"role"`                // viewer, operator, client; "agent" or "bridge" for their own decisions
+	Peer       string    `json:"peer,omitempty"`      // remote address or uid/pid
+	Transport  string    `json:"transport,omitempty"` // unix, ws, wss, sse
+	Session    string    `json:"session,omitempty"`
+	Method     string    `json:"method"`
+	Outcome    string    `json:"outcome"`             // answered, denied, forwarded, cancelled, timed-out, ...
+	RequestID  int64     `json:"requestId,omitempty"` // the agent request's id as clients saw it
+	ToolCall   string    `json:"toolCall,omitempty"`  // what a permission request was about
+	Option     string    `json:"option,omitempty"`    // the permission outcome chosen
+	Detail     string    `json:"detail,omitempty"`
+}
 
 // Stats are the hub's counters; read with Hub.Stats.
 type Stats struct {

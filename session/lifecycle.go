@@ -6,7 +6,6 @@ import (
 
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
-	"github.com/agentbridge/agentbridge/store"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -187,8 +186,6 @@ func (h *Hub) sessionClosed(cl *Client, s *Session, method string) {
 type JournalDeleter interface {
 	Delete(sessionID string)
 }
-
-var _ JournalDeleter = (*store.Store)(nil)
 
 // loaderOnly delivers an agent event of a session being loaded to its
 // loaders only, unlogged: the agent is replaying history the log already

@@ -4,8 +4,6 @@ import (
 	"container/list"
 	"fmt"
 	"time"
-
-	"github.com/agentbridge/agentbridge/store"
 )
 
 // Limits on what one connection, or the agent, can make the hub hold.
@@ -190,8 +188,6 @@ func (h *Hub) claim(s *Session) {
 // client has claimed it (an agent naming thousands of sessions nobody uses
 // must not fill the disk).
 func (s *Session) journaled() bool { return s.lim.unclaimed == nil }
-
-var _ Journal = (*store.Store)(nil)
 
 // lateAnswer reports (and forgets) whether bid is a call answered -32005
 // by --call-timeout: the agent's answer came too late and is dropped.

@@ -2,7 +2,6 @@ package session
 
 import (
 	"github.com/agentbridge/agentbridge/auth"
-	"github.com/agentbridge/agentbridge/store"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -52,12 +51,29 @@ func (h *Hub) session(id string) *Session {
 	return s
 }
 
+// RestoredSession is a session recovered from the state directory (cmd
+// converts the store's).
+type RestoredSession struct {
+	ID string
+	// Seq is the highest seq the session may already have used: its next
+	// event gets Seq+1.
+	Seq uint64
+	// Events are the kept events in ascending seq, possibly with holes.
+	Events []RestoredEvent
+}
+
+// RestoredEvent is one persisted event; Body is kept without a copy.
+type RestoredEvent struct {
+	Seq  uint64
+	Body []byte
+}
+
 // Restore adds sessions recovered from the state directory: their history
 // can be listed, snapshotted and attached; their status is closed until a
 // client loads them into the agent again (session/load). Sessions the hub
 // already knows are left alone. Safe from any goroutine; call it before
 // serving connections.
-func (h *Hub) Restore(sessions []store.Session) {
+func (h *Hub) Restore(sessions []RestoredSession) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, rs := range sessions {
