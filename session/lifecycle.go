@@ -167,8 +167,7 @@ func (h *Hub) sessionClosed(cl *Client, s *Session, method string) {
 	if s.owner != nil {
 		h.setOwner(s, nil)
 	}
-	s.log.release() // its memory goes back to --replay-memory
-	delete(h.sessions, s.ID)
+	h.removeSession(s)
 	if s.lim.unclaimed != nil { // leave the --max-sessions bound too (limits.go)
 		h.lim.unclaimed.Remove(s.lim.unclaimed)
 		s.lim.unclaimed = nil

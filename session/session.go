@@ -44,7 +44,7 @@ func (h *Hub) session(id string) *Session {
 	s := h.sessions[id]
 	if s == nil {
 		s = &Session{ID: id, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: StatusIdle, gen: h.gen}
-		h.sessions[id] = s
+		h.addSession(s)
 		h.unclaimed(s) // journaled once a client claims it
 
 	}
@@ -68,6 +68,19 @@ type RestoredEvent struct {
 	Body []byte
 }
 
+// addSession and removeSession keep the sessions map and its count.
+// Precondition: h.mu held.
+func (h *Hub) addSession(s *Session) {
+	h.sessions[s.ID] = s
+	h.st.sessions.Add(1)
+}
+
+func (h *Hub) removeSession(s *Session) {
+	s.log.release() // its memory goes back to --replay-memory
+	delete(h.sessions, s.ID)
+	h.st.sessions.Add(-1)
+}
+
 // Restore adds sessions recovered from the state directory: their history
 // can be listed, snapshotted and attached; their status is closed until a
 // client loads them into the agent again (session/load). Sessions the hub
@@ -89,7 +102,7 @@ func (h *Hub) Restore(sessions []RestoredSession) {
 			m.SessionID, m.Seq = s.ID, e.Seq
 			s.log.append(m)
 		}
-		h.sessions[s.ID] = s
+		h.addSession(s)
 		h.trimLogs()
 	}
 }
@@ -152,7 +165,7 @@ func (s *Session) computeStatus(agentUp bool) Status {
 // refreshStatus recomputes the session's status and announces a change to
 // its attached clients with bridge/status.
 func (h *Hub) refreshStatus(s *Session) {
-	st := s.computeStatus(h.agentUp)
+	st := s.computeStatus(h.st.agentUp.Load())
 	if st == s.status {
 		return
 	}
@@ -196,7 +209,7 @@ func (h *Hub) fanout(s *Session, m *wire.Msg) {
 	}
 	// Counted once per event, not once per recipient: this loop is the
 	// fan-out hot path.
-	h.deliveries.Add(uint64(delivered))
+	h.st.deliveries.Add(uint64(delivered))
 	// The log keeps the event, not its envelope too (--replay-memory
 	// counts the event): the recipients of this fan-out hold theirs.
 	m.ForgetEnvelope()
