@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentbridge/agentbridge/httpfront"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -177,12 +178,12 @@ func TestSSE(t *testing.T) {
 		}
 	})
 	t.Run("event framing", func(t *testing.T) {
-		b := string(appendEvent(nil, wire.GapMsg(sid, 1, 2, "test")))
+		b := string(httpfront.AppendEvent(nil, wire.GapMsg(sid, 1, 2, "test")))
 		if !strings.HasPrefix(b, "event: bridge/gap\ndata: {") || strings.Contains(b, "id:") || !strings.HasSuffix(b, "}\n\n") {
 			t.Fatalf("gap event %q", b)
 		}
 		multi := wire.New([]byte("{\n\"a\": 1\r\n}"))
-		if got, want := string(appendEvent(nil, multi)), "data: {\ndata: \"a\": 1\ndata: \ndata: }\n\n"; got != want {
+		if got, want := string(httpfront.AppendEvent(nil, multi)), "data: {\ndata: \"a\": 1\ndata: \ndata: }\n\n"; got != want {
 			t.Fatalf("multi-line body %q, want %q", got, want)
 		}
 	})

@@ -81,9 +81,12 @@ const Transport = "wss"
 type Config struct {
 	// Addr is the TCP address to listen on, host:port.
 	Addr string
-	// Listener, when set, is served instead of listening on Addr (the
-	// daemon binds it itself to apply its connection limits); Stop closes it.
+	// Listener, when set, is served instead of listening on Addr; Stop
+	// closes it.
 	Listener net.Listener
+	// Limit, when set, wraps the listener before it is served: the
+	// daemon's admission (connection limits shared with the event loop).
+	Limit func(net.Listener) net.Listener
 	// CertFile and KeyFile are the PEM certificate chain and private key.
 	CertFile, KeyFile string
 	// Hub routes messages; required.
@@ -227,9 +230,14 @@ func (s *Server) Start() error {
 	ln := s.cfg.Listener
 	if ln == nil {
 		var err error
+		// Go's net.Listen sets SO_REUSEADDR, so a restart binds at once
+		// while the previous daemon's connections linger in TIME_WAIT.
 		if ln, err = net.Listen("tcp", s.cfg.Addr); err != nil {
-			return fmt.Errorf("listen %s: %w", s.cfg.Addr, err)
+			return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
 		}
+	}
+	if s.cfg.Limit != nil {
+		ln = s.cfg.Limit(ln)
 	}
 	s.lnMu.Lock()
 	s.ln = ln

@@ -24,6 +24,7 @@ import (
 	"github.com/agentbridge/agentbridge/audit"
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/delivery"
+	"github.com/agentbridge/agentbridge/httpfront"
 	"github.com/agentbridge/agentbridge/internal/config"
 	"github.com/agentbridge/agentbridge/loop"
 	"github.com/agentbridge/agentbridge/ring"
@@ -258,7 +259,7 @@ func runServe(args []string) int {
 				log.Warn("audit log close", "err", err)
 			}
 		}()
-		hcfg.Audit = auditLog.Record
+		hcfg.Audit = auditHook(auditLog)
 	}
 	var st *store.Store
 	var recovered []store.Session
@@ -306,7 +307,7 @@ func runServe(args []string) int {
 	}
 	hub := session.New(hcfg)
 	if st != nil {
-		hub.Restore(recovered)
+		hub.Restore(restored(recovered))
 		logRecovery(log, f.stateDir, st.Recovery())
 	}
 	if fl != nil {
@@ -332,15 +333,18 @@ func runServe(args []string) int {
 	}
 	metrics := loop.NewMetrics(nil)
 	exportStats(metrics, st, auditLog)
-	srv, err := loop.New(loop.Config{
-		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
-		Queue:    ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
-		Loops:    loops,
-		MaxConns: maxConns, MaxConnsPerIP: f.maxConnsPerIP,
-		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval, StallTimeout: f.stallTimeout},
-		Rate:      rate,
-		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
-		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, HTTPIdle: f.httpIdle, TLSCert: f.tlsCert, TLSKey: f.tlsKey, Terminal: term},
+	srv, err := newListeners(listenConfig{
+		Loop: loop.Config{
+			UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
+			Queue:    ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
+			Loops:    loops,
+			MaxConns: maxConns, MaxConnsPerIP: f.maxConnsPerIP,
+			Delivery:  delivery.Config{SummaryInterval: f.summaryInterval, StallTimeout: f.stallTimeout},
+			Rate:      rate,
+			AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
+		},
+		Front:   httpfront.Config{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, HTTPIdle: f.httpIdle, Terminal: term},
+		TLSCert: f.tlsCert, TLSKey: f.tlsKey,
 	})
 	if err != nil {
 		return fail("%v", err)
@@ -354,13 +358,13 @@ func runServe(args []string) int {
 		return fail("%v", err)
 	}
 	if acfg.Stdio == agent.StdioSocket {
-		acfg.Attach = srv // the agent's stdio is a connection of the event loop
+		acfg.Attach = srv.loop // the agent's stdio is a connection of the event loop
 	}
 	sup, err := agent.New(acfg, hub)
 	if err != nil {
 		return fail("%v", err)
 	}
-	hub.SetAgent(sup)
+	hub.SetAgent(hubAgent{sup})
 	// The agent starts first, so a client connecting the moment the socket
 	// appears finds it running (not "restarting").
 	if err := sup.Start(); err != nil {

@@ -1,4 +1,4 @@
-package loop
+package httpfront
 
 import (
 	"bytes"
@@ -89,16 +89,16 @@ func progressTokenOf(msg []byte) string {
 
 // mcpErr is a JSON-RPC error body, as the MCP SDK's server answers
 // transport-level refusals.
-func mcpErr(status, code int, msg string) *reply {
+func mcpErr(status, code int, msg string) *Reply {
 	b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": nil, "error": map[string]any{"code": code, "message": msg}})
-	return &reply{status: status, ctype: jsonType, body: append(b, '\n')}
+	return &Reply{Status: status, CType: jsonType, Body: append(b, '\n')}
 }
 
-// serveMCP answers a request on /mcp on the gnet path; done when the
-// connection now carries an SSE stream (a GET, or a POSTed request's
+// ServeMCP answers a request on /mcp; done when the
+// exchange now carries an SSE stream (a GET, or a POSTed request's
 // answer), and a nil reply without done when it is parked (initialize).
-func (f *front) serveMCP(hx *hxIO, req *http.Request, body []byte) (*reply, bool) {
-	if _, _, rp := f.authorize(req, "mcp-http", true, hx.tls); rp != nil {
+func (f *Front) ServeMCP(hx Exchange, req *http.Request, body []byte) (*Reply, bool) {
+	if _, _, rp := f.Admit(req, "mcp-http", true, hx.TLS()); rp != nil {
 		return rp, false
 	}
 	if v := req.Header.Get("MCP-Protocol-Version"); v != "" && !mcpVersions[v] {
@@ -122,12 +122,12 @@ func (f *front) serveMCP(hx *hxIO, req *http.Request, body []byte) (*reply, bool
 			return rp, false
 		}
 		a.ep.Close(wire.CloseGoingAway, "DELETE")
-		return &reply{status: http.StatusOK, ctype: textType}, false
+		return &Reply{Status: http.StatusOK, CType: textType}, false
 	}
 	return notAllowed(req.Method, "GET, POST, DELETE"), false
 }
 
-func (f *front) mcpPost(hx *hxIO, req *http.Request, body []byte) (*reply, bool) {
+func (f *Front) mcpPost(hx Exchange, req *http.Request, body []byte) (*Reply, bool) {
 	acc := req.Header.Get("Accept")
 	if !strings.Contains(acc, "application/json") || !strings.Contains(acc, "text/event-stream") {
 		return mcpErr(http.StatusNotAcceptable, -32000, "Not Acceptable: Client must accept both application/json and text/event-stream"), false
@@ -158,7 +158,7 @@ func (f *front) mcpPost(hx *hxIO, req *http.Request, body []byte) (*reply, bool)
 		a.inMu.Lock()
 		a.ep.Input(trim, time.Now())
 		a.inMu.Unlock()
-		return &reply{status: http.StatusAccepted, ctype: textType}, false
+		return &Reply{Status: http.StatusAccepted, CType: textType}, false
 	}
 	a.mu.Lock()
 	a.posts++
