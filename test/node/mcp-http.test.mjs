@@ -181,13 +181,15 @@ test("a server→client request comes on the POST's SSE stream before its respon
 test("a server→client request goes to every client-role MCP session and the first answer wins", T, () =>
   withWsDaemon(everything, async (d) => {
     let slowAsked = 0;
+    let slowCancelled;
+    const cancelled = new Promise((res) => { slowCancelled = res; });
     const a = await mcpClient(d, "mcp-slow", d.token, {
       capabilities: { sampling: {} },
       handlers: [[CreateMessageRequestSchema, async (_req, extra) => {
         slowAsked++;
         await new Promise((res, rej) => {
           const t = setTimeout(res, 3000);
-          extra.signal.addEventListener("abort", () => { clearTimeout(t); rej(new Error("cancelled")); });
+          extra.signal.addEventListener("abort", () => { clearTimeout(t); slowCancelled(); rej(new Error("cancelled")); });
         });
         return { model: "m", role: "assistant", content: { type: "text", text: "from the slow client" } };
       }]],
@@ -197,6 +199,8 @@ test("a server→client request goes to every client-role MCP session and the fi
     const r = await within(15000, "the sampling call", a.client.callTool({ name: "trigger-sampling-request", arguments: { prompt: "race", maxTokens: 5 } }));
     assert.match(r.content[0].text, /from the fast client/);
     assert.equal(slowAsked, 1, "the caller's own session was asked too");
+    // The loser is told: notifications/cancelled aborts its handler.
+    await within(5000, "the slow client's request to be cancelled", cancelled);
   }),
 );
 
@@ -240,5 +244,50 @@ test("an MCP SDK client whose POST stream drops mid-call resumes it with Last-Ev
     assert.equal(cut, 1, "the stream was not cut");
     assert.match(long.content[0].text, /Steps: 4\./);
     assert.deepEqual(seen, [1, 2, 3, 4]);
+  }),
+);
+
+test("a dropped GET stream resumes with Last-Event-ID: what came meanwhile, nothing twice", T, () =>
+  withWsDaemon(everything, async (d) => {
+    const url = `${d.origin}/mcp`;
+    const h = { Authorization: `Bearer ${d.token}`, "Content-Type": "application/json", Accept: "application/json, text/event-stream" };
+    const init = { jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: { sampling: {} }, clientInfo: { name: "raw-get", version: "0" } } };
+    const r = await fetch(url, { method: "POST", headers: h, body: JSON.stringify(init) });
+    const hs = { ...h, "Mcp-Session-Id": r.headers.get("mcp-session-id"), "MCP-Protocol-Version": "2025-11-25" };
+    await r.text();
+    await fetch(url, { method: "POST", headers: hs, body: JSON.stringify({ jsonrpc: "2.0", method: "notifications/initialized" }) });
+    const ctl = new AbortController();
+    const get = await fetch(url, { headers: hs, signal: ctl.signal });
+    assert.equal(get.status, 200);
+    const next = sseReader(get.body);
+    // Another session makes the server ask for sampling: with no POST of
+    // its own open, this session gets the request on its GET stream.
+    const { client } = await mcpClient(d, "mcp-asker", d.token, { capabilities: { sampling: {} }, handlers: [[CreateMessageRequestSchema, sampled("answered by the asker")]] });
+    const asked = client.callTool({ name: "trigger-sampling-request", arguments: { prompt: "get", maxTokens: 5 } });
+    let reqEv;
+    while (!reqEv) {
+      const ev = await within(10000, "the sampling request on the GET stream", next());
+      assert.ok(ev, "the GET stream ended");
+      if (ev.data && JSON.parse(ev.data).method === "sampling/createMessage") reqEv = ev;
+    }
+    assert.match(reqEv.id, /^0-\d+$/);
+    const req = JSON.parse(reqEv.data);
+    ctl.abort(); // the GET drops; the asker answers; this session is told
+    assert.match((await within(15000, "the asker's call", asked)).content[0].text, /answered by the asker/);
+    const again = await fetch(url, { headers: { ...hs, "Last-Event-ID": reqEv.id } });
+    assert.equal(again.status, 200);
+    const resumed = sseReader(again.body);
+    let cancel;
+    while (!cancel) {
+      const ev = await within(10000, "the cancellation, replayed", resumed());
+      assert.ok(ev, "the resumed stream ended");
+      const m = JSON.parse(ev.data);
+      assert.notEqual(m.method, "sampling/createMessage", "an event before Last-Event-ID came again");
+      if (m.method === "notifications/cancelled") cancel = m;
+    }
+    assert.equal(cancel.params.requestId, req.id);
+    const bad = await fetch(url, { headers: { ...hs, "Last-Event-ID": "7-1" } });
+    assert.equal(bad.status, 404);
+    await bad.text();
   }),
 );
