@@ -48,9 +48,10 @@ type Front interface {
 	// Authorize judges a request for /acp before the upgrade: method,
 	// Origin, token and the handshake headers. When it refuses, it has
 	// written the response and returns ok false; otherwise it has written
-	// nothing and returns the connection's role and the subprotocol to
-	// select ("" for none). Called on the request's goroutine.
-	Authorize(w http.ResponseWriter, r *http.Request) (role auth.Role, subprotocol string, ok bool)
+	// nothing and returns the connection's role, the subprotocol to select
+	// ("" for none) and extra header lines for the 101 ("Name: value\r\n"
+	// each; the Acp-Connection-Id). Called on the request's goroutine.
+	Authorize(w http.ResponseWriter, r *http.Request) (role auth.Role, subprotocol, header string, ok bool)
 	// ServeHTTP serves every request for a path other than /acp.
 	http.Handler
 }
@@ -300,7 +301,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Front.ServeHTTP(w, r)
 		return
 	}
-	role, sub, ok := s.cfg.Front.Authorize(w, r)
+	role, sub, extra, ok := s.cfg.Front.Authorize(w, r)
 	if !ok {
 		return
 	}
@@ -314,7 +315,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("websocket upgrade: hijack failed", "peer", r.RemoteAddr, "err", err)
 		return
 	}
-	raw := &guardConn{Conn: netConn, writeTimeout: s.cfg.WriteTimeout, lingerFor: s.cfg.CloseTimeout}
+	raw := &guardConn{Conn: netConn, writeTimeout: s.cfg.WriteTimeout, lingerFor: s.cfg.CloseTimeout, head: []byte(extra)}
 	// Bytes a client pipelined after its handshake are already in net/http's
 	// reader; keep them in front of the socket.
 	var br *bufio.Reader
