@@ -40,7 +40,9 @@ func TestDeps(t *testing.T) {
 		"auth":          {},
 		"wire":          {"codec/ws", "ring"},
 		"agent":         {"codec/ndjson", "codec/lsp", "internal/lograte"},
-		"session":       {"auth", "agent", "codec/jsonrpc", "wire", "store", "audit", "internal/lograte"},
+		// The routing core sees the agent, the store and the audit log
+		// through interfaces of its own; cmd wires the concrete types.
+		"session": {"auth", "codec/jsonrpc", "wire", "internal/lograte"},
 		// PTY bytes never reach a session's log or the agent: the terminal
 		// knows neither.
 		"terminal":         {"audit", "auth"},

@@ -259,7 +259,7 @@ func runServe(args []string) int {
 				log.Warn("audit log close", "err", err)
 			}
 		}()
-		hcfg.Audit = auditLog.Record
+		hcfg.Audit = auditHook(auditLog)
 	}
 	var st *store.Store
 	var recovered []store.Session
@@ -307,7 +307,7 @@ func runServe(args []string) int {
 	}
 	hub := session.New(hcfg)
 	if st != nil {
-		hub.Restore(recovered)
+		hub.Restore(restored(recovered))
 		logRecovery(log, f.stateDir, st.Recovery())
 	}
 	if fl != nil {
@@ -364,7 +364,7 @@ func runServe(args []string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
-	hub.SetAgent(sup)
+	hub.SetAgent(hubAgent{sup})
 	// The agent starts first, so a client connecting the moment the socket
 	// appears finds it running (not "restarting").
 	if err := sup.Start(); err != nil {
