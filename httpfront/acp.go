@@ -274,10 +274,10 @@ func (a *acpConn) Frame(m *wire.Msg) []byte {
 	if a.mcp {
 		a.routes = append(a.routes, a.routeMCP(m))
 		// The MCP SDK client drops events named other than "message".
-		return appendData(nil, m)
+		return dataEvent(m)
 	}
 	a.routes = append(a.routes, a.route(m))
-	return AppendEvent(nil, m)
+	return Event(m)
 }
 
 // route names the stream m belongs to (A1, "Routing of server→client
