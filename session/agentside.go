@@ -3,19 +3,14 @@ package session
 import (
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
-	"github.com/agentbridge/agentbridge/agent"
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
-var (
-	errAgentOverloaded = agent.ErrOverloaded
-	errNoAgent         = errors.New("session: no agent configured")
-)
+var errNoAgent = errors.New("session: no agent configured")
 
 // resolvedKeep is how many answered agent request ids are remembered so a
 // late answer gets bridge/resolved rather than an error.
@@ -36,10 +31,11 @@ func (h *Hub) AgentStarted(gen uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	restarted := h.gen > 0
-	h.gen, h.agentUp = gen, true
+	h.gen = gen
+	h.st.agentUp.Store(true)
 	h.init.sentNotif = false
 	if restarted {
-		h.restarts.Add(1)
+		h.st.restarts.Add(1)
 		for _, s := range h.sessions {
 			if s.gen < gen {
 				// The new process does not know the old one's sessions
@@ -71,7 +67,7 @@ func (h *Hub) AgentExited(gen uint64, err error, restartIn time.Duration) {
 	if gen != h.gen {
 		return
 	}
-	h.agentUp = false
+	h.st.agentUp.Store(false)
 	why := "the agent exited"
 	if err != nil {
 		why = fmt.Sprintf("the agent exited (%v)", err)
@@ -104,16 +100,8 @@ func (h *Hub) AgentExited(gen uint64, err error, restartIn time.Duration) {
 // failCalls answers the matching calls with -32003, in the order they were
 // sent (bridge ids ascend), so a client sees its errors in request order.
 func (h *Hub) failCalls(match func(*call) bool, why string) {
-	ids := make([]int64, 0, len(h.calls))
-	for id, c := range h.calls {
-		if match(c) {
-			ids = append(ids, id)
-		}
-	}
-	slices.Sort(ids)
-	for _, id := range ids {
-		c := h.calls[id]
-		delete(h.calls, id)
+	for _, id := range h.calls.ids(match) {
+		c := h.calls.take(id, nil)
 		h.callDone(c)
 		h.dropLoader(c)
 		if c.cl != nil {
@@ -125,11 +113,11 @@ func (h *Hub) failCalls(match func(*call) bool, why string) {
 // AgentMessage routes one message from the agent (owned by the hub from now
 // on). Safe from any goroutine; messages must arrive in the agent's order.
 func (h *Hub) AgentMessage(gen uint64, msg []byte) {
-	h.agentMessages.Add(1)
+	h.st.agentMessages.Add(1)
 	hd, err := jsonrpc.Peek(msg)
 	if err != nil {
 		// An agent spewing garbage makes one line a second, not one per line.
-		n := h.agentInvalid.Add(1)
+		n := h.st.agentInvalid.Add(1)
 		if ok, held := h.invalidLog.Allow(time.Now()); ok {
 			h.log.Warn("agent sent an invalid JSON-RPC message; dropped", "err", err, "bytes", len(msg), "head", head(msg),
 				"also_dropped_since_last_line", held, "dropped_total", n)
@@ -170,7 +158,7 @@ func (h *Hub) AgentDropped(gen uint64, rawID []byte, size int) {
 	if gen != h.gen {
 		return
 	}
-	if id, ok := parseID(hd.ID); ok && h.calls[id] != nil {
+	if id, ok := parseID(hd.ID); ok && h.calls.get(id) != nil {
 		h.agentResponse(msg, hd) // as if the agent had answered with this error
 	}
 }
@@ -184,15 +172,17 @@ func head(b []byte) string {
 
 func (h *Hub) agentResponse(msg []byte, hd jsonrpc.Header) {
 	id, ok := parseID(hd.ID)
-	c := h.calls[id]
-	if !ok || c == nil {
+	var c *call
+	if ok {
+		c = h.calls.take(id, nil)
+	}
+	if c == nil {
 		if ok && h.lateAnswer(id) { // limits.go
 			return
 		}
 		h.log.Warn("agent answered an unknown request id; dropped", "id", string(hd.ID))
 		return
 	}
-	delete(h.calls, id)
 	h.callDone(c)
 	if c.internal != nil {
 		c.internal(h, msg)
@@ -283,6 +273,7 @@ func (h *Hub) agentRequest(msg []byte, hd jsonrpc.Header) {
 		ar.toolCall = toolCallOf(msg)
 	}
 	h.requests[ar.id] = ar
+	h.st.requests.Add(1)
 	timeout := h.cfg.RequestTimeout
 	ar.timer = time.AfterFunc(timeout, func() { h.expireRequest(ar, timeout) })
 	if ar.sessionID == "" {
@@ -349,7 +340,7 @@ func toolCallOf(msg []byte) string {
 }
 
 func (h *Hub) answerAgentError(ar *agentRequest, code int, why string) {
-	if ar.gen != h.gen || !h.agentUp {
+	if ar.gen != h.gen || !h.st.agentUp.Load() {
 		return
 	}
 	_ = h.toAgent(jsonrpc.AppendError(nil, ar.agentID, &jsonrpc.Error{Code: code, Message: why}))
@@ -363,6 +354,7 @@ func (h *Hub) retireRequest(ar *agentRequest, winner *Client) {
 		return
 	}
 	delete(h.requests, ar.id)
+	h.st.requests.Add(-1)
 	ar.timer.Stop()
 	h.resolved[ar.id] = ar.sessionID
 	h.resolvedQ = append(h.resolvedQ, ar.id)

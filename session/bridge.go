@@ -54,7 +54,7 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 		return
 	}
 	if !auth.AllowRequest(cl.info.Role, method) {
-		h.denied.Add(1)
+		h.st.denied.Add(1)
 		h.audit(cl, AuditRecord{Method: method, Outcome: "denied", Detail: "not allowed for role " + cl.info.Role.String()})
 		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("method %q is not allowed for role %s", method, cl.info.Role))
 		return
@@ -217,7 +217,7 @@ func (h *Hub) sendReplay(cl *Client, s *Session, after uint64, replay []*wire.Ms
 		if !h.queueEvent(cl, s, m) {
 			return m.Seq - 1, false
 		}
-		h.deliveries.Add(1)
+		h.st.deliveries.Add(1)
 		next = m.Seq + 1
 	}
 	if toEnd && next <= s.seq {

@@ -16,7 +16,7 @@ var bridgePrefix = []byte("bridge/")
 // for the duration of the call. Safe from any goroutine; messages of one
 // connection must be handed over in order (one goroutine per connection).
 func (h *Hub) Handle(cl *Client, msg []byte) {
-	h.clientMessages.Add(1)
+	h.st.clientMessages.Add(1)
 	hd, err := jsonrpc.Peek(msg)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -68,7 +68,7 @@ func (h *Hub) routePeeked(cl *Client, msg []byte, hd jsonrpc.Header, err error) 
 		return
 	}
 	if !auth.AllowRequest(cl.info.Role, method) {
-		h.denied.Add(1)
+		h.st.denied.Add(1)
 		h.audit(cl, AuditRecord{Session: string(hd.SessionID), Method: method, Outcome: "denied", Detail: "not allowed for role " + cl.info.Role.String()})
 		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("method %q is not allowed for role %s", method, cl.info.Role))
 		return
@@ -178,7 +178,7 @@ func (h *Hub) cancelPermissions(cl *Client, s *Session) {
 		return
 	}
 	for _, ar := range append([]*agentRequest(nil), s.pending...) {
-		if ar.method != "session/request_permission" || ar.gen != h.gen || !h.agentUp {
+		if ar.method != "session/request_permission" || ar.gen != h.gen || !h.st.agentUp.Load() {
 			continue
 		}
 		if err := h.toAgent(jsonrpc.AppendRawResponse(nil, ar.agentID, cancelledOutcome)); err != nil {
@@ -205,7 +205,7 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 		h.replyResult(cl, hd.ID, nil)
 		return
 	}
-	if !h.agentUp {
+	if !h.st.agentUp.Load() {
 		h.replyError(cl, hd.ID, codeAgentUnavailable, "the agent is not running (restarting); retry shortly")
 		return
 	}
@@ -255,23 +255,27 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 
 // sendCall forwards a request to the agent under a fresh bridge id. On
 // failure the caller's client (if any) has been answered with an error.
+// The call is in the table before the agent can see it, so its answer
+// always finds it.
 func (h *Hub) sendCall(c *call, msg []byte, hd jsonrpc.Header) bool {
-	h.nextCallID++
-	bid := h.nextCallID
+	bid := h.calls.newID()
+	h.trackCall(bid, c)
+	h.calls.put(bid, c)
 	var idb [20]byte
 	out := jsonrpc.ReplaceID(make([]byte, 0, len(msg)+8), msg, hd, appendID(idb[:0], bid))
 	if err := h.toAgent(out); err != nil {
+		if h.calls.take(bid, c) != nil {
+			h.callLimitsDone(c)
+		}
 		if c.cl != nil {
 			code := codeAgentUnavailable
-			if errors.Is(err, errAgentOverloaded) {
+			if errors.Is(err, ErrAgentOverloaded) {
 				code = codeOverloaded
 			}
 			h.replyError(c.cl, c.id, code, "request "+c.method+" not delivered to the agent: "+err.Error())
 		}
 		return false
 	}
-	h.calls[bid] = c
-	h.trackCall(bid, c)
 	return true
 }
 
@@ -285,7 +289,7 @@ func (h *Hub) initialize(cl *Client, msg []byte, hd jsonrpc.Header) {
 	if in.inflight {
 		return
 	}
-	if !h.agentUp {
+	if !h.st.agentUp.Load() {
 		h.failInitWaiters("the agent is not running (restarting); retry shortly")
 		return
 	}
@@ -373,20 +377,20 @@ func (h *Hub) clientAnswer(cl *Client, msg []byte, hd jsonrpc.Header) {
 		return
 	}
 	if !auth.AllowAnswer(cl.info.Role, ar.method) {
-		h.denied.Add(1)
+		h.st.denied.Add(1)
 		h.audit(cl, AuditRecord{Session: ar.sessionID, Method: ar.method, Outcome: "denied", RequestID: ar.id, ToolCall: ar.toolCall,
 			Detail: "role " + cl.info.Role.String() + " may not answer"})
 		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("role %s may not answer %s", cl.info.Role, ar.method))
 		return
 	}
 	if _, asked := ar.sentTo[cl]; !asked {
-		h.denied.Add(1)
+		h.st.denied.Add(1)
 		h.audit(cl, AuditRecord{Session: ar.sessionID, Method: ar.method, Outcome: "denied", RequestID: ar.id, ToolCall: ar.toolCall,
 			Detail: "the request was not sent to this connection"})
 		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("agent request %d was not sent to this connection", id))
 		return
 	}
-	if ar.gen != h.gen || !h.agentUp {
+	if ar.gen != h.gen || !h.st.agentUp.Load() {
 		h.replyError(cl, hd.ID, codeAgentUnavailable, "the agent that asked has exited; the answer was not delivered")
 		h.retireRequest(ar, nil)
 		return

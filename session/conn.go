@@ -1,6 +1,8 @@
 package session
 
 import (
+	"errors"
+
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/wire"
 )
@@ -35,12 +37,19 @@ const (
 	CloseInternal  = wire.CloseInternal  // an internal error (1011)
 )
 
-// Agent is the agent process as the hub sees it (agent.Supervisor).
+// Agent is the agent process as the hub sees it (cmd wires the agent
+// package's Supervisor).
 type Agent interface {
 	// Send queues one JSON message for the agent's stdin and returns at
-	// once; it fails when the agent is down or its queue is full.
+	// once; it copies msg. It fails when the agent is down, and with an
+	// error matching ErrAgentOverloaded (errors.Is) when its queue is full.
 	Send(msg []byte) error
 }
+
+// ErrAgentOverloaded is what an Agent's Send fails with (wrapped) when the
+// agent's stdin queue is full: the client then gets -32004 rather than
+// -32003.
+var ErrAgentOverloaded = errors.New("session: the agent's stdin queue is full")
 
 // Options are what a connection asked for with bridge/hello.
 type Options struct {

@@ -105,7 +105,7 @@ func (h *Hub) pumpDisk(cl *Client, s *Session, cur, upto uint64, r LogReader) bo
 			cl.catchup[s] = d.after
 			return queued || m.Seq > next
 		}
-		h.deliveries.Add(1)
+		h.st.deliveries.Add(1)
 		next, queued = m.Seq+1, true
 	}
 	end := d.covered

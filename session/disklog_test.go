@@ -152,6 +152,6 @@ func TestAttachSinceFromDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	r2, _, rec := diskRig(t, dir, so)
-	r2.hub.Restore(rec)
+	r2.hub.Restore(restoredFrom(rec))
 	checkSeqs(t, attach(r2.hub, n-5500), n-5500+1, n)
 }

@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/agentbridge/agentbridge/audit"
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/internal/lograte"
 	"github.com/agentbridge/agentbridge/wire"
@@ -71,7 +70,8 @@ type Config struct {
 	Node string
 }
 
-// Journal persists sessions and their events (store.Store). Both methods
+// Journal persists sessions and their events (cmd wires store.Store, and in
+// a fleet fleet.Fleet). Both methods
 // are called under the hub lock, in seq order per session: they must only
 // enqueue, never block on I/O.
 type Journal interface {
@@ -118,8 +118,23 @@ func (c *Config) fill() {
 	}
 }
 
-// AuditRecord is one control-plane decision.
-type AuditRecord = audit.Record
+// AuditRecord is one control-plane decision, as the Audit hook gets it.
+// Its fields are those of audit.Record (cmd converts one into the other;
+// session does not import audit).
+type AuditRecord struct {
+	Time       time.Time `json:"time"`
+	Connection uint64    `json:"connection"`          // 0: the agent or the bridge itself
+	Role       string    `json:"role"`                // viewer, operator, client; "agent" or "bridge" for their own decisions
+	Peer       string    `json:"peer,omitempty"`      // remote address or uid/pid
+	Transport  string    `json:"transport,omitempty"` // unix, ws, wss, sse
+	Session    string    `json:"session,omitempty"`
+	Method     string    `json:"method"`
+	Outcome    string    `json:"outcome"`             // answered, denied, forwarded, cancelled, timed-out, ...
+	RequestID  int64     `json:"requestId,omitempty"` // the agent request's id as clients saw it
+	ToolCall   string    `json:"toolCall,omitempty"`  // what a permission request was about
+	Option     string    `json:"option,omitempty"`    // the permission outcome chosen
+	Detail     string    `json:"detail,omitempty"`
+}
 
 // Stats are the hub's counters; read with Hub.Stats.
 type Stats struct {
@@ -142,25 +157,36 @@ type Stats struct {
 }
 
 // Hub routes JSON-RPC messages between clients and one agent.
+//
+// Its state is grouped by what guards it (docs/architecture.md, "The hub
+// and its locks"):
+//
+//   - cfg and log are set by New and read-only after.
+//   - The routing lock mu guards which sessions, connections, calls and
+//     agent requests exist and how they relate (the fields under it below,
+//     and Client and Session fields not said otherwise). Methods whose
+//     comment says "Precondition: h.mu held" need it exclusively.
+//   - The pending-call table has its own sharded locks and atomic ids
+//     (calls.go); the replay-memory budget is atomic (log.go).
+//   - The counters Stats reads are atomics, written where they change and
+//     read without any lock: a /metrics or /healthz scrape never waits for
+//     routing, and routing never waits for a scrape.
 type Hub struct {
-	cfg Config
+	cfg Config // read-only after New
 	log *slog.Logger
 
-	mu   sync.Mutex // guards everything below
-	logs logBudget  // what all session logs hold together
-	// agent
-	agent      Agent
-	agentUp    bool
-	gen        uint64 // current agent generation
-	nextCallID int64  // ids of requests the bridge sends to the agent
-	calls      map[int64]*call
-	init       initState
+	mu sync.Mutex // the routing lock: guards the fields up to calls
+	// the agent
+	agent Agent
+	gen   uint64 // current agent generation
+	init  initState
 	// agent requests awaiting a client answer, keyed by the id clients see
-	nextReqID  int64
-	requests   map[int64]*agentRequest
-	orphans    []*agentRequest  // agent requests without a session, waiting for a client
-	resolved   map[int64]string // recently answered request id -> session, for late answers
-	resolvedQ  []int64
+	nextReqID int64
+	requests  map[int64]*agentRequest
+	orphans   []*agentRequest  // agent requests without a session, waiting for a client
+	resolved  map[int64]string // recently answered request id -> session, for late answers
+	resolvedQ []int64
+	// connections and sessions
 	conns      map[uint64]*Client
 	sessions   map[string]*Session
 	nextConnID uint64
@@ -177,15 +203,21 @@ type Hub struct {
 	nextToken  int64
 	lim        limits // limits.go
 
-	clientMessages atomic.Uint64
-	agentMessages  atomic.Uint64
-	agentInvalid   atomic.Uint64       // agent messages dropped as invalid JSON-RPC
-	invalidLog     lograte.EverySecond // at most one log line a second for them
-	deliveries     atomic.Uint64
-	lagged         atomic.Uint64
-	errors         atomic.Uint64
-	denied         atomic.Uint64
-	restarts       atomic.Uint64
+	calls callTable // own sharded locks (calls.go)
+	logs  logBudget // what all session logs hold together; atomic (log.go)
+
+	st         counters            // atomics: what Stats reports
+	invalidLog lograte.EverySecond // at most one log line a second for invalid agent output
+}
+
+// counters are the hub's figures for Stats, each written where it changes
+// (under whatever lock that place holds) and read by Stats with no lock.
+type counters struct {
+	agentUp                                      atomic.Bool // the agent process is running (also read by routing)
+	clientMessages, agentMessages, agentInvalid  atomic.Uint64
+	deliveries, lagged, errors, denied, restarts atomic.Uint64
+	evicted, timedOut                            atomic.Uint64
+	sessions, conns, requests, parked            atomic.Int64 // len of the maps of the same names
 }
 
 // Client is a registered connection. Its fields are guarded by the hub mutex.
@@ -279,11 +311,9 @@ type waiter struct {
 // New returns a Hub. Call SetAgent before AgentStarted.
 func New(cfg Config) *Hub {
 	cfg.fill()
-	return &Hub{
+	h := &Hub{
 		cfg:        cfg,
 		log:        cfg.Logger,
-		logs:       logBudget{max: cfg.ReplayMemory},
-		calls:      make(map[int64]*call),
 		requests:   make(map[int64]*agentRequest),
 		resolved:   make(map[int64]string),
 		conns:      make(map[uint64]*Client),
@@ -291,6 +321,8 @@ func New(cfg Config) *Hub {
 		resumeKeys: make(map[string]*Client),
 		parked:     make(map[string]*park),
 	}
+	h.logs.max = int64(cfg.ReplayMemory)
+	return h
 }
 
 // SetAgent sets the agent the hub forwards to. Safe from any goroutine.
@@ -309,11 +341,12 @@ func (h *Hub) Open(c Conn, info ConnInfo) *Client {
 	cl := &Client{ID: h.nextConnID, info: info, conn: c}
 	cl.opts.OnSlow = DefaultOnSlow(info.Role)
 	h.conns[cl.ID] = cl
+	h.st.conns.Add(1)
 	if h.stopping {
 		c.Close(CloseGoingAway, "daemon is stopping")
 		return cl
 	}
-	if !h.agentUp && h.gen > 0 {
+	if !h.st.agentUp.Load() && h.gen > 0 {
 		h.send(cl, h.statusMsg("", StatusBlocked), wire.Control)
 	}
 	if cl.info.Role == auth.RoleClient {
@@ -342,6 +375,7 @@ func (h *Hub) Closed(cl *Client) {
 func (h *Hub) closeLocked(cl *Client) {
 	cl.closed = true
 	delete(h.conns, cl.ID)
+	h.st.conns.Add(-1)
 	for _, s := range cl.attached {
 		s.detach(cl)
 	}
@@ -382,20 +416,30 @@ func (h *Hub) setOwner(s *Session, cl *Client) {
 	}
 }
 
-// Stats returns the hub's counters. Safe from any goroutine.
+// Stats returns the hub's counters. It takes no lock (they are atomics),
+// so the figures are each exact but not one snapshot: a scrape during a
+// burst may see a call counted in PendingCalls whose message is not yet in
+// ClientMessages. Safe from any goroutine.
 func (h *Hub) Stats() Stats {
-	h.mu.Lock()
-	st := Stats{Sessions: len(h.sessions), Connections: len(h.conns), PendingCalls: len(h.calls), PendingRequests: len(h.requests), AgentUp: h.agentUp, Resumable: len(h.parked),
-		SessionsEvicted: h.lim.evicted, CallsTimedOut: h.lim.timedOut, ReplayBytes: h.logs.used}
-	h.mu.Unlock()
-	st.ClientMessages = h.clientMessages.Load()
-	st.AgentMessages = h.agentMessages.Load()
-	st.Deliveries = h.deliveries.Load()
-	st.Lagged = h.lagged.Load()
-	st.Errors = h.errors.Load()
-	st.Denied = h.denied.Load()
-	st.AgentRestarts = h.restarts.Load()
-	return st
+	c := &h.st
+	return Stats{
+		ClientMessages:  c.clientMessages.Load(),
+		AgentMessages:   c.agentMessages.Load(),
+		Deliveries:      c.deliveries.Load(),
+		Lagged:          c.lagged.Load(),
+		ReplayBytes:     int(h.logs.used.Load()),
+		Errors:          c.errors.Load(),
+		Denied:          c.denied.Load(),
+		AgentRestarts:   c.restarts.Load(),
+		AgentUp:         c.agentUp.Load(),
+		Sessions:        int(c.sessions.Load()),
+		Connections:     int(c.conns.Load()),
+		PendingCalls:    h.calls.len(),
+		PendingRequests: int(c.requests.Load()),
+		Resumable:       int(c.parked.Load()),
+		SessionsEvicted: c.evicted.Load(),
+		CallsTimedOut:   c.timedOut.Load(),
+	}
 }
 
 // SessionInfo is one row of bridge/sessions.
@@ -452,7 +496,7 @@ func (h *Hub) send(cl *Client, m *wire.Msg, c wire.Class) {
 	if cl.closed {
 		return
 	}
-	h.deliveries.Add(1)
+	h.st.deliveries.Add(1)
 	cl.conn.Send(m, c)
 }
 

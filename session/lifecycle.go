@@ -6,7 +6,6 @@ import (
 
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
-	"github.com/agentbridge/agentbridge/store"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -168,8 +167,7 @@ func (h *Hub) sessionClosed(cl *Client, s *Session, method string) {
 	if s.owner != nil {
 		h.setOwner(s, nil)
 	}
-	s.log.release() // its memory goes back to --replay-memory
-	delete(h.sessions, s.ID)
+	h.removeSession(s)
 	if s.lim.unclaimed != nil { // leave the --max-sessions bound too (limits.go)
 		h.lim.unclaimed.Remove(s.lim.unclaimed)
 		s.lim.unclaimed = nil
@@ -187,8 +185,6 @@ func (h *Hub) sessionClosed(cl *Client, s *Session, method string) {
 type JournalDeleter interface {
 	Delete(sessionID string)
 }
-
-var _ JournalDeleter = (*store.Store)(nil)
 
 // loaderOnly delivers an agent event of a session being loaded to its
 // loaders only, unlogged: the agent is replaying history the log already

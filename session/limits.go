@@ -4,8 +4,6 @@ import (
 	"container/list"
 	"fmt"
 	"time"
-
-	"github.com/agentbridge/agentbridge/store"
 )
 
 // Limits on what one connection, or the agent, can make the hub hold.
@@ -17,8 +15,6 @@ type limits struct {
 	// no client created, loaded, attached or owned them. Past
 	// Config.MaxSessions the oldest idle one is forgotten.
 	unclaimed *list.List // of *Session
-	evicted   uint64     // sessions forgotten by that bound (read under h.mu)
-	timedOut  uint64     // client requests answered -32005 by CallTimeout
 	// expired remembers the bridge ids of the last calls answered -32005,
 	// so the agent's late answers are dropped quietly, not one warning each.
 	expired  map[int64]struct{}
@@ -65,6 +61,11 @@ func (h *Hub) trackCall(bid int64, c *call) {
 // --max-inflight slot and timeout.
 func (h *Hub) callDone(c *call) {
 	h.releaseTokens(c)
+	h.callLimitsDone(c)
+}
+
+// callLimitsDone frees c's --max-inflight slot and stops its timeout.
+func (h *Hub) callLimitsDone(c *call) {
 	if c.cl == nil {
 		return
 	}
@@ -83,13 +84,12 @@ func (h *Hub) callDone(c *call) {
 func (h *Hub) expireCall(bid int64, c *call, d time.Duration) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.calls[bid] != c {
+	if h.calls.take(bid, c) == nil {
 		return // answered or failed meanwhile
 	}
-	delete(h.calls, bid)
 	h.callDone(c)
 	h.dropLoader(c)
-	h.lim.timedOut++
+	h.st.timedOut.Add(1)
 	if h.lim.expired == nil {
 		h.lim.expired = make(map[int64]struct{})
 	}
@@ -157,11 +157,9 @@ func (h *Hub) evictOldest(newest *list.Element) bool {
 		}
 		h.lim.unclaimed.Remove(e)
 		s.lim.unclaimed = nil
-		s.log.release() // its memory goes back to --replay-memory
-		delete(h.sessions, s.ID)
-		h.lim.evicted++
-		if h.lim.evicted == 1 || h.lim.evicted%1000 == 0 {
-			h.log.Warn("the agent named more sessions than --max-sessions that no client created or attached; forgetting the oldest", "session", s.ID, "max_sessions", h.cfg.MaxSessions, "evicted_total", h.lim.evicted)
+		h.removeSession(s)
+		if n := h.st.evicted.Add(1); n == 1 || n%1000 == 0 {
+			h.log.Warn("the agent named more sessions than --max-sessions that no client created or attached; forgetting the oldest", "session", s.ID, "max_sessions", h.cfg.MaxSessions, "evicted_total", n)
 		}
 		return true
 	}
@@ -190,8 +188,6 @@ func (h *Hub) claim(s *Session) {
 // client has claimed it (an agent naming thousands of sessions nobody uses
 // must not fill the disk).
 func (s *Session) journaled() bool { return s.lim.unclaimed == nil }
-
-var _ Journal = (*store.Store)(nil)
 
 // lateAnswer reports (and forgets) whether bid is a call answered -32005
 // by --call-timeout: the agent's answer came too late and is dropped.

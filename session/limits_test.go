@@ -42,9 +42,7 @@ func BenchmarkSessionCreate(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				h.Handle(cl, req)
-				h.mu.Lock()
-				bid := h.nextCallID
-				h.mu.Unlock()
+				bid := h.calls.next.Load()
 				h.AgentMessage(1, []byte(`{"jsonrpc":"2.0","id":`+strconv.FormatInt(bid, 10)+`,"result":{"sessionId":"sess-`+strconv.Itoa(i)+`"}}`))
 			}
 			if st != nil {

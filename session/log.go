@@ -2,6 +2,7 @@ package session
 
 import (
 	"sort"
+	"sync/atomic"
 
 	"github.com/agentbridge/agentbridge/wire"
 )
@@ -28,9 +29,11 @@ const eventOverhead = 96
 func eventCost(m *wire.Msg) int { return m.Size() + eventOverhead }
 
 // logBudget is the memory every session log of a hub may hold together
-// (--replay-memory). Guarded by the hub mutex.
+// (--replay-memory). used is atomic: logs of different sessions grow
+// under their own locks, and Stats reads it without one.
 type logBudget struct {
-	used, max int
+	used atomic.Int64
+	max  int64
 }
 
 func newEventLog(maxCount, maxBytes int, b *logBudget) *eventLog {
@@ -52,7 +55,7 @@ func (l *eventLog) append(m *wire.Msg) {
 	l.n++
 	l.bytes += c
 	if l.budget != nil {
-		l.budget.used += c
+		l.budget.used.Add(int64(c))
 	}
 }
 
@@ -79,7 +82,7 @@ func (l *eventLog) dropOldest() {
 	c := eventCost(m)
 	l.bytes -= c
 	if l.budget != nil {
-		l.budget.used -= c
+		l.budget.used.Add(-int64(c))
 	}
 	if l.n == 0 {
 		l.buf, l.head = nil, 0 // an emptied log gives its array back
@@ -113,11 +116,11 @@ func (l *eventLog) shrink() {
 // held.
 func (h *Hub) trimLogs() {
 	b := &h.logs
-	if b.used <= b.max {
+	if b.used.Load() <= b.max {
 		return
 	}
 	target := b.max - b.max/64
-	for b.used > target {
+	for b.used.Load() > target {
 		var big, second *eventLog
 		for _, s := range h.sessions {
 			switch l := s.log; {
@@ -136,7 +139,7 @@ func (h *Hub) trimLogs() {
 			floor = second.bytes
 		}
 		big.dropOldest()
-		for big.n > 0 && b.used > target && big.bytes >= floor {
+		for big.n > 0 && b.used.Load() > target && big.bytes >= floor {
 			big.dropOldest()
 		}
 	}

@@ -25,7 +25,7 @@ var nullID = []byte("null")
 func lineOf(b []byte) *wire.Msg { return wire.Own(append(b, '\n')) }
 
 func (h *Hub) replyError(cl *Client, id []byte, code int, msg string) {
-	h.errors.Add(1)
+	h.st.errors.Add(1)
 	if id == nil {
 		id = nullID
 	}

@@ -138,7 +138,7 @@ func (h *Hub) lag(cl *Client, s *Session, after uint64) {
 	}
 	cl.catchup[s] = after
 	cl.catching.Store(true)
-	h.lagged.Add(1)
+	h.st.lagged.Add(1)
 }
 
 func (h *Hub) endCatchup(cl *Client, s *Session) {

@@ -138,13 +138,13 @@ func TestReplayMemoryBudget(t *testing.T) {
 		if i%100 == 0 {
 			r.hub.publish(small, wire.New(update("small", i)))
 		}
-		if r.hub.logs.used > budget {
+		if r.hub.logs.used.Load() > budget {
 			r.hub.mu.Unlock()
-			t.Fatalf("logs hold %d bytes, over the budget %d", r.hub.logs.used, budget)
+			t.Fatalf("logs hold %d bytes, over the budget %d", r.hub.logs.used.Load(), budget)
 		}
 	}
 	sum := big.log.bytes + small.log.bytes
-	used := r.hub.logs.used
+	used := int(r.hub.logs.used.Load())
 	smallN, bigN, bigOldest := small.log.n, big.log.n, big.log.oldest()
 	r.hub.mu.Unlock()
 	if sum != used {

@@ -404,7 +404,7 @@ func TestRestoreFromState(t *testing.T) {
 	}
 	defer st2.Close()
 	r2 := newRig(t, Config{Journal: st2})
-	r2.hub.Restore(rec)
+	r2.hub.Restore(restoredFrom(rec))
 	list := r2.hub.Sessions()
 	if len(list) != 2 || list[0].SessionID != "quiet" || list[1].SessionID != "s1" || list[1].Seq != 50 || list[1].Status != StatusClosed || list[0].Status != StatusClosed {
 		t.Fatalf("sessions after restart %+v", list)
@@ -446,9 +446,9 @@ func TestRestoreFromState(t *testing.T) {
 
 func TestRestoredHolesAreGaps(t *testing.T) {
 	r := newRig(t, Config{Replay: 5})
-	ev := func(seq uint64) store.Event { return store.Event{Seq: seq, Body: update("s1", int(seq))} }
+	ev := func(seq uint64) RestoredEvent { return RestoredEvent{Seq: seq, Body: update("s1", int(seq))} }
 	// Events 1..3 evicted, 4..5 kept, 6..7 lost, 8 kept, 9..12 lost (tail).
-	r.hub.Restore([]store.Session{{ID: "s1", Seq: 12, Events: []store.Event{ev(4), ev(5), ev(8)}}})
+	r.hub.Restore([]RestoredSession{{ID: "s1", Seq: 12, Events: []RestoredEvent{ev(4), ev(5), ev(8)}}})
 	v, fv := r.open(auth.RoleViewer)
 	r.from(v, `{"jsonrpc":"2.0","id":1,"method":"bridge/attach","params":{"sessionId":"s1","since":1}}`)
 	for r.hub.Pump(v) {
@@ -721,4 +721,16 @@ func BenchmarkPublishPersisted(b *testing.B) {
 	}
 	s := st.Stats()
 	b.ReportMetric(float64(s.Dropped)/float64(b.N), "drops/op")
+}
+
+// restoredFrom is what cmd does with the store's recovered sessions.
+func restoredFrom(rec []store.Session) []RestoredSession {
+	out := make([]RestoredSession, len(rec))
+	for i, s := range rec {
+		out[i] = RestoredSession{ID: s.ID, Seq: s.Seq, Events: make([]RestoredEvent, len(s.Events))}
+		for j, e := range s.Events {
+			out[i].Events[j] = RestoredEvent(e)
+		}
+	}
+	return out
 }

@@ -85,11 +85,8 @@ func (h *Hub) clientCancel(cl *Client, msg []byte, method, param string) ([]byte
 	}
 	want := msg[start:end]
 	var bid int64 = -1
-	for id, c := range h.calls {
-		if c.cl == cl && sameID(c.id, want) {
-			bid = id
-			break
-		}
+	if ids := h.calls.ids(func(c *call) bool { return c.cl == cl && sameID(c.id, want) }); len(ids) > 0 {
+		bid = ids[0]
 	}
 	if bid < 0 {
 		h.log.Info("client cancel names a request it has not got in flight; dropped", "conn", cl.ID, "method", method, "id", string(want))
@@ -104,12 +101,9 @@ func (h *Hub) clientCancel(cl *Client, msg []byte, method, param string) ([]byte
 // request (and the client expects none), so the call would otherwise stay
 // in flight, holding its slot and progress tokens.
 func (h *Hub) forgetCancelled(bid int64) {
-	c := h.calls[bid]
-	if c == nil {
-		return
+	if c := h.calls.take(bid, nil); c != nil {
+		h.callDone(c)
 	}
-	delete(h.calls, bid)
-	h.callDone(c)
 }
 
 // agentCancel routes the agent's cancel of one of its own requests to the

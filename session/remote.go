@@ -51,7 +51,7 @@ func (h *Hub) Mirror(sessionID, node string, st Status) bool {
 		// Not in the unclaimed list: a mirror is the owning node's to
 		// forget, not --max-sessions' (and it is never journaled).
 		s = &Session{ID: sessionID, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: st}
-		h.sessions[sessionID] = s
+		h.addSession(s)
 	} else if s.remote.node == "" {
 		return false
 	}

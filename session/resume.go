@@ -3,7 +3,6 @@ package session
 import (
 	"encoding/json"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
@@ -70,6 +69,7 @@ func (h *Hub) parkClient(cl *Client, owned []string) {
 	p := &park{key: cl.resumeKey, cl: cl, owned: owned, at: time.Now()}
 	cl.park = p
 	h.parked[p.key] = p
+	h.st.parked.Add(1)
 	p.timer = time.AfterFunc(h.cfg.ResumeWindow, func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
@@ -87,6 +87,7 @@ func (h *Hub) discardPark(p *park) {
 		return
 	}
 	delete(h.parked, p.key)
+	h.st.parked.Add(-1)
 	p.timer.Stop()
 	h.parkedBytes -= p.bytes
 	p.answers = nil
@@ -98,7 +99,7 @@ func (h *Hub) discardPark(p *park) {
 // request's fate. Precondition: h.mu held.
 func (h *Hub) buffer(p *park, id []byte, m *wire.Msg) {
 	if p.bytes+m.Size() > h.cfg.ResumeBytes || h.parkedBytes+m.Size() > h.cfg.ResumeTotalBytes {
-		h.errors.Add(1)
+		h.st.errors.Add(1)
 		m = lineOf(jsonrpc.AppendError(nil, id, &jsonrpc.Error{Code: codeOverloaded,
 			Message: fmt.Sprintf("the answer (%d bytes) arrived while the connection was away and did not fit the resume buffer; send the request again", m.Size())}))
 	}
@@ -125,7 +126,7 @@ func (h *Hub) resume(cl *Client, key string) (*resumeResult, func(), *jsonrpc.Er
 	p := h.parked[key]
 	for _, other := range []*Client{holder, parkedClient(p)} {
 		if other != nil && other.info.Role != cl.info.Role {
-			h.denied.Add(1)
+			h.st.denied.Add(1)
 			h.audit(cl, AuditRecord{Method: "bridge/hello", Outcome: "denied", Detail: fmt.Sprintf("resume key belongs to a %s connection", other.info.Role)})
 			return nil, nil, &jsonrpc.Error{Code: codeNotAllowed, Message: fmt.Sprintf("bridge/hello: the resume key belongs to a connection of role %s, this one is %s", other.info.Role, cl.info.Role)}
 		}
@@ -147,16 +148,10 @@ func (h *Hub) resume(cl *Client, key string) (*resumeResult, func(), *jsonrpc.Er
 	}
 	old := p.cl
 	rr.Resumed, rr.Received = true, old.received
-	var bids []int64
-	for bid, c := range h.calls {
-		if c.cl == old {
-			bids = append(bids, bid)
-		}
-	}
-	slices.Sort(bids) // in the order they were sent
+	bids := h.calls.ids(func(c *call) bool { return c.cl == old }) // in the order they were sent
 	moveCalls(old, cl)
 	for _, bid := range bids {
-		c := h.calls[bid]
+		c := h.calls.get(bid)
 		c.cl = cl
 		for _, t := range c.tokens {
 			h.progress[t] = progressRoute{cl: cl, token: h.progress[t].token}

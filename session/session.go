@@ -2,7 +2,6 @@ package session
 
 import (
 	"github.com/agentbridge/agentbridge/auth"
-	"github.com/agentbridge/agentbridge/store"
 	"github.com/agentbridge/agentbridge/wire"
 )
 
@@ -45,11 +44,41 @@ func (h *Hub) session(id string) *Session {
 	s := h.sessions[id]
 	if s == nil {
 		s = &Session{ID: id, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: StatusIdle, gen: h.gen}
-		h.sessions[id] = s
+		h.addSession(s)
 		h.unclaimed(s) // journaled once a client claims it
 
 	}
 	return s
+}
+
+// RestoredSession is a session recovered from the state directory (cmd
+// converts the store's).
+type RestoredSession struct {
+	ID string
+	// Seq is the highest seq the session may already have used: its next
+	// event gets Seq+1.
+	Seq uint64
+	// Events are the kept events in ascending seq, possibly with holes.
+	Events []RestoredEvent
+}
+
+// RestoredEvent is one persisted event; Body is kept without a copy.
+type RestoredEvent struct {
+	Seq  uint64
+	Body []byte
+}
+
+// addSession and removeSession keep the sessions map and its count.
+// Precondition: h.mu held.
+func (h *Hub) addSession(s *Session) {
+	h.sessions[s.ID] = s
+	h.st.sessions.Add(1)
+}
+
+func (h *Hub) removeSession(s *Session) {
+	s.log.release() // its memory goes back to --replay-memory
+	delete(h.sessions, s.ID)
+	h.st.sessions.Add(-1)
 }
 
 // Restore adds sessions recovered from the state directory: their history
@@ -57,7 +86,7 @@ func (h *Hub) session(id string) *Session {
 // client loads them into the agent again (session/load). Sessions the hub
 // already knows are left alone. Safe from any goroutine; call it before
 // serving connections.
-func (h *Hub) Restore(sessions []store.Session) {
+func (h *Hub) Restore(sessions []RestoredSession) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, rs := range sessions {
@@ -73,7 +102,7 @@ func (h *Hub) Restore(sessions []store.Session) {
 			m.SessionID, m.Seq = s.ID, e.Seq
 			s.log.append(m)
 		}
-		h.sessions[s.ID] = s
+		h.addSession(s)
 		h.trimLogs()
 	}
 }
@@ -136,7 +165,7 @@ func (s *Session) computeStatus(agentUp bool) Status {
 // refreshStatus recomputes the session's status and announces a change to
 // its attached clients with bridge/status.
 func (h *Hub) refreshStatus(s *Session) {
-	st := s.computeStatus(h.agentUp)
+	st := s.computeStatus(h.st.agentUp.Load())
 	if st == s.status {
 		return
 	}
@@ -180,7 +209,7 @@ func (h *Hub) fanout(s *Session, m *wire.Msg) {
 	}
 	// Counted once per event, not once per recipient: this loop is the
 	// fan-out hot path.
-	h.deliveries.Add(uint64(delivered))
+	h.st.deliveries.Add(uint64(delivered))
 	// The log keeps the event, not its envelope too (--replay-memory
 	// counts the event): the recipients of this fan-out hold theirs.
 	m.ForgetEnvelope()

@@ -629,6 +629,7 @@ func (s *Store) recycle(b []rec) {
 }
 
 func (s *Store) writeBatch(b []rec) {
+	var events uint64 // counted once they are handed to write(2), not when buffered
 	for i := range b {
 		r := &b[i]
 		if r.kind == kindDelete {
@@ -638,12 +639,13 @@ func (s *Store) writeBatch(b []rec) {
 		st := s.session(r.session)
 		if r.kind == kindEvent && r.seq > st.lastSeq {
 			seg, off := s.put(kindEvent, st.id, r.seq, r.body)
-			s.nwritten.Add(1)
+			events++
 			st.addEvent(r.seq, len(r.body), recordSize(st.id, r.body), seg, off)
 			s.trim(st)
 		}
 	}
 	s.flush()
+	s.nwritten.Add(events)
 	s.compact()
 	s.nsessions.Store(int64(len(s.sess)))
 	s.nsegments.Store(int64(len(s.segs)))

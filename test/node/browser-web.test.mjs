@@ -50,6 +50,24 @@ async function openSession(p, sid) {
   await p.waitForFunction((s) => window.agentbridge.attached === s, sid, { timeout: 10000 });
 }
 
+/**
+ * Waits until the health panel's metrics show name = want. The panel polls
+ * every 5 s; within that it must follow a permission request appearing and
+ * settling (it used to show pending_agent_requests 0 beside a pending card).
+ */
+async function metricShows(p, name, want) {
+  await p.waitForFunction(
+    ([n, w]) => {
+      for (const dt of document.querySelectorAll("#metrics dt")) {
+        if (dt.textContent === n) return dt.nextElementSibling?.textContent === w;
+      }
+      return false;
+    },
+    [name, want],
+    { timeout: 2500 },
+  );
+}
+
 const chunksOf = (p) => p.$$eval("#stream .msg.agent .chunk", (els) => els.map((e) => e.textContent));
 
 test("log in with the form; the page streams a session and an operator approves its permission request", T, (t) =>
@@ -81,10 +99,12 @@ test("log in with the form; the page streams a session and an operator approves 
     assert.equal(await p.textContent("#session-status"), "awaiting_hitl");
     const expected = Array.from({ length: 30 }, (_, i) => chunkText(i + 1, 30, 64));
     assert.deepEqual(await chunksOf(p), expected, "the streamed text on the page");
+    await metricShows(p, "pending_agent_requests", "1");
     const shot = docsScreenshot("dashboard.png");
     if (shot) await p.screenshot({ path: shot, fullPage: false });
 
     await p.click(`${card} button[data-kind="allow_once"]`);
+    await metricShows(p, "pending_agent_requests", "0");
     const done = await c.response(3, 20000);
     assert.equal(done.result?.stopReason, "end_turn", JSON.stringify(done));
     await c.waitFor("bridge/resolved at the owner", (m) => m.method === "bridge/resolved" && m.params.id === ask.id);

@@ -155,9 +155,11 @@ function onMessage(m) {
     case "bridge/status":
       updateRow({ sessionId: p.sessionId, status: p.status });
       if (p.sessionId === state.current) setStatus(p.status);
+      healthSoon(); // awaiting_hitl comes and goes with pending_agent_requests
       return;
     case "bridge/resolved":
       resolved(p.id);
+      healthSoon();
       return;
   }
   raw(m);
@@ -270,6 +272,7 @@ function permission(params, id, delivered) {
   if (card) card.replaceWith(fresh);
   else $("#permissions").append(fresh);
   state.permissions[key] = { state: "pending" };
+  healthSoon();
 }
 
 function answer(card, id, optionId) {
@@ -409,7 +412,28 @@ $("#show-raw").addEventListener("change", (e) => {
 
 // ---- health ----
 
+// The panel is polled every HEALTH_EVERY, and also fetched again soon after
+// a permission request appears or settles: otherwise it went on showing the
+// figures of the last poll (pending_agent_requests 0 beside a pending
+// request's card) for up to HEALTH_EVERY.
+let healthTimer = 0;
+let healthBusy = false; // a round is fetching
+let healthAgain = false; // something changed while it was: fetch again soon
+const HEALTH_SOON = 100;
+
+function healthSoon() {
+  if (healthBusy) {
+    healthAgain = true;
+    return;
+  }
+  clearTimeout(healthTimer);
+  healthTimer = setTimeout(health, HEALTH_SOON);
+}
+
 async function health() {
+  clearTimeout(healthTimer);
+  healthBusy = true;
+  healthAgain = false;
   try {
     const h = await (await fetch("/healthz", { cache: "no-store" })).json();
     $("#health").replaceChildren(
@@ -424,7 +448,8 @@ async function health() {
   } catch {
     // The next round retries.
   }
-  setTimeout(health, HEALTH_EVERY);
+  healthBusy = false;
+  healthTimer = setTimeout(health, healthAgain ? HEALTH_SOON : HEALTH_EVERY);
 }
 
 function pairs(o) {

@@ -1,0 +1,100 @@
+package session
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// callTable is the pending-call table: requests forwarded to the agent
+// (a client's, or the bridge's own) and not answered yet, keyed by the
+// bridge id the agent saw. It is not guarded by the routing lock but by
+// its own, sharded by bridge id, and ids come from an atomic counter: a
+// client's request going out (on its connection's goroutine) and the
+// agent's answers coming in (on the agent's) meet only on one shard's
+// lock, for a map operation.
+//
+// A call is put in the table before it is sent, so an answer can never
+// arrive for an id the table does not know yet. Once in the table, a
+// call's fields change only under the exclusive routing lock (resume moves
+// calls to a successor); put, get and take are safe from any goroutine.
+type callTable struct {
+	next   atomic.Int64 // the last bridge id handed out
+	n      atomic.Int64 // calls in the table (Stats.PendingCalls)
+	shards [callShards]callShard
+}
+
+// callShards spreads the table over this many locks (a power of two):
+// consecutive ids, and so concurrent clients, fall on different shards.
+const callShards = 16
+
+type callShard struct {
+	mu sync.Mutex
+	m  map[int64]*call // guarded by mu
+	_  [48]byte        // one shard per cache line
+}
+
+// newID returns a fresh bridge id (1, 2, ...). Any goroutine.
+func (t *callTable) newID() int64 { return t.next.Add(1) }
+
+func (t *callTable) shard(bid int64) *callShard { return &t.shards[bid&(callShards-1)] }
+
+// put records c under bid. Any goroutine.
+func (t *callTable) put(bid int64, c *call) {
+	sh := t.shard(bid)
+	sh.mu.Lock()
+	if sh.m == nil {
+		sh.m = make(map[int64]*call)
+	}
+	sh.m[bid] = c
+	sh.mu.Unlock()
+	t.n.Add(1)
+}
+
+// get returns the call under bid, nil if none. Any goroutine.
+func (t *callTable) get(bid int64) *call {
+	sh := t.shard(bid)
+	sh.mu.Lock()
+	c := sh.m[bid]
+	sh.mu.Unlock()
+	return c
+}
+
+// take removes and returns the call under bid when it is want (nil: any
+// call); nil when bid holds no call, or another one. Any goroutine.
+func (t *callTable) take(bid int64, want *call) *call {
+	sh := t.shard(bid)
+	sh.mu.Lock()
+	c := sh.m[bid]
+	if c == nil || (want != nil && c != want) {
+		sh.mu.Unlock()
+		return nil
+	}
+	delete(sh.m, bid)
+	sh.mu.Unlock()
+	t.n.Add(-1)
+	return c
+}
+
+// ids returns the bridge ids of the calls match accepts, ascending: the
+// order they were sent in (per client, since one client's requests are
+// forwarded one after the other). Precondition: the routing lock held
+// exclusively, so no call is put or taken meanwhile.
+func (t *callTable) ids(match func(*call) bool) []int64 {
+	var ids []int64
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		for id, c := range sh.m {
+			if match(c) {
+				ids = append(ids, id)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// len is how many calls await the agent. Any goroutine.
+func (t *callTable) len() int { return int(t.n.Load()) }
