@@ -30,7 +30,8 @@ import (
 // endpoint's transport is the acpConn: its writer is the acpConn's own
 // goroutine, which frames each message as one SSE event and routes it to
 // the stream it belongs to (a byte queue per stream). A stream's GET is a
-// TCP connection that the gnet loop feeds from that queue; a stream with no
+// Sink of the listener it came on (a gnet TCP connection fed on its loop, or
+// a net/http handler goroutine) that takes that queue; a stream with no
 // GET keeps queueing, and a connection whose streams hold more than
 // acpBacklogMax stops draining its outbox, so the outbox's slow-consumer
 // policy (degrade or disconnect) applies as on every other transport.

@@ -350,7 +350,7 @@ func (f *Front) metricsReply(r *http.Request) *Reply {
 	return &Reply{Status: rec.status, CType: rec.h.Get("Content-Type"), Body: rec.buf.Bytes()}
 }
 
-// bufferedResponse collects a handler's response for the gnet path.
+// bufferedResponse collects a handler's response into a Reply.
 type bufferedResponse struct {
 	h      http.Header
 	status int
