@@ -126,14 +126,19 @@ func TestStreamableHTTPOverH2(t *testing.T) {
 	if stop != "end_turn" || chunks == 0 || permissions != 1 {
 		t.Fatalf("prompt over h2: stopReason %q, %d chunks, %d permission requests", stop, chunks, permissions)
 	}
+	// A refused WebSocket attempt ends only its own stream over h2 (a
+	// "Connection: close" would make net/http shut the whole connection).
+	if r := do("GET", "", "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version", "13"); r.StatusCode < 400 || r.StatusCode >= 500 {
+		t.Fatalf("WebSocket attempt over h2: %d", r.StatusCode)
+	}
+	if r := do("DELETE", "", "Acp-Connection-Id", id); r.StatusCode != http.StatusAccepted {
+		t.Fatalf("DELETE: %d", r.StatusCode)
+	}
 	mu.Lock()
 	n := len(conns)
 	mu.Unlock()
 	if n != 1 {
 		t.Fatalf("requests and streams used %d TCP connections, want one (HTTP/2 multiplexing): %v", n, conns)
-	}
-	if r := do("DELETE", "", "Acp-Connection-Id", id); r.StatusCode != http.StatusAccepted {
-		t.Fatalf("DELETE: %d", r.StatusCode)
 	}
 }
 
