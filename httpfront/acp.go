@@ -99,6 +99,7 @@ type acpStream struct {
 	buf   []byte // events framed and not yet taken by a GET
 	sink  Sink   // the GET that receives it; nil while none
 	final bool   // MCP POST stream: its response is queued; end after it
+	mcp   mcpLog // MCP: event ids and what Last-Event-ID can replay
 }
 
 // acpConn is one ACP Streamable HTTP connection.
@@ -126,6 +127,7 @@ type acpConn struct {
 	closed   bool
 	posts    int               // MCP: POST streams opened, for their keys
 	progTok  map[string]string // MCP: progress token (raw JSON) → the POST stream of its request
+	doneQ    []string          // MCP: answered POST streams kept for a late Last-Event-ID, oldest first
 
 	// Writer goroutine only.
 	routes []string
@@ -198,11 +200,15 @@ func (s *Stream) Take(take bool) (b []byte, end, lost bool) {
 	if take {
 		b, st.buf = st.buf, nil
 		a.queued -= len(b)
+		if a.mcp {
+			st.mcp.taken()
+		}
 	}
 	end = a.closed
 	if st.final && len(st.buf) == 0 {
-		// An MCP POST stream ends with its response.
-		delete(a.streams, s.key)
+		// An MCP POST stream ends with its response; it is kept a while
+		// for a client that lost the end and resumes (Last-Event-ID).
+		a.retire(s.key)
 		end = true
 	}
 	return b, end, false
@@ -231,7 +237,9 @@ func (s *Stream) Detach() {
 	a.mu.Lock()
 	if st := a.streams[s.key]; st != nil && st.sink == s.sink {
 		st.sink = nil
-		if s.key != "" && (len(st.buf) == 0 || strings.HasPrefix(s.key, "\x01")) {
+		// An MCP POST stream outlives its POST: the client resumes it
+		// with a GET and Last-Event-ID.
+		if s.key != "" && (len(st.buf) == 0 || strings.HasPrefix(s.key, "\x01")) && !a.mcp {
 			delete(a.streams, s.key)
 		}
 	}
@@ -344,6 +352,9 @@ func (a *acpConn) Write(frames [][]byte) error {
 		if st == nil {
 			st = &acpStream{}
 			a.streams[r] = st
+		}
+		if a.mcp {
+			f = st.mcp.event(f)
 		}
 		st.buf = append(st.buf, f...)
 		a.queued += len(f)
