@@ -137,6 +137,12 @@ type Fleet struct {
 
 	mmu     sync.Mutex // guards mirrors
 	mirrors map[string]*mirror
+
+	fw forwarding // forward.go
+	// tick is closed (and replaced) at each mirrored event, for deliveries
+	// waiting for their mirror (forward.go).
+	tickMu sync.Mutex
+	tick   chan struct{}
 }
 
 type mirror struct {
@@ -214,6 +220,13 @@ func (f *Fleet) Start(h Hub) error {
 	w, err := f.kv.WatchAll(f.ctx)
 	if err != nil {
 		return fmt.Errorf("fleet: watch the session bucket: %v", err)
+	}
+	if fh, ok := h.(ForwardHub); ok {
+		if err := f.startForwarding(fh); err != nil {
+			f.cancel()
+			_ = w.Stop()
+			return err
+		}
 	}
 	f.writerWG.Add(1)
 	go f.writer()
@@ -354,6 +367,7 @@ func (f *Fleet) refresher() {
 	for {
 		f.refresh()
 		f.expire()
+		f.reapStandins()
 		select {
 		case <-f.ctx.Done():
 			return
@@ -458,6 +472,7 @@ func (f *Fleet) event(sid string, msg jetstream.Msg) {
 		return
 	}
 	f.hub.MirrorEvent(sid, seq, msg.Data())
+	f.mirrored()
 }
 
 // Close publishes what is queued (bounded by ctx), marks the local

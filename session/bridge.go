@@ -146,6 +146,7 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 				return
 			}
 			h.attach(cl, hd.ID, s, p.Since, p.Last)
+			h.remoteAttached(cl, s) // remote.go
 		case "bridge/detach":
 			h.endCatchup(cl, s)
 			s.detach(cl)
