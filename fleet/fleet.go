@@ -120,6 +120,7 @@ type Fleet struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	kv     jetstream.KeyValue
+	loads  jetstream.KeyValue // reload.go
 	stream string
 	prefix string // agentbridge.<fleet>.s.
 
@@ -207,6 +208,12 @@ func Join(ctx context.Context, cfg Config) (*Fleet, error) {
 	}); err != nil {
 		return fail(fmt.Errorf("JetStream KV bucket at %q: %v", cfg.URL, err))
 	}
+	if f.loads, err = f.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: "agentbridge-" + cfg.Fleet + "-loads", Storage: jetstream.FileStorage,
+		Description: "agentbridge fleet " + cfg.Fleet + ": what re-loads each session into a restarted node's agent",
+	}); err != nil {
+		return fail(fmt.Errorf("JetStream KV bucket at %q: %v", cfg.URL, err))
+	}
 	return f, nil
 }
 
@@ -227,6 +234,8 @@ func (f *Fleet) Start(h Hub) error {
 			_ = w.Stop()
 			return err
 		}
+		f.wg.Add(1)
+		go f.reload(fh) // reload.go
 	}
 	f.writerWG.Add(1)
 	go f.writer()
@@ -312,12 +321,17 @@ func (f *Fleet) publish(batch []op) {
 		switch o.kind {
 		case 'a':
 			f.publishSync(o)
+		case 'i', 'l':
+			f.putLoad(o) // reload.go
 		case 'c':
 			f.putEntry(Entry{SessionID: o.sid, Node: f.cfg.Node, Status: session.StatusIdle})
 		case 'd':
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if err := f.kv.Delete(ctx, Encode(o.sid)); err != nil {
 				f.log.Warn("fleet: cannot delete the session's KV entry", "session", o.sid, "err", err)
+			}
+			if err := f.loads.Delete(ctx, Encode(o.sid)); err != nil {
+				f.log.Warn("fleet: cannot delete the session's load record", "session", o.sid, "err", err)
 			}
 			if s, err := f.js.Stream(ctx, f.stream); err == nil {
 				if err := s.Purge(ctx, jetstream.WithPurgeSubject(f.Subject(o.sid))); err != nil {
@@ -513,7 +527,8 @@ func (f *Fleet) Close(ctx context.Context) error {
 }
 
 // Tee is a session.Journal writing to both a and b (the --state-dir store
-// and the fleet), in order; Delete reaches those that implement it.
+// and the fleet), in order; Delete and the LoadRecorder methods reach
+// those that implement them.
 func Tee(a, b session.Journal) session.Journal { return tee{a, b} }
 
 type tee struct{ a, b session.Journal }
@@ -531,8 +546,25 @@ func (t tee) Delete(sid string) {
 	}
 }
 
+func (t tee) RecordInitialize(request []byte) {
+	for _, j := range []session.Journal{t.a, t.b} {
+		if r, ok := j.(session.LoadRecorder); ok {
+			r.RecordInitialize(request)
+		}
+	}
+}
+
+func (t tee) RecordLoad(sid string, request []byte) {
+	for _, j := range []session.Journal{t.a, t.b} {
+		if r, ok := j.(session.LoadRecorder); ok {
+			r.RecordLoad(sid, request)
+		}
+	}
+}
+
 var (
 	_ session.Journal        = (*Fleet)(nil)
 	_ session.JournalDeleter = (*Fleet)(nil)
 	_ session.JournalDeleter = tee{}
+	_ session.LoadRecorder   = tee{}
 )

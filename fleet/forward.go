@@ -51,9 +51,9 @@ import (
 	"github.com/agentbridge/agentbridge/wire"
 )
 
-// ForwardHub is what forwarding needs of the session hub beyond Hub; the
-// session hub implements it (Start serves forwarding only for a hub that
-// does).
+// ForwardHub is what forwarding and re-loading (reload.go) need of the
+// session hub beyond Hub; the session hub implements it (Start serves
+// both only for a hub that does).
 type ForwardHub interface {
 	Hub
 	Open(c session.Conn, info session.ConnInfo) *session.Client
@@ -62,6 +62,7 @@ type ForwardHub interface {
 	AttachRemote(cl *session.Client, sessionID string) bool
 	Deliver(conn uint64, body []byte) bool
 	MirrorSeq(sessionID string) uint64
+	Restore(sessions []session.RestoredSession)
 }
 
 // Headers of the forwarding messages.

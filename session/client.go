@@ -232,6 +232,7 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 			return
 		}
 	}
+	h.keepLoad(c, msg) // remote.go
 	if !h.sendCall(c, msg, hd) {
 		h.releaseTokens(c)
 		return
@@ -328,6 +329,9 @@ func (h *Hub) sendInitialize() {
 		}
 		in.response = clone(body)
 		h.learnDialect(body)
+		if r := h.loadRecorder(); r != nil { // remote.go
+			r.RecordInitialize(in.request)
+		}
 		for _, w := range in.waiters {
 			h.replyCached(w.cl, w.id)
 		}

@@ -265,6 +265,7 @@ type call struct {
 	// the agent refuses it
 	attachedNow, ownedNow, loading bool
 	tokens                         []string // bridge progress tokens minted for it (remap.go)
+	loadRequest                    []byte   // session/new, load, resume: kept for a LoadRecorder (remote.go)
 	lim                            callLimits
 }
 

@@ -219,3 +219,39 @@ func (h *Hub) AttachRemote(cl *Client, sessionID string) bool {
 	}
 	return true
 }
+
+// LoadRecorder is implemented by a Journal that keeps what a restarted
+// daemon needs to load its sessions into its new agent (the fleet package):
+// the agent's first successful initialize request, and the request that
+// created or loaded each session (session/new, load or resume: its cwd and
+// mcpServers). Called under the hub mutex: both must only enqueue; request
+// is immutable and may be kept.
+type LoadRecorder interface {
+	RecordInitialize(request []byte)
+	RecordLoad(sessionID string, request []byte)
+}
+
+// loadRecorder is the journal's LoadRecorder, or nil.
+func (h *Hub) loadRecorder() LoadRecorder {
+	r, _ := h.cfg.Journal.(LoadRecorder)
+	return r
+}
+
+// keepLoad keeps msg, a session/new, load or resume request, on c for
+// recordLoad when the journal records loads. Precondition: h.mu held.
+func (h *Hub) keepLoad(c *call, msg []byte) {
+	switch c.method {
+	case "session/new", "session/load", "session/resume":
+		if h.loadRecorder() != nil {
+			c.loadRequest = clone(msg)
+		}
+	}
+}
+
+// recordLoad hands the request that created or loaded sid to the journal,
+// once the agent accepted it. Precondition: h.mu held.
+func (h *Hub) recordLoad(c *call, sid string) {
+	if r := h.loadRecorder(); r != nil && c.loadRequest != nil && sid != "" {
+		r.RecordLoad(sid, c.loadRequest)
+	}
+}

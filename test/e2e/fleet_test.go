@@ -395,6 +395,77 @@ func TestFleetNodeDeath(t *testing.T) {
 	events(again, sid, 1, end)
 }
 
+// TestFleetNodeRestart: node A, SIGKILLed and started again (a new
+// process, the same --node), re-loads its session into its new agent with
+// the recorded cwd and mcpServers (the demo agent keeps session ids on
+// disk, as real agents do); B's attached client sees blocked, then idle,
+// and prompts again: every event of the new turn, numbered on from the
+// first turn's, exactly once and before the answer.
+func TestFleetNodeRestart(t *testing.T) {
+	url := startNATS(t)
+	fleet := fmt.Sprintf("t%d", time.Now().UnixNano())
+	kept := t.TempDir()
+	nodeA := func() *daemon {
+		return startDaemon(t, "--nats", url, "--node", "A", "--fleet", fleet,
+			"--", binPath, "demo-agent", "--chunks", "10", "--pace", "2ms", "--tool-calls", "0", "--sessions-dir", kept)
+	}
+	a := nodeA()
+	b := fleetNode(t, url, fleet, "B")
+	owner := dial(t, a)
+	acpInit(t, owner, 1)
+	sid, _ := field(owner.call(1, "session/new", map[string]any{"cwd": "/tmp", "mcpServers": []any{}}), "result", "sessionId").(string)
+	if pr := owner.call(2, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "one"}}}); field(pr, "result", "stopReason") != "end_turn" {
+		t.Fatalf("first prompt on A: %v", pr)
+	}
+	oid := 10
+	end1 := uint64(listed(owner, &oid, sid)["seq"].(float64))
+
+	bc := dial(t, b)
+	bc.call(1, "bridge/hello", map[string]any{"envelope": true})
+	acpInit(t, bc, 1)
+	bid := 1
+	waitListed(bc, &bid, sid, fmt.Sprintf("seq %d", end1), func(m map[string]any) bool { return uint64(m["seq"].(float64)) == end1 })
+	bc.call(2, "bridge/attach", map[string]any{"sessionId": sid, "since": 0})
+	events(bc, sid, 1, end1)
+
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-a.exited
+	isStatus := func(st string) func(map[string]any) bool {
+		return func(m map[string]any) bool {
+			return m["method"] == "bridge/status" && field(m, "params", "sessionId") == sid && field(m, "params", "status") == st
+		}
+	}
+	bc.waitFor(15*time.Second, "bridge/status blocked", isStatus("blocked"))
+	a2 := nodeA()
+	bc.waitFor(30*time.Second, "bridge/status idle after A's restart", isStatus("idle"))
+	if !a2.waitLog("re-loaded this node's sessions", wait) || !strings.Contains(a2.logs(), "loaded=1") {
+		t.Fatalf("A did not log re-loading its session:\n%s", a2.logs())
+	}
+
+	bc.request(20, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "two"}}})
+	pr, seen := bc.response(20, wait)
+	if field(pr, "result", "stopReason") != "end_turn" {
+		t.Fatalf("B's prompt after A's restart: %v", pr)
+	}
+	next := end1 + 1
+	for _, m := range seen {
+		switch m["method"] {
+		case "bridge/gap":
+			t.Fatalf("B got a gap after A's restart: %v", m)
+		case "bridge/event":
+			if seq := uint64(field(m, "params", "seq").(float64)); seq != next {
+				t.Fatalf("B got seq %d after A's restart, want %d (a hole or a duplicate)", seq, next)
+			}
+			next++
+		}
+	}
+	if next < end1+10 {
+		t.Fatalf("B got events %d..%d of the second turn before its answer", end1+1, next-1)
+	}
+}
+
 // TestSingleNodeNoFleet: without --nats nothing names a node.
 func TestSingleNodeNoFleet(t *testing.T) {
 	d := startDaemon(t)
