@@ -49,6 +49,18 @@ var tiny = []string{
 	"--reconnect-clients", "6", "--reconnect-sessions", "2", "--reconnect-pace", "2ms",
 }
 
+// mcpArgs point the mcp scenario at test/node's server-everything and
+// supergateway (scripts/test-deps.sh installs both); $BENCH_SUPERGATEWAY
+// names another supergateway.
+func mcpArgs() []string {
+	sg := os.Getenv("BENCH_SUPERGATEWAY")
+	if sg == "" {
+		sg = "../test/node/node_modules/.bin/supergateway"
+	}
+	return []string{"--mcp-server", "../test/node/node_modules/.bin/mcp-server-everything", "--supergateway", sg,
+		"--mcp-clients", "3", "--mcp-calls", "2"}
+}
+
 // runBench runs `agentbridge bench` in this process (so the race detector
 // sees it) and returns its exit status, output and the --json result.
 func runBench(t *testing.T, args ...string) (int, string, string, *Result) {
@@ -76,25 +88,28 @@ func websocketdInstalled() bool {
 // configuration against the real binary and validates the JSON.
 func TestScenarios(t *testing.T) {
 	type want struct {
-		metrics   []string            // every transport has these figures
-		baselines map[string][]string // transport → baselines every figure has
-		only      string              // the one transport the scenario runs over, if any
+		metrics    []string            // every transport has these figures
+		baselines  map[string][]string // transport → baselines every figure has
+		transports []string            // default: unix and ws
 	}
 	wants := map[string]want{
-		"rtt": {metrics: []string{"p50", "p99"}, baselines: map[string][]string{"unix": {sysDirect, sysUDSEcho}, "ws": {sysGWS, sysForwarder, sysWebsocketd}}},
-		"throughput": {metrics: []string{"answered"},
-			baselines: map[string][]string{"unix": {sysUDSEcho}, "ws": {sysGWS, sysForwarder, sysWebsocketd}}},
+		"rtt": {metrics: []string{"p50", "p99"}, transports: []string{"unix", "ws", "http"},
+			baselines: map[string][]string{"unix": {sysDirect, sysUDSEcho}, "ws": {sysGWS, sysForwarder, sysWebsocketd}, "http": {sysBridgeWS}}},
+		"throughput": {metrics: []string{"answered"}, transports: []string{"unix", "ws", "http"},
+			baselines: map[string][]string{"unix": {sysUDSEcho}, "ws": {sysGWS, sysForwarder, sysWebsocketd}, "http": {sysBridgeWS}}},
 		"fanout":    {metrics: []string{"delivered", "p50", "p99"}, baselines: map[string][]string{"unix": {sysBroadcast}, "ws": {sysBroadcast}}},
 		"idle":      {metrics: []string{"RSS per conn"}, baselines: map[string][]string{"unix": {sysUDSEcho}, "ws": {sysGWS}}},
 		"stall":     {metrics: []string{"p50", "p99", "rss growth"}, baselines: map[string][]string{"unix": {"0 stalled"}, "ws": {"0 stalled"}}},
 		"reconnect": {metrics: []string{"all live again", "p50 re-attach", "lost", "duplicated"}},
-		"sessions":  {metrics: []string{"daemon RSS", "set-up"}, only: "unix"},
+		"sessions":  {metrics: []string{"daemon RSS", "set-up"}, transports: []string{"unix"}},
+		"mcp": {metrics: []string{"p50", "p99", "all done", "call p99"}, transports: []string{"http"},
+			baselines: map[string][]string{"http": {sysSupergateway}}},
 		"fleet": {metrics: []string{"delivery p50", "delivery p99", "rtt p50", "events/s"},
-			baselines: map[string][]string{"unix": {"same node"}}, only: "unix"},
+			baselines: map[string][]string{"unix": {"same node"}}, transports: []string{"unix"}},
 	}
 	for _, scenario := range Scenarios {
 		t.Run(scenario, func(t *testing.T) {
-			args := append(slices.Clone(tiny), scenario)
+			args := append(append(slices.Clone(tiny), mcpArgs()...), scenario)
 			switch scenario {
 			case "rtt":
 				args = append(args, "--rate", "400", "--pin")
@@ -110,10 +125,11 @@ func TestScenarios(t *testing.T) {
 			}
 			checkMachine(t, res)
 			w := wants[scenario]
-			for _, transport := range Transports {
-				if w.only != "" && transport != w.only {
-					continue
-				}
+			transports := w.transports
+			if transports == nil {
+				transports = Transports
+			}
+			for _, transport := range transports {
 				for _, metric := range w.metrics {
 					figs := figures(res, scenario, transport, metric)
 					if len(figs) == 0 {
@@ -134,7 +150,7 @@ func TestScenarios(t *testing.T) {
 				}
 			}
 			switch scenario {
-			case "rtt", "throughput":
+			case "rtt", "throughput", "mcp":
 				checkRounds(t, res, scenario, 2)
 			case "idle":
 				for _, transport := range Transports {
@@ -176,7 +192,7 @@ func TestScenarios(t *testing.T) {
 func checkRounds(t *testing.T, res *Result, scenario string, n int) {
 	t.Helper()
 	for _, f := range res.Figures {
-		if f.Scenario != scenario || strings.HasPrefix(f.Case, "open loop") {
+		if f.Scenario != scenario || strings.HasPrefix(f.Case, "open loop") || strings.HasPrefix(f.Case, "storm") {
 			continue
 		}
 		var vals []float64
@@ -367,8 +383,30 @@ func TestMissingWebsocketd(t *testing.T) {
 		if baselineOf(f, sysWebsocketd) != nil {
 			t.Errorf("%s has a websocketd baseline that did not run", f.Key())
 		}
-		if baselineOf(f, sysGWS) == nil {
+		if f.Transport == "ws" && baselineOf(f, sysGWS) == nil {
 			t.Errorf("%s lost its gws baseline", f.Key())
+		}
+	}
+}
+
+// TestMCPWithoutSupergateway: with no supergateway the mcp scenario still
+// measures the bridge and says clearly why the baseline is missing.
+func TestMCPWithoutSupergateway(t *testing.T) {
+	args := append(append(slices.Clone(tiny), mcpArgs()...), "--supergateway", "/nonexistent/supergateway", "--repeat", "1", "mcp")
+	code, _, stderr, res := runBench(t, args...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	msg := "mcp supergateway baseline skipped: --supergateway /nonexistent/supergateway not found (npm supergateway: run scripts/test-deps.sh"
+	if !strings.Contains(stderr, msg) || len(res.Skipped) != 1 || !strings.HasPrefix(res.Skipped[0], msg) {
+		t.Errorf("want the skip %q in stderr and the JSON, got %q and %q", msg, stderr, res.Skipped)
+	}
+	if len(res.Figures) != 4 {
+		t.Errorf("want the bridge's 4 mcp figures, got %+v", res.Figures)
+	}
+	for _, f := range res.Figures {
+		if len(f.Baselines) != 0 || !(f.Value > 0) {
+			t.Errorf("%s: value %v, baselines %+v (supergateway never ran)", f.Key(), f.Value, f.Baselines)
 		}
 	}
 }

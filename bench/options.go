@@ -308,14 +308,19 @@ Scenarios (default: all, in this order):
               connection and on --conns: answered messages/s. Baselines as
               rtt (direct on 1 connection only; websocketd's window capped
               by --websocketd-window).
+              Over ws, rtt and throughput also have the gws forwarder (gws
+              in front of one shared echo agent, ids remapped: what a user
+              would write by hand) and, with --http, run over ACP
+              Streamable HTTP (POST + SSE on /acp) beside the same daemon
+              over WebSocket.
   fanout      --sessions sessions x --clients attached clients each; the
               demo agent streams stamped chunks (full speed, or every
               --fanout-pace): delivered messages/s across all clients and
               delivery latency from the agent's send stamp. Baseline: the
               same stream from a plain Go (unix) or gws Broadcaster (ws)
               server.
-  idle        --idle-conns connections that each did one round trip, then
-              sit: the daemon's RSS growth per connection (VmRSS from
+  idle        --idle-conns connections (each count on a fresh daemon) that
+              each did one round trip, then sit: the daemon's RSS growth per connection (VmRSS from
               /proc/PID/status before and after). Baseline: uds-echo (Go net,
               goroutine per connection) and gws. Raises RLIMIT_NOFILE itself.
   sessions    --session-count sessions over the Unix socket, each with its
@@ -346,9 +351,16 @@ Scenarios (default: all, in this order):
               events/s of a flood the same way; gated request round trips
               forwarded from the other node beside the agent's node.
 
-Targets (issue 6): unix rtt p50 <= 2.2x direct; ws throughput >= 2x gws and
->= 20x websocketd; idle ws <= 1/5 of gws and <= 2 KB per connection; fanout
->= 1,000,000 delivered msgs/s across 1,000 clients; stall p99 <= 1.2x.
+Targets, each judged in the same run (the report's target table lists
+them): unix rtt p50 <= 2.2x direct, and pinned <= 2.5x direct; ws rtt p50
+pinned <= 2.5x gws; unix throughput on 1 connection >= 0.5x direct; ws
+throughput on --conns >= 2x the gws forwarder (stretch: >= 1x gws) and
+>= 20x websocketd; idle <= 1.5 KB (unix) and <= 2 KB (ws) per connection,
+and ws <= 1/5 of gws; sessions <= 100 MB daemon RSS at 10,000 sessions;
+fanout >= 1,000,000 delivered msgs/s across 1,000 clients; stall p99 <= 1.2x.
+With --repeat N, rtt's closed-loop, throughput's and mcp's round trips are
+measured in N rounds: a figure is the median of its rounds and a ratio the
+median of the rounds' ratios.
 
 Output: the table on stdout; a live progress line on stderr when it is a
 terminal; --json, --plot, --report, --history as below. Exit status 1 when a

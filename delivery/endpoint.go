@@ -147,6 +147,9 @@ func (e *Endpoint) Register(r auth.Role, via session.Conn) *session.Client {
 		via = e
 	}
 	cl := e.cfg.Hub.Open(via, session.ConnInfo{Role: r, Transport: e.Transport(), Peer: e.peer})
+	// A catch-up chunk read from disk off the hub's lock is queued by the
+	// next Flush's pump.
+	e.cfg.Hub.SetWake(cl, e.t.Wake)
 	e.cl.Store(cl)
 	return cl
 }

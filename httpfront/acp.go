@@ -98,6 +98,7 @@ type acpStream struct {
 	buf   []byte // events framed and not yet taken by a GET
 	sink  Sink   // the GET that receives it; nil while none
 	final bool   // MCP POST stream: its response is queued; end after it
+	mcp   mcpLog // MCP: event ids and what Last-Event-ID can replay
 }
 
 // acpConn is one ACP Streamable HTTP connection.
@@ -125,6 +126,7 @@ type acpConn struct {
 	closed   bool
 	posts    int               // MCP: POST streams opened, for their keys
 	progTok  map[string]string // MCP: progress token (raw JSON) → the POST stream of its request
+	doneQ    []string          // MCP: answered POST streams kept for a late Last-Event-ID, oldest first
 
 	// Writer goroutine only.
 	routes []string
@@ -197,11 +199,15 @@ func (s *Stream) Take(take bool) (b []byte, end, lost bool) {
 	if take {
 		b, st.buf = st.buf, nil
 		a.queued -= len(b)
+		if a.mcp {
+			st.mcp.taken()
+		}
 	}
 	end = a.closed
 	if st.final && len(st.buf) == 0 {
-		// An MCP POST stream ends with its response.
-		delete(a.streams, s.key)
+		// An MCP POST stream ends with its response; it is kept a while
+		// for a client that lost the end and resumes (Last-Event-ID).
+		a.retire(s.key)
 		end = true
 	}
 	return b, end, false
@@ -230,7 +236,9 @@ func (s *Stream) Detach() {
 	a.mu.Lock()
 	if st := a.streams[s.key]; st != nil && st.sink == s.sink {
 		st.sink = nil
-		if s.key != "" && (len(st.buf) == 0 || strings.HasPrefix(s.key, "\x01")) {
+		// An MCP POST stream outlives its POST: the client resumes it
+		// with a GET and Last-Event-ID.
+		if s.key != "" && (len(st.buf) == 0 || strings.HasPrefix(s.key, "\x01")) && !a.mcp {
 			delete(a.streams, s.key)
 		}
 	}
@@ -266,10 +274,10 @@ func (a *acpConn) Frame(m *wire.Msg) []byte {
 	if a.mcp {
 		a.routes = append(a.routes, a.routeMCP(m))
 		// The MCP SDK client drops events named other than "message".
-		return appendData(nil, m)
+		return dataEvent(m)
 	}
 	a.routes = append(a.routes, a.route(m))
-	return AppendEvent(nil, m)
+	return Event(m)
 }
 
 // route names the stream m belongs to (A1, "Routing of server→client
@@ -343,6 +351,9 @@ func (a *acpConn) Write(frames [][]byte) error {
 		if st == nil {
 			st = &acpStream{}
 			a.streams[r] = st
+		}
+		if a.mcp {
+			f = st.mcp.event(f)
 		}
 		st.buf = append(st.buf, f...)
 		a.queued += len(f)

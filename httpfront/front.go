@@ -419,19 +419,20 @@ func (f *Front) Route(r *http.Request, tls bool) *Reply {
 }
 
 // Authorize implements tlsserve.Front: the same checks and refusals as the
-// gnet path's upgrade, written through net/http.
-func (f *Front) Authorize(w http.ResponseWriter, r *http.Request) (auth.Role, string, bool) {
+// gnet path's upgrade, written through net/http; the 101 carries an
+// Acp-Connection-Id as on gnet (UpgradeHeader).
+func (f *Front) Authorize(w http.ResponseWriter, r *http.Request) (auth.Role, string, string, bool) {
 	if rp := f.Route(r, true); rp != nil {
 		rp.Serve(w, r.Method == http.MethodHead)
 		f.m.Request("/acp", rp.Status)
-		return 0, "", false
+		return 0, "", "", false
 	}
 	role, sub, rp := f.Admit(r, "wss", true, true)
 	if rp != nil {
 		rp.Close = true
 		rp.Serve(w, false)
 		f.m.Request("/acp", rp.Status)
-		return 0, "", false
+		return 0, "", "", false
 	}
 	if status, why := ws.CheckHandshake(r); status != 0 {
 		f.m.Refused("wss", "handshake")
@@ -443,11 +444,16 @@ func (f *Front) Authorize(w http.ResponseWriter, r *http.Request) (auth.Role, st
 		rp.Close = true
 		rp.Serve(w, false)
 		f.m.Request("/acp", status)
-		return 0, "", false
+		return 0, "", "", false
 	}
 	f.m.Request("/acp", http.StatusSwitchingProtocols)
-	return role, sub, true
+	return role, sub, UpgradeHeader(), true
 }
+
+// UpgradeHeader is the header line a WebSocket 101 on /acp carries on either
+// listener: a fresh Acp-Connection-Id, as the ACP SDK's Node upgrade handler
+// sends it (the id names the connection in logs).
+func UpgradeHeader() string { return "Acp-Connection-Id: " + NewConnID() + "\r\n" }
 
 // ServeHTTP implements tlsserve.Front for every path but /acp.
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -164,8 +164,17 @@ func AppendEvent(dst []byte, m *wire.Msg) []byte {
 	return appendDataLines(dst, body)
 }
 
-// appendData appends m as one unnamed SSE event of data lines only.
-func appendData(dst []byte, m *wire.Msg) []byte { return appendDataLines(dst, m.Body()) }
+// Event is m as one SSE event (AppendEvent), encoded once and shared by
+// all its recipients. The result must not be modified. Any goroutine.
+func Event(m *wire.Msg) []byte { return m.Encoded(wire.SSEEvent, encodeEvent) }
+
+// dataEvent is m as one unnamed SSE event of data lines only (what the MCP
+// SDK client reads), encoded once and shared by all its recipients.
+func dataEvent(m *wire.Msg) []byte { return m.Encoded(wire.SSEData, encodeData) }
+
+func encodeEvent(m *wire.Msg) []byte { return AppendEvent(make([]byte, 0, m.Size()+32), m) }
+
+func encodeData(m *wire.Msg) []byte { return appendDataLines(make([]byte, 0, m.Size()+8), m.Body()) }
 
 func appendDataLines(dst, body []byte) []byte {
 	// JSON holds raw line breaks only as whitespace between tokens, so a
@@ -211,7 +220,7 @@ func (s *httpStream) Wake() {
 }
 
 // Frame is m as one SSE event. Handler goroutine only.
-func (s *httpStream) Frame(m *wire.Msg) []byte { return AppendEvent(nil, m) }
+func (s *httpStream) Frame(m *wire.Msg) []byte { return Event(m) }
 
 // Write writes the events and flushes them. Handler goroutine only.
 func (s *httpStream) Write(frames [][]byte) error {

@@ -100,7 +100,7 @@ func (g *acpSSEGet) name() string { return g.st.Label() }
 
 func (g *acpSSEGet) read(_ *conn, buf []byte) (int, error) { return len(buf), nil }
 
-func (g *acpSSEGet) frame(m *wire.Msg) []byte { return httpfront.AppendEvent(nil, m) }
+func (g *acpSSEGet) frame(m *wire.Msg) []byte { return httpfront.Event(m) }
 
 func (g *acpSSEGet) farewell(wire.CloseReason, string) []byte { return nil }
 

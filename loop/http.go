@@ -428,10 +428,8 @@ func (p *httpProto) upgrade(c *conn, req *http.Request, after []byte) (int, bool
 		c.Close(session.ClosePolicy, "websocket handshake refused")
 		return 0, true, nil
 	}
-	// Acp-Connection-Id on the 101, as the SDK's Node upgrade handler
-	// sends it (the id names the connection in logs).
 	hs := ws.AppendHandshakeResponse(nil, req.Header.Get("Sec-WebSocket-Key"), sub)
-	hs = append(hs[:len(hs)-2], "Acp-Connection-Id: "+httpfront.NewConnID()+"\r\n\r\n"...)
+	hs = append(append(hs[:len(hs)-2], httpfront.UpgradeHeader()...), crlf...)
 	_, _ = c.gc.Write(hs)
 	p.f.m.request("/acp", http.StatusSwitchingProtocols)
 	wp := newWSProto(p.f, c, p.w)

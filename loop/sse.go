@@ -27,7 +27,7 @@ func (p *sseProto) name() string { return "sse" }
 
 func (p *sseProto) read(_ *conn, buf []byte) (int, error) { return len(buf), nil }
 
-func (p *sseProto) frame(m *wire.Msg) []byte { return httpfront.AppendEvent(nil, m) }
+func (p *sseProto) frame(m *wire.Msg) []byte { return httpfront.Event(m) }
 
 func (p *sseProto) farewell(wire.CloseReason, string) []byte { return nil }
 

@@ -173,7 +173,7 @@ func (h *Hub) attach(cl *Client, id []byte, s *Session, since *uint64, last *int
 			return
 		}
 		cursor = *since
-		replay = s.log.countSince(cursor)
+		replay = s.log.countSince(cursor) + h.diskSpan(s, cursor)
 	case last != nil:
 		if tail := s.log.last(*last); len(tail) > 0 {
 			cursor, replay = tail[0].Seq-1, len(tail)

@@ -241,8 +241,10 @@ type Client struct {
 	// last seq queued. Live events of such a session are not pushed: the
 	// pump reads them from the log in order once the replay reaches them.
 	catchup  map[*Session]uint64
-	catching atomic.Bool // len(catchup) > 0, readable without the hub mutex
-	inflight int         // requests awaiting the agent (limits.go)
+	catching atomic.Bool            // len(catchup) > 0, readable without the hub mutex
+	disk     map[*Session]*diskRead // chunks of catchup read from disk (disklog.go)
+	wake     func()                 // asks the transport to flush (SetWake)
+	inflight int                    // requests awaiting the agent (limits.go)
 }
 
 // Catching reports whether a replay is still being paced out to this

@@ -109,6 +109,11 @@ func (h *Hub) pumpSession(cl *Client, s *Session) bool {
 		h.endCatchup(cl, s)
 		return false
 	}
+	if floor := memFloor(s); cur+1 < floor {
+		if r := h.logReader(s); r != nil {
+			return h.pumpDisk(cl, s, cur, floor-1, r) // disklog.go
+		}
+	}
 	events := s.log.sinceN(cur, pumpEvents, pumpBytes)
 	last, all := h.sendReplay(cl, s, cur, events, len(events) == 0)
 	for _, m := range events {
@@ -138,6 +143,7 @@ func (h *Hub) lag(cl *Client, s *Session, after uint64) {
 
 func (h *Hub) endCatchup(cl *Client, s *Session) {
 	delete(cl.catchup, s)
+	delete(cl.disk, s)
 	if len(cl.catchup) == 0 {
 		cl.catching.Store(false)
 	}
