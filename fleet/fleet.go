@@ -19,11 +19,19 @@
 //     JetStream consumer (Hub.MirrorEvent), so bridge/attach, snapshot and
 //     sessions work on it locally. A mirror not refreshed for the TTL is
 //     marked blocked.
+//   - Fleet is a session.Remote: what a client sends for another node's
+//     session is forwarded to that node, which treats the client as its
+//     own (forward.go).
+//   - Fleet is a session.LoadRecorder: what re-loads each session into a
+//     restarted node's agent is kept in a second KV bucket, and a node
+//     that starts again loads its sessions (reload.go).
 //
-// Goroutines: Create, Append and Delete are called by the hub under its
-// mutex and only enqueue; one writer goroutine publishes; one goroutine
-// refreshes the KV entries; one watches the bucket; nats.go runs the
-// consumers' callbacks. Close stops them all.
+// Goroutines: Create, Append, Delete, the Remote and the LoadRecorder
+// methods are called by the hub under its mutex and only enqueue; one
+// writer goroutine publishes; one goroutine refreshes the KV entries (and
+// reaps stand-ins of vanished nodes); one watches the bucket; one re-loads
+// at start; forward.go's senders, one per destination node; nats.go runs
+// the consumers' and subscriptions' callbacks. Close stops them all.
 package fleet
 
 import (
