@@ -249,7 +249,8 @@ func TestFleetRemoteAttach(t *testing.T) {
 // $/cancel_request naming that id; B gets every event of the turn, exactly
 // once and in order, before the prompt's answer; a second prompt from B,
 // cancelled from B with session/cancel while its permission request is
-// pending, is answered cancelled.
+// pending, is answered cancelled; so is a third, cancelled with
+// $/cancel_request naming B's own request id.
 func TestFleetRemotePrompt(t *testing.T) {
 	url := startNATS(t)
 	fleet := fmt.Sprintf("t%d", time.Now().UnixNano())
@@ -349,6 +350,19 @@ func TestFleetRemotePrompt(t *testing.T) {
 	pr, _ = bc.response(11, wait)
 	if field(pr, "result", "stopReason") != "cancelled" {
 		t.Fatalf("B's cancelled prompt of A's session: %v", pr)
+	}
+
+	// $/cancel_request naming B's own request id follows the request to A,
+	// where it is remapped to the stand-in's request.
+	bc.request(12, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "third"}}})
+	bc.waitFor(wait, "the third permission request on B", func(m map[string]any) bool { return m["method"] == "session/request_permission" })
+	bc.send(map[string]any{"jsonrpc": "2.0", "method": "$/cancel_request", "params": map[string]any{"requestId": 12}})
+	pr, _ = bc.response(12, wait)
+	if field(pr, "result", "stopReason") != "cancelled" {
+		t.Fatalf("B's prompt of A's session after $/cancel_request: %v", pr)
+	}
+	if strings.Contains(b.logs(), "not got in flight; dropped") {
+		t.Fatalf("B dropped its client's cancel as naming nothing in flight:\n%s", b.logs())
 	}
 }
 
