@@ -95,21 +95,18 @@ func (r *runner) sessionsRun(ctx context.Context, stateDir string) (Measurement,
 		return Measurement{}, err
 	}
 	n := o.SessionCount
-	conns := make([]*msgConn, n)
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
+	// Written by the workers, read by closeAll on the bound's goroutine.
+	conns := make([]atomic.Pointer[msgConn], n)
+	closeAll := func() {
+		for i := range conns {
+			if c := conns[i].Load(); c != nil {
 				c.Close()
 			}
 		}
-	}()
-	stop := context.AfterFunc(ctx, func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	})
+	}
+	defer closeAll()
+	// Past the bound, blocked reads end.
+	stop := context.AfterFunc(ctx, closeAll)
 	defer stop()
 	var done, chunks atomic.Int64
 	r.prog.set("sessions "+variant, func() string { return fmt.Sprintf("%d of %d sessions prompted", done.Load(), n) })
@@ -120,7 +117,7 @@ func (r *runner) sessionsRun(ctx context.Context, stateDir string) (Measurement,
 		if err != nil {
 			return fmt.Errorf("session %d: connect: %v", i+1, err)
 		}
-		conns[i] = c
+		conns[i].Store(c)
 		got, err := promptOnce(c)
 		if err != nil {
 			return fmt.Errorf("session %d: %v", i+1, err)

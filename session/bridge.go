@@ -227,6 +227,7 @@ func (h *Hub) attach(cl *Client, id []byte, sid string, since *uint64, last *int
 			h.deliverRequest(ar, cl)
 		}
 	}
+	h.remoteAttached(cl, s) // remote.go: the owning node learns of an attach to its session
 	return nil
 }
 
