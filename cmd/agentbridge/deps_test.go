@@ -52,8 +52,9 @@ func TestDeps(t *testing.T) {
 		"web":              {},
 		"internal/lograte": {},
 		// The fleet sees the core through its interfaces (Journal, Hub);
-		// the core never imports it.
-		"fleet": {"session"},
+		// the core never imports it. Forwarding requests between nodes
+		// speaks the wire protocol (jsonrpc, wire) under the client's role.
+		"fleet": {"session", "auth", "codec/jsonrpc", "wire"},
 		// One connection endpoint for every transport; it knows the hub,
 		// never a socket.
 		"delivery": {"auth", "breaker", "codec/jsonrpc", "ring", "session", "wire"},
