@@ -52,9 +52,8 @@ func TestDeps(t *testing.T) {
 		"web":              {},
 		"internal/lograte": {},
 		// The fleet sees the core through its interfaces (Journal, Hub);
-		// the core never imports it. Forwarding requests between nodes
-		// speaks the wire protocol (jsonrpc, wire) under the client's role.
-		"fleet": {"session", "auth", "codec/jsonrpc", "wire"},
+		// the core never imports it.
+		"fleet": {"auth", "codec/jsonrpc", "session", "wire"},
 		// One connection endpoint for every transport; it knows the hub,
 		// never a socket.
 		"delivery": {"auth", "breaker", "codec/jsonrpc", "ring", "session", "wire"},
