@@ -11,6 +11,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/agentbridge/agentbridge/breaker"
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
 	"github.com/agentbridge/agentbridge/delivery"
 	"github.com/agentbridge/agentbridge/wire"
@@ -298,8 +299,28 @@ func (s *Server) endpointConfig() delivery.EndpointConfig {
 
 // newEndpoint makes c's endpoint.
 func (s *Server) newEndpoint(c *conn, transport, peer string) {
-	c.ep = delivery.NewEndpoint(&s.epc, c, transport, peer, s.cfg.Metrics.outbox(s.log, func() string { return peer }))
+	c.ep = delivery.NewEndpoint(&s.epc, c, transport, peer, (*connMetrics)(c))
 }
+
+// connMetrics is a connection seen as its outbox's delivery.Metrics: the
+// conversion allocates nothing, where an adapter value would cost every
+// idle connection one more object. Rare paths build the adapter on the
+// stack.
+type connMetrics conn
+
+var _ delivery.Metrics = (*connMetrics)(nil)
+
+func (m *connMetrics) adapter() outboxMetrics {
+	return outboxMetrics{m: &m.srv.cfg.Metrics.bp, log: m.srv.log, peer: m.ep.Peer}
+}
+
+func (m *connMetrics) Lost(reason string, n uint64)      { m.adapter().Lost(reason, n) }
+func (m *connMetrics) Transition(from, to breaker.State) { m.adapter().Transition(from, to) }
+func (m *connMetrics) Degraded(on bool)                  { m.adapter().Degraded(on) }
+func (m *connMetrics) Summary()                          { m.adapter().Summary() }
+func (m *connMetrics) Gap()                              { m.adapter().Gap() }
+func (m *connMetrics) Closed(r wire.CloseReason)         { m.adapter().Closed(r) }
+func (m *connMetrics) Queue(items, dataBytes int)        { m.adapter().Queue(items, dataBytes) }
 
 // Re-waking connections whose gnet buffer is over its watermark: gnet has
 // no writable callback, so the server's tick wakes them. A peer that keeps
@@ -341,13 +362,19 @@ func (s *Server) rewake(now time.Time) {
 	s.mu.Unlock()
 }
 
+// unixConn is a Unix-socket connection and its protocol in one allocation
+// (an idle connection's footprint is what 10,000 of them cost).
+type unixConn struct {
+	conn
+	p ndjsonProto
+}
+
 // OnOpen accepts a connection: Unix-socket peers are checked by uid and
 // registered with the hub at once; TCP peers speak HTTP first.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	if _, ok := gc.Context().(*agentConn); ok {
 		return nil, gnet.None // the agent's socket (agentconn.go)
 	}
-	c := &conn{srv: s, gc: gc}
 	switch gc.LocalAddr().Network() {
 	case "unix":
 		uid, pid, err := peerCred(gc.Fd())
@@ -362,26 +389,23 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 			s.cfg.Metrics.refused("unix", "uid")
 			return refusal(fmt.Sprintf("uid %d is not allowed on this socket (the daemon runs as uid %d)", uid, s.uid)), gnet.Close
 		}
-		c.proto = &ndjsonProto{}
+		u := &unixConn{conn: conn{srv: s, gc: gc}}
+		c := &u.conn
+		c.proto = &u.p
 		s.newEndpoint(c, "unix", "uid:"+strconv.FormatUint(uint64(uid), 10)+" pid:"+strconv.Itoa(int(pid)))
 		gc.SetContext(c)
-		s.track(c)
+		s.nconns.Add(1)
 		c.ep.Register(s.cfg.UDSRole, nil)
+		s.cfg.Metrics.opened(c.proto.name())
 	default:
+		c := &conn{srv: s, gc: gc}
 		s.newEndpoint(c, "http", gc.RemoteAddr().String())
 		c.proto = newHTTPProto(s, c)
 		gc.SetContext(c)
-		s.track(c)
+		s.nconns.Add(1)
+		s.cfg.Metrics.opened(c.proto.name())
 	}
-	s.cfg.Metrics.opened(c.proto.name())
 	return nil, gnet.None
-}
-
-func (s *Server) track(c *conn) {
-	s.nconns.Add(1)
-	s.mu.Lock()
-	s.conns[c] = struct{}{}
-	s.mu.Unlock()
 }
 
 // OnTraffic reads what arrived, then drains the outbox. Wake calls land
@@ -489,7 +513,6 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	s.nconns.Add(-1)
 	s.mu.Lock()
 	delete(s.blocked, c)
-	delete(s.conns, c)
 	s.mu.Unlock()
 	if closer, ok := c.proto.(interface{ closed() }); ok {
 		closer.closed()

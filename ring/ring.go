@@ -186,7 +186,7 @@ type Stats struct {
 // Queue is a bounded FIFO of T with per-entry classes. T is usually a
 // pointer to a message shared by every connection it is broadcast to.
 type Queue[T any] struct {
-	cfg     Config   // immutable after New
+	cfg     *Config  // immutable, shared by every queue made from one Config (configs)
 	onEvict func(*T) // set before the first Push
 
 	mu sync.Mutex
@@ -209,7 +209,21 @@ func New[T any](cfg Config) *Queue[T] {
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
-	return &Queue[T]{cfg: cfg.WithDefaults()}
+	return &Queue[T]{cfg: interned(cfg)}
+}
+
+// configs interns configurations with their defaults filled in: a server
+// makes one queue per connection from one Config, and a copy in each would
+// be a quarter of an idle queue. Values are immutable.
+var configs sync.Map // Config -> *Config
+
+func interned(c Config) *Config {
+	if p, ok := configs.Load(c); ok {
+		return p.(*Config)
+	}
+	n := c.WithDefaults()
+	p, _ := configs.LoadOrStore(c, &n)
+	return p.(*Config)
 }
 
 // SetOnEvict registers f to run, under the queue's lock, on the value of
@@ -231,7 +245,7 @@ func (q *Queue[T]) tombstone(e *Entry[T]) {
 
 // Config returns the queue's configuration with defaults filled in. Safe
 // from any goroutine.
-func (q *Queue[T]) Config() Config { return q.cfg }
+func (q *Queue[T]) Config() Config { return *q.cfg }
 
 // Push queues v, whose encoded size is size bytes, in class c. It is safe
 // from any goroutine.
