@@ -112,6 +112,8 @@ func (h *Hub) failCalls(match func(*call) bool, why string) {
 
 // AgentMessage routes one message from the agent (owned by the hub from now
 // on). Safe from any goroutine; messages must arrive in the agent's order.
+// Answers to plain calls and events go out with the routing lock held
+// shared (fastpath.go); everything else is routed exclusively.
 func (h *Hub) AgentMessage(gen uint64, msg []byte) {
 	h.st.agentMessages.Add(1)
 	hd, err := jsonrpc.Peek(msg)
@@ -124,10 +126,16 @@ func (h *Hub) AgentMessage(gen uint64, msg []byte) {
 		}
 		return
 	}
+	h.mu.RLock()
+	done := gen != h.gen || h.agentShared(msg, hd) // a late line from a dead process is dropped
+	h.mu.RUnlock()
+	if done {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if gen != h.gen {
-		return // a late line from a dead process
+		return
 	}
 	switch hd.Kind {
 	case jsonrpc.KindResponse:
@@ -250,6 +258,7 @@ func (h *Hub) agentNotification(msg []byte, hd jsonrpc.Header) {
 	}
 	stateChanged := h.trackState(s, msg)
 	h.publish(s, wire.Own(append(msg, '\n')))
+	h.trimLogs()
 	if stateChanged {
 		h.refreshStatus(s)
 	}

@@ -15,15 +15,25 @@ var bridgePrefix = []byte("bridge/")
 // Handle routes one complete JSON message from a client. msg is borrowed
 // for the duration of the call. Safe from any goroutine; messages of one
 // connection must be handed over in order (one goroutine per connection).
+// A plain request or notification goes out with the routing lock held
+// shared (fastpath.go); everything else is routed exclusively.
 func (h *Hub) Handle(cl *Client, msg []byte) {
 	h.st.clientMessages.Add(1)
 	hd, err := jsonrpc.Peek(msg)
+	if err == nil {
+		h.mu.RLock()
+		done := h.forwardShared(cl, msg, hd)
+		h.mu.RUnlock()
+		if done {
+			return
+		}
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if cl.closed {
 		return
 	}
-	cl.received++
+	cl.received.Add(1)
 	h.routePeeked(cl, msg, hd, err)
 }
 
