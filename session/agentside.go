@@ -23,6 +23,15 @@ func (h *Hub) toAgent(b []byte) error {
 	return h.agent.Send(b)
 }
 
+// toAgentReplacingID sends msg (whose header is hd) with its id replaced
+// by id: with a splicing agent in one copy, into the agent's queue.
+func (h *Hub) toAgentReplacingID(msg []byte, hd jsonrpc.Header, id []byte) error {
+	if h.splicer != nil && hd.IDStart >= 0 {
+		return h.splicer.SendSplice(msg, hd.IDStart, hd.IDEnd, id)
+	}
+	return h.toAgent(jsonrpc.ReplaceID(make([]byte, 0, len(msg)+len(id)), msg, hd, id))
+}
+
 // AgentStarted is called when a new agent process generation is up. A
 // restarted agent is initialised again by the bridge with the first
 // client's initialize, so clients never see the restart beyond

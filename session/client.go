@@ -271,9 +271,7 @@ func (h *Hub) sendCall(c *call, msg []byte, hd jsonrpc.Header) bool {
 	bid := h.calls.newID()
 	h.trackCall(bid, c)
 	h.calls.put(bid, c)
-	var idb [20]byte
-	out := jsonrpc.ReplaceID(make([]byte, 0, len(msg)+8), msg, hd, appendID(idb[:0], bid))
-	if err := h.toAgent(out); err != nil {
+	if err := h.toAgentReplacingID(msg, hd, appendID(c.bidBuf[:0], bid)); err != nil {
 		if h.calls.take(bid, c) != nil {
 			h.callLimitsDone(c)
 		}

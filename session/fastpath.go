@@ -43,7 +43,7 @@ func (h *Hub) forwardShared(cl *Client, msg []byte, hd jsonrpc.Header) bool {
 		bytes.HasPrefix(hd.Method, bridgePrefix) || !h.st.agentUp.Load() || h.reinitialising() {
 		return false
 	}
-	method := string(hd.Method)
+	method := methodName(hd.Method)
 	switch method {
 	case "initialize", "shutdown", "initialized", "notifications/initialized", "exit", "session/cancel":
 		return false
@@ -74,7 +74,7 @@ func (h *Hub) forwardShared(cl *Client, msg []byte, hd jsonrpc.Header) bool {
 		return false // remapTokens, admitCall
 	}
 	cl.received.Add(1)
-	c := &call{cl: cl, id: clone(hd.ID), method: method, gen: h.gen}
+	c := newCall(cl, hd.ID, method, h.gen)
 	if s != nil {
 		c.sessionID = s.ID
 	} else {
@@ -181,14 +181,15 @@ func (h *Hub) answerShared(msg []byte, hd jsonrpc.Header) bool {
 	}
 	if s == nil {
 		h.reply(c.cl, c.id, out)
-		return true
+	} else {
+		s.mu.Lock()
+		h.reply(c.cl, c.id, out) // the answer first, then the status it changes
+		if s.prompts > 0 {
+			s.prompts--
+			h.refreshStatus(s)
+		}
+		s.mu.Unlock()
 	}
-	s.mu.Lock()
-	h.reply(c.cl, c.id, out) // the answer first, then the status it changes
-	if s.prompts > 0 {
-		s.prompts--
-		h.refreshStatus(s)
-	}
-	s.mu.Unlock()
+	recycleCall(c) // out is a copy: nothing refers to c any more
 	return true
 }

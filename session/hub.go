@@ -185,9 +185,10 @@ type Hub struct {
 	// of different sessions, do not wait for one another.
 	mu sync.RWMutex
 	// the agent
-	agent Agent
-	gen   uint64 // current agent generation
-	init  initState
+	agent   Agent
+	splicer SplicingAgent // agent, when it can splice (nil otherwise)
+	gen     uint64        // current agent generation
+	init    initState
 	// agent requests awaiting a client answer, keyed by the id clients see
 	nextReqID int64
 	requests  map[int64]*agentRequest
@@ -282,6 +283,8 @@ type call struct {
 	attachedNow, ownedNow, loading bool
 	tokens                         []string // bridge progress tokens minted for it (remap.go)
 	lim                            callLimits
+	idBuf                          [24]byte // holds id when it fits (calls.go, newCall)
+	bidBuf                         [20]byte // the bridge id as JSON, while it is sent (an array on the stack would escape)
 }
 
 // agentRequest is a request from the agent awaiting a client's answer.
@@ -346,6 +349,7 @@ func New(cfg Config) *Hub {
 func (h *Hub) SetAgent(a Agent) {
 	h.mu.Lock()
 	h.agent = a
+	h.splicer, _ = a.(SplicingAgent)
 	h.mu.Unlock()
 }
 

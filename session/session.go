@@ -25,11 +25,11 @@ type Session struct {
 	// mu guards the session's stream state when the routing lock is held
 	// shared (the hot paths): its log and seq, status and turn state. With
 	// the routing lock held exclusively they may be used without it.
-	mu         sync.Mutex
-	log        *eventLog
-	seq        uint64
-	status     Status
-	prompts    int // session/prompt requests in flight
+	mu      sync.Mutex
+	log     *eventLog
+	seq     uint64
+	status  Status
+	prompts int // session/prompt requests in flight
 	// agentState is a v2 agent's last state_update state ("running",
 	// "idle", "requires_action"; "" before any).
 	agentState string
