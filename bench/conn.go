@@ -22,7 +22,9 @@ import (
 
 // msgConn is one client connection that speaks whole JSON-RPC messages:
 // newline-delimited over a Unix socket (or a socketpair to an agent), one
-// text frame per message over WebSocket.
+// text frame per message over WebSocket, or ACP Streamable HTTP: each
+// message a POST on one keep-alive connection (pipelined), the answers
+// events of the connection's SSE stream on another (acphttp.go).
 //
 // Writes are buffered so a pipelining writer can put many messages in one
 // syscall, which a load generator needs to not be the bottleneck (gws's own
@@ -39,6 +41,8 @@ type msgConn struct {
 	wr   ws.Reader
 	rbuf []byte // WebSocket bytes read but not yet parsed: rbuf[rpos:]
 	rpos int
+	sse  *sseScanner // ACP HTTP: the SSE stream the answers come on
+	http *acpHTTP    // ACP HTTP: the POST side; nil on other transports
 
 	// Writer side. wbuf is owned by the writer goroutine; wmu serialises
 	// its writes with the pongs the reader sends.
@@ -189,6 +193,10 @@ func rcvBufControl(size int) func(network, address string, rc syscall.RawConn) e
 // Queue appends msg to the write buffer without sending it. Writer
 // goroutine only.
 func (m *msgConn) Queue(msg []byte) {
+	if m.http != nil {
+		m.wbuf = m.http.appendPost(m.wbuf, msg)
+		return
+	}
 	if !m.isWS {
 		m.wbuf = append(m.wbuf, msg...)
 		m.wbuf = append(m.wbuf, '\n')
@@ -230,6 +238,9 @@ func (m *msgConn) Send(msg []byte) error {
 func (m *msgConn) Next() ([]byte, error) {
 	if m.isWS {
 		return m.nextWS()
+	}
+	if m.sse != nil {
+		return m.nextSSE()
 	}
 	for {
 		line, err := m.br.ReadSlice('\n')
@@ -304,7 +315,12 @@ func (e *closedError) Error() string {
 }
 
 // SetDeadline bounds every blocked read and write. Any goroutine.
-func (m *msgConn) SetDeadline(t time.Time) { _ = m.c.SetDeadline(t) }
+func (m *msgConn) SetDeadline(t time.Time) {
+	_ = m.c.SetDeadline(t)
+	if m.http != nil {
+		_ = m.http.stream.SetDeadline(t)
+	}
+}
 
 // Abort closes at once. A TCP connection is reset rather than left in
 // TIME_WAIT, so that a 10,000-connection run does not eat the ephemeral
@@ -319,6 +335,9 @@ func (m *msgConn) Abort() {
 // Close closes the socket. Any goroutine; later calls do nothing.
 func (m *msgConn) Close() {
 	m.closeOnce.Do(func() {
+		if m.http != nil {
+			m.endHTTP()
+		}
 		_ = m.c.Close()
 		if m.onClose != nil {
 			m.onClose()

@@ -24,7 +24,9 @@ import (
 //     and a 4 KiB buffer per connection (the raw floor of a local hop);
 //   - --ws ADDR: a gws server, GET /echo echoes every message (gws's own
 //     write path: one write syscall per message) and GET /fanout serves the
-//     fan-out protocol below with gws's Broadcaster;
+//     fan-out protocol below with gws's Broadcaster; GET /forward is gws in
+//     front of one agent process (--forward-agent, a JSON array argv),
+//     the forwarder a user would write by hand (gwsForwarder);
 //   - --fanout-uds PATH: the fan-out protocol over a Unix socket, Go net,
 //     each message encoded once and queued to a writer goroutine per
 //     member that batches what is waiting into one write.
@@ -43,11 +45,19 @@ func runHelperServer(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	uds := fs.String("uds", "", "Unix socket for the NDJSON echo")
 	fanUDS := fs.String("fanout-uds", "", "Unix socket for the fan-out protocol")
-	wsAddr := fs.String("ws", "", "TCP address for the gws server (/echo, /fanout)")
+	wsAddr := fs.String("ws", "", "TCP address for the gws server (/echo, /fanout, /forward)")
+	fwdAgent := fs.String("forward-agent", "", "the agent /forward shares, as a JSON array argv")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	h := &helper{groups: make(map[string]*group)}
+	var fwdArgv []string
+	if *fwdAgent != "" {
+		if err := json.Unmarshal([]byte(*fwdAgent), &fwdArgv); err != nil {
+			fmt.Fprintf(stderr, "helper-server: --forward-agent %q is not a JSON array of strings: %v\n", *fwdAgent, err)
+			return 2
+		}
+	}
 	if *uds != "" {
 		ln, err := listenUnix(*uds)
 		if err != nil {
@@ -72,6 +82,7 @@ func runHelperServer(args []string, stdout, stderr io.Writer) int {
 		}
 		echo := gws.NewUpgrader(gwsEcho{}, &gws.ServerOption{})
 		fan := gws.NewUpgrader(&gwsFanout{h: h}, &gws.ServerOption{})
+		fwd := gws.NewUpgrader(newGWSForwarder(fwdArgv), &gws.ServerOption{})
 		mux := http.NewServeMux()
 		mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
 			if sock, err := echo.Upgrade(w, r); err == nil {
@@ -80,6 +91,11 @@ func runHelperServer(args []string, stdout, stderr io.Writer) int {
 		})
 		mux.HandleFunc("/fanout", func(w http.ResponseWriter, r *http.Request) {
 			if sock, err := fan.Upgrade(w, r); err == nil {
+				go sock.ReadLoop()
+			}
+		})
+		mux.HandleFunc("/forward", func(w http.ResponseWriter, r *http.Request) {
+			if sock, err := fwd.Upgrade(w, r); err == nil {
 				go sock.ReadLoop()
 			}
 		})

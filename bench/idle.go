@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -17,24 +18,29 @@ func (r *runner) idle(ctx context.Context) error {
 	o := &r.o
 	// Bench's own connections, the daemon's (it inherits the limit) and
 	// some slack for pipes and listeners.
-	if err := raiseNoFile(o.IdleConns + 256); err != nil {
+	if err := raiseNoFile(slices.Max(o.IdleConns) + 256); err != nil {
 		return err
 	}
 	for _, t := range o.Transports {
-		if err := r.idleOver(ctx, t); err != nil {
-			return fmt.Errorf("%s: %v", t, err)
+		for _, n := range o.IdleConns {
+			if err := r.idleOver(ctx, t, n); err != nil {
+				return fmt.Errorf("%s %d conns: %v", t, n, err)
+			}
 		}
 	}
 	return nil
 }
 
-func (r *runner) idleOver(ctx context.Context, transport string) error {
+// idleTargetKB is issue 12's idle goal per connection.
+var idleTargetKB = map[string]float64{"unix": 1.5, "ws": 2}
+
+func (r *runner) idleOver(ctx context.Context, transport string, n int) error {
 	o := &r.o
 	d, err := r.startDaemon(ctx, daemonSpec{agent: r.agentArgv()})
 	if err != nil {
 		return err
 	}
-	br, err := r.measureIdle(ctx, d.bridge(transport), transport)
+	br, err := r.measureIdle(ctx, d.bridge(transport), transport, n)
 	d.stop()
 	if err != nil {
 		return err
@@ -48,7 +54,7 @@ func (r *runner) idleOver(ctx context.Context, transport string) error {
 			return err
 		}
 		s := h.echo(transport)
-		bl, err := r.measureIdle(ctx, s, transport)
+		bl, err := r.measureIdle(ctx, s, transport, n)
 		h.p.stop()
 		if err != nil {
 			r.skip(fmt.Sprintf("idle %s %s baseline failed: %v", transport, s.name, err))
@@ -61,21 +67,21 @@ func (r *runner) idleOver(ctx context.Context, transport string) error {
 			r.skip("idle: websocketd not measured (one process per connection, ~150 KB PSS each by ANCHORS.md)")
 		}
 	}
-	f := Figure{Scenario: "idle", Transport: transport, Case: fmt.Sprintf("%d conns", o.IdleConns), Metric: "RSS per conn", Unit: "KB", Better: "lower", Value: br.PerConnKB}
+	f := Figure{Scenario: "idle", Transport: transport, Case: fmt.Sprintf("%d conns", n), Metric: "RSS per conn", Unit: "KB", Better: "lower", Value: br.PerConnKB}
+	limit := idleTargetKB[transport]
+	f.Target = &Target{Text: fmt.Sprintf("≤ %g KB", limit), Met: br.PerConnKB <= limit}
 	var targets []ratioTarget
 	if transport == "ws" {
-		f.Target = &Target{Text: "≤ 2 KB", Met: br.PerConnKB <= 2}
 		targets = []ratioTarget{{system: sysGWS, atMost: true, limit: 0.2}}
 	}
 	r.addFigure(f, base, order, targets...)
 	return nil
 }
 
-// measureIdle opens --idle-conns connections to s, each doing one round
+// measureIdle opens n connections to s, each doing one round
 // trip (so the server has accepted it and set it up), and reads the
 // server's RSS before and after.
-func (r *runner) measureIdle(ctx context.Context, s system, transport string) (Measurement, error) {
-	o := &r.o
+func (r *runner) measureIdle(ctx context.Context, s system, transport string, n int) (Measurement, error) {
 	if s.pid == 0 {
 		return Measurement{}, fmt.Errorf("%s: its pid is unknown, so its RSS cannot be read (give --uds so bench can ask the socket)", s.name)
 	}
@@ -85,7 +91,7 @@ func (r *runner) measureIdle(ctx context.Context, s system, transport string) (M
 	if err != nil {
 		return Measurement{}, fmt.Errorf("%s RSS: %v", s.name, err)
 	}
-	conns := make([]*msgConn, o.IdleConns)
+	conns := make([]*msgConn, n)
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
@@ -126,7 +132,6 @@ func (r *runner) measureIdle(ctx context.Context, s system, transport string) (M
 	if err != nil {
 		return Measurement{}, fmt.Errorf("%s RSS: %v", s.name, err)
 	}
-	n := len(conns)
 	m := Measurement{Scenario: "idle", Transport: transport, Case: fmt.Sprintf("%d conns", n), System: s.name, Conns: n,
 		Count: int64(n), RSSBeforeKB: before, RSSAfterKB: after, PerConnKB: float64(after-before) / float64(n)}
 	if m.PerConnKB <= 0 {

@@ -13,7 +13,7 @@ import (
 )
 
 // Scenarios are the scenario names, in the order a full run takes them.
-var Scenarios = []string{"rtt", "throughput", "fanout", "idle", "stall", "reconnect"}
+var Scenarios = []string{"rtt", "throughput", "fanout", "idle", "sessions", "stall", "reconnect", "mcp", "fleet"}
 
 // Transports are the transport names.
 var Transports = []string{"unix", "ws"}
@@ -53,6 +53,15 @@ type Options struct {
 	Pin bool `json:"pin"`
 	// CPU is the CPU Pin uses. Default 0.
 	CPU int `json:"cpu"`
+	// Repeat is the rounds of rtt's closed-loop runs and of throughput:
+	// each round measures the bridge and every baseline again, and a
+	// figure is the median of its rounds, its ratio the median of the
+	// rounds' ratios. Default 1; make bench uses 5.
+	Repeat int `json:"repeat"`
+	// HTTP adds ACP Streamable HTTP to rtt and throughput when ws runs:
+	// the bridge's /acp over POST + SSE beside the same daemon over
+	// WebSocket. Default true.
+	HTTP bool `json:"http"`
 	// Baselines runs the baselines beside the bridge. Default true.
 	Baselines bool `json:"baselines"`
 	// Websocketd is the websocketd binary for its baseline; empty skips
@@ -92,8 +101,17 @@ type Options struct {
 	// streams at full speed. Default 0.
 	FanoutPace time.Duration `json:"fanoutPace"`
 
-	// IdleConns is the connection count of idle. Default 10,000.
-	IdleConns int `json:"idleConns"`
+	// IdleConns are the connection counts idle measures, each on a fresh
+	// daemon. Default 10,000 and 18,000 (issue 12's two counts; the fd
+	// hard limit here is 20,000).
+	IdleConns []int `json:"idleConns"`
+
+	// SessionCount is the sessions of the sessions scenario, each with its
+	// own owner connection. Default 10,000.
+	SessionCount int `json:"sessionCount"`
+	// StateDir runs sessions a second time with the daemon's --state-dir
+	// (a fresh temporary directory). Default true.
+	StateDir bool `json:"stateDir"`
 
 	// StallFast, StallSessions, StallCounts, StallPace, StallChunkSize and
 	// StallQueueBytes shape stall: StallFast reading clients over
@@ -120,6 +138,24 @@ type Options struct {
 	ReconnectSessions int           `json:"reconnectSessions"`
 	ReconnectPace     time.Duration `json:"reconnectPace"`
 
+	// MCPServer is the MCP stdio server (run with the argument "stdio")
+	// the mcp scenario serves through the bridge and supergateway; empty
+	// or missing skips the scenario, saying so. Default
+	// test/node/node_modules/.bin/mcp-server-everything.
+	MCPServer string `json:"mcpServer"`
+	// Supergateway is supergateway's binary for the mcp baseline; empty
+	// or missing skips the baseline, saying so. Default
+	// test/node/node_modules/.bin/supergateway.
+	Supergateway string `json:"supergateway"`
+	// MCPClients clients each make MCPCalls echo calls in the mcp storm.
+	// Defaults 100 and 5.
+	MCPClients int `json:"mcpClients"`
+	MCPCalls   int `json:"mcpCalls"`
+
+	// NATS is the NATS server (with JetStream) the fleet scenario's two
+	// daemons join; empty skips the scenario, saying so.
+	NATS string `json:"nats,omitempty"`
+
 	// Outputs; empty means none.
 	JSON    string `json:"-"` // every figure plus machine facts
 	Plot    string `json:"-"` // chart, .svg or .png
@@ -132,13 +168,15 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		Duration: 5 * time.Second, Warmup: time.Second, Timeout: 30 * time.Second,
-		Baselines: true, Websocketd: "/usr/bin/websocketd", Agent: "echo",
+		Repeat: 1, HTTP: true, Baselines: true, Websocketd: "/usr/bin/websocketd", Agent: "echo",
 		Count: 1_000_000, Size: 100, Conns: 64, Window: 256, WebsocketdWindow: 64,
 		Sessions: 10, Clients: 100, ChunkSize: 64,
-		IdleConns: 10_000,
+		IdleConns: []int{10_000, 18_000}, SessionCount: 10_000, StateDir: true,
 		StallFast: 1000, StallSessions: 10, StallCounts: []int{0, 1, 100, 1000}, StallPace: 0,
 		StallChunkSize: 512, StallQueueBytes: 64 << 10,
 		ReconnectClients: 1000, ReconnectSessions: 10, ReconnectPace: 10 * time.Millisecond,
+		MCPServer: "test/node/node_modules/.bin/mcp-server-everything", Supergateway: "test/node/node_modules/.bin/supergateway",
+		MCPClients: 100, MCPCalls: 5,
 	}
 }
 
@@ -209,6 +247,8 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "bound on each run beyond warmup+duration (setup, drain); past it the run fails")
 	fs.BoolVar(&o.Pin, "pin", o.Pin, "rtt: run the daemon, its agent and the baselines under taskset -c CPU and the load generator on CPU too")
 	fs.IntVar(&o.CPU, "cpu", o.CPU, "the CPU --pin uses")
+	fs.IntVar(&o.Repeat, "repeat", o.Repeat, "rtt (closed loop), throughput: rounds of bridge and baselines; figures are medians, ratios the median of the rounds' ratios")
+	fs.BoolVar(&o.HTTP, "http", o.HTTP, "rtt, throughput: with ws, also ACP Streamable HTTP (POST + SSE on /acp) beside the same daemon over WebSocket")
 	fs.BoolVar(&o.Baselines, "baselines", o.Baselines, "run the baselines (direct socket, uds-echo, gws, websocketd) beside the bridge")
 	fs.StringVar(&o.Websocketd, "websocketd", o.Websocketd, "websocketd binary for its baseline (\"\" skips it)")
 	fs.StringVar(&o.Agent, "agent", o.Agent, "agent behind rtt and throughput: echo (bench's one-scan echo agent) or demo (demo agent, -32601)")
@@ -222,7 +262,9 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.Clients, "clients", o.Clients, "fanout: clients attached to each session, the owner included")
 	fs.IntVar(&o.ChunkSize, "chunk-size", o.ChunkSize, "fanout, reconnect: bytes of text per streamed chunk")
 	fs.DurationVar(&o.FanoutPace, "fanout-pace", o.FanoutPace, "fanout: the agent's delay between chunks (0: full speed)")
-	fs.IntVar(&o.IdleConns, "idle-conns", o.IdleConns, "idle: connections held open")
+	fs.Var(intList{&o.IdleConns}, "idle-conns", "idle: connection counts to hold open, each on a fresh daemon, e.g. 10000,18000")
+	fs.IntVar(&o.SessionCount, "session-count", o.SessionCount, "sessions: sessions to make, each with its own owner connection and one prompt")
+	fs.BoolVar(&o.StateDir, "state-dir", o.StateDir, "sessions: run again with the daemon persisting to a fresh --state-dir (--state-dir=false skips it)")
 	fs.IntVar(&o.StallFast, "stall-fast", o.StallFast, "stall: clients that read everything")
 	fs.IntVar(&o.StallSessions, "stall-sessions", o.StallSessions, "stall: sessions the clients spread over")
 	fs.Var(intList{&o.StallCounts}, "stall-counts", "stall: stalled-client counts to compare, e.g. 0,1,100 (the first is the baseline)")
@@ -232,6 +274,11 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.ReconnectClients, "reconnect-clients", o.ReconnectClients, "reconnect: clients that drop at once and re-attach")
 	fs.IntVar(&o.ReconnectSessions, "reconnect-sessions", o.ReconnectSessions, "reconnect: sessions streaming meanwhile")
 	fs.DurationVar(&o.ReconnectPace, "reconnect-pace", o.ReconnectPace, "reconnect: the agent's delay between chunks")
+	fs.StringVar(&o.MCPServer, "mcp-server", o.MCPServer, "mcp: the MCP stdio server (run with \"stdio\") behind the bridge and supergateway (\"\" or missing skips mcp)")
+	fs.StringVar(&o.Supergateway, "supergateway", o.Supergateway, "mcp: supergateway for the baseline (\"\" or missing skips it, saying so)")
+	fs.IntVar(&o.MCPClients, "mcp-clients", o.MCPClients, "mcp: clients of the storm")
+	fs.IntVar(&o.MCPCalls, "mcp-calls", o.MCPCalls, "mcp: echo calls each storm client makes")
+	fs.StringVar(&o.NATS, "nats", o.NATS, "fleet: NATS server URL with JetStream for the two fleet daemons (\"\" skips fleet)")
 	fs.StringVar(&o.JSON, "json", "", "write every figure and the machine facts to this JSON file")
 	fs.StringVar(&o.Plot, "plot", "", "chart latency percentiles, throughput and stall isolation against the baselines (.svg or .png)")
 	fs.StringVar(&o.Report, "report", "", "write a Markdown report (table, chart, machine, command) to this file")
@@ -261,16 +308,28 @@ Scenarios (default: all, in this order):
               connection and on --conns: answered messages/s. Baselines as
               rtt (direct on 1 connection only; websocketd's window capped
               by --websocketd-window).
+              Over ws, rtt and throughput also have the gws forwarder (gws
+              in front of one shared echo agent, ids remapped: what a user
+              would write by hand) and, with --http, run over ACP
+              Streamable HTTP (POST + SSE on /acp) beside the same daemon
+              over WebSocket.
   fanout      --sessions sessions x --clients attached clients each; the
               demo agent streams stamped chunks (full speed, or every
               --fanout-pace): delivered messages/s across all clients and
               delivery latency from the agent's send stamp. Baseline: the
               same stream from a plain Go (unix) or gws Broadcaster (ws)
               server.
-  idle        --idle-conns connections that each did one round trip, then
-              sit: the daemon's RSS growth per connection (VmRSS from
+  idle        --idle-conns connections (each count on a fresh daemon) that
+              each did one round trip, then sit: the daemon's RSS growth per connection (VmRSS from
               /proc/PID/status before and after). Baseline: uds-echo (Go net,
               goroutine per connection) and gws. Raises RLIMIT_NOFILE itself.
+  sessions    --session-count sessions over the Unix socket, each with its
+              own owner connection and one prompt of the demo agent (one
+              chunk, no permission, no tool call): the daemon's RSS once
+              every prompt is answered, with every owner still connected,
+              and the set-up time. With --state-dir (default) again with
+              the daemon persisting to a fresh directory, against the
+              memory-only run. Bounded by 3 × --timeout per run.
   stall       --stall-fast reading clients over --stall-sessions sessions
               beside 0, 1, 100 (--stall-counts) clients that attach to every
               session and never read, at a fixed rate: delivery latency
@@ -279,10 +338,29 @@ Scenarios (default: all, in this order):
   reconnect   --reconnect-clients enveloped clients drop at once while the
               agent streams and re-attach with since=<last seq>: time until
               all are live again, events lost and duplicated (target 0, 0).
+  mcp         MCP Streamable HTTP on /mcp against supergateway (stateful
+              streamableHttp) serving the same MCP stdio server
+              (--mcp-server, server-everything): tools/call echo round
+              trips with one client, and --mcp-clients clients at once that
+              each initialize, call echo --mcp-calls times and DELETE: time
+              until all are done and the calls' p99.
 
-Targets (issue 6): unix rtt p50 <= 2.2x direct; ws throughput >= 2x gws and
->= 20x websocketd; idle ws <= 1/5 of gws and <= 2 KB per connection; fanout
->= 1,000,000 delivered msgs/s across 1,000 clients; stall p99 <= 1.2x.
+  fleet       Two daemons of one fleet on the NATS server --nats names
+              (skipped without it): delivery latency of one paced stream to a
+              viewer on the other node beside one on the agent's node;
+              events/s of a flood the same way; gated request round trips
+              forwarded from the other node beside the agent's node.
+
+Targets, each judged in the same run (the report's target table lists
+them): unix rtt p50 <= 2.2x direct, and pinned <= 2.5x direct; ws rtt p50
+pinned <= 2.5x gws; unix throughput on 1 connection >= 0.5x direct; ws
+throughput on --conns >= 2x the gws forwarder (stretch: >= 1x gws) and
+>= 20x websocketd; idle <= 1.5 KB (unix) and <= 2 KB (ws) per connection,
+and ws <= 1/5 of gws; sessions <= 100 MB daemon RSS at 10,000 sessions;
+fanout >= 1,000,000 delivered msgs/s across 1,000 clients; stall p99 <= 1.2x.
+With --repeat N, rtt's closed-loop, throughput's and mcp's round trips are
+measured in N rounds: a figure is the median of its rounds and a ratio the
+median of the rounds' ratios.
 
 Output: the table on stdout; a live progress line on stderr when it is a
 terminal; --json, --plot, --report, --history as below. Exit status 1 when a
@@ -369,9 +447,9 @@ func (o *Options) validate() error {
 	}
 	pos := map[string]int{"--count": o.Count, "--size": o.Size, "--conns": o.Conns, "--window": o.Window,
 		"--websocketd-window": o.WebsocketdWindow, "--sessions": o.Sessions, "--clients": o.Clients,
-		"--chunk-size": o.ChunkSize, "--idle-conns": o.IdleConns, "--stall-fast": o.StallFast,
+		"--chunk-size": o.ChunkSize, "--stall-fast": o.StallFast,
 		"--stall-sessions": o.StallSessions, "--stall-chunk-size": o.StallChunkSize,
-		"--reconnect-clients": o.ReconnectClients, "--reconnect-sessions": o.ReconnectSessions}
+		"--reconnect-clients": o.ReconnectClients, "--repeat": o.Repeat, "--session-count": o.SessionCount, "--mcp-clients": o.MCPClients, "--mcp-calls": o.MCPCalls, "--reconnect-sessions": o.ReconnectSessions}
 	for name, v := range pos {
 		if v <= 0 {
 			return fmt.Errorf("invalid %s %d (must be positive)", name, v)
@@ -385,6 +463,9 @@ func (o *Options) validate() error {
 	}
 	if o.Rate < 0 || o.CPU < 0 || o.StallQueueBytes < 0 {
 		return errors.New("--rate, --cpu and --stall-queue-bytes must not be negative")
+	}
+	if len(o.IdleConns) == 0 || slices.Contains(o.IdleConns, 0) {
+		return errors.New("--idle-conns needs positive counts")
 	}
 	if len(o.StallCounts) == 0 {
 		return errors.New("--stall-counts needs at least one count")

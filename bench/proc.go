@@ -22,11 +22,12 @@ import (
 // websocketd or a direct agent. Its stderr is drained continuously (a full
 // pipe would block the child) and its last lines kept for error messages.
 type proc struct {
-	name string
-	cmd  *exec.Cmd
-	tail *tail
-	done chan struct{} // closed when the process has exited
-	err  error         // Wait's result, set before done closes
+	name  string
+	cmd   *exec.Cmd
+	tail  *tail
+	done  chan struct{} // closed when the process has exited
+	err   error         // Wait's result, set before done closes
+	group bool          // it leads its own process group; stop ends the group
 }
 
 // tail keeps the last lines written to it. Safe from any goroutine.
@@ -57,8 +58,19 @@ func startProc(ctx context.Context, name string, argv []string, pin bool, cpu in
 	if pin {
 		argv = append([]string{"taskset", "-c", strconv.Itoa(cpu)}, argv...)
 	}
+	return startProcWith(ctx, name, argv, ready, false)
+}
+
+// startProcGroup starts argv in a process group of its own, which stop
+// ends as a whole: for a server that spawns children of its own and may
+// leave them behind (supergateway). It returns once the process started.
+func startProcGroup(ctx context.Context, name string, argv []string) (*proc, error) {
+	return startProcWith(ctx, name, argv, nil, true)
+}
+
+func startProcWith(ctx context.Context, name string, argv []string, ready func(string) bool, group bool) (*proc, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: group}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -76,13 +88,13 @@ func startProc(ctx context.Context, name string, argv []string, pin bool, cpu in
 	if err := cmd.Start(); err != nil {
 		stdinR.Close()
 		stdinW.Close()
-		if errors.Is(err, exec.ErrNotFound) && pin {
+		if errors.Is(err, exec.ErrNotFound) && argv[0] == "taskset" {
 			return nil, fmt.Errorf("--pin needs taskset (util-linux): %v", err)
 		}
 		return nil, fmt.Errorf("start %s: %v", name, err)
 	}
 	stdinR.Close()
-	p := &proc{name: name, cmd: cmd, tail: &tail{}, done: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, tail: &tail{}, done: make(chan struct{}), group: group}
 	readyc := make(chan struct{})
 	var once sync.Once
 	scan := func(r io.Reader) {
@@ -126,6 +138,11 @@ func (p *proc) pid() int { return p.cmd.Process.Pid }
 // stop asks the process to end (SIGTERM), then kills it after a grace
 // period. Safe to call twice.
 func (p *proc) stop() {
+	if p.group {
+		// Whatever the leader left behind goes with it, even once the
+		// leader itself is gone.
+		defer func() { _ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL) }()
+	}
 	select {
 	case <-p.done:
 		return

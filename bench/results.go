@@ -3,7 +3,9 @@ package bench
 import (
 	"fmt"
 	"io"
+	"maps"
 	"math"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -59,7 +61,10 @@ type Measurement struct {
 	Duplicated  int64   `json:"duplicated"`            // reconnect: seqs seen twice
 	StormMs     float64 `json:"stormMs,omitempty"`     // reconnect: drop to all live
 	ServerDrops int64   `json:"serverDrops,omitempty"` // connections the daemon closed
-	Note        string  `json:"note,omitempty"`
+	// Round is which of --repeat rounds this is (1-based); 0 when the
+	// scenario does not repeat.
+	Round int    `json:"round,omitempty"`
+	Note  string `json:"note,omitempty"`
 }
 
 // Figure is one line of the table: the bridge's value of a metric and the
@@ -78,12 +83,16 @@ type Figure struct {
 	Target *Target `json:"target,omitempty"`
 }
 
-// Baseline is one comparison: Ratio is Figure.Value ÷ Value.
+// Baseline is one comparison: Ratio is Figure.Value ÷ Value, or, when the
+// figure was measured in several rounds, the median of each round's
+// bridge ÷ baseline (RoundRatios), while Figure.Value and Value are the
+// medians of the rounds' values.
 type Baseline struct {
-	System string  `json:"system"`
-	Value  float64 `json:"value"`
-	Ratio  float64 `json:"ratio"`
-	Target *Target `json:"target,omitempty"`
+	System      string    `json:"system"`
+	Value       float64   `json:"value"`
+	Ratio       float64   `json:"ratio"`
+	RoundRatios []float64 `json:"roundRatios,omitempty"`
+	Target      *Target   `json:"target,omitempty"`
 }
 
 // Target is a goal from the issue and whether this run met it.
@@ -107,12 +116,64 @@ type ratioTarget struct {
 // addFigure records the bridge's value with its baselines; a baseline with
 // no positive value is left out (it did not run) rather than divided by.
 func (r *runner) addFigure(f Figure, base map[string]float64, order []string, targets ...ratioTarget) {
+	rs := newRounds()
+	rs.add(0, sysBridge, f.Value)
+	for sys, v := range base {
+		rs.add(0, sys, v)
+	}
+	r.addRounds(f, rs, order, targets...)
+}
+
+// rounds is one metric over --repeat rounds: each round's value of the
+// bridge and of each baseline. Owned by the scenario that fills it.
+type rounds struct {
+	bridge map[int]float64
+	base   map[string]map[int]float64
+}
+
+func newRounds() *rounds {
+	return &rounds{bridge: map[int]float64{}, base: map[string]map[int]float64{}}
+}
+
+// add records system's value in round; a value that is not positive (the
+// system did not run) is left out.
+func (rs *rounds) add(round int, system string, v float64) {
+	if !(v > 0) || math.IsInf(v, 0) {
+		return
+	}
+	if system == sysBridge {
+		rs.bridge[round] = v
+		return
+	}
+	if rs.base[system] == nil {
+		rs.base[system] = map[int]float64{}
+	}
+	rs.base[system][round] = v
+}
+
+// addRounds records the median of the bridge's rounds as the figure and,
+// for each baseline, the median of its rounds and the median of the
+// per-round ratios (a round where either side failed has no ratio). The
+// ratio is paired by round because drift on a shared machine moves both
+// sides of a round together; one slow round then moves no median.
+func (r *runner) addRounds(f Figure, rs *rounds, order []string, targets ...ratioTarget) {
+	f.Value = median(slices.Collect(maps.Values(rs.bridge)))
 	for _, sys := range order {
-		v, ok := base[sys]
-		if !ok || v <= 0 || math.IsNaN(v) {
+		vals := rs.base[sys]
+		var ratios []float64
+		for round, v := range vals {
+			if bv, ok := rs.bridge[round]; ok {
+				ratios = append(ratios, bv/v)
+			}
+		}
+		if len(ratios) == 0 {
 			continue
 		}
-		b := Baseline{System: sys, Value: v, Ratio: f.Value / v}
+		b := Baseline{System: sys, Value: median(slices.Collect(maps.Values(vals))), Ratio: median(ratios)}
+		if len(rs.bridge) > 1 || len(vals) > 1 {
+			slices.Sort(ratios)
+			b.RoundRatios = ratios
+		}
 		for _, t := range targets {
 			if t.system != sys {
 				continue
@@ -126,6 +187,29 @@ func (r *runner) addFigure(f Figure, base map[string]float64, order []string, ta
 		f.Baselines = append(f.Baselines, b)
 	}
 	r.res.Figures = append(r.res.Figures, f)
+}
+
+// median of vs (the mean of the middle two for an even count); 0 for none.
+// It sorts a copy.
+func median(vs []float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(vs))
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// rounds is how many rounds a measurement takes: --repeat when it is
+// one whose ratio the targets judge, else one.
+func (r *runner) rounds(repeated bool) int {
+	if repeated {
+		return r.o.Repeat
+	}
+	return 1
 }
 
 // formatValue prints a figure's value in its unit, with sensible precision.
@@ -149,6 +233,8 @@ func formatValue(v float64, unit string) string {
 		return fmt.Sprintf("%.0f/s", v)
 	case "KB":
 		return fmt.Sprintf("%.2f KB", v)
+	case "s":
+		return fmt.Sprintf("%.2f s", v)
 	case "MB":
 		return fmt.Sprintf("%.1f MB", v)
 	case "events":

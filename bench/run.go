@@ -84,6 +84,15 @@ func run(ctx context.Context, o Options, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return fail("--bin: %v", err)
 	}
+	// The daemon and helpers may run elsewhere: relative paths are the
+	// caller's.
+	for _, p := range []*string{&o.MCPServer, &o.Supergateway} {
+		if *p != "" {
+			if abs, err := filepath.Abs(*p); err == nil {
+				*p = abs
+			}
+		}
+	}
 	if _, err := os.Stat(bin); err != nil {
 		return fail("--bin %s: %v", bin, err)
 	}
@@ -108,7 +117,8 @@ func run(ctx context.Context, o Options, args []string, stdout, stderr io.Writer
 
 	scenarios := map[string]func(context.Context) error{
 		"rtt": r.rtt, "throughput": r.throughput, "fanout": r.fanout,
-		"idle": r.idle, "stall": r.stall, "reconnect": r.reconnect,
+		"idle": r.idle, "sessions": r.sessions, "stall": r.stall, "reconnect": r.reconnect,
+		"mcp": r.mcp, "fleet": r.fleetNATS,
 	}
 	for _, name := range o.Scenarios {
 		if ctx.Err() != nil {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -29,6 +30,8 @@ const (
 	sysUDSEcho    = "uds-echo"
 	sysGWS        = "gws"
 	sysWebsocketd = "websocketd"
+	sysForwarder  = "gws-forwarder"
+	sysBridgeWS   = "bridge over ws"
 	sysBroadcast  = "broadcast"
 )
 
@@ -96,9 +99,12 @@ func (d *daemon) stop() {
 // bridge returns the daemon as the system under test over transport.
 func (d *daemon) bridge(transport string) system {
 	s := system{name: sysBridge, pid: d.pid}
-	if transport == "unix" {
+	switch transport {
+	case "unix":
 		s.dial = func(ctx context.Context, o connOpts) (*msgConn, error) { return dialUnix(ctx, d.uds, o) }
-	} else {
+	case "http":
+		s.dial = func(ctx context.Context, o connOpts) (*msgConn, error) { return dialHTTP(ctx, d.ws, o) }
+	default:
 		s.dial = func(ctx context.Context, o connOpts) (*msgConn, error) { return dialWS(ctx, d.ws, o) }
 	}
 	return s
@@ -206,6 +212,81 @@ func (r *runner) direct(pin bool) system {
 	}}
 }
 
+// requestTransports are the transports of rtt and throughput: the chosen
+// ones, and ACP Streamable HTTP (POST + SSE on /acp) after ws when --http
+// is set, measured beside the same daemon over WebSocket.
+func (r *runner) requestTransports() []string {
+	var out []string
+	for _, t := range r.o.Transports {
+		out = append(out, t)
+		if t == "ws" && r.o.HTTP {
+			out = append(out, "http")
+		}
+	}
+	return out
+}
+
+// baselines are the systems rtt and throughput measure beside the bridge
+// over one transport, in the order the table lists them, and the
+// processes serving them.
+type baselines struct {
+	systems []system
+	order   []string
+	procs   []*proc
+}
+
+func (b *baselines) add(s system) {
+	b.systems = append(b.systems, s)
+	b.order = append(b.order, s.name)
+}
+
+// stop ends the processes startBaselines started.
+func (b *baselines) stop() {
+	for _, p := range b.procs {
+		p.stop()
+	}
+}
+
+// startBaselines starts what rtt and throughput compare the bridge with:
+// over unix the direct agent and uds-echo; over ws the gws echo, the gws
+// forwarder and websocketd; over http (ACP Streamable HTTP) the same
+// daemon over WebSocket. A baseline that cannot start is skipped, saying
+// why; none start without --baselines.
+func (r *runner) startBaselines(ctx context.Context, d *daemon, transport string, pin bool) (*baselines, error) {
+	b := &baselines{}
+	if !r.o.Baselines {
+		return b, nil
+	}
+	if transport == "http" {
+		s := d.bridge("ws")
+		s.name = sysBridgeWS
+		b.add(s)
+		return b, nil
+	}
+	if transport == "unix" {
+		b.add(r.direct(pin))
+	}
+	h, err := r.startHelper(ctx, pin)
+	if err != nil {
+		return nil, err
+	}
+	b.procs = append(b.procs, h.p)
+	b.add(h.echo(transport))
+	if transport != "ws" {
+		return b, nil
+	}
+	b.add(h.forwarder())
+	if msg := r.websocketdMissing(); msg != "" {
+		r.skip(msg)
+	} else if p, s, err := r.startWebsocketd(ctx, pin); err != nil {
+		r.skip("websocketd baseline skipped: " + err.Error())
+	} else {
+		b.procs = append(b.procs, p)
+		b.add(s)
+	}
+	return b, nil
+}
+
 // helperServer is the baseline helper process: uds-echo, gws and the
 // fan-out servers.
 type helperServer struct {
@@ -227,8 +308,12 @@ func (r *runner) startHelper(ctx context.Context, pin bool) (*helperServer, erro
 	h := &helperServer{uds: filepath.Join(dir, "echo.sock"), fanUDS: filepath.Join(dir, "fan.sock"), wsAddr: "127.0.0.1:" + strconv.Itoa(port)}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	h.p, err = startProc(sctx, "the baseline helper", []string{r.bin, "bench", "helper-server", "--uds", h.uds, "--fanout-uds", h.fanUDS, "--ws", h.wsAddr},
-		pin, r.o.CPU, func(line string) bool { return line == "ready" })
+	agent, err := json.Marshal(r.agentArgv())
+	if err != nil {
+		return nil, err
+	}
+	h.p, err = startProc(sctx, "the baseline helper", []string{r.bin, "bench", "helper-server", "--uds", h.uds, "--fanout-uds", h.fanUDS, "--ws", h.wsAddr,
+		"--forward-agent", string(agent)}, pin, r.o.CPU, func(line string) bool { return line == "ready" })
 	if err != nil {
 		return nil, err
 	}
@@ -241,6 +326,13 @@ func (h *helperServer) echo(transport string) system {
 	}
 	t := wsTarget{addr: h.wsAddr, host: h.wsAddr, path: "/echo"}
 	return system{name: sysGWS, pid: h.p.pid(), dial: func(ctx context.Context, o connOpts) (*msgConn, error) { return dialWS(ctx, t, o) }}
+}
+
+// forwarder is gws in front of one agent process, shared by every
+// connection (gwsForwarder): what a user would write by hand.
+func (h *helperServer) forwarder() system {
+	t := wsTarget{addr: h.wsAddr, host: h.wsAddr, path: "/forward"}
+	return system{name: sysForwarder, pid: h.p.pid(), dial: func(ctx context.Context, o connOpts) (*msgConn, error) { return dialWS(ctx, t, o) }}
 }
 
 func (h *helperServer) broadcast(transport string) system {

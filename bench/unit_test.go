@@ -257,3 +257,33 @@ func TestPeerPID(t *testing.T) {
 		t.Errorf("peerPID = %d, %v; want %d", pid, err, os.Getpid())
 	}
 }
+
+// TestRoundsMedian: a figure of several rounds is the median of the
+// bridge's rounds, and its ratio the median of the rounds' paired ratios,
+// not the ratio of the medians; a round a baseline missed has no ratio.
+func TestRoundsMedian(t *testing.T) {
+	r := &runner{res: &Result{}}
+	rs := newRounds()
+	for round, v := range []float64{10, 30, 20} {
+		rs.add(round, sysBridge, v)
+	}
+	for round, v := range []float64{5, 10, 0} { // round 3: the baseline failed
+		rs.add(round, sysDirect, v)
+	}
+	r.addRounds(Figure{Metric: "p50", Better: "lower"}, rs, []string{sysDirect, sysGWS}, ratioTarget{system: sysDirect, atMost: true, limit: 2.5})
+	f := r.res.Figures[0]
+	if f.Value != 20 {
+		t.Errorf("value %v, want the median 20", f.Value)
+	}
+	if len(f.Baselines) != 1 {
+		t.Fatalf("baselines %+v, want direct only (gws never ran)", f.Baselines)
+	}
+	b := f.Baselines[0]
+	// Rounds 1 and 2: ratios 2 and 3; their median is 2.5.
+	if b.Value != 7.5 || b.Ratio != 2.5 || len(b.RoundRatios) != 2 || b.Target == nil || !b.Target.Met {
+		t.Errorf("baseline %+v, want value 7.5, ratio 2.5 from [2 3], target met", b)
+	}
+	if m := median([]float64{3, 1, 2, 10}); m != 2.5 {
+		t.Errorf("median of 1,2,3,10 = %v", m)
+	}
+}

@@ -25,7 +25,10 @@ import (
 
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/codec/ws"
+	"github.com/agentbridge/agentbridge/httpfront"
 	"github.com/agentbridge/agentbridge/session"
+	"github.com/agentbridge/agentbridge/terminal"
+	"github.com/agentbridge/agentbridge/tlsserve"
 )
 
 const (
@@ -128,6 +131,18 @@ func testTokens(t *testing.T) *auth.Tokens {
 	return tok
 }
 
+// HTTPConfig is what a test asks of the TCP listener: the front's
+// settings and, with TLSCert and TLSKey, the TLS listener beside the event
+// loop (as cmd starts them: the loop then has no TCP listener of its own).
+type HTTPConfig struct {
+	Tokens                                              *auth.Tokens
+	Origins                                             *auth.OriginPolicy
+	Heartbeat, HeaderTimeout, IdleTimeout, CloseTimeout time.Duration
+	HTTPIdle                                            time.Duration
+	Terminal                                            *terminal.Manager
+	TLSCert, TLSKey                                     string
+}
+
 // startEnv starts a server on a free loopback port (gnet needs a concrete
 // one) with the given HTTP configuration; tokens default to testTokens.
 func startEnv(t *testing.T, hc HTTPConfig, opts ...envOpt) *env {
@@ -139,13 +154,27 @@ func startEnv(t *testing.T, hc HTTPConfig, opts ...envOpt) *env {
 		hc.Tokens = testTokens(t)
 	}
 	m := NewMetrics(nil)
-	cfg := Config{Listen: freePort(t), Hub: hub, HTTP: &hc, Loops: 1, Metrics: m,
+	cfg := Config{Listen: freePort(t), Hub: hub, Loops: 1, Metrics: m,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if testing.Verbose() {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	hm := m.HTTP(hub, cfg.Logger)
+	hf, err := httpfront.New(httpfront.Config{Hub: hub, Metrics: hm, Scrape: hm.Scrape(), Logger: cfg.Logger,
+		Endpoint: hm.Endpoint(hub, cfg.Delivery, cfg.Rate),
+		Tokens:   hc.Tokens, Origins: hc.Origins, Heartbeat: hc.Heartbeat, HeaderTimeout: hc.HeaderTimeout,
+		IdleTimeout: hc.IdleTimeout, CloseTimeout: hc.CloseTimeout, HTTPIdle: hc.HTTPIdle, Terminal: hc.Terminal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Front = hf
+	tlsOn := hc.TLSCert != ""
+	addr := cfg.Listen
+	if tlsOn {
+		cfg.Listen = ""
 	}
 	srv, err := New(cfg)
 	if err != nil {
@@ -154,15 +183,35 @@ func startEnv(t *testing.T, hc HTTPConfig, opts ...envOpt) *env {
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{srv: srv, hub: hub, addr: cfg.Listen, m: m}
-	if srv.tls != nil {
-		e.addr = srv.tls.Addr().String()
+	e := &env{srv: srv, hub: hub, addr: addr, m: m}
+	var ts *tlsserve.Server
+	if tlsOn {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fc := hf.Config()
+		ts, err = tlsserve.New(tlsserve.Config{Listener: srv.Limit(ln), CertFile: hc.TLSCert, KeyFile: hc.TLSKey,
+			Hub: hub, Front: hf, Delivery: cfg.Delivery, Rate: cfg.Rate, MaxMessage: cfg.MaxMessage,
+			MaxHeaderBytes: fc.MaxHeaderBytes, Heartbeat: fc.Heartbeat, HeaderTimeout: fc.HeaderTimeout,
+			IdleTimeout: fc.IdleTimeout, CloseTimeout: fc.CloseTimeout, Logger: cfg.Logger, Metrics: hm, OutboxMetrics: hm.Outbox})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ts.Start(); err != nil {
+			t.Fatal(err)
+		}
+		e.addr = ts.Addr().String()
 	}
 	t.Cleanup(func() {
 		hub.Shutdown("test over")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		if ts != nil {
+			_ = ts.Stop(ctx)
+		}
 		_ = srv.Stop(ctx)
+		hf.Close()
 	})
 	return e
 }

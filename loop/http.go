@@ -3,104 +3,38 @@ package loop
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/codec/ws"
+	"github.com/agentbridge/agentbridge/httpfront"
 	"github.com/agentbridge/agentbridge/session"
-	"github.com/agentbridge/agentbridge/terminal"
 	"github.com/agentbridge/agentbridge/wire"
 )
-
-// HTTPConfig configures the TCP listener: HTTP endpoints, WebSocket on /acp
-// and SSE on /events. Zero values are documented per field.
-type HTTPConfig struct {
-	// Tokens maps bearer tokens to roles; nil knows no token, so every
-	// request that needs one is refused with 401.
-	Tokens *auth.Tokens
-	// Origins judges the Origin of WebSocket handshakes and SSE requests;
-	// nil allows requests without Origin and same-origin browser pages.
-	Origins *auth.OriginPolicy
-	// Heartbeat is the WebSocket ping interval (a peer silent for two
-	// intervals is dropped) and the SSE keep-alive interval. Zero means 15s.
-	Heartbeat time.Duration
-	// HeaderTimeout bounds how long a client may take to send a request's
-	// header block once it has started, and to send its first request.
-	// Zero means 10s.
-	HeaderTimeout time.Duration
-	// IdleTimeout closes a keep-alive connection with no request in
-	// progress. Zero means 60s.
-	IdleTimeout time.Duration
-	// CloseTimeout bounds how long our WebSocket close frame waits for the
-	// peer's before the socket is closed. Zero means 5s.
-	CloseTimeout time.Duration
-	// MaxHeaderBytes caps a request's header block (431 beyond). Zero
-	// means 16 KiB.
-	MaxHeaderBytes int
-	// TLSCert and TLSKey, both set, make the listener speak HTTPS and WSS:
-	// it is then served by package tlsserve rather than by gnet.
-	TLSCert, TLSKey string
-	// Terminal serves GET /terminal (--terminal); nil answers it 404.
-	Terminal *terminal.Manager
-	// HTTPIdle reaps an ACP Streamable HTTP connection with no open GET
-	// and no request for this long (--http-idle). Zero means 5m; negative
-	// never reaps.
-	HTTPIdle time.Duration
-}
-
-func (c *HTTPConfig) fill() {
-	if c.Heartbeat == 0 {
-		c.Heartbeat = 15 * time.Second
-	}
-	if c.HeaderTimeout == 0 {
-		c.HeaderTimeout = 10 * time.Second
-	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = 60 * time.Second
-	}
-	if c.CloseTimeout == 0 {
-		c.CloseTimeout = 5 * time.Second
-	}
-	if c.HTTPIdle == 0 {
-		c.HTTPIdle = 5 * time.Minute
-	}
-	if c.MaxHeaderBytes == 0 {
-		c.MaxHeaderBytes = 16 << 10
-	}
-	if c.Origins == nil {
-		c.Origins, _ = auth.NewOriginPolicy(nil)
-	}
-}
-
-// TLS reports whether the listener is configured for TLS.
-func (c *HTTPConfig) TLS() bool { return c != nil && c.TLSCert != "" && c.TLSKey != "" }
 
 // maxSkipBody is the largest request body the loop reads and discards to
 // keep a connection alive after refusing the request; bigger bodies close
 // the connection instead.
 const maxSkipBody = 1 << 20
 
-// front is the listener's HTTP layer: routes, auth and Origin policy, the
-// plain endpoints, and the sweeper that enforces deadlines and heartbeats.
-// The gnet protocols (httpProto, wsProto, sseProto) and the TLS listener
-// (through ServeHTTP and Authorize) share it.
+// front is the gnet listener's side of the HTTP front (package httpfront,
+// which decides routes, auth, Origin and the Streamable HTTP and SSE
+// semantics): the HTTP/1.1 parser, the protocols a connection upgrades to
+// (httpProto, wsProto, sseProto, acpSSEGet, termProto) and the sweeper
+// that enforces their deadlines and heartbeats.
 type front struct {
-	s    *Server
-	cfg  HTTPConfig
-	m    *Metrics
-	x    *httpMetrics
-	prom http.Handler
+	s   *Server
+	hf  *httpfront.Front
+	cfg httpfront.Config // hf's, defaults filled
+	m   *Metrics
+	x   *httpMetrics
 
 	mu      sync.Mutex
 	watches map[*watch]struct{}
@@ -110,12 +44,6 @@ type front struct {
 	lastBeat  time.Time
 	todo      []*watch
 	beat      []*watch
-
-	// SSE streams served over net/http (TLS), for Connections.
-	httpStreams atomic.Int64
-
-	// ACP Streamable HTTP connections (acphttp.go).
-	acp acpRegistry
 }
 
 // watch is what the sweeper may see of a TCP connection: atomics only,
@@ -136,12 +64,8 @@ const (
 	watchACP
 )
 
-func newFront(s *Server, cfg HTTPConfig) *front {
-	cfg.fill()
-	f := &front{s: s, cfg: cfg, m: s.cfg.Metrics, watches: make(map[*watch]struct{})}
-	f.acp = acpRegistry{conns: make(map[string]*acpConn), idle: cfg.HTTPIdle}
-	f.prom = promhttp.HandlerFor(f.m.Registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, DisableCompression: true})
-	f.x = newHTTPMetrics(f.m.Registry, s.hub)
+func newFront(s *Server, hf *httpfront.Front) *front {
+	f := &front{s: s, hf: hf, cfg: hf.Config(), m: s.cfg.Metrics, x: newHTTPMetrics(s.cfg.Metrics.Registry), watches: make(map[*watch]struct{})}
 	s.OnTickFunc(f.tick)
 	return f
 }
@@ -212,7 +136,6 @@ func (f *front) tick(now time.Time) {
 		}
 	}
 	f.mu.Unlock()
-	f.acp.reap(n)
 	for _, w := range f.todo {
 		f.expire(w, n)
 	}
@@ -221,8 +144,8 @@ func (f *front) tick(now time.Time) {
 			if beat {
 				_ = w.c.gc.Wake(heartbeat)
 			}
-			if g := w.acp; g != nil && g.pending() {
-				g.notify()
+			if g := w.acp; g != nil && g.st.Pending() {
+				g.Notify()
 			}
 			continue
 		}
@@ -258,14 +181,9 @@ func (f *front) expire(w *watch, now int64) {
 }
 
 var (
-	pingFrame     = ws.AppendFrame(nil, true, ws.OpPing, nil)
-	sseKeepAlive  = []byte(": keep-alive\n\n")
-	headerEnd     = []byte("\r\n\r\n")
-	crlf          = []byte("\r\n")
-	jsonType      = "application/json"
-	textType      = "text/plain; charset=utf-8"
-	bearerRealm   = `Bearer realm="agentbridge"`
-	bearerInvalid = `Bearer realm="agentbridge", error="invalid_token"`
+	pingFrame = ws.AppendFrame(nil, true, ws.OpPing, nil)
+	headerEnd = []byte("\r\n\r\n")
+	crlf      = []byte("\r\n")
 )
 
 // heartbeat runs on the connection's loop, woken by the sweeper: a ping to
@@ -286,211 +204,10 @@ func heartbeat(gc gnet.Conn, err error) error {
 		_, _ = gc.Write(pingFrame)
 	case *sseProto, *acpSSEGet:
 		if gc.OutboundBuffered() == 0 {
-			_, _ = gc.Write(sseKeepAlive)
+			_, _ = gc.Write(httpfront.KeepAlive)
 		}
 	}
 	return nil
-}
-
-// reply is an HTTP response the listener composes itself.
-type reply struct {
-	status int
-	ctype  string
-	body   []byte
-	hdr    []string // extra headers: name, value, name, value...
-	close  bool     // close the connection after it
-}
-
-func textReply(status int, msg string, hdr ...string) *reply {
-	return &reply{status: status, ctype: textType, body: []byte(msg + "\n"), hdr: hdr}
-}
-
-// appendTo appends the response bytes for the gnet path.
-func (rp *reply) appendTo(dst []byte, head bool) []byte {
-	dst = append(dst, "HTTP/1.1 "...)
-	dst = strconv.AppendInt(dst, int64(rp.status), 10)
-	dst = append(dst, ' ')
-	dst = append(dst, http.StatusText(rp.status)...)
-	dst = append(dst, "\r\nContent-Type: "...)
-	dst = append(dst, rp.ctype...)
-	dst = append(dst, "\r\nContent-Length: "...)
-	dst = strconv.AppendInt(dst, int64(len(rp.body)), 10)
-	dst = append(dst, "\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"...)
-	if rp.close {
-		dst = append(dst, "Connection: close\r\n"...)
-	}
-	for i := 0; i+1 < len(rp.hdr); i += 2 {
-		dst = append(dst, rp.hdr[i]...)
-		dst = append(dst, ": "...)
-		dst = append(dst, rp.hdr[i+1]...)
-		dst = append(dst, crlf...)
-	}
-	dst = append(dst, crlf...)
-	if !head {
-		dst = append(dst, rp.body...)
-	}
-	return dst
-}
-
-// serve writes the response through net/http (the TLS path).
-func (rp *reply) serve(w http.ResponseWriter, head bool) {
-	h := w.Header()
-	for i := 0; i+1 < len(rp.hdr); i += 2 {
-		h.Set(rp.hdr[i], rp.hdr[i+1])
-	}
-	h.Set("Content-Type", rp.ctype)
-	h.Set("Content-Length", strconv.Itoa(len(rp.body)))
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	if rp.close {
-		h.Set("Connection", "close")
-	}
-	w.WriteHeader(rp.status)
-	if !head {
-		_, _ = w.Write(rp.body)
-	}
-}
-
-// pathClass bounds the path label of the request metric.
-func pathClass(p string) string {
-	switch p {
-	case "/healthz", "/metrics", "/acp", "/mcp", "/events", "/", "/terminal", "/login", "/logout":
-		return p
-	}
-	if strings.HasPrefix(p, "/ui/") {
-		return "/ui/"
-	}
-	return "other"
-}
-
-// authorize finds and checks the request's token, and its Origin when the
-// endpoint is one a browser page could open (WebSocket, SSE). It returns the
-// role and the subprotocol entry to select, or the refusal to send. Safe
-// from any goroutine.
-func (f *front) authorize(r *http.Request, transport string, checkOrigin, tls bool) (auth.Role, string, *reply) {
-	if checkOrigin {
-		if o := r.Header.Get("Origin"); !f.cfg.Origins.Allowed(o, r.Host, tls) {
-			f.m.refused(transport, "origin")
-			if len(o) > 200 {
-				o = o[:200]
-			}
-			f.s.hub.AuditAuthFailure(r.RemoteAddr, transport, fmt.Sprintf("origin %q not allowed", o))
-			return 0, "", textReply(http.StatusForbidden, fmt.Sprintf("origin %q may not connect: the daemon allows its own origin and those given with --allow-origin", o))
-		}
-	}
-	tok, sub := auth.TokenFromRequest(r)
-	if tok == "" {
-		f.m.refused(transport, "no token")
-		f.s.hub.AuditAuthFailure(r.RemoteAddr, transport, "no token")
-		return 0, "", textReply(http.StatusUnauthorized, "a token is required: send it as Authorization: Bearer <token>, the WebSocket subprotocol agentbridge.token.<token>, ?token=<token> or the agentbridge_token cookie", "WWW-Authenticate", bearerRealm)
-	}
-	role, ok := f.cfg.Tokens.Lookup(tok)
-	if !ok {
-		f.m.refused(transport, "bad token")
-		f.s.hub.AuditAuthFailure(r.RemoteAddr, transport, "token rejected")
-		return 0, "", textReply(http.StatusUnauthorized, "token rejected", "WWW-Authenticate", bearerInvalid)
-	}
-	return role, sub, nil
-}
-
-type healthBody struct {
-	Status string `json:"status"`
-	Agent  struct {
-		Up       bool   `json:"up"`
-		Restarts uint64 `json:"restarts"`
-	} `json:"agent"`
-	Connections int    `json:"connections"`
-	Sessions    int    `json:"sessions"`
-	Version     string `json:"version,omitempty"`
-}
-
-// healthz is 200 while the daemon runs; status says whether the agent is up
-// ("ok") or being restarted ("degraded").
-func (f *front) healthz() *reply {
-	st := f.s.hub.Stats()
-	var b healthBody
-	b.Status = "ok"
-	if !st.AgentUp {
-		b.Status = "degraded"
-	}
-	b.Agent.Up, b.Agent.Restarts = st.AgentUp, st.AgentRestarts
-	b.Connections, b.Sessions = st.Connections, st.Sessions
-	body, _ := json.Marshal(b)
-	return &reply{status: http.StatusOK, ctype: jsonType, body: append(body, '\n')}
-}
-
-// metricsReply renders the registry with promhttp into a reply.
-func (f *front) metricsReply(r *http.Request) *reply {
-	rec := &bufferedResponse{h: http.Header{}, status: http.StatusOK}
-	f.prom.ServeHTTP(rec, r)
-	return &reply{status: rec.status, ctype: rec.h.Get("Content-Type"), body: rec.buf.Bytes()}
-}
-
-// bufferedResponse collects a handler's response for the gnet path.
-type bufferedResponse struct {
-	h      http.Header
-	status int
-	buf    bytes.Buffer
-}
-
-func (b *bufferedResponse) Header() http.Header         { return b.h }
-func (b *bufferedResponse) Write(p []byte) (int, error) { return b.buf.Write(p) }
-func (b *bufferedResponse) WriteHeader(status int)      { b.status = status }
-
-func notFound(path string) *reply {
-	return textReply(http.StatusNotFound, "not found: agentbridge serves / (the dashboard), /acp, /mcp, /events, /healthz, /metrics and /terminal")
-}
-
-func notAllowed(method, allow string) *reply {
-	return textReply(http.StatusMethodNotAllowed, "method "+method+" is not allowed here (allowed: "+allow+")", "Allow", allow)
-}
-
-// route answers the plain endpoints shared by both listeners; nil means the
-// path is /acp or /events, which the caller serves itself.
-func (f *front) route(r *http.Request, tls bool) *reply {
-	get := r.Method == http.MethodGet || r.Method == http.MethodHead
-	switch r.URL.Path {
-	case "/healthz":
-		if !get {
-			return notAllowed(r.Method, "GET, HEAD")
-		}
-		return f.healthz()
-	case "/metrics":
-		if !get {
-			return notAllowed(r.Method, "GET, HEAD")
-		}
-		transport := "http"
-		if tls {
-			transport = "https"
-		}
-		if _, _, rp := f.authorize(r, transport, false, tls); rp != nil {
-			return rp
-		}
-		return f.metricsReply(r)
-	case "/acp", "/mcp":
-		switch r.Method {
-		case http.MethodGet, http.MethodPost, http.MethodDelete:
-			return nil
-		}
-		return notAllowed(r.Method, "GET, POST, DELETE")
-	case "/events":
-		if r.Method != http.MethodGet {
-			return notAllowed(r.Method, "GET")
-		}
-		return nil
-	case "/terminal":
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			return notAllowed(r.Method, "GET, HEAD")
-		}
-		if isUpgrade(r) {
-			return nil
-		}
-		return f.page(r, tls, "terminal.html")
-	}
-	if rp := f.web(r, tls); rp != nil {
-		return rp
-	}
-	return notFound(r.URL.Path)
 }
 
 // httpProto is a TCP connection before it upgrades: HTTP/1.1 requests,
@@ -527,7 +244,7 @@ func (p *httpProto) closed() {
 
 func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 	if p.f == nil {
-		_, _ = c.gc.Write(textReply(http.StatusNotFound, "no HTTP service on this listener").appendTo(nil, false))
+		_, _ = c.gc.Write(httpfront.Text(http.StatusNotFound, "no HTTP service on this listener").AppendTo(nil, false))
 		return len(buf), &closeError{code: session.ClosePolicy, reason: "http not served"}
 	}
 	used := 0
@@ -579,10 +296,10 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 		if messageBody(req) {
 			body, n, rp := readBody(req, rest[end:])
 			if rp != nil {
-				rp.close = true
-				_, _ = c.gc.Write(rp.appendTo(nil, false))
-				p.f.m.request(pathClass(req.URL.Path), rp.status)
-				return len(buf), &closeError{code: session.ClosePolicy, reason: http.StatusText(rp.status)}
+				rp.Close = true
+				_, _ = c.gc.Write(rp.AppendTo(nil, false))
+				p.f.m.request(httpfront.PathClass(req.URL.Path), rp.Status)
+				return len(buf), &closeError{code: session.ClosePolicy, reason: http.StatusText(rp.Status)}
 			}
 			if n < 0 {
 				p.scanned = 0
@@ -592,7 +309,7 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 			end += n
 			req.ContentLength = 0
 			req.TransferEncoding = nil
-		} else if formBody(req) {
+		} else if httpfront.FormBody(req) {
 			// The login form: its small body is read with the headers.
 			if len(rest)-end < int(req.ContentLength) {
 				p.scanned = 0
@@ -615,9 +332,9 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 
 // refuse answers a request the listener cannot parse and closes.
 func (p *httpProto) refuse(c *conn, status int, why string) error {
-	rp := textReply(status, why)
-	rp.close = true
-	_, _ = c.gc.Write(rp.appendTo(nil, false))
+	rp := httpfront.Text(status, why)
+	rp.Close = true
+	_, _ = c.gc.Write(rp.AppendTo(nil, false))
 	p.f.m.request("other", status)
 	return &closeError{code: session.ClosePolicy, reason: http.StatusText(status)}
 }
@@ -632,11 +349,11 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 	if !closeAfter && req.ContentLength > 0 {
 		p.skip = req.ContentLength
 	}
-	class := pathClass(req.URL.Path)
-	rp := p.f.route(req, false)
+	class := httpfront.PathClass(req.URL.Path)
+	rp := p.f.hf.Route(req, false)
 	if rp == nil && req.URL.Path == "/acp" && !wsAttempt(req) {
 		var done bool
-		rp, done = p.f.serveACP(&hxIO{c: c, p: p}, req, p.body)
+		rp, done = p.f.hf.ServeACP(&hxIO{c: c, p: p}, req, p.body)
 		p.body = nil
 		if done {
 			return len(after), true, nil
@@ -644,12 +361,12 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 		if rp == nil { // parked: answered by resume
 			return 0, false, nil
 		}
-		if rp.status >= 400 {
-			p.f.m.refused("acp-http", strconv.Itoa(rp.status))
+		if rp.Status >= 400 {
+			p.f.m.refused("acp-http", strconv.Itoa(rp.Status))
 		}
 	} else if rp == nil && req.URL.Path == "/mcp" {
 		var done bool
-		rp, done = p.f.serveMCP(&hxIO{c: c, p: p}, req, p.body)
+		rp, done = p.f.hf.ServeMCP(&hxIO{c: c, p: p}, req, p.body)
 		p.body = nil
 		if done {
 			return len(after), true, nil
@@ -657,12 +374,12 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 		if rp == nil {
 			return 0, false, nil
 		}
-		if rp.status >= 400 {
-			p.f.m.refused("mcp-http", strconv.Itoa(rp.status))
+		if rp.Status >= 400 {
+			p.f.m.refused("mcp-http", strconv.Itoa(rp.Status))
 		}
 	} else if rp == nil {
 		if chunked || req.ContentLength > 0 {
-			rp = textReply(http.StatusBadRequest, "a GET request for "+req.URL.Path+" has no body")
+			rp = httpfront.Text(http.StatusBadRequest, "a GET request for "+req.URL.Path+" has no body")
 			closeAfter = true
 		} else if req.URL.Path == "/acp" {
 			return p.upgrade(c, req, after)
@@ -672,10 +389,10 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 			return p.f.startSSE(c, req, p.w, after)
 		}
 	}
-	rp.close = rp.close || closeAfter
-	_, _ = c.gc.Write(rp.appendTo(nil, head))
-	p.f.m.request(class, rp.status)
-	if rp.close {
+	rp.Close = rp.Close || closeAfter
+	_, _ = c.gc.Write(rp.AppendTo(nil, head))
+	p.f.m.request(class, rp.Status)
+	if rp.Close {
 		c.Close(session.ClosePolicy, "http: connection close")
 		return 0, true, nil
 	}
@@ -694,7 +411,7 @@ func wsAttempt(r *http.Request) bool {
 // (403, 401), then the handshake headers (400, 426), then 101 and the
 // connection speaks RFC 6455 from the next byte on.
 func (p *httpProto) upgrade(c *conn, req *http.Request, after []byte) (int, bool, error) {
-	role, sub, rp := p.f.authorize(req, "ws", true, false)
+	role, sub, rp := p.f.hf.Admit(req, "ws", true, false)
 	if rp == nil {
 		if status, why := ws.CheckHandshake(req); status != 0 {
 			p.f.m.refused("ws", "handshake")
@@ -705,16 +422,14 @@ func (p *httpProto) upgrade(c *conn, req *http.Request, after []byte) (int, bool
 		}
 	}
 	if rp != nil {
-		rp.close = true
-		_, _ = c.gc.Write(rp.appendTo(nil, false))
-		p.f.m.request("/acp", rp.status)
+		rp.Close = true
+		_, _ = c.gc.Write(rp.AppendTo(nil, false))
+		p.f.m.request("/acp", rp.Status)
 		c.Close(session.ClosePolicy, "websocket handshake refused")
 		return 0, true, nil
 	}
-	// Acp-Connection-Id on the 101, as the SDK's Node upgrade handler
-	// sends it (the id names the connection in logs).
 	hs := ws.AppendHandshakeResponse(nil, req.Header.Get("Sec-WebSocket-Key"), sub)
-	hs = append(hs[:len(hs)-2], "Acp-Connection-Id: "+newConnID()+"\r\n\r\n"...)
+	hs = append(append(hs[:len(hs)-2], httpfront.UpgradeHeader()...), crlf...)
 	_, _ = c.gc.Write(hs)
 	p.f.m.request("/acp", http.StatusSwitchingProtocols)
 	wp := newWSProto(p.f, c, p.w)
@@ -729,57 +444,4 @@ func (p *httpProto) upgrade(c *conn, req *http.Request, after []byte) (int, bool
 	}
 	n, err := wp.read(c, after)
 	return n, true, err
-}
-
-// Authorize implements tlsserve.Front: the same checks and refusals as the
-// gnet path's upgrade, written through net/http.
-func (f *front) Authorize(w http.ResponseWriter, r *http.Request) (auth.Role, string, bool) {
-	if rp := f.route(r, true); rp != nil {
-		rp.serve(w, r.Method == http.MethodHead)
-		f.m.request("/acp", rp.status)
-		return 0, "", false
-	}
-	role, sub, rp := f.authorize(r, "wss", true, true)
-	if rp != nil {
-		rp.close = true
-		rp.serve(w, false)
-		f.m.request("/acp", rp.status)
-		return 0, "", false
-	}
-	if status, why := ws.CheckHandshake(r); status != 0 {
-		f.m.refused("wss", "handshake")
-		hdr := []string{}
-		if status == http.StatusUpgradeRequired {
-			hdr = append(hdr, "Sec-WebSocket-Version", ws.Version, "Upgrade", "websocket")
-		}
-		rp := textReply(status, why, hdr...)
-		rp.close = true
-		rp.serve(w, false)
-		f.m.request("/acp", status)
-		return 0, "", false
-	}
-	f.m.request("/acp", http.StatusSwitchingProtocols)
-	return role, sub, true
-}
-
-// ServeHTTP implements tlsserve.Front for every path but /acp.
-func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if rp := f.route(r, true); rp != nil {
-		rp.serve(w, r.Method == http.MethodHead)
-		f.m.request(pathClass(r.URL.Path), rp.status)
-		return
-	}
-	if r.URL.Path == "/events" {
-		f.serveSSE(w, r)
-		return
-	}
-	if r.URL.Path == "/acp" || r.URL.Path == "/mcp" {
-		f.serveStreamableTLS(w, r)
-		return
-	}
-	if r.URL.Path == "/terminal" {
-		f.serveTerminalTLS(w, r)
-		return
-	}
-	notFound(r.URL.Path).serve(w, false)
 }

@@ -6,12 +6,14 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/agentbridge/agentbridge/httpfront"
 )
 
 // Request bodies on the gnet path. The loop reads a body only where a
 // route takes one (POST /acp, POST /mcp): it waits until the whole body is
 // in gnet's inbound buffer, framed by Content-Length or chunked
-// (RFC 9112 §7.1), and refuses one over acpMaxBody with 413.
+// (RFC 9112 §7.1), and refuses one over httpfront.MaxBody with 413.
 
 // messageBody reports whether req carries a JSON-RPC message the loop
 // must read.
@@ -22,18 +24,18 @@ func messageBody(r *http.Request) bool {
 // readBody returns the body that starts b and how many bytes of b it took
 // (framing included); n < 0 means b does not hold all of it yet. A
 // refusal is an HTTP error to answer before closing.
-func readBody(r *http.Request, b []byte) (body []byte, n int, rp *reply) {
+func readBody(r *http.Request, b []byte) (body []byte, n int, rp *httpfront.Reply) {
 	if len(r.TransferEncoding) > 0 {
 		if len(r.TransferEncoding) != 1 || r.TransferEncoding[0] != "chunked" {
-			return nil, 0, textReply(http.StatusNotImplemented, fmt.Sprintf("transfer coding %q is not supported (only chunked)", strings.Join(r.TransferEncoding, ", ")))
+			return nil, 0, httpfront.Text(http.StatusNotImplemented, fmt.Sprintf("transfer coding %q is not supported (only chunked)", strings.Join(r.TransferEncoding, ", ")))
 		}
-		return dechunk(b, acpMaxBody)
+		return dechunk(b, httpfront.MaxBody)
 	}
-	if r.ContentLength > acpMaxBody {
-		return nil, 0, textReply(http.StatusRequestEntityTooLarge, fmt.Sprintf("Request body exceeds %d bytes", acpMaxBody))
+	if r.ContentLength > httpfront.MaxBody {
+		return nil, 0, httpfront.Text(http.StatusRequestEntityTooLarge, fmt.Sprintf("Request body exceeds %d bytes", httpfront.MaxBody))
 	}
 	if r.ContentLength < 0 {
-		return nil, 0, textReply(http.StatusLengthRequired, "a POST needs Content-Length or Transfer-Encoding: chunked")
+		return nil, 0, httpfront.Text(http.StatusLengthRequired, "a POST needs Content-Length or Transfer-Encoding: chunked")
 	}
 	cl := int(r.ContentLength)
 	if len(b) < cl {
@@ -44,7 +46,7 @@ func readBody(r *http.Request, b []byte) (body []byte, n int, rp *reply) {
 
 // dechunk decodes a chunked body at the start of b, trailers skipped. It
 // copies only when the body has more than one chunk.
-func dechunk(b []byte, limit int) (body []byte, n int, rp *reply) {
+func dechunk(b []byte, limit int) (body []byte, n int, rp *httpfront.Reply) {
 	pos := 0
 	var out []byte
 	chunks := 0
@@ -52,12 +54,12 @@ func dechunk(b []byte, limit int) (body []byte, n int, rp *reply) {
 		i := bytes.Index(b[pos:], crlf)
 		if i < 0 {
 			if len(b)-pos > 1024 {
-				return nil, 0, textReply(http.StatusBadRequest, "malformed chunked body: chunk size line too long")
+				return nil, 0, httpfront.Text(http.StatusBadRequest, "malformed chunked body: chunk size line too long")
 			}
 			return nil, -1, nil
 		}
 		if i > 1024 {
-			return nil, 0, textReply(http.StatusBadRequest, "malformed chunked body: chunk size line too long")
+			return nil, 0, httpfront.Text(http.StatusBadRequest, "malformed chunked body: chunk size line too long")
 		}
 		line := b[pos : pos+i]
 		if j := bytes.IndexByte(line, ';'); j >= 0 {
@@ -65,7 +67,7 @@ func dechunk(b []byte, limit int) (body []byte, n int, rp *reply) {
 		}
 		size, err := strconv.ParseUint(string(bytes.TrimRight(line, " \t")), 16, 62)
 		if err != nil {
-			return nil, 0, textReply(http.StatusBadRequest, fmt.Sprintf("malformed chunked body: chunk size %q", line))
+			return nil, 0, httpfront.Text(http.StatusBadRequest, fmt.Sprintf("malformed chunked body: chunk size %q", line))
 		}
 		pos += i + 2
 		if size == 0 {
@@ -74,12 +76,12 @@ func dechunk(b []byte, limit int) (body []byte, n int, rp *reply) {
 				k := bytes.Index(b[pos:], crlf)
 				if k < 0 {
 					if len(b)-pos > 16<<10 {
-						return nil, 0, textReply(http.StatusBadRequest, "malformed chunked body: trailers too long")
+						return nil, 0, httpfront.Text(http.StatusBadRequest, "malformed chunked body: trailers too long")
 					}
 					return nil, -1, nil
 				}
 				if k > 16<<10 {
-					return nil, 0, textReply(http.StatusBadRequest, "malformed chunked body: trailers too long")
+					return nil, 0, httpfront.Text(http.StatusBadRequest, "malformed chunked body: trailers too long")
 				}
 				pos += k + 2
 				if k == 0 {
@@ -91,14 +93,14 @@ func dechunk(b []byte, limit int) (body []byte, n int, rp *reply) {
 			}
 		}
 		if size > uint64(limit) || len(out)+int(size) > limit {
-			return nil, 0, textReply(http.StatusRequestEntityTooLarge, fmt.Sprintf("Request body exceeds %d bytes", limit))
+			return nil, 0, httpfront.Text(http.StatusRequestEntityTooLarge, fmt.Sprintf("Request body exceeds %d bytes", limit))
 		}
 		if len(b)-pos < int(size)+2 {
 			return nil, -1, nil
 		}
 		data := b[pos : pos+int(size)]
 		if !bytes.Equal(b[pos+int(size):pos+int(size)+2], crlf) {
-			return nil, 0, textReply(http.StatusBadRequest, "malformed chunked body: chunk data not followed by CRLF")
+			return nil, 0, httpfront.Text(http.StatusBadRequest, "malformed chunked body: chunk data not followed by CRLF")
 		}
 		chunks++
 		if chunks == 1 {

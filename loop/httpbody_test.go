@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/agentbridge/agentbridge/httpfront"
 )
 
 // chunkedOf is body in net/http's own chunked encoding (chunks of size n).
@@ -42,13 +44,13 @@ func TestDechunk(t *testing.T) {
 		"bad size":      {in: "zz\r\nhello\r\n0\r\n\r\n", err: 400},
 		"negative":      {in: "-5\r\nhello\r\n0\r\n\r\n", err: 400},
 		"no crlf after": {in: "5\r\nhelloXX0\r\n\r\n", err: 400},
-		"too big":       {in: strconv.FormatInt(acpMaxBody+1, 16) + "\r\n", err: 413},
+		"too big":       {in: strconv.FormatInt(httpfront.MaxBody+1, 16) + "\r\n", err: 413},
 		"long line":     {in: strings.Repeat("0", 2000), err: 400},
 	} {
 		t.Run(name, func(t *testing.T) {
-			body, n, rp := dechunk([]byte(tc.in), acpMaxBody)
+			body, n, rp := dechunk([]byte(tc.in), httpfront.MaxBody)
 			if tc.err != 0 {
-				if rp == nil || rp.status != tc.err {
+				if rp == nil || rp.Status != tc.err {
 					t.Fatalf("dechunk(%q) = %q, %d, %v; want a %d refusal", tc.in, body, n, rp, tc.err)
 				}
 				return
@@ -58,7 +60,7 @@ func TestDechunk(t *testing.T) {
 			}
 			// Every proper prefix is incomplete, never an error nor a body.
 			for i := range len(tc.in) {
-				if b, n, rp := dechunk([]byte(tc.in[:i]), acpMaxBody); n >= 0 || rp != nil {
+				if b, n, rp := dechunk([]byte(tc.in[:i]), httpfront.MaxBody); n >= 0 || rp != nil {
 					t.Fatalf("prefix %q: %q, %d, %v; want incomplete", tc.in[:i], b, n, rp)
 				}
 			}
@@ -160,7 +162,7 @@ func TestACPPostSplitReads(t *testing.T) {
 		}
 	}
 	// Over the body limit: 413 before any body is read.
-	rs, _, _ := exchange(t, e.addr, "POST /acp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "+strconv.Itoa(acpMaxBody+1)+"\r\n\r\n", 1)
+	rs, _, _ := exchange(t, e.addr, "POST /acp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "+strconv.Itoa(httpfront.MaxBody+1)+"\r\n\r\n", 1)
 	if rs[0].StatusCode != http.StatusRequestEntityTooLarge {
 		t.Fatalf("oversized body: %d", rs[0].StatusCode)
 	}

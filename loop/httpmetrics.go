@@ -2,26 +2,29 @@ package loop
 
 import (
 	"errors"
+	"log/slog"
+	"net/http"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/agentbridge/agentbridge/delivery"
+	"github.com/agentbridge/agentbridge/httpfront"
 	"github.com/agentbridge/agentbridge/session"
-	"github.com/agentbridge/agentbridge/tlsserve"
 )
 
-// httpMetrics are the collectors the HTTP layer adds to the transport's
-// registry: half-open drops, and the hub's counters read once per scrape.
+// httpMetrics are the collectors the HTTP listeners add to the transport's
+// registry: half-open drops.
 type httpMetrics struct {
 	halfOpen *prometheus.CounterVec
 }
 
-func newHTTPMetrics(reg *prometheus.Registry, hub *session.Hub) *httpMetrics {
+func newHTTPMetrics(reg *prometheus.Registry) *httpMetrics {
 	x := &httpMetrics{
 		halfOpen: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentbridge_half_open_total", Help: "WebSocket peers dropped after two heartbeats without a frame, by transport."}, []string{"transport"}),
 	}
 	x.halfOpen = register(reg, x.halfOpen)
-	register(reg, prometheus.Collector(&hubCollector{h: hub}))
 	return x
 }
 
@@ -103,19 +106,51 @@ func (hc *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descReplayBytes, float64(st.ReplayBytes))
 }
 
-// tlsMetrics adapts the transport metrics to tlsserve.Metrics.
-type tlsMetrics struct {
-	m *Metrics
-	x *httpMetrics
+// HTTPMetrics is m as the HTTP front (httpfront.Metrics) and the TLS
+// listener (tlsserve.Metrics) report into: the same registry as the gnet
+// listener's, so /metrics counts every listener. Safe from any goroutine.
+type HTTPMetrics struct {
+	m     *Metrics
+	x     *httpMetrics
+	log   *slog.Logger
+	scrap http.Handler
 }
 
-var _ tlsserve.Metrics = tlsMetrics{}
+var _ httpfront.Metrics = (*HTTPMetrics)(nil)
 
-func (t tlsMetrics) Opened(tr string)               { t.m.opened(tr) }
-func (t tlsMetrics) ClosedConn(tr string)           { t.m.closedConn(tr) }
-func (t tlsMetrics) In(tr string, bytes int)        { t.m.in(tr, bytes) }
-func (t tlsMetrics) Out(tr string, msgs, bytes int) { t.m.out(tr, msgs, bytes) }
-func (t tlsMetrics) Closed(tr, reason string)       { t.m.closed(tr, reason) }
-func (t tlsMetrics) ProtocolError(code uint16)      { t.m.protocolError(code) }
-func (t tlsMetrics) HalfOpen(tr string)             { t.x.halfOpen.WithLabelValues(tr).Inc() }
-func (t tlsMetrics) RateLimited(kind string)        { t.m.rateLimited(kind) }
+// HTTP makes m's HTTP side and exports hub's counters in m's registry (read
+// once per scrape). Call it once per hub.
+func (m *Metrics) HTTP(hub *session.Hub, log *slog.Logger) *HTTPMetrics {
+	register(m.Registry, prometheus.Collector(&hubCollector{h: hub}))
+	if log == nil {
+		log = slog.Default()
+	}
+	return &HTTPMetrics{m: m, x: newHTTPMetrics(m.Registry), log: log,
+		scrap: promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, DisableCompression: true})}
+}
+
+// Scrape serves the registry in the Prometheus text format (the body of
+// GET /metrics).
+func (h *HTTPMetrics) Scrape() http.Handler { return h.scrap }
+
+// Endpoint is what the connections of the front and of the TLS listener
+// share: the hub, outbox policy, rate, and the close and rate-limit
+// counters.
+func (h *HTTPMetrics) Endpoint(hub *session.Hub, out delivery.Config, rate delivery.Rate) delivery.EndpointConfig {
+	return delivery.EndpointConfig{Hub: hub, Outbox: out, Rate: rate, Logger: h.log,
+		Closed: h.m.closedFor, RateLimited: h.m.rateLimited}
+}
+
+func (h *HTTPMetrics) Request(path string, status int) { h.m.request(path, status) }
+func (h *HTTPMetrics) Refused(tr, reason string)       { h.m.refused(tr, reason) }
+func (h *HTTPMetrics) Opened(tr string)                { h.m.opened(tr) }
+func (h *HTTPMetrics) ClosedConn(tr string)            { h.m.closedConn(tr) }
+func (h *HTTPMetrics) In(tr string, bytes int)         { h.m.in(tr, bytes) }
+func (h *HTTPMetrics) Out(tr string, msgs, bytes int)  { h.m.out(tr, msgs, bytes) }
+func (h *HTTPMetrics) Closed(tr, reason string)        { h.m.closed(tr, reason) }
+func (h *HTTPMetrics) ProtocolError(code uint16)       { h.m.protocolError(code) }
+func (h *HTTPMetrics) HalfOpen(tr string)              { h.x.halfOpen.WithLabelValues(tr).Inc() }
+func (h *HTTPMetrics) RateLimited(kind string)         { h.m.rateLimited(kind) }
+func (h *HTTPMetrics) Outbox(peer string) delivery.Metrics {
+	return h.m.outbox(h.log, func() string { return peer })
+}

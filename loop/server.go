@@ -18,16 +18,18 @@ import (
 
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/delivery"
+	"github.com/agentbridge/agentbridge/httpfront"
 	"github.com/agentbridge/agentbridge/ring"
 	"github.com/agentbridge/agentbridge/session"
-	"github.com/agentbridge/agentbridge/tlsserve"
 )
 
 // Config configures a Server. Zero values are documented per field.
 type Config struct {
 	// UDS is the Unix socket path; "" disables the Unix listener.
 	UDS string
-	// Listen is the TCP address for HTTP/WebSocket; "" disables it.
+	// Listen is the TCP address for plain HTTP/WebSocket; "" disables it.
+	// The TLS listener (package tlsserve) is not this package's: cmd
+	// starts it beside this one, sharing the admission through Limit.
 	Listen string
 	// MaxMessage is the largest message accepted from a client. Zero means 16 MiB.
 	MaxMessage int
@@ -57,9 +59,9 @@ type Config struct {
 	// MaxConnsPerIP is the most connections from one IP address on the TCP
 	// listener. Zero means no limit.
 	MaxConnsPerIP int
-	// HTTP configures the TCP listener's protocols (set by the WebSocket
-	// layer); nil serves nothing on TCP but a 404.
-	HTTP *HTTPConfig
+	// Front decides every HTTP request on the TCP listener (routes, auth,
+	// Origin, Streamable HTTP, SSE); nil serves nothing on TCP but a 404.
+	Front *httpfront.Front
 
 	Hub    *session.Hub
 	Logger *slog.Logger
@@ -102,15 +104,13 @@ type Server struct {
 
 	mu      sync.Mutex
 	blocked map[*conn]struct{} // connections waiting for gnet's outbound buffer to drain
-	conns   map[*conn]struct{}
 	nconns  atomic.Int64
 	stopped atomic.Bool
 	ticks   []func(now time.Time)
 
 	epc delivery.EndpointConfig // what every connection's endpoint shares; set by New
 
-	front *front           // the TCP listener's HTTP layer; nil without --listen
-	tls   *tlsserve.Server // owns --listen when TLS is configured
+	front *front // the TCP listener's HTTP layer; nil without --listen
 
 	adm       admission
 	lns       []listener                // our own listeners, accepted by acceptLoop
@@ -143,9 +143,6 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Delivery.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.UDS == "" && cfg.Listen == "" {
-		return nil, errors.New("loop: both --uds and --listen are disabled; nothing to serve")
-	}
 	if cfg.UDS != "" {
 		if err := checkSocketPath(cfg.UDS); err != nil {
 			return nil, err
@@ -154,10 +151,10 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, hub: cfg.Hub, uid: uint32(os.Getuid()),
 		ready: make(chan struct{}), done: make(chan error, 2), stopping: make(chan struct{}),
 		adm:     admission{max: int64(max(cfg.MaxConns, 0)), perIP: max(cfg.MaxConnsPerIP, 0), byIP: make(map[netip.Addr]int)},
-		blocked: make(map[*conn]struct{}), conns: make(map[*conn]struct{})}
+		blocked: make(map[*conn]struct{})}
 	s.epc = s.endpointConfig()
-	if cfg.Listen != "" && cfg.HTTP != nil {
-		s.front = newFront(s, *cfg.HTTP)
+	if cfg.Listen != "" && cfg.Front != nil {
+		s.front = newFront(s, cfg.Front)
 	}
 	return s, nil
 }
@@ -188,7 +185,8 @@ func checkSocketPath(path string) error {
 
 // StartEngine starts the gnet engine (on a private socket nobody can
 // reach; clients come from acceptLoop) and returns once its loops run. It
-// runs even when only TLS listens, so the agent's socket has a loop. Safe
+// runs even with no listener of its own (only TLS listens), so the agent's
+// socket has a loop. Safe
 // from any goroutine but a loop callback; later calls return the first
 // call's result.
 func (s *Server) StartEngine() error {
@@ -237,7 +235,6 @@ func (s *Server) Start() error {
 	holdSpareFD()
 	if err := s.listen(); err != nil {
 		s.closeListeners()
-		_ = s.stopTLS(context.Background())
 		_ = s.eng.Stop(context.Background())
 		return err
 	}
@@ -248,7 +245,7 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// listen binds the TCP listener (or starts TLS on it), then the Unix
+// listen binds the TCP listener, then the Unix
 // socket: clients (and tests) take the socket's appearance to mean the
 // daemon is ready, so it comes last.
 func (s *Server) listen() error {
@@ -260,13 +257,7 @@ func (s *Server) listen() error {
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 		}
-		if s.cfg.HTTP.TLS() {
-			if err := s.startTLS(limitListener{Listener: ln, s: s}); err != nil {
-				return err
-			}
-		} else {
-			s.lns = append(s.lns, listener{ln: ln, transport: "http"})
-		}
+		s.lns = append(s.lns, listener{ln: ln, transport: "http"})
 	}
 	if s.cfg.UDS == "" {
 		return nil
@@ -307,7 +298,12 @@ func (s *Server) loops() int {
 func (s *Server) Done() <-chan error { return s.done }
 
 // Connections is the number of open connections. Safe from any goroutine.
-func (s *Server) Connections() int { return int(s.nconns.Load()) + s.tlsConnections() }
+func (s *Server) Connections() int { return int(s.nconns.Load()) }
+
+// Limit applies this server's admission (--max-conns, --max-conns-per-ip,
+// shed on fd exhaustion) to a listener served by someone else: the TLS
+// listener, so the limits count every listener. Any goroutine.
+func (s *Server) Limit(ln net.Listener) net.Listener { return limitListener{Listener: ln, s: s} }
 
 // Stop stops accepting and closes the engine; connections still open are
 // closed. Call Hub.Shutdown first so clients get their answers and a reason.
@@ -318,11 +314,10 @@ func (s *Server) Stop(ctx context.Context) error {
 	close(s.stopping)
 	s.closeListeners()
 	s.acceptors.Wait()
-	err := s.stopTLS(ctx)
 	if s.engineUp.Load() {
-		err = errors.Join(err, s.eng.Stop(ctx))
+		return s.eng.Stop(ctx)
 	}
-	return err
+	return nil
 }
 
 // OnBoot records the engine.

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/agentbridge/agentbridge/wire"
 )
 
 // sseEvent is one parsed server-sent event.
@@ -174,16 +172,6 @@ func TestSSE(t *testing.T) {
 			case <-time.After(wait):
 				t.Fatalf("%d keep-alive comments within %s", comments, wait)
 			}
-		}
-	})
-	t.Run("event framing", func(t *testing.T) {
-		b := string(appendEvent(nil, wire.GapMsg(sid, 1, 2, "test")))
-		if !strings.HasPrefix(b, "event: bridge/gap\ndata: {") || strings.Contains(b, "id:") || !strings.HasSuffix(b, "}\n\n") {
-			t.Fatalf("gap event %q", b)
-		}
-		multi := wire.New([]byte("{\n\"a\": 1\r\n}"))
-		if got, want := string(appendEvent(nil, multi)), "data: {\ndata: \"a\": 1\ndata: \ndata: }\n\n"; got != want {
-			t.Fatalf("multi-line body %q, want %q", got, want)
 		}
 	})
 	for _, tc := range []struct {

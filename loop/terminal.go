@@ -11,6 +11,7 @@ import (
 
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/codec/ws"
+	"github.com/agentbridge/agentbridge/httpfront"
 	"github.com/agentbridge/agentbridge/terminal"
 	"github.com/agentbridge/agentbridge/wire"
 )
@@ -22,9 +23,6 @@ import (
 // everything RFC 6455 (pings, close handshake, half-open detection); only
 // its messages differ, and its output comes from the terminal, not an
 // outbox.
-
-// termMaxMessage bounds one message from the browser (a paste).
-const termMaxMessage = 1 << 20
 
 // pumper is a protocol that writes its own output queue on the loop
 // instead of the connection's outbox.
@@ -172,13 +170,6 @@ func (p *termProto) closed() {
 	}
 }
 
-// resizeMsg is the one text message the browser sends.
-type resizeMsg struct {
-	Type string `json:"type"`
-	Cols int    `json:"cols"`
-	Rows int    `json:"rows"`
-}
-
 func (p *termProto) read(c *conn, buf []byte) (int, error) {
 	now := time.Now()
 	p.w.seen.Store(now.UnixNano())
@@ -205,7 +196,7 @@ func (p *termProto) read(c *conn, buf []byte) (int, error) {
 				// at close), never an error the page has to handle.
 			}
 		case ws.EventText:
-			var m resizeMsg
+			var m httpfront.Resize
 			if err := json.Unmarshal(ev.Payload, &m); err != nil || m.Type != "resize" {
 				return len(buf), p.failWith(c, ws.CloseUnsupportedData, `text messages are {"type":"resize","cols":C,"rows":R}; keystrokes go in binary messages`)
 			}
@@ -229,49 +220,23 @@ func (p *termProto) read(c *conn, buf []byte) (int, error) {
 	}
 }
 
-// terminalRefusal is the HTTP answer to a /terminal request that may not
-// attach, or nil. Any goroutine.
-func (f *front) terminalRefusal(r *http.Request, peer string, role auth.Role, tok string, tls bool) *reply {
-	if f.cfg.Terminal == nil {
-		return textReply(http.StatusNotFound, "the terminal is off: start the daemon with --terminal CMD (e.g. --terminal /bin/bash) to enable GET /terminal")
-	}
-	err := f.cfg.Terminal.Check(f.termInfo(r, peer, role, tok, tls))
-	switch {
-	case errors.Is(err, terminal.ErrForbidden):
-		return textReply(http.StatusForbidden, "the terminal is for client tokens (operator tokens may watch it); this token's role is "+role.String())
-	case errors.Is(err, terminal.ErrNothingToWatch):
-		return textReply(http.StatusNotFound, "no terminal is running to watch: a client token opens one")
-	case err != nil:
-		return textReply(http.StatusInternalServerError, err.Error())
-	}
-	return nil
-}
-
-func (f *front) termInfo(r *http.Request, peer string, role auth.Role, tok string, tls bool) terminal.Info {
-	transport := "ws"
-	if tls {
-		transport = "wss"
-	}
-	return terminal.Info{Role: role, Token: tok, Peer: peer, Transport: transport, Watch: r.URL.Query().Get("watch")}
-}
-
 // upgradeTerminal completes a WebSocket handshake on /terminal: Origin and
 // token (403, 401), role (403; 404 when an operator has nothing to watch),
 // the handshake headers (400, 426), then 101 and the PTY.
 func (p *httpProto) upgradeTerminal(c *conn, req *http.Request, after []byte) (int, bool, error) {
-	refuse := func(rp *reply) (int, bool, error) {
-		rp.close = true
-		_, _ = c.gc.Write(rp.appendTo(nil, false))
-		p.f.m.request("/terminal", rp.status)
+	refuse := func(rp *httpfront.Reply) (int, bool, error) {
+		rp.Close = true
+		_, _ = c.gc.Write(rp.AppendTo(nil, false))
+		p.f.m.request("/terminal", rp.Status)
 		c.Close(wire.ClosePolicy, "terminal handshake refused")
 		return 0, true, nil
 	}
-	role, sub, rp := p.f.authorize(req, "terminal", true, false)
+	role, sub, rp := p.f.hf.Admit(req, "terminal", true, false)
 	if rp != nil {
 		return refuse(rp)
 	}
 	tok, _ := auth.TokenFromRequest(req)
-	if rp := p.f.terminalRefusal(req, c.ep.Peer(), role, tok, false); rp != nil {
+	if rp := p.f.hf.TerminalRefusal(req, c.ep.Peer(), role, tok, false); rp != nil {
 		return refuse(rp)
 	}
 	if status, why := ws.CheckHandshake(req); status != 0 {
@@ -284,13 +249,13 @@ func (p *httpProto) upgradeTerminal(c *conn, req *http.Request, after []byte) (i
 	_, _ = c.gc.Write(ws.AppendHandshakeResponse(nil, req.Header.Get("Sec-WebSocket-Key"), sub))
 	p.f.m.request("/terminal", http.StatusSwitchingProtocols)
 	wp := newWSProto(p.f, c, p.w)
-	wp.r.MaxMessage = termMaxMessage
+	wp.r.MaxMessage = httpfront.TermMaxMessage
 	tp := &termProto{wsProto: wp, c: c}
 	c.proto = tp
 	c.ep.SetTransport("terminal")
 	p.f.m.closedConn("http")
 	p.f.m.opened("terminal")
-	att, err := p.f.cfg.Terminal.Attach(p.f.termInfo(req, c.ep.Peer(), role, tok, false), tp)
+	att, err := p.f.cfg.Terminal.Attach(p.f.hf.TermInfo(req, c.ep.Peer(), role, tok, false), tp)
 	if err != nil {
 		c.Close(wire.CloseGoingAway, err.Error())
 		return 0, true, nil

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -127,9 +128,17 @@ func TestTLS(t *testing.T) {
 	})
 
 	t.Run("round trip and fan-out", func(t *testing.T) {
-		p, _, err := dialGWS(t, wss, pool, "Authorization", "Bearer "+clientToken)
+		p, resp, err := dialGWS(t, wss, pool, "Authorization", "Bearer "+clientToken)
 		if err != nil {
 			t.Fatal(err)
+		}
+		// As on the gnet listener, the 101 names the connection.
+		id := resp.Header.Get("Acp-Connection-Id")
+		if !regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`).MatchString(id) {
+			t.Fatalf("Acp-Connection-Id %q on the wss 101 (headers %v)", id, resp.Header)
+		}
+		if _, resp2, err := dialGWS(t, wss, pool, "Authorization", "Bearer "+clientToken); err != nil || resp2.Header.Get("Acp-Connection-Id") == id {
+			t.Fatalf("a second connection has the same id %q (%v)", id, err)
 		}
 		sid := p.call(t, 1, "session/new", map[string]any{"cwd": "/"})["result"].(map[string]any)["sessionId"].(string)
 		big := strings.Repeat("y", 1<<20)

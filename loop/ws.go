@@ -49,7 +49,21 @@ var (
 	_ lingerer = (*wsProto)(nil)
 )
 
+// wsNotSentLowat bounds the bytes the kernel keeps unsent for a WebSocket
+// peer (TCP_NOTSENT_LOWAT): past it a write takes nothing more and gnet
+// holds the rest, which stops our writes (conn.Backlog). Without it Linux
+// autotunes the send buffer of a loopback or LAN peer that stopped reading
+// up to tcp_wmem's maximum (4 MiB): a thousand such peers hold gigabytes
+// of kernel memory, push TCP into memory pressure that slows every other
+// connection, and each takes a write per event until its buffer is full
+// instead of being left to catch up from the log. Bytes in flight (the
+// peer's window) are not counted, so a fast peer's throughput over a long
+// path is not capped by it.
+const wsNotSentLowat = 128 << 10
+
 func newWSProto(f *front, c *conn, w *watch) *wsProto {
+	// Best effort: a kernel without it (before 3.12) keeps autotuning.
+	_ = unix.SetsockoptInt(c.gc.Fd(), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, wsNotSentLowat)
 	p := &wsProto{f: f, w: w}
 	p.r.MaxMessage = f.s.cfg.MaxMessage
 	p.r.RequireMask = true

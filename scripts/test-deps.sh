@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need: npm packages (ACP SDK, ws, playwright-core),
+# Installs what the tests need: npm packages (ACP SDK, MCP SDK and
+# server-everything, supergateway for the bench's mcp baseline, ws, playwright-core),
 # Debian packages (chromium, websocketd), gopls. Idempotent; quiet when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,10 @@ if [ ! -x "$GOBIN/gopls" ]; then
   GOBIN=$GOBIN GOFLAGS=-mod=mod go install golang.org/x/tools/gopls@v0.23.0
 fi
 if [ -f test/node/package.json ]; then
-  if [ ! -d test/node/node_modules ] || [ test/node/package-lock.json -nt test/node/node_modules ]; then
+  # supergateway is checked by name too: a node_modules from before it was
+  # added may be newer than a lock file that git checked out earlier.
+  if [ ! -d test/node/node_modules ] || [ test/node/package-lock.json -nt test/node/node_modules ] ||
+    [ ! -x test/node/node_modules/.bin/supergateway ]; then
     echo "test-deps: npm ci in test/node"
     (cd test/node && npm ci --no-audit --no-fund --loglevel=error)
   fi

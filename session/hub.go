@@ -68,6 +68,9 @@ type Config struct {
 	// Node names this daemon in a fleet (--node); "" outside fleet mode.
 	// bridge/sessions reports it for the sessions of the local agent.
 	Node string
+	// Remote carries client messages for sessions of other fleet nodes to
+	// them (remote.go); nil refuses them with -32003.
+	Remote Remote
 }
 
 // Journal persists sessions and their events (cmd wires store.Store, and in
@@ -259,7 +262,9 @@ type Client struct {
 	// An entry for session s changes only with s's lock (or h.mu
 	// exclusively) held as well, so s's fan-out and pump agree on it.
 	catchup  map[*Session]uint64
-	catching atomic.Bool // len(catchup) > 0, readable without any lock
+	catching atomic.Bool            // len(catchup) > 0, readable without any lock
+	disk     map[*Session]*diskRead // chunks of catchup read from disk (disklog.go); guarded by cmu
+	wake     func()                 // asks the transport to flush (SetWake)
 }
 
 // Catching reports whether a replay is still being paced out to this
@@ -282,6 +287,7 @@ type call struct {
 	// the agent refuses it
 	attachedNow, ownedNow, loading bool
 	tokens                         []string // bridge progress tokens minted for it (remap.go)
+	loadRequest                    []byte   // session/new, load, resume: kept for a LoadRecorder (remote.go)
 	lim                            callLimits
 	idBuf                          [24]byte // holds id when it fits (calls.go, newCall)
 	bidBuf                         [20]byte // the bridge id as JSON, while it is sent (an array on the stack would escape)
@@ -395,6 +401,9 @@ func (h *Hub) Closed(cl *Client) {
 // ownerships and, with a resume key, parks it. Precondition: h.mu held.
 func (h *Hub) closeLocked(cl *Client) {
 	cl.closed = true
+	if h.cfg.Remote != nil {
+		h.cfg.Remote.Closed(cl.ID)
+	}
 	delete(h.conns, cl.ID)
 	h.st.conns.Add(-1)
 	for _, s := range cl.attached {

@@ -85,6 +85,7 @@ func (cl *Client) setCursor(s *Session, after uint64) {
 func (cl *Client) endCursor(s *Session) {
 	cl.cmu.Lock()
 	delete(cl.catchup, s)
+	delete(cl.disk, s)
 	if len(cl.catchup) == 0 {
 		cl.catching.Store(false)
 	}
@@ -151,6 +152,11 @@ func (h *Hub) pumpSession(cl *Client, s *Session) bool {
 		h.endCatchup(cl, s)
 		return false
 	}
+	if floor := memFloor(s); cur+1 < floor {
+		if r := h.logReader(s); r != nil {
+			return h.pumpDisk(cl, s, cur, floor-1, r) // disklog.go
+		}
+	}
 	events := s.log.sinceN(cur, pumpEvents, pumpBytes)
 	last, all := h.sendReplay(cl, s, cur, events, len(events) == 0)
 	for _, m := range events {
@@ -206,4 +212,31 @@ func (h *Hub) queueEvent(cl *Client, s *Session, m *wire.Msg) bool {
 // more input. Safe from any goroutine; takes no lock.
 func (h *Hub) Inflight(cl *Client) int {
 	return int(cl.inflight.Load())
+}
+
+// Recede turns what cl's connection has queued but not written back into
+// a cursor: take (run under the hub lock, so no event is pushed to cl
+// meanwhile) removes every queued sequenced event from the connection's
+// queue and returns the lowest seq it removed per session; each of those
+// sessions is then fed to cl from its log from there (Pump), as if the
+// connection had lagged before them. A connection whose peer stopped
+// reading so holds a cursor per session, not a queue of events. Safe
+// from any goroutine; take must only touch the connection's queue.
+func (h *Hub) Recede(cl *Client, take func() map[string]uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if cl.closed {
+		return
+	}
+	for sid, low := range take() {
+		s := cl.attached[sid]
+		if s == nil || low == 0 {
+			continue // detached: what was queued is not owed any more
+		}
+		if cur, paced := cl.cursor(s); paced {
+			cl.setCursor(s, min(cur, low-1))
+		} else {
+			h.lag(cl, s, low-1)
+		}
+	}
 }

@@ -56,6 +56,12 @@
 // # Concurrency
 //
 // Append and Create are safe from any goroutine and never block on I/O.
-// Everything on disk is touched only by the writer goroutine (and by Open,
-// before it starts).
+// Everything on disk is written only by the writer goroutine (and by Open,
+// before it starts). ReadLog (a session's events by seq range, for
+// catch-up past the hub's memory log) is safe from any goroutine and
+// blocks: it waits for the writer to have written what was queued before
+// it, then reads the segments under the index mutex, which the writer
+// holds for one batch at a time. Each session is indexed by runs of
+// consecutive seqs in one segment (at most 512 events) with the offset of
+// their first record, so a read scans from the run holding its cursor.
 package store

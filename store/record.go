@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 )
@@ -55,6 +56,39 @@ type record struct {
 	seq  uint64
 	body []byte
 	raw  []byte // the whole framed record
+	off  int    // where it starts in the data given to parseRecords
+}
+
+// errShort means the data ends inside a record: the caller reads more (a
+// ranged read) or has found a torn tail (recovery).
+var errShort = errors.New("store: record continues past the data")
+
+// decodeRecord decodes the record at the start of rest. It returns the
+// record's size with the record (id and body borrowed from rest, id as its
+// bytes: the caller decides whether it needs a string), errShort (with the
+// size the whole record needs, or 0 while even its header is incomplete)
+// when rest ends inside it, or ErrCorrupt (wrapped) for a bad record.
+func decodeRecord(rest []byte) (kind byte, id []byte, seq uint64, body []byte, size int, err error) {
+	if len(rest) < headerLen {
+		return 0, nil, 0, nil, 0, errShort
+	}
+	n := binary.LittleEndian.Uint32(rest[4:])
+	idn := int(binary.LittleEndian.Uint16(rest[17:]))
+	if n > maxBody {
+		return 0, nil, 0, nil, 0, fmt.Errorf("%w: length %d over the limit", ErrCorrupt, n)
+	}
+	size = headerLen + idn + int(n)
+	if size > len(rest) {
+		return 0, nil, 0, nil, size, errShort
+	}
+	if crc32.Checksum(rest[4:size], castagnoli) != binary.LittleEndian.Uint32(rest) {
+		return 0, nil, 0, nil, 0, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
+	}
+	kind = rest[8]
+	if kind != kindEvent && kind != kindMark && kind != kindCreate && kind != kindDelete {
+		return 0, nil, 0, nil, 0, fmt.Errorf("%w: unknown kind %q", ErrCorrupt, kind)
+	}
+	return kind, rest[headerLen : headerLen+idn], binary.LittleEndian.Uint64(rest[9:]), rest[headerLen+idn : size], size, nil
 }
 
 // parseRecords decodes the records of a segment's content (after the
@@ -65,25 +99,18 @@ func parseRecords(data []byte, fn func(record)) (int, error) {
 	off := 0
 	for off < len(data) {
 		rest := data[off:]
-		if len(rest) < headerLen {
-			return off, fmt.Errorf("%w: %d-byte partial header at offset %d", ErrCorrupt, len(rest), off)
+		kind, id, seq, body, size, err := decodeRecord(rest)
+		if err == errShort {
+			if size == 0 {
+				return off, fmt.Errorf("%w: %d-byte partial header at offset %d", ErrCorrupt, len(rest), off)
+			}
+			return off, fmt.Errorf("%w: length %d past the end at offset %d", ErrCorrupt, size-headerLen, off)
 		}
-		n := binary.LittleEndian.Uint32(rest[4:])
-		idn := int(binary.LittleEndian.Uint16(rest[17:]))
-		if n > maxBody || int(n)+idn > len(rest)-headerLen {
-			return off, fmt.Errorf("%w: length %d past the end at offset %d", ErrCorrupt, n, off)
+		if err != nil {
+			return off, fmt.Errorf("%w at offset %d", err, off)
 		}
-		end := headerLen + idn + int(n)
-		if crc32.Checksum(rest[4:end], castagnoli) != binary.LittleEndian.Uint32(rest) {
-			return off, fmt.Errorf("%w: checksum mismatch at offset %d", ErrCorrupt, off)
-		}
-		kind := rest[8]
-		if kind != kindEvent && kind != kindMark && kind != kindCreate && kind != kindDelete {
-			return off, fmt.Errorf("%w: unknown kind %q at offset %d", ErrCorrupt, kind, off)
-		}
-		fn(record{kind: kind, id: string(rest[headerLen : headerLen+idn]), seq: binary.LittleEndian.Uint64(rest[9:]),
-			body: rest[headerLen+idn : end], raw: rest[:end]})
-		off += end
+		fn(record{kind: kind, id: string(id), seq: seq, body: body, raw: rest[:size], off: off})
+		off += size
 	}
 	return off, nil
 }

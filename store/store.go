@@ -82,15 +82,25 @@ type Store struct {
 	qbytes    int
 	closed    bool
 	droppedHi map[string]uint64 // highest seq dropped per session
+	pushed    uint64            // records accepted into the queue, ever
+	done      uint64            // ... of which the writer has written (or given up on)
+	stopped   bool              // the writer has finished: nothing more is written
+	doneCond  sync.Cond         // on mu: done or stopped changed (ReadLog waits on it)
 
 	wake     chan struct{}
-	done     chan struct{}
+	finished chan struct{}
 	closeErr error
 
-	appended, dropped, written, writeErrors, syncs, compactions atomic.Uint64
-	nsessions, nsegments                                        atomic.Int64
+	// imu guards the index (sess, segs and what they point to) between
+	// the writer, which changes it, and ranged readers (ReadLog). The
+	// writer holds it for a whole batch; it never waits for a reader.
+	imu sync.Mutex
 
-	// Owned by the writer goroutine (and by Open before it starts it).
+	appended, dropped, nwritten, writeErrors, syncs, compactions atomic.Uint64
+	nsessions, nsegments                                         atomic.Int64
+
+	// Owned by the writer goroutine (and by Open before it starts it);
+	// changed under imu once it runs.
 	sess     map[string]*sessState
 	segs     []*segFile // ascending; the last is the active one
 	active   *os.File
@@ -121,15 +131,23 @@ type segFile struct {
 	live int64 // bytes of records still needed (creates, marks, kept events)
 }
 
-// run is a stretch of one session's events, in seq order, that sit in the
-// same segment.
+// run is a stretch of one session's events with consecutive seqs (a hole
+// starts a new run) that sit in the same segment, at most runEvents of
+// them: runs are also the index of ranged reads (ReadLog), which start
+// scanning a segment at the run's first record.
 type run struct {
 	seg   *segFile
 	first uint64
+	last  uint64
 	count int
 	bytes int   // body bytes +1 each, as the hub counts
 	disk  int64 // framed bytes on disk
+	off   int64 // file offset of the first event's record in seg
 }
+
+// runEvents bounds a run, so a ranged read starting inside one scans at
+// most this many of the session's records before the ones it wants.
+const runEvents = 512
 
 // sessState is a session's on-disk state. Owned by the writer goroutine.
 type sessState struct {
@@ -170,9 +188,10 @@ func Open(dir string, o Options) (*Store, []Session, error) {
 		dir: dir, opt: o, log: o.Logger, lock: lock,
 		droppedHi: make(map[string]uint64),
 		wake:      make(chan struct{}, 1),
-		done:      make(chan struct{}),
+		finished:  make(chan struct{}),
 		sess:      make(map[string]*sessState),
 	}
+	s.doneCond.L = &s.mu
 	fail := func(err error) (*Store, []Session, error) {
 		lock.Close()
 		return nil, nil, err
@@ -292,6 +311,7 @@ func (s *Store) push(r rec) {
 	wasEmpty := len(s.queue) == 0
 	s.queue = append(s.queue, r)
 	s.qbytes += len(r.body)
+	s.pushed++
 	s.mu.Unlock()
 	s.appended.Add(1)
 	if wasEmpty {
@@ -308,7 +328,7 @@ func (s *Store) Stats() Stats {
 	q := len(s.queue)
 	s.mu.Unlock()
 	return Stats{
-		Appended: s.appended.Load(), Dropped: s.dropped.Load(), Written: s.written.Load(),
+		Appended: s.appended.Load(), Dropped: s.dropped.Load(), Written: s.nwritten.Load(),
 		WriteErrors: s.writeErrors.Load(), Syncs: s.syncs.Load(), Compactions: s.compactions.Load(),
 		Queued: q, Sessions: int(s.nsessions.Load()), Segments: int(s.nsegments.Load()),
 	}
@@ -328,7 +348,7 @@ func (s *Store) Close() error {
 		default:
 		}
 	}
-	<-s.done
+	<-s.finished
 	return s.closeErr
 }
 
@@ -340,6 +360,7 @@ type recEvent struct {
 	body []byte
 	seg  *segFile
 	disk int64
+	off  int64 // file offset of the record in seg
 }
 
 type recSession struct {
@@ -438,7 +459,7 @@ func (s *Store) recover(clean bool) ([]Session, error) {
 				}
 			case kindEvent:
 				if r.seq > 0 {
-					rs.events = append(rs.events, recEvent{seq: r.seq, body: r.body, seg: seg, disk: disk})
+					rs.events = append(rs.events, recEvent{seq: r.seq, body: r.body, seg: seg, disk: disk, off: int64(len(segMagic) + r.off)})
 				}
 			}
 		})
@@ -490,7 +511,7 @@ func (s *Store) recover(clean bool) ([]Session, error) {
 		events := make([]Event, len(evs))
 		for i, e := range evs {
 			events[i] = Event{Seq: e.seq, Body: e.body}
-			st.addEvent(e.seq, len(e.body), e.disk, e.seg)
+			st.addEvent(e.seq, len(e.body), e.disk, e.seg, e.off)
 		}
 		if st.createSeg != nil {
 			st.createSeg.live += st.createDisk
@@ -513,15 +534,17 @@ func (s *Store) recover(clean bool) ([]Session, error) {
 	return out, nil
 }
 
-// addEvent accounts one event of st that sits in seg.
-func (st *sessState) addEvent(seq uint64, body int, disk int64, seg *segFile) {
-	if n := len(st.runs); n > 0 && st.runs[n-1].seg == seg {
+// addEvent accounts one event of st whose record sits in seg at off.
+// Seqs arrive ascending.
+func (st *sessState) addEvent(seq uint64, body int, disk int64, seg *segFile, off int64) {
+	if n := len(st.runs); n > 0 && st.runs[n-1].seg == seg && st.runs[n-1].last+1 == seq && st.runs[n-1].count < runEvents {
 		r := &st.runs[n-1]
+		r.last = seq
 		r.count++
 		r.bytes += body + 1
 		r.disk += disk
 	} else {
-		st.runs = append(st.runs, run{seg: seg, first: seq, count: 1, bytes: body + 1, disk: disk})
+		st.runs = append(st.runs, run{seg: seg, first: seq, last: seq, count: 1, bytes: body + 1, disk: disk, off: off})
 	}
 	st.count++
 	st.bytes += body + 1
@@ -531,7 +554,7 @@ func (st *sessState) addEvent(seq uint64, body int, disk int64, seg *segFile) {
 
 // run is the writer goroutine.
 func (s *Store) run() {
-	defer close(s.done)
+	defer close(s.finished)
 	var tick <-chan time.Time
 	if s.opt.SyncInterval > 0 {
 		t := time.NewTicker(s.opt.SyncInterval)
@@ -546,9 +569,12 @@ func (s *Store) run() {
 			continue
 		}
 		for {
-			batch, closed := s.take()
+			batch, closed, upto := s.take()
 			if len(batch) > 0 {
+				s.imu.Lock()
 				s.writeBatch(batch)
+				s.imu.Unlock()
+				s.written(upto)
 				if s.opt.SyncInterval < 0 {
 					s.syncAll()
 				}
@@ -556,7 +582,13 @@ func (s *Store) run() {
 				continue
 			}
 			if closed {
+				s.imu.Lock()
 				s.closeErr = s.finish()
+				s.imu.Unlock()
+				s.mu.Lock()
+				s.stopped = true
+				s.doneCond.Broadcast()
+				s.mu.Unlock()
 				return
 			}
 			break
@@ -564,13 +596,24 @@ func (s *Store) run() {
 	}
 }
 
-func (s *Store) take() ([]rec, bool) {
+// take hands the queue to the writer, with the count of records pushed so
+// far (all of them are in it or written).
+func (s *Store) take() ([]rec, bool, uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b := s.queue
 	s.queue, s.spare = s.spare[:0], nil
 	s.qbytes = 0
-	return b, s.closed
+	return b, s.closed, s.pushed
+}
+
+// written records that the records pushed up to upto are on disk (in the
+// page cache) and wakes the ranged readers waiting for them.
+func (s *Store) written(upto uint64) {
+	s.mu.Lock()
+	s.done = upto
+	s.doneCond.Broadcast()
+	s.mu.Unlock()
 }
 
 func (s *Store) recycle(b []rec) {
@@ -586,6 +629,7 @@ func (s *Store) recycle(b []rec) {
 }
 
 func (s *Store) writeBatch(b []rec) {
+	var events uint64 // counted once they are handed to write(2), not when buffered
 	for i := range b {
 		r := &b[i]
 		if r.kind == kindDelete {
@@ -594,13 +638,14 @@ func (s *Store) writeBatch(b []rec) {
 		}
 		st := s.session(r.session)
 		if r.kind == kindEvent && r.seq > st.lastSeq {
-			s.put(kindEvent, st.id, r.seq, r.body)
-			s.written.Add(1)
-			st.addEvent(r.seq, len(r.body), recordSize(st.id, r.body), s.cur())
+			seg, off := s.put(kindEvent, st.id, r.seq, r.body)
+			events++
+			st.addEvent(r.seq, len(r.body), recordSize(st.id, r.body), seg, off)
 			s.trim(st)
 		}
 	}
 	s.flush()
+	s.nwritten.Add(events)
 	s.compact()
 	s.nsessions.Store(int64(len(s.sess)))
 	s.nsegments.Store(int64(len(s.segs)))
@@ -625,8 +670,8 @@ func (s *Store) session(id string) *sessState {
 }
 
 // put buffers one record for the active segment, rotating first when it
-// is full.
-func (s *Store) put(kind byte, id string, seq uint64, body []byte) {
+// is full, and says where it lands.
+func (s *Store) put(kind byte, id string, seq uint64, body []byte) (*segFile, int64) {
 	seg := s.cur()
 	if seg.size > int64(len(segMagic)) && seg.size+recordSize(id, body) > int64(s.opt.SegmentBytes) {
 		s.flush()
@@ -638,7 +683,9 @@ func (s *Store) put(kind byte, id string, seq uint64, body []byte) {
 		seg = s.cur()
 	}
 	s.buf = appendRecord(s.buf, kind, id, seq, body)
+	off := seg.size
 	seg.size += recordSize(id, body)
+	return seg, off
 }
 
 // flush writes the buffered records with one write(2).
@@ -775,7 +822,10 @@ func (s *Store) rewriteSeg(victim *segFile) bool {
 				// The run covering seq is the last one starting at or
 				// before it; older events than the first run are dead.
 				i := sort.Search(len(st.runs), func(i int) bool { return st.runs[i].first > r.seq }) - 1
-				keep = i >= 0 && st.runs[i].seg == victim
+				keep = i >= 0 && st.runs[i].seg == victim && r.seq <= st.runs[i].last
+				if keep && r.seq == st.runs[i].first {
+					st.runs[i].off = dst.size // where the run starts now
+				}
 			}
 			if keep {
 				// Copied byte for byte, without rotating: the moved runs

@@ -1,6 +1,7 @@
 package tlsserve
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -309,6 +310,11 @@ type guardConn struct {
 	net.Conn
 	writeTimeout time.Duration
 	lingerFor    time.Duration
+	// head is header lines for the 101 that gws writes (its response
+	// headers are per upgrader, the connection id is per connection).
+	// Owned by the upgrading request's goroutine: the 101 is the first
+	// write.
+	head []byte
 
 	mu        sync.Mutex
 	closeSent bool
@@ -321,6 +327,15 @@ type guardConn struct {
 // (always final, so a close frame starts with 0x88; an HTTP response with
 // 'H').
 func (g *guardConn) Write(b []byte) (int, error) {
+	if g.head != nil {
+		n := len(b)
+		b = addHeader(b, g.head)
+		g.head = nil
+		if err := g.writeFrames(b, false); err != nil {
+			return 0, err
+		}
+		return n, nil
+	}
 	isClose := len(b) > 0 && b[0] == 0x80|byte(ws.OpClose)
 	if isClose && failureClose(b) {
 		g.mu.Lock()
@@ -331,6 +346,18 @@ func (g *guardConn) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	return len(b), nil
+}
+
+// addHeader inserts header lines into the 101 response gws wrote, before
+// the blank line that ends it; anything else is left alone.
+func addHeader(resp, lines []byte) []byte {
+	if len(lines) == 0 || !bytes.HasPrefix(resp, []byte("HTTP/1.1 101 ")) || !bytes.HasSuffix(resp, []byte("\r\n\r\n")) {
+		return resp
+	}
+	out := make([]byte, 0, len(resp)+len(lines))
+	out = append(out, resp[:len(resp)-2]...)
+	out = append(out, lines...)
+	return append(out, "\r\n"...)
 }
 
 // failureClose reports whether a close frame gws wrote fails the connection

@@ -1,12 +1,15 @@
-// Package tlsserve is the TLS listener: HTTPS and WSS on --listen when the
-// daemon has a certificate. gnet has no TLS, and crypto/tls needs a blocking
-// net.Conn, so this listener runs on goroutines (net/http for plain requests,
-// gws for WebSockets) over the same session.Hub the event loop feeds: one
-// routing core, two ways of moving bytes.
+// Package tlsserve is the TLS listener: HTTPS (HTTP/2 by ALPN, or
+// HTTP/1.1) and WSS on --listen when the daemon has a certificate. gnet has
+// no TLS, and crypto/tls needs a blocking net.Conn, so this listener runs on
+// goroutines (net/http for requests, gws for WebSockets) over the same
+// session.Hub the event loop feeds: one routing core, two ways of moving
+// bytes. It is the event loop's sibling, started by cmd; neither knows the
+// other.
 //
 // Policy is not decided here. Everything but the WebSocket upgrade on /acp
-// is handed to a Front (the event loop's HTTP layer, so /healthz, /metrics,
-// /events, auth and Origin rules are the same code on both listeners), and
+// is handed to a Front (package httpfront, which the event loop's HTTP
+// path asks too, so /healthz, /metrics, /events, /acp and /mcp Streamable
+// HTTP, auth and Origin rules are the same code on both listeners), and
 // the upgrade itself is judged by Front.Authorize before gws sees it.
 //
 // Concurrency: each WebSocket connection has two goroutines. gws's read loop
@@ -48,9 +51,10 @@ type Front interface {
 	// Authorize judges a request for /acp before the upgrade: method,
 	// Origin, token and the handshake headers. When it refuses, it has
 	// written the response and returns ok false; otherwise it has written
-	// nothing and returns the connection's role and the subprotocol to
-	// select ("" for none). Called on the request's goroutine.
-	Authorize(w http.ResponseWriter, r *http.Request) (role auth.Role, subprotocol string, ok bool)
+	// nothing and returns the connection's role, the subprotocol to select
+	// ("" for none) and extra header lines for the 101 ("Name: value\r\n"
+	// each; the Acp-Connection-Id). Called on the request's goroutine.
+	Authorize(w http.ResponseWriter, r *http.Request) (role auth.Role, subprotocol, header string, ok bool)
 	// ServeHTTP serves every request for a path other than /acp.
 	http.Handler
 }
@@ -81,9 +85,12 @@ const Transport = "wss"
 type Config struct {
 	// Addr is the TCP address to listen on, host:port.
 	Addr string
-	// Listener, when set, is served instead of listening on Addr (the
-	// daemon binds it itself to apply its connection limits); Stop closes it.
+	// Listener, when set, is served instead of listening on Addr; Stop
+	// closes it.
 	Listener net.Listener
+	// Limit, when set, wraps the listener before it is served: the
+	// daemon's admission (connection limits shared with the event loop).
+	Limit func(net.Listener) net.Listener
 	// CertFile and KeyFile are the PEM certificate chain and private key.
 	CertFile, KeyFile string
 	// Hub routes messages; required.
@@ -205,9 +212,12 @@ func New(cfg Config) (*Server, error) {
 	s.tlsConf = &tls.Config{
 		Certificates: []tls.Certificate{cert},
 		MinVersion:   tls.VersionTLS12,
-		// HTTP/1.1 only: WebSocket over HTTP/2 (RFC 8441) is not served,
-		// and SSE needs nothing more.
-		NextProtos: []string{"http/1.1"},
+		// HTTP/2 first (ALPN h2), so a browser's SSE session streams and
+		// POSTs share one connection instead of queueing behind HTTP/1.1's
+		// six per origin. WebSocket stays on HTTP/1.1: net/http does not
+		// offer RFC 8441's extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL
+		// is not sent), so a browser opens an HTTP/1.1 connection for it.
+		NextProtos: []string{"h2", "http/1.1"},
 	}
 	s.hs = &http.Server{
 		Handler:           s,
@@ -217,7 +227,11 @@ func New(cfg Config) (*Server, error) {
 		// the limit is the one documented.
 		MaxHeaderBytes: max(cfg.MaxHeaderBytes-4096, 1024),
 		ErrorLog:       log.New(logWriter{s.log}, "", 0),
+		HTTP2:          &http.HTTP2Config{MaxConcurrentStreams: maxStreams},
 	}
+	s.hs.Protocols = new(http.Protocols)
+	s.hs.Protocols.SetHTTP1(true)
+	s.hs.Protocols.SetHTTP2(true)
 	return s, nil
 }
 
@@ -227,9 +241,14 @@ func (s *Server) Start() error {
 	ln := s.cfg.Listener
 	if ln == nil {
 		var err error
+		// Go's net.Listen sets SO_REUSEADDR, so a restart binds at once
+		// while the previous daemon's connections linger in TIME_WAIT.
 		if ln, err = net.Listen("tcp", s.cfg.Addr); err != nil {
-			return fmt.Errorf("listen %s: %w", s.cfg.Addr, err)
+			return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
 		}
+	}
+	if s.cfg.Limit != nil {
+		ln = s.cfg.Limit(ln)
 	}
 	s.lnMu.Lock()
 	s.ln = ln
@@ -292,7 +311,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Front.ServeHTTP(w, r)
 		return
 	}
-	role, sub, ok := s.cfg.Front.Authorize(w, r)
+	role, sub, extra, ok := s.cfg.Front.Authorize(w, r)
 	if !ok {
 		return
 	}
@@ -306,7 +325,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("websocket upgrade: hijack failed", "peer", r.RemoteAddr, "err", err)
 		return
 	}
-	raw := &guardConn{Conn: netConn, writeTimeout: s.cfg.WriteTimeout, lingerFor: s.cfg.CloseTimeout}
+	raw := &guardConn{Conn: netConn, writeTimeout: s.cfg.WriteTimeout, lingerFor: s.cfg.CloseTimeout, head: []byte(extra)}
 	// Bytes a client pipelined after its handshake are already in net/http's
 	// reader; keep them in front of the socket.
 	var br *bufio.Reader
@@ -360,6 +379,11 @@ func (s *Server) upgrader(sub string) *gws.Upgrader {
 	s.upgraders[sub] = u
 	return u
 }
+
+// maxStreams is the most concurrent HTTP/2 streams per connection: a
+// browser tab's SSE streams (one per connection and per session) and its
+// POSTs.
+const maxStreams = 250
 
 // maxUpgraders bounds the upgrader cache; it only grows past the number of
 // configured tokens if tokens are replaced while running.

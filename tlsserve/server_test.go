@@ -36,12 +36,12 @@ const wait = 5 * time.Second
 // "X-Refuse", and answers everything else with 404.
 type front struct{}
 
-func (front) Authorize(w http.ResponseWriter, r *http.Request) (auth.Role, string, bool) {
+func (front) Authorize(w http.ResponseWriter, r *http.Request) (auth.Role, string, string, bool) {
 	if r.Header.Get("X-Refuse") != "" {
 		http.Error(w, "refused", http.StatusUnauthorized)
-		return 0, "", false
+		return 0, "", "", false
 	}
-	return auth.RoleClient, r.Header.Get("X-Select"), true
+	return auth.RoleClient, r.Header.Get("X-Select"), "X-Conn: " + r.Header.Get("X-Select") + "-1\r\n", true
 }
 
 func (front) ServeHTTP(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) }
@@ -212,6 +212,10 @@ func TestServer(t *testing.T) {
 		_, resp := ts.dial(t, "Sec-WebSocket-Protocol", "a, b", "X-Select", "b")
 		if resp.StatusCode != 101 || resp.Header.Get("Sec-WebSocket-Protocol") != "b" {
 			t.Fatalf("%s %v", resp.Status, resp.Header)
+		}
+		// The front's header line for this connection is on the 101.
+		if got := resp.Header.Get("X-Conn"); got != "b-1" {
+			t.Fatalf("X-Conn %q in %v", got, resp.Header)
 		}
 	})
 	t.Run("request, ping, close echo", func(t *testing.T) {

@@ -46,7 +46,21 @@ type Msg struct {
 	frame     atomic.Pointer[[]byte]
 	enveloped atomic.Pointer[Msg]
 	text      atomic.Pointer[string]
+	encoded   [numEncodings]atomic.Pointer[[]byte]
 }
+
+// Encoding names a transport encoding of a message that Encoded caches
+// (the WebSocket frame has its own, Frame).
+type Encoding uint8
+
+const (
+	// SSEEvent is one server-sent event: its seq as id or its bridge
+	// method as event name, then the data lines (package httpfront).
+	SSEEvent Encoding = iota
+	// SSEData is one server-sent event of data lines only (MCP streams).
+	SSEData
+	numEncodings
+)
 
 // New wraps an encoded JSON message. body is copied once, with room for the
 // newline of NDJSON framing, so that every later encoding is allocation-free
@@ -87,6 +101,21 @@ func (m *Msg) Frame() []byte {
 	f := ws.AppendFrame(make([]byte, 0, ws.FrameHeaderLen(len(body))+len(body)), true, ws.OpText, body)
 	m.frame.CompareAndSwap(nil, &f)
 	return *m.frame.Load()
+}
+
+// Encoded returns the message in encoding e, built with enc on first use
+// and shared by every recipient that asks for it, so that a broadcast is
+// encoded once per encoding rather than once per recipient (as Frame is
+// for WebSocket). enc must give the same bytes for the same message; the
+// result must not be modified. Safe from any goroutine.
+func (m *Msg) Encoded(e Encoding, enc func(*Msg) []byte) []byte {
+	slot := &m.encoded[e]
+	if p := slot.Load(); p != nil {
+		return *p
+	}
+	b := enc(m)
+	slot.CompareAndSwap(nil, &b)
+	return *slot.Load()
 }
 
 // Enveloped returns the message wrapped as a bridge/event notification

@@ -2,19 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"math"
-	"net"
-	"net/http"
-	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,12 +17,9 @@ import (
 
 	"github.com/agentbridge/agentbridge/agent"
 	"github.com/agentbridge/agentbridge/audit"
-	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/delivery"
 	"github.com/agentbridge/agentbridge/internal/config"
 	"github.com/agentbridge/agentbridge/loop"
-	"github.com/agentbridge/agentbridge/ring"
-	"github.com/agentbridge/agentbridge/session"
 	"github.com/agentbridge/agentbridge/store"
 	"github.com/agentbridge/agentbridge/terminal"
 )
@@ -137,73 +129,86 @@ func fail(format string, a ...any) int {
 	return 1
 }
 
-func runServe(args []string) int {
+// serveConfig is serve's configuration once parsed and checked.
+type serveConfig struct {
+	*serveFlags
+	log     *slog.Logger
+	framing agent.Framing
+	stdio   agent.Stdio
+	rate    delivery.Rate
+	uids    []uint32
+	cmd     []string // the agent's command
+}
+
+// configure parses serve's flags, environment and config file and checks
+// every value; on failure (or -h) it returns the exit code and false.
+func configure(args []string) (*serveConfig, int, bool) {
 	fs, f := newServeFlags()
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if config.IsHelp(err) {
 			fs.SetOutput(os.Stderr)
 			fs.Usage()
-			return 0
+			return nil, 0, false
 		}
-		return fail("%v", err)
+		return nil, fail("%v", err), false
 	}
 	fs.SetOutput(os.Stderr)
 	if err := config.Apply(fs, "config"); err != nil {
-		return fail("%v", err)
+		return nil, fail("%v", err), false
 	}
 	log, err := newLogger(os.Stderr, f.logLevel.Value, f.logFormat.Value)
 	if err != nil {
-		return fail("%v", err)
+		return nil, fail("%v", err), false
 	}
 	framing, err := agent.ParseFraming(f.framing.Value)
 	if err != nil {
-		return fail("invalid --framing %q (want ndjson or lsp)", f.framing.Value)
+		return nil, fail("invalid --framing %q (want ndjson or lsp)", f.framing.Value), false
 	}
 	if (f.tlsCert == "") != (f.tlsKey == "") {
-		return fail("--tls-cert and --tls-key go together")
+		return nil, fail("--tls-cert and --tls-key go together"), false
 	}
 	if f.replay < 0 {
-		return fail("invalid --replay %d (0 means no count limit)", f.replay)
+		return nil, fail("invalid --replay %d (0 means no count limit)", f.replay), false
 	}
 	for name, v := range map[string]int{"--replay-memory": f.replayMemory, "--replay-bytes": f.replayBytes, "--max-message": f.maxMessage, "--queue-items": f.queueItems, "--queue-bytes": f.queueBytes, "--control-bytes": f.controlBytes, "--max-inflight": f.maxInflight, "--max-sessions": f.maxSessions} {
 		if v <= 0 {
-			return fail("invalid %s %d (must be positive)", name, v)
+			return nil, fail("invalid %s %d (must be positive)", name, v), false
 		}
 	}
 	if f.maxConns < 0 || f.maxConnsPerIP < 0 {
-		return fail("invalid --max-conns %d / --max-conns-per-ip %d (must be 0 or positive)", f.maxConns, f.maxConnsPerIP)
+		return nil, fail("invalid --max-conns %d / --max-conns-per-ip %d (must be 0 or positive)", f.maxConns, f.maxConnsPerIP), false
 	}
 	if f.loops < 0 {
-		return fail("invalid --loops %d (0 means half the CPUs)", f.loops)
+		return nil, fail("invalid --loops %d (0 means half the CPUs)", f.loops), false
 	}
 	if f.httpIdle <= 0 {
-		return fail("invalid --http-idle %s: must be a positive duration", f.httpIdle)
+		return nil, fail("invalid --http-idle %s: must be a positive duration", f.httpIdle), false
 	}
 	if f.heartbeat <= 0 || f.requestTimeout <= 0 || f.grace <= 0 {
-		return fail("--heartbeat, --request-timeout and --grace must be positive durations")
+		return nil, fail("--heartbeat, --request-timeout and --grace must be positive durations"), false
 	}
 	if f.callTimeout < 0 {
-		return fail("invalid --call-timeout %s (0 disables it)", f.callTimeout)
+		return nil, fail("invalid --call-timeout %s (0 disables it)", f.callTimeout), false
 	}
 	if f.summaryInterval <= 0 {
-		return fail("invalid --summary-interval %s (must be positive)", f.summaryInterval)
+		return nil, fail("invalid --summary-interval %s (must be positive)", f.summaryInterval), false
 	}
 	if f.stallTimeout <= 0 {
-		return fail("invalid --stall-timeout %s (must be positive)", f.stallTimeout)
+		return nil, fail("invalid --stall-timeout %s (must be positive)", f.stallTimeout), false
 	}
 	rate, err := delivery.ParseRate(f.rate)
 	if err != nil {
-		return fail("invalid --rate %q: %v", f.rate, err)
+		return nil, fail("invalid --rate %q: %v", f.rate, err), false
 	}
 	if f.stateSync < 0 {
-		return fail("invalid --state-sync %s (must be 0 or positive)", f.stateSync)
+		return nil, fail("invalid --state-sync %s (must be 0 or positive)", f.stateSync), false
 	}
 	var uids []uint32
 	for _, s := range f.allowUID {
 		u, err := strconv.ParseUint(s, 10, 32)
 		if err != nil {
-			return fail("invalid --allow-uid %q (want a numeric uid)", s)
+			return nil, fail("invalid --allow-uid %q (want a numeric uid)", s), false
 		}
 		uids = append(uids, uint32(u))
 	}
@@ -211,236 +216,36 @@ func runServe(args []string) int {
 	if len(cmd) == 0 {
 		self, err := os.Executable()
 		if err != nil {
-			return fail("cannot find own executable for the demo agent: %v", err)
+			return nil, fail("cannot find own executable for the demo agent: %v", err), false
 		}
 		cmd = []string{self, "demo-agent"}
 	}
+	stdio, err := agent.ParseStdio(f.agentStdio.Value)
+	if err != nil {
+		return nil, fail("%v", err), false
+	}
+	return &serveConfig{serveFlags: f, log: log, framing: framing, stdio: stdio, rate: rate, uids: uids, cmd: cmd}, 0, true
+}
 
-	// Tokens: given, or generated next to the socket once it is bound.
-	var tokens *auth.Tokens
-	tokenFile, token := "", ""
-	if f.tokens != "" {
-		if tokens, err = auth.LoadTokens(f.tokens); err != nil {
-			return fail("%v", err)
-		}
-		if w := auth.TokensFileWarning(f.tokens); w != "" {
-			log.Warn(w)
-		}
-	} else {
-		if token, err = auth.GenerateToken(); err != nil {
-			return fail("generate token: %v", err)
-		}
-		tokenFile = config.TokenFileFor(config.DefaultSocket())
-		if f.uds != "" {
-			tokenFile = config.TokenFileFor(f.uds)
-		}
-		if tokens, err = auth.NewTokens([]auth.Grant{{Role: auth.RoleClient, Token: token}}); err != nil {
-			return fail("%v", err)
-		}
+// runServe is the serve command: configure, build, run, wait.
+func runServe(args []string) int {
+	c, code, ok := configure(args)
+	if !ok {
+		return code
 	}
-	if err := socketDirs(f.uds, tokenFile); err != nil {
-		return fail("%v", err)
-	}
-	origins, err := auth.NewOriginPolicy(f.allowOrigin)
+	d, err := build(c)
 	if err != nil {
 		return fail("%v", err)
 	}
-
-	hcfg := session.Config{Replay: f.replay, ReplayBytes: f.replayBytes, ReplayMemory: f.replayMemory, RequestTimeout: f.requestTimeout, Version: version, Logger: log,
-		MaxInflight: f.maxInflight, MaxSessions: f.maxSessions, CallTimeout: f.callTimeout}
-	var auditLog *audit.Log
-	if f.auditFile != "" {
-		if auditLog, err = audit.Open(f.auditFile, audit.Options{}); err != nil {
-			return fail("%v", err)
-		}
-		defer func() {
-			if err := auditLog.Close(); err != nil {
-				log.Warn("audit log close", "err", err)
-			}
-		}()
-		hcfg.Audit = auditHook(auditLog)
-	}
-	var st *store.Store
-	var recovered []store.Session
-	if f.stateDir != "" {
-		syncEvery := f.stateSync
-		if syncEvery == 0 {
-			syncEvery = -1 // store: negative fsyncs after every batch
-		}
-		if st, recovered, err = store.Open(f.stateDir, store.Options{MaxEvents: storeEvents(f.replay), MaxBytes: f.replayBytes, SyncInterval: syncEvery, Logger: log.With("src", "store")}); err != nil {
-			return fail("%v", err)
-		}
-		// Closed after the agent stopped: its last events are persisted too.
-		defer closeStore(log, st)
-		hcfg.Journal = st
-	}
-	fl, err := joinFleet(f, &hcfg, log)
-	if err != nil {
-		return fail("%v", err)
-	}
-	// Each gnet loop's thread keeps its P while it waits in epoll_wait, so
-	// with GOMAXPROCS equal to the loop count the agent's reader goroutine
-	// can wait for the scheduler to take a P back (up to milliseconds when
-	// pinned to one CPU). Two spare Ps keep the agent path responsive.
-	loops := f.loops
-	if loops <= 0 {
-		loops = max(1, runtime.NumCPU()/2)
-	}
-	if runtime.GOMAXPROCS(0) < loops+2 {
-		runtime.GOMAXPROCS(loops + 2)
-	}
-	if f.pprof != "" {
-		ln, err := net.Listen("tcp", f.pprof)
-		if err != nil {
-			return fail("invalid --pprof %q: %v", f.pprof, err)
-		}
-		go func() { _ = http.Serve(ln, nil) }() // net/http/pprof registers on the default mux
-		log.Info("pprof serving", "addr", ln.Addr().String())
-	}
-	fdLimit := raiseFDLimit(log)
-	maxConns := f.maxConns
-	if maxConns == 0 {
-		maxConns = defaultMaxConns(fdLimit)
-	} else if fdLimit > 0 && maxConns > fdLimit-64 {
-		log.Warn("--max-conns is above what the fd limit allows; accept will fail first (and back off)", "max_conns", maxConns, "fd_limit", fdLimit)
-	}
-	hub := session.New(hcfg)
-	if st != nil {
-		hub.Restore(restored(recovered))
-		logRecovery(log, f.stateDir, st.Recovery())
-	}
-	if fl != nil {
-		if err := fl.Start(hub); err != nil {
-			return fail("%v", err)
-		}
-		// Deferred after closeStore, so it runs first: the fleet
-		// publishes the agent's last events, then the store closes.
-		defer func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := fl.Close(ctx); err != nil {
-				log.Warn("fleet", "err", err)
-			}
-		}()
-	}
-	term, err := newTerminal(f, auditLog, log)
-	if err != nil {
-		return fail("%v", err)
-	}
-	if term != nil {
-		defer term.Close()
-	}
-	metrics := loop.NewMetrics(nil)
-	exportStats(metrics, st, auditLog)
-	srv, err := loop.New(loop.Config{
-		UDS: f.uds, Listen: f.listen, MaxMessage: f.maxMessage,
-		Queue:    ring.Config{MaxItems: f.queueItems, MaxDataBytes: f.queueBytes, MaxControlBytes: f.controlBytes},
-		Loops:    loops,
-		MaxConns: maxConns, MaxConnsPerIP: f.maxConnsPerIP,
-		Delivery:  delivery.Config{SummaryInterval: f.summaryInterval, StallTimeout: f.stallTimeout},
-		Rate:      rate,
-		AllowUIDs: uids, Hub: hub, Logger: log, Metrics: metrics,
-		HTTP: &loop.HTTPConfig{Tokens: tokens, Origins: origins, Heartbeat: f.heartbeat, HTTPIdle: f.httpIdle, TLSCert: f.tlsCert, TLSKey: f.tlsKey, Terminal: term},
-	})
-	if err != nil {
-		return fail("%v", err)
-	}
+	defer d.close()
 	// Signals are caught before anything is served: a supervisor may stop
 	// the daemon the moment its socket appears.
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	acfg := agent.Config{Command: cmd, Framing: framing, MaxMessage: f.maxMessage, Grace: f.grace, Logger: log.With("src", "agent")}
-	if acfg.Stdio, err = agent.ParseStdio(f.agentStdio.Value); err != nil {
+	if err := d.run(); err != nil {
 		return fail("%v", err)
 	}
-	if acfg.Stdio == agent.StdioSocket {
-		acfg.Attach = srv // the agent's stdio is a connection of the event loop
-	}
-	sup, err := agent.New(acfg, hub)
-	if err != nil {
-		return fail("%v", err)
-	}
-	hub.SetAgent(hubAgent{sup})
-	// The agent starts first, so a client connecting the moment the socket
-	// appears finds it running (not "restarting").
-	if err := sup.Start(); err != nil {
-		return fail("cannot start the agent %q: %v", strings.Join(cmd, " "), err)
-	}
-	// The token file is written once loop.New found the socket path free
-	// (a daemon that finds it in use must not replace the token file of the
-	// one holding it) and before the socket appears (a client that waits
-	// for the socket then reads the token must find it).
-	if tokenFile != "" {
-		if err := auth.WriteTokenFile(tokenFile, token); err != nil {
-			log.Error("cannot write the token file; WebSocket clients need --tokens", "file", tokenFile, "err", err)
-			tokenFile = ""
-		}
-	}
-	if err := srv.Start(); err != nil {
-		actx, acancel := context.WithTimeout(context.Background(), f.grace)
-		_ = sup.Stop(actx)
-		acancel()
-		if tokenFile != "" {
-			_ = auth.RemoveTokenFile(tokenFile, token)
-		}
-		return fail("%v", err)
-	}
-	attrs := []any{"agent", strings.Join(cmd, " "), "pid", os.Getpid()}
-	if f.uds != "" {
-		attrs = append(attrs, "socket", f.uds)
-	}
-	if f.listen != "" {
-		scheme := "ws"
-		if f.tlsCert != "" {
-			scheme = "wss"
-		}
-		attrs = append(attrs, "websocket", scheme+"://"+f.listen+"/acp")
-	}
-	if tokenFile != "" {
-		attrs = append(attrs, "token_file", tokenFile)
-	}
-	attrs = append(attrs, "max_conns", maxConns, "fd_limit", fdLimit)
-	log.Info("agentbridge serving", attrs...)
-
-	var reason string
-	select {
-	case s := <-sig:
-		reason = "received " + s.String()
-	case err := <-srv.Done():
-		reason = fmt.Sprintf("engine stopped: %v", err)
-	}
-	log.Info("shutting down", "reason", reason)
-	go func() { <-sig; log.Warn("second signal: exiting now"); os.Exit(1) }()
-
-	// Answer or fail every pending request, tell clients why, let queues
-	// flush, then stop the engine and give the agent its grace period.
-	hub.Shutdown(reason)
-	if term != nil {
-		term.Close() // shells get SIGHUP; their browsers a close frame
-	}
-	deadline := time.Now().Add(2 * time.Second)
-	for srv.Connections() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	// The agent stops before the engine: with --agent-stdio socket its
-	// stdio is a connection of the engine, and what it writes while it
-	// stops is still read.
-	actx, acancel := context.WithTimeout(context.Background(), 3*f.grace)
-	defer acancel()
-	if err := sup.Stop(actx); err != nil {
-		log.Warn("agent stop", "err", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := srv.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		log.Warn("engine stop", "err", err)
-	}
-	if tokenFile != "" {
-		if err := auth.RemoveTokenFile(tokenFile, token); err != nil {
-			log.Warn("token file", "err", err)
-		}
-	}
-	log.Info("stopped")
+	d.stop(d.wait(sig), sig)
 	return 0
 }
 

@@ -1,4 +1,4 @@
-package loop
+package httpfront
 
 import (
 	"bytes"
@@ -12,8 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/panjf2000/gnet/v2"
 
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
@@ -32,7 +30,8 @@ import (
 // endpoint's transport is the acpConn: its writer is the acpConn's own
 // goroutine, which frames each message as one SSE event and routes it to
 // the stream it belongs to (a byte queue per stream). A stream's GET is a
-// TCP connection that the gnet loop feeds from that queue; a stream with no
+// Sink of the listener it came on (a gnet TCP connection fed on its loop, or
+// a net/http handler goroutine) that takes that queue; a stream with no
 // GET keeps queueing, and a connection whose streams hold more than
 // acpBacklogMax stops draining its outbox, so the outbox's slow-consumer
 // policy (degrade or disconnect) applies as on every other transport.
@@ -41,8 +40,8 @@ import (
 // writer stops draining the outbox.
 const acpBacklogMax = 4 << 20
 
-// acpMaxBody bounds a POSTed message (the SDK's Node adapter: 16 MiB, 413).
-const acpMaxBody = 16 << 20
+// MaxBody bounds a POSTed message (the SDK's Node adapter: 16 MiB, 413).
+const MaxBody = 16 << 20
 
 // acpMaxID is the SDK's maxIdLength for session ids and string request ids.
 const acpMaxID = 1024
@@ -97,14 +96,15 @@ func (r *acpRegistry) reap(now int64) {
 // acpStream is one SSE stream of a connection: the connection's own ("")
 // or a session's. Guarded by acpConn.mu.
 type acpStream struct {
-	buf   []byte     // events framed and not yet taken by a GET
-	sink  streamSink // the GET that receives it; nil while none
-	final bool       // MCP POST stream: its response is queued; end after it
+	buf   []byte // events framed and not yet taken by a GET
+	sink  Sink   // the GET that receives it; nil while none
+	final bool   // MCP POST stream: its response is queued; end after it
+	mcp   mcpLog // MCP: event ids and what Last-Event-ID can replay
 }
 
 // acpConn is one ACP Streamable HTTP connection.
 type acpConn struct {
-	f     *front
+	f     *Front
 	mcp   bool // an MCP session (/mcp, Mcp-Session-Id) rather than ACP
 	id    string
 	token [32]byte // sha256 of the token that created it
@@ -127,54 +127,132 @@ type acpConn struct {
 	closed   bool
 	posts    int               // MCP: POST streams opened, for their keys
 	progTok  map[string]string // MCP: progress token (raw JSON) → the POST stream of its request
+	doneQ    []string          // MCP: answered POST streams kept for a late Last-Event-ID, oldest first
 
 	// Writer goroutine only.
 	routes []string
 }
 
-// acpInitWait is a POST initialize waiting for its answer: parked on its
-// gnet TCP connection (c), or its net/http handler waiting on ch.
+// acpInitWait is a POST initialize waiting for its answer, parked by its
+// Exchange.
 type acpInitWait struct {
-	c  *conn
-	ch chan *reply
-	id string
+	answer func(*Reply)
+	id     string
 }
 
-func (w *acpInitWait) answer(f *front, rp *reply) {
-	if w.ch != nil {
-		w.ch <- rp // buffered; answered once
-		return
+// Exchange is the HTTP exchange an ACP or MCP request arrived on, as the
+// listener that read it serves it: a gnet connection (package loop) or a
+// net/http request (this package, for the TLS listener).
+type Exchange interface {
+	// Peer names the client for logs.
+	Peer() string
+	// TLS reports whether the exchange came over TLS (for the Origin
+	// policy).
+	TLS() bool
+	// Park is called when the request's response will come later (a POST
+	// initialize waits for the agent): it returns the function that
+	// writes that response, called once, from any goroutine.
+	Park(path string) func(*Reply)
+	// Sink makes the receiver of st on this exchange. Nothing is written
+	// until the front calls the sink's Open.
+	Sink(st *Stream) Sink
+}
+
+// Sink receives one SSE stream of a connection.
+type Sink interface {
+	// Open writes the response head: the exchange carries st's events from
+	// now on. Called once, on the request's goroutine, after Sink.
+	Open()
+	// Notify asks the sink to take what its stream holds (Stream.Take).
+	// Any goroutine; never blocks.
+	Notify()
+}
+
+// Stream is a sink's handle on the stream it receives. Safe from any
+// goroutine.
+type Stream struct {
+	a    *acpConn
+	key  string
+	sink Sink
+}
+
+// Label is the stream's transport label: "acp-sse" or "mcp-sse".
+func (s *Stream) Label() string {
+	if s.a.mcp {
+		return "mcp-sse"
 	}
-	f.resume(w.c, rp)
+	return "acp-sse"
 }
 
-// streamSink is what receives a stream: a gnet connection (acpSSEGet) or
-// a net/http handler (httpSink). notify asks it to take the stream's
-// queue; any goroutine, never blocks.
-type streamSink interface{ notify() }
+// Take returns what the stream holds (nothing unless take: a sink whose
+// peer is behind leaves it queued, where it counts against the
+// connection's backlog); end when the stream is over for this sink (the
+// connection closed, or an MCP POST stream's response is out), lost when
+// another GET took it over.
+func (s *Stream) Take(take bool) (b []byte, end, lost bool) {
+	a := s.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := a.streams[s.key]
+	if st == nil || st.sink != s.sink {
+		return nil, true, true
+	}
+	if take {
+		b, st.buf = st.buf, nil
+		a.queued -= len(b)
+		if a.mcp {
+			st.mcp.taken()
+		}
+	}
+	end = a.closed
+	if st.final && len(st.buf) == 0 {
+		// An MCP POST stream ends with its response; it is kept a while
+		// for a client that lost the end and resumes (Last-Event-ID).
+		a.retire(s.key)
+		end = true
+	}
+	return b, end, false
+}
 
-// hxIO is the HTTP exchange an ACP or MCP request arrived on: a gnet
-// connection (c, p) or a net/http one (the TLS listener: w, r).
-type hxIO struct {
-	c      *conn
-	p      *httpProto
-	tls    bool
-	w      http.ResponseWriter
-	initCh chan *reply // net/http: where a parked initialize's answer arrives
-	sink   *httpSink   // net/http: the stream to serve once the handler returns done
+// Sent counts n bytes written to the peer and lets the connection's writer
+// go on (it may have stopped at the backlog limit).
+func (s *Stream) Sent(n int) {
+	s.a.f.m.Out(s.Label(), 1, n)
+	s.a.Wake()
+}
+
+// Pending reports whether the stream holds something for its sink, or the
+// connection has ended.
+func (s *Stream) Pending() bool {
+	a := s.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := a.streams[s.key]
+	return st != nil && st.sink == s.sink && len(st.buf) > 0 || a.closed
+}
+
+// Detach ends the sink's hold on the stream (its GET has gone).
+func (s *Stream) Detach() {
+	a := s.a
+	a.mu.Lock()
+	if st := a.streams[s.key]; st != nil && st.sink == s.sink {
+		st.sink = nil
+		// An MCP POST stream outlives its POST: the client resumes it
+		// with a GET and Last-Event-ID.
+		if s.key != "" && (len(st.buf) == 0 || strings.HasPrefix(s.key, "\x01")) && !a.mcp {
+			delete(a.streams, s.key)
+		}
+	}
+	a.mu.Unlock()
+	a.gets.Add(-1)
+	a.active.Store(time.Now().UnixNano())
 }
 
 var _ delivery.Transport = (*acpConn)(nil)
 
-// peer names the exchange's client for logs.
-func (hx *hxIO) peer() string {
-	if hx.c != nil {
-		return hx.c.ep.Peer()
-	}
-	return "tls"
-}
-
-func newConnID() string {
+// NewConnID is a random connection id (a UUID v4), as the ACP SDK makes
+// them; it also names a WebSocket connection on its 101.
+func NewConnID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
@@ -197,10 +275,10 @@ func (a *acpConn) Frame(m *wire.Msg) []byte {
 	if a.mcp {
 		a.routes = append(a.routes, a.routeMCP(m))
 		// The MCP SDK client drops events named other than "message".
-		return appendData(nil, m)
+		return dataEvent(m)
 	}
 	a.routes = append(a.routes, a.route(m))
-	return appendEvent(nil, m)
+	return Event(m)
 }
 
 // route names the stream m belongs to (A1, "Routing of server→client
@@ -241,7 +319,7 @@ func (a *acpConn) Write(frames [][]byte) error {
 	routes := a.routes
 	a.routes = a.routes[:0]
 	var initBody []byte
-	var wakes []streamSink
+	var wakes []Sink
 	a.mu.Lock()
 	for i, f := range frames {
 		r := ""
@@ -250,9 +328,6 @@ func (a *acpConn) Write(frames [][]byte) error {
 		}
 		if r == "\x00init" {
 			initBody = eventData(f)
-			continue
-		}
-		if r == "\x00drop" {
 			continue
 		}
 		final := false
@@ -275,6 +350,9 @@ func (a *acpConn) Write(frames [][]byte) error {
 			st = &acpStream{}
 			a.streams[r] = st
 		}
+		if a.mcp {
+			f = st.mcp.event(f)
+		}
 		st.buf = append(st.buf, f...)
 		a.queued += len(f)
 		if st.sink != nil {
@@ -290,7 +368,7 @@ func (a *acpConn) Write(frames [][]byte) error {
 		a.answerInit(w, initBody)
 	}
 	for _, g := range wakes {
-		g.notify()
+		g.Notify()
 	}
 	return nil
 }
@@ -341,7 +419,7 @@ func (a *acpConn) finish() {
 	a.f.acp.remove(a)
 	a.mu.Lock()
 	a.closed = true
-	var sinks []streamSink
+	var sinks []Sink
 	for _, st := range a.streams {
 		if st.sink != nil {
 			sinks = append(sinks, st.sink)
@@ -351,13 +429,13 @@ func (a *acpConn) finish() {
 	a.initWait = nil
 	a.mu.Unlock()
 	for _, g := range sinks {
-		g.notify() // drains, sees closed, closes
+		g.Notify() // drains, sees closed, closes
 	}
 	if w != nil {
-		w.answer(a.f, textReply(http.StatusNotFound, "Unknown connection"))
+		w.answer(Text(http.StatusNotFound, "Unknown connection"))
 	}
 	a.ep.Release()
-	a.f.m.closedConn(a.ep.Transport())
+	a.f.m.ClosedConn(a.ep.Transport())
 }
 
 // answerInit answers the parked POST initialize with the agent's reply.
@@ -367,130 +445,18 @@ func (a *acpConn) answerInit(w *acpInitWait, body []byte) {
 	if a.mcp {
 		name = "Mcp-Session-Id"
 	}
-	rp := &reply{status: http.StatusOK, ctype: jsonType, body: body, hdr: []string{name, a.id}}
-	w.answer(a.f, rp)
+	rp := &Reply{Status: http.StatusOK, CType: jsonType, Body: body, Hdr: []string{name, a.id}}
+	w.answer(rp)
 }
-
-// resume writes rp on a TCP connection whose request was parked, and lets
-// it read its next request. Any goroutine.
-func (f *front) resume(c *conn, rp *reply) {
-	_ = c.gc.Wake(func(gc gnet.Conn, err error) error {
-		if err != nil {
-			return nil
-		}
-		_, _ = gc.Write(rp.appendTo(nil, false))
-		p, ok := c.proto.(*httpProto)
-		if !ok {
-			return nil
-		}
-		p.parked = false
-		p.w.deadline.Store(f.now() + int64(f.cfg.IdleTimeout))
-		f.m.request(p.path, rp.status)
-		// Requests pipelined behind the parked one.
-		if n := gc.InboundBuffered(); n > 0 && !c.closing() {
-			buf, _ := gc.Peek(n)
-			used, err := p.read(c, buf)
-			if used > 0 {
-				_, _ = gc.Discard(used)
-			}
-			if err != nil {
-				c.Close(wire.ClosePolicy, err.Error())
-			}
-		}
-		return nil
-	})
-}
-
-// acpSSEGet is a GET holding one stream of a connection, on a gnet TCP
-// connection whose protocol it is.
-type acpSSEGet struct {
-	a   *acpConn
-	key string
-	c   *conn
-	w   *watch
-	gen bool // replaced by a takeover: close without touching the stream
-}
-
-func (g *acpSSEGet) name() string {
-	if g.a.mcp {
-		return "mcp-sse"
-	}
-	return "acp-sse"
-}
-
-func (g *acpSSEGet) read(_ *conn, buf []byte) (int, error) { return len(buf), nil }
-
-func (g *acpSSEGet) frame(m *wire.Msg) []byte { return appendEvent(nil, m) }
-
-func (g *acpSSEGet) farewell(wire.CloseReason, string) []byte { return nil }
-
-func (g *acpSSEGet) closed() {
-	g.a.f.unwatch(g.w)
-	a := g.a
-	a.mu.Lock()
-	if st := a.streams[g.key]; st != nil && st.sink == g {
-		st.sink = nil
-		if g.key != "" && (len(st.buf) == 0 || strings.HasPrefix(g.key, "\x01")) {
-			delete(a.streams, g.key)
-		}
-	}
-	a.mu.Unlock()
-	a.gets.Add(-1)
-	a.active.Store(time.Now().UnixNano())
-}
-
-// notify has the GET's loop write what its stream holds. Any goroutine.
-func (g *acpSSEGet) notify() { _ = g.c.gc.Wake(g.drain) }
-
-// drain runs on the GET's loop: it takes its stream's queue while gnet
-// holds little for the peer (a slow reader leaves it queued, where it
-// counts against the connection's backlog; the sweeper retries).
-func (g *acpSSEGet) drain(gc gnet.Conn, err error) error {
-	if err != nil || g.c.closing() {
-		return nil
-	}
-	a := g.a
-	a.mu.Lock()
-	st := a.streams[g.key]
-	if st == nil || st.sink != g {
-		a.mu.Unlock()
-		g.c.Close(wire.ClosePolicy, "stream taken over")
-		return nil
-	}
-	var b []byte
-	if gc.OutboundBuffered() < flushWatermark {
-		b, st.buf = st.buf, nil
-		a.queued -= len(b)
-	}
-	closed := a.closed
-	if st.final && len(st.buf) == 0 {
-		// An MCP POST stream ends with its response.
-		delete(a.streams, g.key)
-		closed = true
-	}
-	a.mu.Unlock()
-	if len(b) > 0 {
-		_, _ = gc.Write(b)
-		a.f.m.out(g.name(), 1, len(b))
-		a.Wake() // the writer may have stopped at the backlog limit
-	}
-	if closed {
-		g.c.Close(wire.CloseGoingAway, "acp connection ended")
-	}
-	return nil
-}
-
-// flushWatermark is what gnet may hold for a GET before its stream stops
-// handing it more.
-const flushWatermark = 256 << 10
 
 // acpErr is a text/plain refusal of an ACP request.
-func acpErr(status int, msg string) *reply { return textReply(status, msg) }
+func acpErr(status int, msg string) *Reply { return Text(status, msg) }
 
-// serveACP answers a non-WebSocket request on /acp on the gnet path. It
-// returns done when the connection now carries an SSE stream, parked when
-// the response will be written later (POST initialize).
-func (f *front) serveACP(hx *hxIO, req *http.Request, body []byte) (rp *reply, done bool) {
+// ServeACP answers a non-WebSocket request on /acp (body is a POST's,
+// read by the listener). It returns done when the exchange now carries an
+// SSE stream, and a nil reply without done when the response will come
+// through the Exchange's Park (POST initialize).
+func (f *Front) ServeACP(hx Exchange, req *http.Request, body []byte) (rp *Reply, done bool) {
 	switch req.Method {
 	case http.MethodPost:
 		return f.acpPost(hx, req, body), false
@@ -504,11 +470,11 @@ func (f *front) serveACP(hx *hxIO, req *http.Request, body []byte) (rp *reply, d
 
 // acpLookup finds the request's connection, bound to the token that
 // created it: another token gets the same 404 as an unknown id.
-func (f *front) acpLookup(req *http.Request) (*acpConn, *reply) {
+func (f *Front) acpLookup(req *http.Request) (*acpConn, *Reply) {
 	return f.lookupConn(req, "Acp-Connection-Id", false)
 }
 
-func (f *front) lookupConn(req *http.Request, header string, mcp bool) (*acpConn, *reply) {
+func (f *Front) lookupConn(req *http.Request, header string, mcp bool) (*acpConn, *Reply) {
 	id := req.Header.Get(header)
 	if id == "" {
 		return nil, acpErr(http.StatusBadRequest, "Missing "+header)
@@ -521,8 +487,8 @@ func (f *front) lookupConn(req *http.Request, header string, mcp bool) (*acpConn
 	return a, nil
 }
 
-func (f *front) acpPost(hx *hxIO, req *http.Request, body []byte) *reply {
-	if _, _, rp := f.authorize(req, "acp-http", true, hx.tls); rp != nil {
+func (f *Front) acpPost(hx Exchange, req *http.Request, body []byte) *Reply {
+	if _, _, rp := f.Admit(req, "acp-http", true, hx.TLS()); rp != nil {
 		return rp
 	}
 	if mt := req.Header.Get("Content-Type"); !strings.HasPrefix(strings.ToLower(strings.TrimSpace(mt)), jsonType) {
@@ -530,8 +496,8 @@ func (f *front) acpPost(hx *hxIO, req *http.Request, body []byte) *reply {
 	}
 	trim := bytes.TrimSpace(body)
 	if len(trim) > 0 && trim[0] == '[' {
-		return &reply{status: http.StatusBadRequest, ctype: jsonType,
-			body: []byte(`{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid request: JSON-RPC batches are not supported"}}` + "\n")}
+		return &Reply{Status: http.StatusBadRequest, CType: jsonType,
+			Body: []byte(`{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid request: JSON-RPC batches are not supported"}}` + "\n")}
 	}
 	if len(trim) == 0 || trim[0] != '{' {
 		return acpErr(http.StatusBadRequest, "Invalid JSON-RPC message")
@@ -606,23 +572,23 @@ func (f *front) acpPost(hx *hxIO, req *http.Request, body []byte) *reply {
 	a.inMu.Lock()
 	a.ep.Input(trim, time.Now())
 	a.inMu.Unlock()
-	return &reply{status: http.StatusAccepted, ctype: textType}
+	return &Reply{Status: http.StatusAccepted, CType: textType}
 }
 
 // acpOpen creates a connection for a POST initialize and parks the POST
 // until the hub answers it (from its cache, or once the agent has).
-func (f *front) openConn(hx *hxIO, req *http.Request, msg []byte, hd jsonrpc.Header, mcp bool) *reply {
+func (f *Front) openConn(hx Exchange, req *http.Request, msg []byte, hd jsonrpc.Header, mcp bool) *Reply {
 	label := "acp-http"
 	if mcp {
 		label = "mcp-http"
 	}
-	role, _, rp := f.authorize(req, label, true, hx.tls)
+	role, _, rp := f.Admit(req, label, true, hx.TLS())
 	if rp != nil {
 		return rp
 	}
 	tok, _ := auth.TokenFromRequest(req)
 	a := &acpConn{
-		f: f, mcp: mcp, id: newConnID(), token: sha256.Sum256([]byte(tok)),
+		f: f, mcp: mcp, id: NewConnID(), token: sha256.Sum256([]byte(tok)),
 		wake: make(chan struct{}, 1), quit: make(chan struct{}),
 		streams:  map[string]*acpStream{"": {}},
 		pending:  map[string]string{},
@@ -630,31 +596,24 @@ func (f *front) openConn(hx *hxIO, req *http.Request, msg []byte, hd jsonrpc.Hea
 		progTok:  map[string]string{},
 	}
 	a.active.Store(time.Now().UnixNano())
-	peer := hx.peer()
-	a.ep = delivery.NewEndpoint(&f.s.epc, a, label, peer, f.s.cfg.Metrics.outbox(f.s.log, func() string { return peer }))
-	a.initWait = &acpInitWait{c: hx.c, id: string(hd.ID)}
-	if hx.c != nil {
-		hx.p.parked = true
-		hx.p.path = req.URL.Path
-	} else {
-		hx.initCh = make(chan *reply, 1)
-		a.initWait.ch = hx.initCh
-	}
+	peer := hx.Peer()
+	a.ep = delivery.NewEndpoint(&f.cfg.Endpoint, a, label, peer, f.m.Outbox(peer))
+	a.initWait = &acpInitWait{answer: hx.Park(req.URL.Path), id: string(hd.ID)}
 	f.acp.mu.Lock()
 	f.acp.conns[a.id] = a
 	f.acp.mu.Unlock()
-	f.m.opened(label)
+	f.m.Opened(label)
 	go a.run()
 	a.ep.Register(role, nil)
-	f.s.log.Debug("streamable http connection open", "transport", label, "peer", peer, "id", a.id, "role", role.String())
+	f.log.Debug("streamable http connection open", "transport", label, "peer", peer, "id", a.id, "role", role.String())
 	a.inMu.Lock()
 	a.ep.Input(msg, time.Now())
 	a.inMu.Unlock()
 	return nil
 }
 
-func (f *front) acpGet(hx *hxIO, req *http.Request) (*reply, bool) {
-	if _, _, rp := f.authorize(req, "acp-http", true, hx.tls); rp != nil {
+func (f *Front) acpGet(hx Exchange, req *http.Request) (*Reply, bool) {
+	if _, _, rp := f.Admit(req, "acp-http", true, hx.TLS()); rp != nil {
 		return rp, false
 	}
 	if !strings.Contains(req.Header.Get("Accept"), "text/event-stream") {
@@ -678,17 +637,12 @@ func (f *front) acpGet(hx *hxIO, req *http.Request) (*reply, bool) {
 	return rp, done
 }
 
-// openStream makes c, whose request p just parsed, the receiver of a's
-// stream key: a second receiver is refused 409 unless it takes the stream
-// over (Last-Event-ID). Then c only writes SSE.
-func (f *front) openStream(hx *hxIO, a *acpConn, key string, takeover bool) (*reply, bool) {
-	var g streamSink
-	if hx.c != nil {
-		g = &acpSSEGet{a: a, key: key, c: hx.c, w: hx.p.w}
-	} else {
-		hx.sink = &httpSink{a: a, key: key, wake: make(chan struct{}, 1)}
-		g = hx.sink
-	}
+// openStream makes the exchange the receiver of a's stream key: a second
+// receiver is refused 409 unless it takes the stream over (Last-Event-ID).
+// Then the exchange only carries SSE.
+func (f *Front) openStream(hx Exchange, a *acpConn, key string, takeover bool) (*Reply, bool) {
+	s := &Stream{a: a, key: key}
+	s.sink = hx.Sink(s)
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -699,7 +653,7 @@ func (f *front) openStream(hx *hxIO, a *acpConn, key string, takeover bool) (*re
 		st = &acpStream{}
 		a.streams[key] = st
 	}
-	var old streamSink
+	var old Sink
 	if st.sink != nil {
 		if !takeover {
 			a.mu.Unlock()
@@ -707,53 +661,35 @@ func (f *front) openStream(hx *hxIO, a *acpConn, key string, takeover bool) (*re
 		}
 		old = st.sink
 	}
-	st.sink = g
+	st.sink = s.sink
 	a.mu.Unlock()
 	a.gets.Add(1)
 	a.active.Store(time.Now().UnixNano())
 	if old != nil {
-		old.notify() // sees it lost the stream and closes
+		old.Notify() // sees it lost the stream and closes
 	}
 	path := "/acp"
 	if a.mcp {
 		path = "/mcp"
 	}
-	f.m.request(path, http.StatusOK)
-	gg, ok := g.(*acpSSEGet)
-	if !ok {
-		return nil, true // the TLS handler writes the head and serves the stream
-	}
-	c, p := hx.c, hx.p
-	_, _ = c.gc.Write([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n" +
-		"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"))
-	c.proto = gg
-	p.w.deadline.Store(0)
-	p.w.acp = gg
-	p.w.kind.Store(watchACP)
-	f.m.closedConn("http")
-	f.m.opened(gg.name())
-	gg.notify()
+	f.m.Request(path, http.StatusOK)
+	s.sink.Open()
 	return nil, true
 }
 
-// resumeSession replays a session's events after seq from the log, as a
-// bridge/attach with since would; its answer is not shown to the client.
+// resumeSession replays a session's events after seq from the log, as
+// bridge/attach with since would (Hub.Attach: no answer to hide).
 func (a *acpConn) resumeSession(sid string, seq uint64) {
-	b := []byte(`{"jsonrpc":"2.0","id":"acp-resume-` + strconv.FormatUint(seq, 10) + `","method":"bridge/attach","params":{"sessionId":`)
-	b = wire.AppendString(b, sid)
-	b = append(b, `,"since":`...)
-	b = strconv.AppendUint(b, seq, 10)
-	b = append(b, "}}"...)
-	a.mu.Lock()
-	a.pending[`"acp-resume-`+strconv.FormatUint(seq, 10)+`"`] = "\x00drop"
-	a.mu.Unlock()
-	a.inMu.Lock()
-	a.f.s.hub.Handle(a.ep.Client(), b)
+	a.inMu.Lock() // in order with the connection's other input
+	err := a.f.hub.Attach(a.ep.Client(), sid, &seq, nil)
 	a.inMu.Unlock()
+	if err != nil {
+		a.f.log.Debug("acp session stream: no resume", "id", a.id, "session", sid, "since", seq, "err", err)
+	}
 }
 
-func (f *front) acpDelete(hx *hxIO, req *http.Request) *reply {
-	if _, _, rp := f.authorize(req, "acp-http", true, hx.tls); rp != nil {
+func (f *Front) acpDelete(hx Exchange, req *http.Request) *Reply {
+	if _, _, rp := f.Admit(req, "acp-http", true, hx.TLS()); rp != nil {
 		return rp
 	}
 	a, rp := f.acpLookup(req)
@@ -761,13 +697,5 @@ func (f *front) acpDelete(hx *hxIO, req *http.Request) *reply {
 		return rp
 	}
 	a.ep.Close(wire.CloseGoingAway, "DELETE")
-	return &reply{status: http.StatusAccepted, ctype: textType}
-}
-
-// pending reports whether the GET's stream holds something. Any goroutine.
-func (g *acpSSEGet) pending() bool {
-	g.a.mu.Lock()
-	defer g.a.mu.Unlock()
-	st := g.a.streams[g.key]
-	return st != nil && st.sink == g && len(st.buf) > 0 || g.a.closed
+	return &Reply{Status: http.StatusAccepted, CType: textType}
 }

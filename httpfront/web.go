@@ -1,4 +1,4 @@
-package loop
+package httpfront
 
 import (
 	"bytes"
@@ -30,13 +30,13 @@ const maxLoginBody = 4 << 10
 // pageReply is an HTML page with the page headers. Referrer-Policy is
 // same-origin, not no-referrer: under no-referrer a browser sends
 // "Origin: null" with the login form, which the Origin policy refuses.
-func pageReply(status int, body []byte, hdr ...string) *reply {
+func pageReply(status int, body []byte, hdr ...string) *Reply {
 	h := append([]string{"Content-Security-Policy", pageCSP, "Referrer-Policy", "same-origin", "X-Frame-Options", "DENY"}, hdr...)
-	return &reply{status: status, ctype: "text/html; charset=utf-8", body: body, hdr: h}
+	return &Reply{Status: status, CType: "text/html; charset=utf-8", Body: body, Hdr: h}
 }
 
 // loginPage is the login form with an optional message.
-func loginPage(status int, msg string, hdr ...string) *reply {
+func loginPage(status int, msg string, hdr ...string) *Reply {
 	a, _ := web.Lookup("login.html")
 	body := a.Body
 	if msg != "" {
@@ -61,7 +61,7 @@ func isUpgrade(r *http.Request) bool { return r.Header.Get("Upgrade") != "" }
 
 // web answers the dashboard's paths, or returns nil for a path it does not
 // serve. Any goroutine.
-func (f *front) web(r *http.Request, tls bool) *reply {
+func (f *Front) web(r *http.Request, tls bool) *Reply {
 	get := r.Method == http.MethodGet || r.Method == http.MethodHead
 	p := r.URL.Path
 	switch {
@@ -82,16 +82,16 @@ func (f *front) web(r *http.Request, tls bool) *reply {
 		if rp := f.formOrigin(r, tls); rp != nil {
 			return rp
 		}
-		return &reply{status: http.StatusSeeOther, ctype: textType, body: []byte("logged out\n"), hdr: []string{"Location", "/", "Set-Cookie", clearCookie(tls)}}
+		return &Reply{Status: http.StatusSeeOther, CType: textType, Body: []byte("logged out\n"), Hdr: []string{"Location", "/", "Set-Cookie", clearCookie(tls)}}
 	case strings.HasPrefix(p, "/ui/"):
 		if !get {
 			return notAllowed(r.Method, "GET, HEAD")
 		}
 		a, ok := web.Lookup(strings.TrimPrefix(p, "/ui/"))
 		if !ok || strings.HasSuffix(p, ".html") {
-			return textReply(http.StatusNotFound, "not found: "+p)
+			return Text(http.StatusNotFound, "not found: "+p)
 		}
-		return &reply{status: http.StatusOK, ctype: a.Type, body: a.Body}
+		return &Reply{Status: http.StatusOK, CType: a.Type, Body: a.Body}
 	}
 	return nil
 }
@@ -99,12 +99,12 @@ func (f *front) web(r *http.Request, tls bool) *reply {
 // page serves an HTML page to a browser holding a valid token (in the
 // cookie, or ?token= once: then the cookie is set and the browser
 // redirected to the URL without it); without one, the login form.
-func (f *front) page(r *http.Request, tls bool, name string) *reply {
+func (f *Front) page(r *http.Request, tls bool, name string) *Reply {
 	q := r.URL.Query()
 	if t := q.Get(auth.QueryParam); t != "" {
 		if _, ok := f.cfg.Tokens.Lookup(t); !ok {
-			f.m.refused("http", "bad token")
-			f.s.hub.AuditAuthFailure(r.RemoteAddr, "http", "token rejected")
+			f.m.Refused("http", "bad token")
+			f.hub.AuditAuthFailure(r.RemoteAddr, "http", "token rejected")
 			return loginPage(http.StatusUnauthorized, "That token was rejected.")
 		}
 		q.Del(auth.QueryParam)
@@ -112,8 +112,8 @@ func (f *front) page(r *http.Request, tls bool, name string) *reply {
 		if len(q) > 0 {
 			clean += "?" + q.Encode()
 		}
-		return &reply{status: http.StatusSeeOther, ctype: textType, body: []byte("see " + clean + "\n"),
-			hdr: []string{"Location", clean, "Set-Cookie", tokenCookie(t, tls), "Referrer-Policy", "no-referrer"}}
+		return &Reply{Status: http.StatusSeeOther, CType: textType, Body: []byte("see " + clean + "\n"),
+			Hdr: []string{"Location", clean, "Set-Cookie", tokenCookie(t, tls), "Referrer-Policy", "no-referrer"}}
 	}
 	tok, _ := auth.TokenFromRequest(r)
 	if tok == "" {
@@ -121,16 +121,16 @@ func (f *front) page(r *http.Request, tls bool, name string) *reply {
 	}
 	role, ok := f.cfg.Tokens.Lookup(tok)
 	if !ok {
-		f.m.refused("http", "bad token")
-		f.s.hub.AuditAuthFailure(r.RemoteAddr, "http", "token rejected")
+		f.m.Refused("http", "bad token")
+		f.hub.AuditAuthFailure(r.RemoteAddr, "http", "token rejected")
 		return loginPage(http.StatusUnauthorized, "Your token was rejected; log in again.", "Set-Cookie", clearCookie(tls))
 	}
 	if name == "terminal.html" {
 		if f.cfg.Terminal == nil {
-			return textReply(http.StatusNotFound, "the terminal is off: start the daemon with --terminal CMD (e.g. --terminal /bin/bash)")
+			return Text(http.StatusNotFound, "the terminal is off: start the daemon with --terminal CMD (e.g. --terminal /bin/bash)")
 		}
 		if role != auth.RoleClient && role != auth.RoleOperator {
-			return textReply(http.StatusForbidden, "the terminal is for client tokens (operator tokens may watch it); this token's role is "+role.String())
+			return Text(http.StatusForbidden, "the terminal is for client tokens (operator tokens may watch it); this token's role is "+role.String())
 		}
 	}
 	a, _ := web.Lookup(name)
@@ -139,17 +139,17 @@ func (f *front) page(r *http.Request, tls bool, name string) *reply {
 
 // formOrigin refuses a form post from a page of another origin (the same
 // policy as WebSocket handshakes).
-func (f *front) formOrigin(r *http.Request, tls bool) *reply {
+func (f *Front) formOrigin(r *http.Request, tls bool) *Reply {
 	if o := r.Header.Get("Origin"); !f.cfg.Origins.Allowed(o, r.Host, tls) {
-		f.m.refused("http", "origin")
-		f.s.hub.AuditAuthFailure(r.RemoteAddr, "http", "login form from a foreign origin")
-		return textReply(http.StatusForbidden, "a form from origin "+strings.ReplaceAll(o, "\n", "")+" may not log in here")
+		f.m.Refused("http", "origin")
+		f.hub.AuditAuthFailure(r.RemoteAddr, "http", "login form from a foreign origin")
+		return Text(http.StatusForbidden, "a form from origin "+strings.ReplaceAll(o, "\n", "")+" may not log in here")
 	}
 	return nil
 }
 
 // login checks the form's token and sets the cookie.
-func (f *front) login(r *http.Request, tls bool) *reply {
+func (f *Front) login(r *http.Request, tls bool) *Reply {
 	if rp := f.formOrigin(r, tls); rp != nil {
 		return rp
 	}
@@ -166,15 +166,15 @@ func (f *front) login(r *http.Request, tls bool) *reply {
 		return loginPage(http.StatusBadRequest, "Paste a token into the form.")
 	}
 	if _, ok := f.cfg.Tokens.Lookup(tok); !ok {
-		f.m.refused("http", "bad token")
-		f.s.hub.AuditAuthFailure(r.RemoteAddr, "http", "login: token rejected")
+		f.m.Refused("http", "bad token")
+		f.hub.AuditAuthFailure(r.RemoteAddr, "http", "login: token rejected")
 		return loginPage(http.StatusUnauthorized, "That token was rejected.")
 	}
-	return &reply{status: http.StatusSeeOther, ctype: textType, body: []byte("logged in\n"), hdr: []string{"Location", "/", "Set-Cookie", tokenCookie(tok, tls)}}
+	return &Reply{Status: http.StatusSeeOther, CType: textType, Body: []byte("logged in\n"), Hdr: []string{"Location", "/", "Set-Cookie", tokenCookie(tok, tls)}}
 }
 
-// formBody reports whether the gnet path reads r's body itself (the login
+// FormBody reports whether the gnet path reads r's body itself (the login
 // form, at most maxLoginBody bytes) rather than discarding it.
-func formBody(r *http.Request) bool {
+func FormBody(r *http.Request) bool {
 	return r.Method == http.MethodPost && r.URL.Path == "/login" && r.ContentLength > 0 && r.ContentLength <= maxLoginBody && len(r.TransferEncoding) == 0
 }

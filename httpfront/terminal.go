@@ -1,4 +1,4 @@
-package loop
+package httpfront
 
 import (
 	"encoding/json"
@@ -20,30 +20,30 @@ import (
 // attachment) and a writer (the queue to the socket, pings, our close).
 // The same checks and the same terminal.Attachment as the gnet path.
 
-func (f *front) serveTerminalTLS(w http.ResponseWriter, r *http.Request) {
-	refuse := func(rp *reply) {
-		rp.close = true
-		rp.serve(w, false)
-		f.m.request("/terminal", rp.status)
+func (f *Front) serveTerminalTLS(w http.ResponseWriter, r *http.Request) {
+	refuse := func(rp *Reply) {
+		rp.Close = closeAfter(r)
+		rp.Serve(w, false)
+		f.m.Request("/terminal", rp.Status)
 	}
-	role, sub, rp := f.authorize(r, "terminal", true, true)
+	role, sub, rp := f.Admit(r, "terminal", true, true)
 	if rp != nil {
 		refuse(rp)
 		return
 	}
 	tok, _ := auth.TokenFromRequest(r)
-	if rp := f.terminalRefusal(r, r.RemoteAddr, role, tok, true); rp != nil {
+	if rp := f.TerminalRefusal(r, r.RemoteAddr, role, tok, true); rp != nil {
 		refuse(rp)
 		return
 	}
 	if status, why := ws.CheckHandshake(r); status != 0 {
-		f.m.refused("terminal", "handshake")
-		refuse(textReply(status, why))
+		f.m.Refused("terminal", "handshake")
+		refuse(Text(status, why))
 		return
 	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
-		refuse(textReply(http.StatusInternalServerError, "this connection cannot be upgraded"))
+		refuse(Text(http.StatusInternalServerError, "this connection cannot be upgraded"))
 		return
 	}
 	nc, brw, err := hj.Hijack()
@@ -55,16 +55,16 @@ func (f *front) serveTerminalTLS(w http.ResponseWriter, r *http.Request) {
 		nc.Close()
 		return
 	}
-	f.m.request("/terminal", http.StatusSwitchingProtocols)
-	f.m.opened("terminal")
-	f.httpStreams.Add(1)
+	f.m.Request("/terminal", http.StatusSwitchingProtocols)
+	f.m.Opened("terminal")
+	f.streams.Add(1)
 	p := &tlsTermPeer{f: f, nc: nc, wake: make(chan struct{}, 1), done: make(chan struct{})}
-	att, err := f.cfg.Terminal.Attach(f.termInfo(r, r.RemoteAddr, role, tok, true), p)
+	att, err := f.cfg.Terminal.Attach(f.TermInfo(r, r.RemoteAddr, role, tok, true), p)
 	if err != nil {
 		_, _ = nc.Write(ws.AppendClose(nil, ws.CloseGoingAway, err.Error()))
 		nc.Close()
-		f.httpStreams.Add(-1)
-		f.m.closedConn("terminal")
+		f.streams.Add(-1)
+		f.m.ClosedConn("terminal")
 		return
 	}
 	p.att = att
@@ -77,12 +77,12 @@ func (f *front) serveTerminalTLS(w http.ResponseWriter, r *http.Request) {
 
 // tlsTermPeer is a hijacked TLS connection attached to a terminal.
 type tlsTermPeer struct {
-	f   *front
+	f   *Front
 	nc  net.Conn
 	att *terminal.Attachment
 
 	mu     sync.Mutex
-	q      []termFrame
+	q      []tlsFrame
 	code   ws.CloseCode // set once closing
 	reason string
 	closed bool
@@ -100,7 +100,7 @@ func (p *tlsTermPeer) enqueue(op ws.Opcode, b []byte) {
 		p.mu.Unlock()
 		return
 	}
-	p.q = append(p.q, termFrame{op, b})
+	p.q = append(p.q, tlsFrame{op, b})
 	p.mu.Unlock()
 	p.queued.Add(int64(len(b)))
 	p.poke()
@@ -172,7 +172,7 @@ func (p *tlsTermPeer) writeLoop() {
 			_ = p.nc.SetWriteDeadline(time.Now().Add(2 * p.f.cfg.Heartbeat))
 			_, err := p.nc.Write(buf)
 			p.queued.Add(-int64(n))
-			p.f.m.out("terminal", len(q), n)
+			p.f.m.Out("terminal", len(q), n)
 			if p.att != nil {
 				p.att.Drained(p.Backlog())
 			}
@@ -193,11 +193,11 @@ func (p *tlsTermPeer) readLoop(pre []byte) {
 		<-p.done
 		p.nc.Close()
 		p.att.Detach()
-		p.f.httpStreams.Add(-1)
-		p.f.m.closedConn("terminal")
+		p.f.streams.Add(-1)
+		p.f.m.ClosedConn("terminal")
 	}()
 	var rd ws.Reader
-	rd.MaxMessage = termMaxMessage
+	rd.MaxMessage = TermMaxMessage
 	rd.RequireMask = true
 	buf := append(make([]byte, 0, 32<<10), pre...)
 	for {
@@ -208,7 +208,7 @@ func (p *tlsTermPeer) readLoop(pre []byte) {
 			if err != nil {
 				var pe *ws.ProtocolError
 				if errors.As(err, &pe) {
-					p.f.m.protocolError(uint16(pe.Code))
+					p.f.m.ProtocolError(uint16(pe.Code))
 				}
 				code := ws.CloseProtocolError
 				if pe != nil {
@@ -222,13 +222,13 @@ func (p *tlsTermPeer) readLoop(pre []byte) {
 			}
 			switch ev.Kind {
 			case ws.EventBinary:
-				p.f.m.in("terminal", len(ev.Payload))
+				p.f.m.In("terminal", len(ev.Payload))
 				if errors.Is(p.att.Input(ev.Payload), terminal.ErrInputFull) {
 					p.closeWith(ws.ClosePolicyViolation, terminal.ErrInputFull.Error())
 					return
 				}
 			case ws.EventText:
-				var m resizeMsg
+				var m Resize
 				if json.Unmarshal(ev.Payload, &m) != nil || m.Type != "resize" {
 					p.closeWith(ws.CloseUnsupportedData, `text messages are {"type":"resize","cols":C,"rows":R}`)
 					return
@@ -260,4 +260,49 @@ func (p *tlsTermPeer) readLoop(pre []byte) {
 			return
 		}
 	}
+}
+
+// tlsFrame is one queued message to a TLS terminal peer.
+type tlsFrame struct {
+	op ws.Opcode
+	b  []byte
+}
+
+var pingFrame = ws.AppendFrame(nil, true, ws.OpPing, nil)
+
+// TermMaxMessage bounds one message from the browser (a paste).
+const TermMaxMessage = 1 << 20
+
+// Resize is the one text message the browser sends a terminal.
+type Resize struct {
+	Type string `json:"type"`
+	Cols int    `json:"cols"`
+	Rows int    `json:"rows"`
+}
+
+// TerminalRefusal is the HTTP answer to a /terminal request that may not
+// attach, or nil. Any goroutine.
+func (f *Front) TerminalRefusal(r *http.Request, peer string, role auth.Role, tok string, tls bool) *Reply {
+	if f.cfg.Terminal == nil {
+		return Text(http.StatusNotFound, "the terminal is off: start the daemon with --terminal CMD (e.g. --terminal /bin/bash) to enable GET /terminal")
+	}
+	err := f.cfg.Terminal.Check(f.TermInfo(r, peer, role, tok, tls))
+	switch {
+	case errors.Is(err, terminal.ErrForbidden):
+		return Text(http.StatusForbidden, "the terminal is for client tokens (operator tokens may watch it); this token's role is "+role.String())
+	case errors.Is(err, terminal.ErrNothingToWatch):
+		return Text(http.StatusNotFound, "no terminal is running to watch: a client token opens one")
+	case err != nil:
+		return Text(http.StatusInternalServerError, err.Error())
+	}
+	return nil
+}
+
+// TermInfo is what the terminal manager is told of a /terminal request.
+func (f *Front) TermInfo(r *http.Request, peer string, role auth.Role, tok string, tls bool) terminal.Info {
+	transport := "ws"
+	if tls {
+		transport = "wss"
+	}
+	return terminal.Info{Role: role, Token: tok, Peer: peer, Transport: transport, Watch: r.URL.Query().Get("watch")}
 }

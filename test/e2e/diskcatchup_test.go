@@ -1,0 +1,142 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCatchupFromDisk: with --state-dir and a memory budget (1 MiB) far
+// below a 100,000-event flood (~15 MB), an owner reading at half the
+// agent's speed falls behind what memory holds and is fed from disk: it
+// gets every event, in order, without a gap or a disconnect. A client
+// attaching afterwards with since=0 and an SSE stream resuming with
+// Last-Event-ID get the whole history from disk the same way.
+func TestCatchupFromDisk(t *testing.T) {
+	const (
+		calib = 10000
+		flood = 100000
+		total = calib + flood
+	)
+	d := bpDaemon(t, append([]string{"--state-dir", t.TempDir(), "--replay-memory", "1048576", "--tokens", writeTokens(t)}, fakeAgentCmd()...)...)
+	own := bpDial(t, d.sock, "owner", 1<<16).start()
+	own.call("hello", "bridge/hello", map[string]any{"envelope": true})
+	own.call("init", "initialize", map[string]any{})
+	var nw struct {
+		SessionID string `json:"sessionId"`
+	}
+	if err := json.Unmarshal(own.call("new", "session/new", map[string]any{}), &nw); err != nil || nw.SessionID == "" {
+		t.Fatalf("session/new: %v", err)
+	}
+	sid := nw.SessionID
+	own.watch(sid)
+
+	start := time.Now()
+	own.send("calib", "stream", map[string]any{"sessionId": sid, "n": calib, "size": 0, "every": 1000})
+	bpWait(t, time.Minute, "the calibration flood", func() bool { return own.next.Load() > calib })
+	rate := int64(float64(calib) / time.Since(start).Seconds())
+	bpWait(t, 10*time.Second, "the calibration answered", func() bool { _, ok := own.response("calib"); return ok })
+	own.rate.Store(max(rate/2, 1000))
+	own.setMode(peerRated)
+	t.Logf("agent and reader at full speed: %d events/s; the owner now reads %d events/s", rate, own.rate.Load())
+
+	own.send("flood", "stream", map[string]any{"sessionId": sid, "n": flood, "size": 0, "every": 1000})
+	deadline := time.Now().Add(4 * time.Minute)
+	for own.next.Load() <= total {
+		own.check()
+		if _, _, rerr := own.snapshot(); rerr != nil {
+			t.Fatalf("the owner's stream ended at seq %d: %v", own.next.Load()-1, rerr)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the owner read only up to seq %d of %d", own.next.Load()-1, total)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	own.check()
+	if gaps, sums, rerr := own.snapshot(); len(gaps) > 0 || len(sums) > 0 || rerr != nil {
+		t.Fatalf("owner: gaps %v, summaries %v, read error %v", gaps, sums, rerr)
+	}
+	if got := own.events.Load(); got != total {
+		t.Fatalf("owner got %d events, want %d", got, total)
+	}
+	if n := d.metric(t, "agentbridge_hub_lagged_total"); n < 1 {
+		t.Fatalf("the owner never fell behind: the test proves nothing")
+	}
+	if b := d.metric(t, "agentbridge_replay_bytes"); b > 1<<20 {
+		t.Fatalf("memory logs hold %v bytes, over --replay-memory", b)
+	}
+
+	// A late client asks for everything: memory holds the last few
+	// thousand events, disk the rest.
+	late := bpDial(t, d.sock, "late", 1<<16).start()
+	late.call("hello", "bridge/hello", map[string]any{"envelope": true})
+	late.watch(sid)
+	var at struct {
+		Seq      uint64 `json:"seq"`
+		Replayed int    `json:"replayed"`
+	}
+	if err := json.Unmarshal(late.call("attach", "bridge/attach", map[string]any{"sessionId": sid, "since": 0}), &at); err != nil || at.Seq != total || at.Replayed != total {
+		t.Fatalf("attach since 0: %+v %v; want seq and replayed %d", at, err, total)
+	}
+	bpWait(t, time.Minute, "the late client's replay", func() bool { late.check(); return late.next.Load() > total })
+	if gaps, _, rerr := late.snapshot(); len(gaps) > 0 || rerr != nil || late.events.Load() != total {
+		t.Fatalf("late client: %d events, gaps %v, read error %v", late.events.Load(), gaps, rerr)
+	}
+
+	// An SSE stream resuming from seq 5 reads the rest from disk too.
+	req, _ := http.NewRequest("GET", "http://"+d.listen+"/events?session="+sid, nil)
+	req.Header.Set("Authorization", "Bearer "+e2eViewerToken)
+	req.Header.Set("Last-Event-ID", "5")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("SSE: %s", resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	want := 6
+	done := make(chan struct{})
+	timer := time.AfterFunc(time.Minute, func() { resp.Body.Close() })
+	defer timer.Stop()
+	go func() {
+		defer close(done)
+		for want <= total && sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.HasPrefix(line, "id: "):
+				if line[4:] != strconv.Itoa(want) {
+					t.Errorf("SSE event id %s, want %d", line[4:], want)
+					return
+				}
+				want++
+			case strings.HasPrefix(line, "event: bridge/gap"):
+				t.Errorf("SSE gap before event %d", want)
+				return
+			}
+		}
+	}()
+	<-done
+	if want != total+1 {
+		t.Fatalf("SSE stream stopped before event %d (of %d): %v", want, total, sc.Err())
+	}
+}
+
+// writeTokens writes netDaemon's tokens file (a client and a viewer) for a
+// daemon started another way.
+func writeTokens(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(p, []byte("client "+e2eClientToken+"\nviewer "+e2eViewerToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
