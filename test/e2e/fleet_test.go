@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,8 +19,15 @@ import (
 // no network and no installed server.
 func startNATS(t *testing.T) string {
 	t.Helper()
+	return runNATS(t, t.TempDir(), -1).ClientURL()
+}
+
+// runNATS runs a NATS server with JetStream on 127.0.0.1:port (-1: a free
+// one) with its store in dir, shut down at the test's end.
+func runNATS(t *testing.T, dir string, port int) *natsserver.Server {
+	t.Helper()
 	ns, err := natsserver.NewServer(&natsserver.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir,
 		NoLog: true, NoSigs: true, JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 4 << 30,
 	})
 	if err != nil {
@@ -30,7 +38,7 @@ func startNATS(t *testing.T) string {
 		t.Fatal("NATS server not ready within 10s")
 	}
 	t.Cleanup(ns.Shutdown)
-	return ns.ClientURL()
+	return ns
 }
 
 // fleetNode starts `serve --nats` as node name of fleet, running the demo
@@ -477,6 +485,55 @@ func TestFleetNodeRestart(t *testing.T) {
 	}
 	if next < end1+10 {
 		t.Fatalf("B got events %d..%d of the second turn before its answer", end1+1, next-1)
+	}
+}
+
+// TestFleetNATSCut: NATS is stopped for 2 s while A's session streams to
+// viewers attached on B and C, then started again on its store: both
+// viewers get every event of the turn exactly once, in order, with no gap,
+// and the owner's prompt on A completes.
+func TestFleetNATSCut(t *testing.T) {
+	dir := t.TempDir()
+	ns := runNATS(t, dir, -1)
+	url := ns.ClientURL()
+	port := ns.Addr().(*net.TCPAddr).Port
+	fleet := fmt.Sprintf("t%d", time.Now().UnixNano())
+	a := startDaemon(t, "--nats", url, "--node", "A", "--fleet", fleet,
+		"--", binPath, "demo-agent", "--chunks", "300", "--pace", "15ms", "--tool-calls", "0")
+	b := fleetNode(t, url, fleet, "B")
+	c := fleetNode(t, url, fleet, "C")
+	owner := dial(t, a)
+	acpInit(t, owner, 1)
+	sid, _ := field(owner.call(1, "session/new", map[string]any{"cwd": "/tmp", "mcpServers": []any{}}), "result", "sessionId").(string)
+	var viewers []*client
+	for _, d := range []*daemon{b, c} {
+		v := dial(t, d)
+		id := 0
+		waitListed(v, &id, sid, "node A", func(m map[string]any) bool { return m["node"] == "A" })
+		v.call(100, "bridge/hello", map[string]any{"envelope": true})
+		v.call(101, "bridge/attach", map[string]any{"sessionId": sid, "since": 0})
+		viewers = append(viewers, v)
+	}
+	owner.request(2, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "stream"}}})
+	events(viewers[0], sid, 1, 50) // mid-stream on B
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	time.Sleep(2 * time.Second) // the outage itself
+	runNATS(t, dir, port)
+	if pr, _ := owner.response(2, 30*time.Second); field(pr, "result", "stopReason") != "end_turn" {
+		t.Fatalf("A's prompt across the NATS outage: %v", pr)
+	}
+	oid := 10
+	end := uint64(listed(owner, &oid, sid)["seq"].(float64))
+	if end < 300 {
+		t.Fatalf("A's session seq %d after a 300-chunk turn", end)
+	}
+	onB := events(viewers[0], sid, 51, end)
+	onC := events(viewers[1], sid, 1, end)
+	for seq := uint64(51); seq <= end; seq++ {
+		if onB[seq] != onC[seq] {
+			t.Fatalf("seq %d: B got %s, C got %s", seq, onB[seq], onC[seq])
+		}
 	}
 }
 
