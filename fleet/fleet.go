@@ -410,14 +410,19 @@ func (f *Fleet) refresh() {
 func (f *Fleet) expire() {
 	ttl := 3 * f.cfg.Refresh
 	now := time.Now()
+	gone := map[string]bool{}
 	f.mmu.Lock()
-	defer f.mmu.Unlock()
 	for sid, m := range f.mirrors {
 		if !m.stale && now.Sub(m.seen) > ttl {
 			m.stale = true
 			f.log.Warn("fleet: a remote session's node stopped refreshing it; marked blocked", "session", sid, "node", m.node)
 			f.hub.Mirror(sid, m.node, session.StatusBlocked)
+			gone[m.node] = true
 		}
+	}
+	f.mmu.Unlock()
+	for node := range gone {
+		f.failPending(node) // forward.go
 	}
 }
 

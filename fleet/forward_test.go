@@ -77,7 +77,7 @@ func TestDeliveryWaitsForMirror(t *testing.T) {
 	h := &seqHub{delivered: make(chan string, 1)}
 	f := &Fleet{cfg: Config{Node: "B"}, log: slog.Default(), ctx: context.Background()}
 	f.fw.hub = h
-	f.fw.pending = map[uint64]map[string]string{}
+	f.fw.pending = map[uint64]map[string]string{1: {"1": "A"}} // request 1 of conn 1 went to A
 	msg := nats.NewMsg(f.outSubject("B"))
 	msg.Header.Set(hdrConn, "1")
 	msg.Header.Set(hdrAfter, Encode("s1")+":5")

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -420,8 +421,11 @@ func TestFleetNodeDeath(t *testing.T) {
 // TestFleetNodeRestart: node A, SIGKILLed and started again (a new
 // process, the same --node), re-loads its session into its new agent with
 // the recorded cwd and mcpServers (the demo agent keeps session ids on
-// disk, as real agents do); B's attached client sees blocked, then idle,
-// and prompts again: every event of the new turn, numbered on from the
+// disk, as real agents do). B's attached client, whose prompt was in
+// flight on A (waiting for the owner's permission) when A died, gets
+// -32003 naming A, sees blocked, then idle after the restart, and prompts
+// again: its stand-in on A is now the owner and answers the permission
+// request, and it gets every event of the new turn, numbered on from the
 // first turn's, exactly once and before the answer.
 func TestFleetNodeRestart(t *testing.T) {
 	url := startNATS(t)
@@ -429,14 +433,21 @@ func TestFleetNodeRestart(t *testing.T) {
 	kept := t.TempDir()
 	nodeA := func() *daemon {
 		return startDaemon(t, "--nats", url, "--node", "A", "--fleet", fleet,
-			"--", binPath, "demo-agent", "--chunks", "10", "--pace", "2ms", "--tool-calls", "0", "--sessions-dir", kept)
+			"--", binPath, "demo-agent", "--chunks", "10", "--pace", "2ms", "--tool-calls", "1", "--permission", "--sessions-dir", kept)
+	}
+	isPerm := func(m map[string]any) bool { return m["method"] == "session/request_permission" }
+	allow := func(cl *client, perm map[string]any) {
+		cl.send(map[string]any{"jsonrpc": "2.0", "id": perm["id"], "result": map[string]any{"outcome": map[string]any{"outcome": "selected", "optionId": "allow"}}})
 	}
 	a := nodeA()
 	b := fleetNode(t, url, fleet, "B")
 	owner := dial(t, a)
 	acpInit(t, owner, 1)
 	sid, _ := field(owner.call(1, "session/new", map[string]any{"cwd": "/tmp", "mcpServers": []any{}}), "result", "sessionId").(string)
-	if pr := owner.call(2, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "one"}}}); field(pr, "result", "stopReason") != "end_turn" {
+	owner.request(2, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "one"}}})
+	perm, _ := owner.waitFor(wait, "the first permission request on A", isPerm)
+	allow(owner, perm)
+	if pr, _ := owner.response(2, wait); field(pr, "result", "stopReason") != "end_turn" {
 		t.Fatalf("first prompt on A: %v", pr)
 	}
 	oid := 10
@@ -450,6 +461,9 @@ func TestFleetNodeRestart(t *testing.T) {
 	bc.call(2, "bridge/attach", map[string]any{"sessionId": sid, "since": 0})
 	events(bc, sid, 1, end1)
 
+	// B's prompt waits on A for the owner's permission when A dies.
+	bc.request(19, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "lost"}}})
+	owner.waitFor(wait, "the permission request of B's prompt on A", isPerm)
 	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -459,32 +473,51 @@ func TestFleetNodeRestart(t *testing.T) {
 			return m["method"] == "bridge/status" && field(m, "params", "sessionId") == sid && field(m, "params", "status") == st
 		}
 	}
-	bc.waitFor(15*time.Second, "bridge/status blocked", isStatus("blocked"))
+	// blocked is announced, then the forwarded prompt is failed.
+	lost, seen := bc.response(19, 15*time.Second)
+	if errCode(lost) != -32003 || !strings.Contains(fmt.Sprint(field(lost, "error", "message")), `"A"`) {
+		t.Fatalf("B's prompt in flight when A died: %v, want -32003 naming A", lost)
+	}
+	if !slices.ContainsFunc(seen, isStatus("blocked")) {
+		t.Fatalf("no bridge/status blocked before the -32003: %s", brief(seen))
+	}
 	a2 := nodeA()
 	bc.waitFor(30*time.Second, "bridge/status idle after A's restart", isStatus("idle"))
 	if !a2.waitLog("re-loaded this node's sessions", wait) || !strings.Contains(a2.logs(), "loaded=1") {
 		t.Fatalf("A did not log re-loading its session:\n%s", a2.logs())
 	}
+	// The first turn's events and the dead prompt's (all in the stream)
+	// are B's history; the new turn numbers on from them.
+	end2 := uint64(waitListed(bc, &bid, sid, "idle", func(m map[string]any) bool { return m["status"] == "idle" })["seq"].(float64))
 
 	bc.request(20, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "two"}}})
-	pr, seen := bc.response(20, wait)
+	perm, seen = bc.waitFor(wait, "the permission request on B after A's restart", isPerm)
+	if id, _ := perm["id"].(string); !strings.HasPrefix(id, "fleet/A/") {
+		t.Fatalf("B's permission request has id %v, want a fleet/A/ id", perm["id"])
+	}
+	allow(bc, perm)
+	pr, more := bc.response(20, wait)
 	if field(pr, "result", "stopReason") != "end_turn" {
 		t.Fatalf("B's prompt after A's restart: %v", pr)
 	}
-	next := end1 + 1
-	for _, m := range seen {
+	next := end2 + 1
+	for _, m := range append(seen, more...) {
 		switch m["method"] {
 		case "bridge/gap":
 			t.Fatalf("B got a gap after A's restart: %v", m)
 		case "bridge/event":
-			if seq := uint64(field(m, "params", "seq").(float64)); seq != next {
+			seq := uint64(field(m, "params", "seq").(float64))
+			if seq <= end2 {
+				continue // the dead prompt's last events, still arriving from the stream
+			}
+			if seq != next {
 				t.Fatalf("B got seq %d after A's restart, want %d (a hole or a duplicate)", seq, next)
 			}
 			next++
 		}
 	}
-	if next < end1+10 {
-		t.Fatalf("B got events %d..%d of the second turn before its answer", end1+1, next-1)
+	if next < end2+10 {
+		t.Fatalf("B got events %d..%d of the second turn before its answer", end2+1, next-1)
 	}
 }
 
