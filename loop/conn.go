@@ -9,6 +9,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/agentbridge/agentbridge/breaker"
 	"github.com/agentbridge/agentbridge/codec/jsonrpc"
 	"github.com/agentbridge/agentbridge/delivery"
 	"github.com/agentbridge/agentbridge/wire"
@@ -55,7 +56,14 @@ type conn struct {
 	// Owned by the event loop.
 	closeBy int64 // UnixNano: a close waiting for gnet's buffer to drain; 0 when none
 	held    bool  // the reader stopped handing input over: answers pile up (holdInput)
-	lastOut int   // gnet's outbound buffer at the previous Backlog
+	lastOut int   // what was held for the peer at the previous Backlog
+	// pending are whole frames the kernel did not take, kept by reference
+	// (the shared frame bytes, not a copy) instead of in gnet's buffer,
+	// which would copy them: a peer that stops reading holds at most the
+	// tail of one frame in gnet. pendingN is their bytes.
+	pending  [][]byte
+	pendingN int
+	toGnet   bool // closing: everything goes through gnet's buffer
 	// Re-wake backoff while gnet's buffer stays over its watermark; see
 	// Server.rewake.
 	wakeAt   int64        // UnixNano; guarded by srv.mu
@@ -71,27 +79,128 @@ func (c *conn) Wake() { c.srv.wake(c) }
 // Frame is the protocol's framing of m. Event loop only.
 func (c *conn) Frame(m *wire.Msg) []byte { return c.proto.frame(m) }
 
-// Write hands whole frames to gnet in one writev. Event loop only.
+// Write writes whole frames with one writev. While gnet holds nothing
+// for the peer the socket is written directly; what the kernel does not
+// take stays pending by reference, and only the tail of a frame it took
+// in part goes to gnet's buffer (a copy), so the frame is finished in
+// order and gnet wakes for the socket's space. Otherwise (gnet holds
+// bytes, or the connection is closing) the frames queue behind. The
+// frames must therefore stay valid after Write returns (shared message
+// encodings, or SSE events built per write); a terminal's, which are not,
+// go to gnet as before. Event loop only.
 func (c *conn) Write(frames [][]byte) error {
-	n, err := c.gc.Writev(frames)
-	if err != nil {
-		return err // gnet closed the connection; OnClose follows
+	total := 0
+	for _, f := range frames {
+		total += len(f)
 	}
-	c.srv.cfg.Metrics.out(c.proto.name(), len(frames), n)
-	if c.wakeStep.Load() != 0 {
-		c.wakeStep.Store(0) // the peer takes again: no backoff
+	c.srv.cfg.Metrics.out(c.proto.name(), len(frames), total)
+	if _, term := c.proto.(*termProto); c.toGnet || term {
+		// A terminal's frames are scratch, reused once Write returns:
+		// they cannot be kept by reference.
+		_, err := c.gc.Writev(frames)
+		return err
+	}
+	if len(c.pending) > 0 || c.gc.OutboundBuffered() > 0 {
+		c.pending = append(c.pending, frames...)
+		c.pendingN += total
+		return nil
+	}
+	rest, err := c.writeDirect(frames, total)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		c.pending = append(c.pending[:0], rest...)
+		for _, f := range rest {
+			c.pendingN += len(f)
+		}
 	}
 	return nil
 }
 
-// Backlog is what gnet holds for the peer. gnet keeps only what the kernel
-// did not take, so anything held means the peer is not keeping up: no more
-// is handed to gnet (what a connection that stops draining costs is one
-// write pass, not a watermark's worth), and the connection is re-woken
-// later, with backoff, to write again or to notice the stall deadline.
-// Event loop only.
+// writeDirect writes frames (total bytes) to the socket and returns the
+// whole frames it did not take; the tail of one taken in part is handed to
+// gnet. A write error closes the connection. Event loop only, while gnet
+// holds nothing for the peer.
+func (c *conn) writeDirect(frames [][]byte, total int) ([][]byte, error) {
+	n, err := unix.Writev(c.gc.Fd(), frames)
+	if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+		_ = c.gc.Close()
+		return nil, err
+	}
+	if n > 0 && c.wakeStep.Load() != 0 {
+		c.wakeStep.Store(0) // the peer takes again: no backoff
+	}
+	if n >= total {
+		return nil, nil
+	}
+	n = max(n, 0)
+	i := 0
+	for ; n >= len(frames[i]); i++ {
+		n -= len(frames[i])
+	}
+	if n > 0 {
+		// gnet copies the tail and writes it when the socket has room.
+		if _, err := c.gc.Write(frames[i][n:]); err != nil {
+			return nil, err
+		}
+		i++
+	}
+	return frames[i:], nil
+}
+
+// writePending writes what is pending, once gnet holds nothing. Event
+// loop only.
+func (c *conn) writePending() error {
+	for len(c.pending) > 0 && c.gc.OutboundBuffered() == 0 {
+		batch := c.pending[:min(len(c.pending), 512)]
+		size := 0
+		for _, f := range batch {
+			size += len(f)
+		}
+		rest, err := c.writeDirect(batch, size)
+		if err != nil {
+			return err
+		}
+		taken := len(batch) - len(rest)
+		for _, f := range c.pending[:taken] {
+			c.pendingN -= len(f)
+		}
+		clear(c.pending[:taken])
+		c.pending = c.pending[taken:]
+		if len(rest) > 0 {
+			break
+		}
+	}
+	if len(c.pending) == 0 {
+		c.pending, c.pendingN = nil, 0 // a stalled peer's array is not kept
+	}
+	return nil
+}
+
+// toGnetAll hands what is pending to gnet and routes every later write
+// through it: a close writes its farewell after everything (gnet's buffer
+// is where closeAtBoundary waits for the peer). Event loop only.
+func (c *conn) toGnetAll() {
+	c.toGnet = true
+	if len(c.pending) > 0 {
+		_, _ = c.gc.Writev(c.pending)
+		c.pending, c.pendingN = nil, 0
+	}
+}
+
+// Backlog is what is held for the peer: in gnet's buffer and pending.
+// Both keep only what the kernel did not take, so anything held means the
+// peer is not keeping up: nothing more is written (what a connection that
+// stops draining costs is one write pass, held by reference, not a
+// watermark's worth), and the connection is re-woken later, with
+// backoff, to write again (what is pending first) or to notice the stall
+// deadline. Event loop only.
 func (c *conn) Backlog() (int, bool) {
-	n := c.gc.OutboundBuffered()
+	if len(c.pending) > 0 {
+		_ = c.writePending() // an error closed the connection
+	}
+	n := c.gc.OutboundBuffered() + c.pendingN
 	if n > 0 {
 		if n < c.lastOut {
 			// The peer is reading: come back soon, no backoff. Only a
@@ -124,6 +233,7 @@ func (c *conn) closing() bool { return c.ep.Closing() }
 
 // finish runs on the loop: final drain, farewell, close.
 func (c *conn) finish() error {
+	c.toGnetAll()
 	_ = c.ep.Final()
 	r, detail := c.ep.Reason()
 	if b := c.proto.farewell(r, detail); b != nil {
@@ -187,8 +297,28 @@ func (s *Server) endpointConfig() delivery.EndpointConfig {
 
 // newEndpoint makes c's endpoint.
 func (s *Server) newEndpoint(c *conn, transport, peer string) {
-	c.ep = delivery.NewEndpoint(&s.epc, c, transport, peer, s.cfg.Metrics.outbox(s.log, func() string { return peer }))
+	c.ep = delivery.NewEndpoint(&s.epc, c, transport, peer, (*connMetrics)(c))
 }
+
+// connMetrics is a connection seen as its outbox's delivery.Metrics: the
+// conversion allocates nothing, where an adapter value would cost every
+// idle connection one more object. Rare paths build the adapter on the
+// stack.
+type connMetrics conn
+
+var _ delivery.Metrics = (*connMetrics)(nil)
+
+func (m *connMetrics) adapter() outboxMetrics {
+	return outboxMetrics{m: &m.srv.cfg.Metrics.bp, log: m.srv.log, peer: m.ep.Peer}
+}
+
+func (m *connMetrics) Lost(reason string, n uint64)      { m.adapter().Lost(reason, n) }
+func (m *connMetrics) Transition(from, to breaker.State) { m.adapter().Transition(from, to) }
+func (m *connMetrics) Degraded(on bool)                  { m.adapter().Degraded(on) }
+func (m *connMetrics) Summary()                          { m.adapter().Summary() }
+func (m *connMetrics) Gap()                              { m.adapter().Gap() }
+func (m *connMetrics) Closed(r wire.CloseReason)         { m.adapter().Closed(r) }
+func (m *connMetrics) Queue(items, dataBytes int)        { m.adapter().Queue(items, dataBytes) }
 
 // Re-waking connections whose gnet buffer is over its watermark: gnet has
 // no writable callback, so the server's tick wakes them. A peer that keeps
@@ -230,13 +360,19 @@ func (s *Server) rewake(now time.Time) {
 	s.mu.Unlock()
 }
 
+// unixConn is a Unix-socket connection and its protocol in one allocation
+// (an idle connection's footprint is what 10,000 of them cost).
+type unixConn struct {
+	conn
+	p ndjsonProto
+}
+
 // OnOpen accepts a connection: Unix-socket peers are checked by uid and
 // registered with the hub at once; TCP peers speak HTTP first.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	if _, ok := gc.Context().(*agentConn); ok {
 		return nil, gnet.None // the agent's socket (agentconn.go)
 	}
-	c := &conn{srv: s, gc: gc}
 	switch gc.LocalAddr().Network() {
 	case "unix":
 		uid, pid, err := peerCred(gc.Fd())
@@ -251,26 +387,23 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 			s.cfg.Metrics.refused("unix", "uid")
 			return refusal(fmt.Sprintf("uid %d is not allowed on this socket (the daemon runs as uid %d)", uid, s.uid)), gnet.Close
 		}
-		c.proto = &ndjsonProto{}
+		u := &unixConn{conn: conn{srv: s, gc: gc}}
+		c := &u.conn
+		c.proto = &u.p
 		s.newEndpoint(c, "unix", "uid:"+strconv.FormatUint(uint64(uid), 10)+" pid:"+strconv.Itoa(int(pid)))
 		gc.SetContext(c)
-		s.track(c)
+		s.nconns.Add(1)
 		c.ep.Register(s.cfg.UDSRole, nil)
+		s.cfg.Metrics.opened(c.proto.name())
 	default:
+		c := &conn{srv: s, gc: gc}
 		s.newEndpoint(c, "http", gc.RemoteAddr().String())
 		c.proto = newHTTPProto(s, c)
 		gc.SetContext(c)
-		s.track(c)
+		s.nconns.Add(1)
+		s.cfg.Metrics.opened(c.proto.name())
 	}
-	s.cfg.Metrics.opened(c.proto.name())
 	return nil, gnet.None
-}
-
-func (s *Server) track(c *conn) {
-	s.nconns.Add(1)
-	s.mu.Lock()
-	s.conns[c] = struct{}{}
-	s.mu.Unlock()
 }
 
 // OnTraffic reads what arrived, then drains the outbox. Wake calls land
@@ -378,7 +511,6 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	s.nconns.Add(-1)
 	s.mu.Lock()
 	delete(s.blocked, c)
-	delete(s.conns, c)
 	s.mu.Unlock()
 	if closer, ok := c.proto.(interface{ closed() }); ok {
 		closer.closed()

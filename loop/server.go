@@ -104,7 +104,6 @@ type Server struct {
 
 	mu      sync.Mutex
 	blocked map[*conn]struct{} // connections waiting for gnet's outbound buffer to drain
-	conns   map[*conn]struct{}
 	nconns  atomic.Int64
 	stopped atomic.Bool
 	ticks   []func(now time.Time)
@@ -152,7 +151,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, hub: cfg.Hub, uid: uint32(os.Getuid()),
 		ready: make(chan struct{}), done: make(chan error, 2), stopping: make(chan struct{}),
 		adm:     admission{max: int64(max(cfg.MaxConns, 0)), perIP: max(cfg.MaxConnsPerIP, 0), byIP: make(map[netip.Addr]int)},
-		blocked: make(map[*conn]struct{}), conns: make(map[*conn]struct{})}
+		blocked: make(map[*conn]struct{})}
 	s.epc = s.endpointConfig()
 	if cfg.Listen != "" && cfg.Front != nil {
 		s.front = newFront(s, cfg.Front)

@@ -186,7 +186,7 @@ type Stats struct {
 // Queue is a bounded FIFO of T with per-entry classes. T is usually a
 // pointer to a message shared by every connection it is broadcast to.
 type Queue[T any] struct {
-	cfg     Config   // immutable after New
+	cfg     *Config  // immutable, shared by every queue made from one Config (configs)
 	onEvict func(*T) // set before the first Push
 
 	mu sync.Mutex
@@ -209,7 +209,21 @@ func New[T any](cfg Config) *Queue[T] {
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
-	return &Queue[T]{cfg: cfg.WithDefaults()}
+	return &Queue[T]{cfg: interned(cfg)}
+}
+
+// configs interns configurations with their defaults filled in: a server
+// makes one queue per connection from one Config, and a copy in each would
+// be a quarter of an idle queue. Values are immutable.
+var configs sync.Map // Config -> *Config
+
+func interned(c Config) *Config {
+	if p, ok := configs.Load(c); ok {
+		return p.(*Config)
+	}
+	n := c.WithDefaults()
+	p, _ := configs.LoadOrStore(c, &n)
+	return p.(*Config)
 }
 
 // SetOnEvict registers f to run, under the queue's lock, on the value of
@@ -231,7 +245,7 @@ func (q *Queue[T]) tombstone(e *Entry[T]) {
 
 // Config returns the queue's configuration with defaults filled in. Safe
 // from any goroutine.
-func (q *Queue[T]) Config() Config { return q.cfg }
+func (q *Queue[T]) Config() Config { return *q.cfg }
 
 // Push queues v, whose encoded size is size bytes, in class c. It is safe
 // from any goroutine.
@@ -379,6 +393,50 @@ func (q *Queue[T]) EvictData() int {
 	}
 	q.scan = q.n
 	q.stats.Lost[ReasonPurged] += uint64(k)
+	q.updateLatch()
+	return k
+}
+
+// TakeData removes the live data entries for which take returns true and
+// shrinks the slot array to what is left, so a consumer that will be fed
+// again from elsewhere (a connection that catches up from its session's
+// log) holds nothing for them. It takes nothing, and reports 0, when the
+// queue holds a tombstone or a control entry after a data entry: taking
+// data out from before either would reorder what the drainer reports. It
+// returns how many entries it took. take runs under the queue's lock: it
+// must be quick and must not call into the queue. Safe from any goroutine.
+func (q *Queue[T]) TakeData(take func(v *T) bool) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	seenData := false
+	for i := 0; i < q.n; i++ {
+		e := &q.buf[(q.head+i)%len(q.buf)]
+		if e.Evicted || (e.Class == Control && seenData) {
+			return 0
+		}
+		seenData = seenData || e.Class == Data
+	}
+	if !seenData {
+		return 0
+	}
+	var kept []Entry[T]
+	k := 0
+	for i := 0; i < q.n; i++ {
+		e := q.buf[(q.head+i)%len(q.buf)]
+		if e.Class == Data && take(&e.V) {
+			q.dataBytes -= e.Size
+			k++
+			continue
+		}
+		kept = append(kept, e)
+	}
+	if k == 0 {
+		return 0
+	}
+	q.buf, q.head, q.n, q.scan = nil, 0, 0, 0
+	if len(kept) > 0 {
+		q.buf, q.n = kept[:len(kept):len(kept)], len(kept)
+	}
 	q.updateLatch()
 	return k
 }

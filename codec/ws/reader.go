@@ -95,8 +95,6 @@ type Reader struct {
 
 	closed bool  // a close frame was delivered; later bytes are discarded
 	err    error // first protocol error, returned by every later call
-
-	ctrl [MaxControlPayload]byte
 }
 
 // Next parses from buf and returns at most one event and the number of
@@ -252,8 +250,14 @@ func (r *Reader) header(b []byte) (Event, int, error) {
 		if len(b) < total {
 			return Event{}, 0, nil
 		}
-		p := r.ctrl[:length]
-		copy(p, b[hlen:total])
+		// A control payload is unmasked in msg's spare capacity, past the
+		// message being assembled, and msg keeps its length: no buffer of
+		// its own on every idle connection, and no allocation once msg has
+		// grown past a control frame.
+		start := len(r.msg)
+		r.msg = append(r.msg, b[hlen:total]...)
+		p := r.msg[start:]
+		r.msg = r.msg[:start]
 		if masked {
 			maskBytes(key, 0, p)
 		}
