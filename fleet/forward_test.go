@@ -99,3 +99,24 @@ func TestDeliveryWaitsForMirror(t *testing.T) {
 		t.Fatal("not delivered once the mirror reached seq 5")
 	}
 }
+
+// TestSplitRun: a run's bodies come back as published; a truncated run or
+// a count that does not match is refused.
+func TestSplitRun(t *testing.T) {
+	f := &Fleet{cfg: Config{Node: "A", Fleet: "u"}}
+	run := []op{{kind: 'a', sid: "s", seq: 4, body: []byte(`{"a":1}`)}, {kind: 'a', sid: "s", seq: 5, body: []byte(`{}`)}}
+	m := f.eventMsg(run)
+	if m.Header.Get(CountHeader) != "2" || m.Header.Get(SeqHeader) != "4" {
+		t.Fatalf("headers %v", m.Header)
+	}
+	got, err := splitRun(m.Data, 2)
+	if err != nil || len(got) != 2 || string(got[0]) != `{"a":1}` || string(got[1]) != `{}` {
+		t.Fatalf("splitRun = %q, %v", got, err)
+	}
+	if _, err := splitRun(m.Data[:len(m.Data)-1], 2); err == nil {
+		t.Error("a truncated run was accepted")
+	}
+	if _, err := splitRun(m.Data, 3); err == nil {
+		t.Error("a run of 2 accepted as 3")
+	}
+}
