@@ -3,6 +3,7 @@ package loop
 import (
 	"fmt"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -72,9 +73,35 @@ func (c *conn) Wake() { c.srv.wake(c) }
 // Frame is the protocol's framing of m. Event loop only.
 func (c *conn) Frame(m *wire.Msg) []byte { return c.proto.frame(m) }
 
-// Write hands whole frames to gnet in one writev. Event loop only.
+// coalesceMax is the most bytes of small frames Write copies into one
+// buffer; larger batches go to writev as they are.
+const coalesceMax = 64 << 10
+
+// coalesce holds Write's buffers: one per loop at a time, handed back
+// before Write returns.
+var coalesce = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// Write hands whole frames to gnet in one system call. Small frames are
+// copied back to back into one buffer first: when the peer reads slower
+// than answers come, gnet keeps what the kernel did not take as one node
+// per piece and peeks every node at each writable event, so a thousand
+// small frames would cost a thousand-entry slice per event. Event loop
+// only.
 func (c *conn) Write(frames [][]byte) error {
-	n, err := c.gc.Writev(frames)
+	var n int
+	var err error
+	if total := framesLen(frames); len(frames) > 1 && total <= coalesceMax {
+		bp := coalesce.Get().(*[]byte)
+		b := (*bp)[:0]
+		for _, f := range frames {
+			b = append(b, f...)
+		}
+		n, err = c.gc.Write(b) // gnet copies what the kernel does not take
+		*bp = b[:0]
+		coalesce.Put(bp)
+	} else {
+		n, err = c.gc.Writev(frames)
+	}
 	if err != nil {
 		return err // gnet closed the connection; OnClose follows
 	}
@@ -103,6 +130,14 @@ func (c *conn) Backlog() (int, bool) {
 	}
 	c.lastOut = n
 	return n, n > 0
+}
+
+func framesLen(frames [][]byte) int {
+	n := 0
+	for _, f := range frames {
+		n += len(f)
+	}
+	return n
 }
 
 func (c *conn) markBlocked() { c.srv.markBlocked(c) }
