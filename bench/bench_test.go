@@ -12,6 +12,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
 )
 
 // binPath is the agentbridge binary TestMain builds: the daemon, agents and
@@ -101,12 +104,17 @@ func TestScenarios(t *testing.T) {
 		"sessions":  {metrics: []string{"daemon RSS", "set-up"}, transports: []string{"unix"}},
 		"mcp": {metrics: []string{"p50", "p99", "all done", "call p99"}, transports: []string{"http"},
 			baselines: map[string][]string{"http": {sysSupergateway}}},
+		"fleet": {metrics: []string{"delivery p50", "delivery p99", "rtt p50", "events/s"},
+			baselines: map[string][]string{"unix": {"same node"}}, transports: []string{"unix"}},
 	}
 	for _, scenario := range Scenarios {
 		t.Run(scenario, func(t *testing.T) {
 			args := append(append(slices.Clone(tiny), mcpArgs()...), scenario)
-			if scenario == "rtt" {
+			switch scenario {
+			case "rtt":
 				args = append(args, "--rate", "400", "--pin")
+			case "fleet":
+				args = append(args, "--nats", startNATS(t))
 			}
 			code, stdout, stderr, res := runBench(t, args...)
 			if code != 0 {
@@ -456,4 +464,21 @@ func TestParseArgsInterleaved(t *testing.T) {
 	if _, err := parseArgs([]string{"--uds", "/x.sock", "--transport", "ws"}, &stderr); err == nil {
 		t.Error("--transport ws against a running daemon without --ws was accepted")
 	}
+}
+
+// startNATS runs a NATS server with JetStream in this test process on
+// loopback (the fleet scenario's), stopped at the test's end.
+func startNATS(t *testing.T) string {
+	t.Helper()
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		NoLog: true, NoSigs: true, JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 4 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS server not ready within 10s")
+	}
+	t.Cleanup(ns.Shutdown)
+	return ns.ClientURL()
 }

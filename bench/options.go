@@ -13,7 +13,7 @@ import (
 )
 
 // Scenarios are the scenario names, in the order a full run takes them.
-var Scenarios = []string{"rtt", "throughput", "fanout", "idle", "sessions", "stall", "reconnect", "mcp"}
+var Scenarios = []string{"rtt", "throughput", "fanout", "idle", "sessions", "stall", "reconnect", "mcp", "fleet"}
 
 // Transports are the transport names.
 var Transports = []string{"unix", "ws"}
@@ -152,6 +152,10 @@ type Options struct {
 	MCPClients int `json:"mcpClients"`
 	MCPCalls   int `json:"mcpCalls"`
 
+	// NATS is the NATS server (with JetStream) the fleet scenario's two
+	// daemons join; empty skips the scenario, saying so.
+	NATS string `json:"nats,omitempty"`
+
 	// Outputs; empty means none.
 	JSON    string `json:"-"` // every figure plus machine facts
 	Plot    string `json:"-"` // chart, .svg or .png
@@ -274,6 +278,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Supergateway, "supergateway", o.Supergateway, "mcp: supergateway for the baseline (\"\" or missing skips it, saying so)")
 	fs.IntVar(&o.MCPClients, "mcp-clients", o.MCPClients, "mcp: clients of the storm")
 	fs.IntVar(&o.MCPCalls, "mcp-calls", o.MCPCalls, "mcp: echo calls each storm client makes")
+	fs.StringVar(&o.NATS, "nats", o.NATS, "fleet: NATS server URL with JetStream for the two fleet daemons (\"\" skips fleet)")
 	fs.StringVar(&o.JSON, "json", "", "write every figure and the machine facts to this JSON file")
 	fs.StringVar(&o.Plot, "plot", "", "chart latency percentiles, throughput and stall isolation against the baselines (.svg or .png)")
 	fs.StringVar(&o.Report, "report", "", "write a Markdown report (table, chart, machine, command) to this file")
@@ -339,6 +344,12 @@ Scenarios (default: all, in this order):
               trips with one client, and --mcp-clients clients at once that
               each initialize, call echo --mcp-calls times and DELETE: time
               until all are done and the calls' p99.
+
+  fleet       Two daemons of one fleet on the NATS server --nats names
+              (skipped without it): delivery latency of one paced stream to a
+              viewer on the other node beside one on the agent's node;
+              events/s of a flood the same way; gated request round trips
+              forwarded from the other node beside the agent's node.
 
 Targets, each judged in the same run (the report's target table lists
 them): unix rtt p50 <= 2.2x direct, and pinned <= 2.5x direct; ws rtt p50

@@ -118,7 +118,7 @@ func run(ctx context.Context, o Options, args []string, stdout, stderr io.Writer
 	scenarios := map[string]func(context.Context) error{
 		"rtt": r.rtt, "throughput": r.throughput, "fanout": r.fanout,
 		"idle": r.idle, "sessions": r.sessions, "stall": r.stall, "reconnect": r.reconnect,
-		"mcp": r.mcp,
+		"mcp": r.mcp, "fleet": r.fleetNATS,
 	}
 	for _, name := range o.Scenarios {
 		if ctx.Err() != nil {

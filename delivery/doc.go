@@ -59,7 +59,11 @@
 // A queued message costs its connection one 32-byte slot (the message is
 // shared by every recipient); an evicted one keeps its slot until drained
 // but not its payload. Per session with something to report, a few hundred
-// bytes of accounting and the text tail.
+// bytes of accounting and the text tail. A "catchup" connection whose peer
+// took nothing since the last drain attempt keeps no queued events: they
+// are handed back to the hub (Hooks.Recede, TakeEvents, Hub.Recede), which
+// feeds them from the session log again once the peer reads; nor does it
+// keep drain scratch.
 //
 // # Concurrency
 //

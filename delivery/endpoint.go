@@ -112,6 +112,11 @@ func NewEndpoint(cfg *EndpointConfig, t Transport, transport, peer string, m Met
 		Wake:    t.Wake,
 		Close:   func(r wire.CloseReason, detail string) { e.Close(r, detail) },
 		Metrics: m,
+		Recede: func() {
+			if cl := e.cl.Load(); cl != nil {
+				e.cfg.Hub.Recede(cl, e.out.TakeEvents)
+			}
+		},
 	})
 	if !cfg.Rate.Unlimited() {
 		e.lim = NewLimiter(cfg.Rate, time.Now())
@@ -265,6 +270,11 @@ func (e *Endpoint) Flush() error {
 	blocked, err := e.flush(false)
 	n, _ := e.t.Backlog()
 	e.out.Observe(blocked, n)
+	if blocked && e.out.stuck.Load() {
+		// Its peer took nothing since the last look: a stalled connection
+		// keeps no scratch (a pass's worth of pointers) while it waits.
+		e.msgs, e.frames = nil, nil
+	}
 	return err
 }
 

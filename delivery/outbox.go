@@ -50,6 +50,11 @@ type Hooks struct {
 	Close func(reason wire.CloseReason, detail string)
 	// Metrics receives counters; nil means none.
 	Metrics Metrics
+	// Recede is called, from the drainer, when a catch-up connection's
+	// peer took nothing since the last drain attempt while events are
+	// queued: the endpoint hands them back to the hub (Hub.Recede with
+	// TakeEvents), which feeds them from the log later. nil means never.
+	Recede func()
 }
 
 // Outbox is one connection's outbound queue and delivery policy.
@@ -579,6 +584,13 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		} else {
 			// The peer took nothing since the previous attempt.
 			stuckNow = true
+			o.batch = nil // a stalled peer keeps no drain scratch
+			if o.hooks.Recede != nil && o.Policy() == Catchup {
+				// Its memory is a cursor, not a backlog: the events
+				// queued for it go back to the log, read again once it
+				// takes what gnet holds.
+				o.hooks.Recede()
+			}
 			missed = blocked && stuck >= o.cfg.DrainDeadline
 		}
 		o.lastBuffered = buffered
@@ -620,6 +632,27 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		o.unhealthy = 0
 	}
 	o.apply(o.why)
+}
+
+// TakeEvents removes the sequenced data events from the queue (unless that
+// would reorder what the drainer reports: see ring.Queue.TakeData) and
+// returns the lowest seq removed per session, for Hub.Recede. Any
+// goroutine; it takes the ring's lock.
+func (o *Outbox) TakeEvents() map[string]uint64 {
+	var low map[string]uint64
+	o.q.TakeData(func(s *slot) bool {
+		if s.m == nil || s.m.SessionID == "" || s.seq == 0 {
+			return false
+		}
+		if low == nil {
+			low = make(map[string]uint64)
+		}
+		if cur, ok := low[s.m.SessionID]; !ok || s.seq < cur {
+			low[s.m.SessionID] = s.seq
+		}
+		return true
+	})
+	return low
 }
 
 // setBehind records what the last drain attempt saw of the peer: held, the

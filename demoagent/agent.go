@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -324,7 +326,34 @@ func (a *agent) newSession(raw json.RawMessage) (any, error) {
 		return nil, err
 	}
 	s := a.addSession(p.Cwd, nil)
+	if a.opts.SessionsDir != "" {
+		if err := os.WriteFile(filepath.Join(a.opts.SessionsDir, s.id), []byte(s.cwd), 0o600); err != nil {
+			return nil, &rpcErr{codeInternal, "cannot keep the session: " + err.Error()}
+		}
+	}
 	return map[string]string{"sessionId": s.id}, nil
+}
+
+var keptID = regexp.MustCompile(`^sess_[0-9a-f]{16}$`)
+
+// keptSession brings back a session an earlier process kept in
+// SessionsDir (nil if none), with no history.
+func (a *agent) keptSession(id string) *session {
+	if a.opts.SessionsDir == "" || !keptID.MatchString(id) {
+		return nil
+	}
+	cwd, err := os.ReadFile(filepath.Join(a.opts.SessionsDir, id))
+	if err != nil {
+		return nil
+	}
+	s := &session{id: id, cwd: string(cwd), updated: time.Now()}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if old := a.sessions[id]; old != nil {
+		return old
+	}
+	a.sessions[id] = s
+	return s
 }
 
 // addSession makes a session with a fresh id and the given history.
@@ -362,6 +391,9 @@ func (a *agent) loadSession(raw json.RawMessage) (any, error) {
 		history = append(history, s.history...)
 	}
 	a.mu.Unlock()
+	if s == nil {
+		s = a.keptSession(*p.SessionID)
+	}
 	if s == nil {
 		return nil, invalidParams("unknown session %s", *p.SessionID)
 	}

@@ -28,6 +28,12 @@ type Options struct {
 	// Stamp puts the send time in each chunk's _meta.sentAt (unix
 	// nanoseconds). Default false.
 	Stamp bool
+	// SessionsDir, when set, keeps one file per session (its cwd) in this
+	// directory, so that an agent started again can session/load a
+	// session an earlier process created, as agents that keep sessions on
+	// disk do (with no history: the bridge holds that). Default "": the
+	// sessions live and die with the process.
+	SessionsDir string
 	// Protocol is the ACP protocol version spoken: 1 (default) or 2 (prompt
 	// answered at once with a messageId, the turn reported by state_update;
 	// no session/load). Zero means 1.
@@ -55,6 +61,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.Permission, "permission", d.Permission, "ask session/request_permission before each tool call")
 	fs.IntVar(&o.ToolCalls, "tool-calls", d.ToolCalls, "tool calls per prompt")
 	fs.BoolVar(&o.Stamp, "stamp", d.Stamp, "put the send time (unix ns) in each chunk's _meta.sentAt")
+	fs.StringVar(&o.SessionsDir, "sessions-dir", d.SessionsDir, "keep each session's cwd in a file here, so a new process can session/load it")
 	fs.IntVar(&o.Protocol, "protocol", d.Protocol, "ACP protocol version: 1, or 2 (prompt acknowledged at once, turn reported by state_update)")
 }
 

@@ -19,11 +19,19 @@
 //     JetStream consumer (Hub.MirrorEvent), so bridge/attach, snapshot and
 //     sessions work on it locally. A mirror not refreshed for the TTL is
 //     marked blocked.
+//   - Fleet is a session.Remote: what a client sends for another node's
+//     session is forwarded to that node, which treats the client as its
+//     own (forward.go).
+//   - Fleet is a session.LoadRecorder: what re-loads each session into a
+//     restarted node's agent is kept in a second KV bucket, and a node
+//     that starts again loads its sessions (reload.go).
 //
-// Goroutines: Create, Append and Delete are called by the hub under its
-// mutex and only enqueue; one writer goroutine publishes; one goroutine
-// refreshes the KV entries; one watches the bucket; nats.go runs the
-// consumers' callbacks. Close stops them all.
+// Goroutines: Create, Append, Delete, the Remote and the LoadRecorder
+// methods are called by the hub under its mutex and only enqueue; one
+// writer goroutine publishes; one goroutine refreshes the KV entries (and
+// reaps stand-ins of vanished nodes); one watches the bucket; one re-loads
+// at start; forward.go's senders, one per destination node; nats.go runs
+// the consumers' and subscriptions' callbacks. Close stops them all.
 package fleet
 
 import (
@@ -120,6 +128,7 @@ type Fleet struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	kv     jetstream.KeyValue
+	loads  jetstream.KeyValue // reload.go
 	stream string
 	prefix string // agentbridge.<fleet>.s.
 
@@ -137,6 +146,12 @@ type Fleet struct {
 
 	mmu     sync.Mutex // guards mirrors
 	mirrors map[string]*mirror
+
+	fw forwarding // forward.go
+	// tick is closed (and replaced) at each mirrored event, for deliveries
+	// waiting for their mirror (forward.go).
+	tickMu sync.Mutex
+	tick   chan struct{}
 }
 
 type mirror struct {
@@ -201,6 +216,12 @@ func Join(ctx context.Context, cfg Config) (*Fleet, error) {
 	}); err != nil {
 		return fail(fmt.Errorf("JetStream KV bucket at %q: %v", cfg.URL, err))
 	}
+	if f.loads, err = f.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: "agentbridge-" + cfg.Fleet + "-loads", Storage: jetstream.FileStorage,
+		Description: "agentbridge fleet " + cfg.Fleet + ": what re-loads each session into a restarted node's agent",
+	}); err != nil {
+		return fail(fmt.Errorf("JetStream KV bucket at %q: %v", cfg.URL, err))
+	}
 	return f, nil
 }
 
@@ -214,6 +235,15 @@ func (f *Fleet) Start(h Hub) error {
 	w, err := f.kv.WatchAll(f.ctx)
 	if err != nil {
 		return fmt.Errorf("fleet: watch the session bucket: %v", err)
+	}
+	if fh, ok := h.(ForwardHub); ok {
+		if err := f.startForwarding(fh); err != nil {
+			f.cancel()
+			_ = w.Stop()
+			return err
+		}
+		f.wg.Add(1)
+		go f.reload(fh) // reload.go
 	}
 	f.writerWG.Add(1)
 	go f.writer()
@@ -299,12 +329,17 @@ func (f *Fleet) publish(batch []op) {
 		switch o.kind {
 		case 'a':
 			f.publishSync(o)
+		case 'i', 'l':
+			f.putLoad(o) // reload.go
 		case 'c':
 			f.putEntry(Entry{SessionID: o.sid, Node: f.cfg.Node, Status: session.StatusIdle})
 		case 'd':
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if err := f.kv.Delete(ctx, Encode(o.sid)); err != nil {
 				f.log.Warn("fleet: cannot delete the session's KV entry", "session", o.sid, "err", err)
+			}
+			if err := f.loads.Delete(ctx, Encode(o.sid)); err != nil {
+				f.log.Warn("fleet: cannot delete the session's load record", "session", o.sid, "err", err)
 			}
 			if s, err := f.js.Stream(ctx, f.stream); err == nil {
 				if err := s.Purge(ctx, jetstream.WithPurgeSubject(f.Subject(o.sid))); err != nil {
@@ -354,6 +389,7 @@ func (f *Fleet) refresher() {
 	for {
 		f.refresh()
 		f.expire()
+		f.reapStandins()
 		select {
 		case <-f.ctx.Done():
 			return
@@ -458,6 +494,7 @@ func (f *Fleet) event(sid string, msg jetstream.Msg) {
 		return
 	}
 	f.hub.MirrorEvent(sid, seq, msg.Data())
+	f.mirrored()
 }
 
 // Close publishes what is queued (bounded by ctx), marks the local
@@ -498,7 +535,8 @@ func (f *Fleet) Close(ctx context.Context) error {
 }
 
 // Tee is a session.Journal writing to both a and b (the --state-dir store
-// and the fleet), in order; Delete reaches those that implement it.
+// and the fleet), in order; Delete and the LoadRecorder methods reach
+// those that implement them.
 func Tee(a, b session.Journal) session.Journal { return tee{a, b} }
 
 type tee struct{ a, b session.Journal }
@@ -516,8 +554,25 @@ func (t tee) Delete(sid string) {
 	}
 }
 
+func (t tee) RecordInitialize(request []byte) {
+	for _, j := range []session.Journal{t.a, t.b} {
+		if r, ok := j.(session.LoadRecorder); ok {
+			r.RecordInitialize(request)
+		}
+	}
+}
+
+func (t tee) RecordLoad(sid string, request []byte) {
+	for _, j := range []session.Journal{t.a, t.b} {
+		if r, ok := j.(session.LoadRecorder); ok {
+			r.RecordLoad(sid, request)
+		}
+	}
+}
+
 var (
 	_ session.Journal        = (*Fleet)(nil)
 	_ session.JournalDeleter = (*Fleet)(nil)
 	_ session.JournalDeleter = tee{}
+	_ session.LoadRecorder   = tee{}
 )

@@ -30,7 +30,8 @@ import (
 // endpoint's transport is the acpConn: its writer is the acpConn's own
 // goroutine, which frames each message as one SSE event and routes it to
 // the stream it belongs to (a byte queue per stream). A stream's GET is a
-// TCP connection that the gnet loop feeds from that queue; a stream with no
+// Sink of the listener it came on (a gnet TCP connection fed on its loop, or
+// a net/http handler goroutine) that takes that queue; a stream with no
 // GET keeps queueing, and a connection whose streams hold more than
 // acpBacklogMax stops draining its outbox, so the outbox's slow-consumer
 // policy (degrade or disconnect) applies as on every other transport.
@@ -327,9 +328,6 @@ func (a *acpConn) Write(frames [][]byte) error {
 		}
 		if r == "\x00init" {
 			initBody = eventData(f)
-			continue
-		}
-		if r == "\x00drop" {
 			continue
 		}
 		final := false
@@ -679,20 +677,15 @@ func (f *Front) openStream(hx Exchange, a *acpConn, key string, takeover bool) (
 	return nil, true
 }
 
-// resumeSession replays a session's events after seq from the log, as a
-// bridge/attach with since would; its answer is not shown to the client.
+// resumeSession replays a session's events after seq from the log, as
+// bridge/attach with since would (Hub.Attach: no answer to hide).
 func (a *acpConn) resumeSession(sid string, seq uint64) {
-	b := []byte(`{"jsonrpc":"2.0","id":"acp-resume-` + strconv.FormatUint(seq, 10) + `","method":"bridge/attach","params":{"sessionId":`)
-	b = wire.AppendString(b, sid)
-	b = append(b, `,"since":`...)
-	b = strconv.AppendUint(b, seq, 10)
-	b = append(b, "}}"...)
-	a.mu.Lock()
-	a.pending[`"acp-resume-`+strconv.FormatUint(seq, 10)+`"`] = "\x00drop"
-	a.mu.Unlock()
-	a.inMu.Lock()
-	a.f.hub.Handle(a.ep.Client(), b)
+	a.inMu.Lock() // in order with the connection's other input
+	err := a.f.hub.Attach(a.ep.Client(), sid, &seq, nil)
 	a.inMu.Unlock()
+	if err != nil {
+		a.f.log.Debug("acp session stream: no resume", "id", a.id, "session", sid, "since", seq, "err", err)
+	}
 }
 
 func (f *Front) acpDelete(hx Exchange, req *http.Request) *Reply {

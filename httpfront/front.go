@@ -350,7 +350,7 @@ func (f *Front) metricsReply(r *http.Request) *Reply {
 	return &Reply{Status: rec.status, CType: rec.h.Get("Content-Type"), Body: rec.buf.Bytes()}
 }
 
-// bufferedResponse collects a handler's response for the gnet path.
+// bufferedResponse collects a handler's response into a Reply.
 type bufferedResponse struct {
 	h      http.Header
 	status int
@@ -429,7 +429,7 @@ func (f *Front) Authorize(w http.ResponseWriter, r *http.Request) (auth.Role, st
 	}
 	role, sub, rp := f.Admit(r, "wss", true, true)
 	if rp != nil {
-		rp.Close = true
+		rp.Close = closeAfter(r)
 		rp.Serve(w, false)
 		f.m.Request("/acp", rp.Status)
 		return 0, "", "", false
@@ -441,7 +441,7 @@ func (f *Front) Authorize(w http.ResponseWriter, r *http.Request) (auth.Role, st
 			hdr = append(hdr, "Sec-WebSocket-Version", ws.Version, "Upgrade", "websocket")
 		}
 		rp := Text(status, why, hdr...)
-		rp.Close = true
+		rp.Close = closeAfter(r)
 		rp.Serve(w, false)
 		f.m.Request("/acp", status)
 		return 0, "", "", false
@@ -487,3 +487,10 @@ func (nopMetrics) In(string, int)                 {}
 func (nopMetrics) Out(string, int, int)           {}
 func (nopMetrics) ProtocolError(uint16)           {}
 func (nopMetrics) Outbox(string) delivery.Metrics { return nil }
+
+// closeAfter reports whether a refused upgrade closes its connection: an
+// HTTP/1.1 one does (the client meant to leave HTTP). Over HTTP/2,
+// "Connection: close" would make net/http shut the whole connection down,
+// every other stream of the client with it, so the refusal ends only its
+// stream.
+func closeAfter(r *http.Request) bool { return r.ProtoMajor < 2 }

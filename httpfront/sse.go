@@ -2,10 +2,10 @@ package httpfront
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/agentbridge/agentbridge/auth"
@@ -16,9 +16,9 @@ import (
 )
 
 // SSE: GET /events?session=ID is a read-only stream of one session's data
-// plane. The stream registers with the hub as a viewer and attaches through
-// the hub's own bridge/attach (so replay, ordering and gaps are the hub's
-// semantics, not a second implementation): Last-Event-ID or ?since=SEQ
+// plane. The stream registers with the hub as a viewer and attaches with
+// Hub.Attach, bridge/attach's semantics without its JSON-RPC exchange (so
+// replay, ordering and gaps are the hub's, not a second implementation): Last-Event-ID or ?since=SEQ
 // resume after a seq, ?last=N replays the last N events. Each logged event
 // is "id: SEQ" plus its JSON as data; bridge notifications without a seq
 // (bridge/status, bridge/gap, bridge/summary) are named events, so an
@@ -61,42 +61,6 @@ func parseSSE(r *http.Request) (sseRequest, *Reply) {
 	return sr, nil
 }
 
-// sseAttachID is the id of the stream's own bridge/attach request.
-const sseAttachID = `"sse-attach"`
-
-func (sr sseRequest) attachMsg() []byte {
-	b := []byte(`{"jsonrpc":"2.0","id":` + sseAttachID + `,"method":"bridge/attach","params":{"sessionId":`)
-	b = wire.AppendString(b, sr.session)
-	if sr.since != nil {
-		b = append(b, `,"since":`...)
-		b = strconv.AppendUint(b, *sr.since, 10)
-	}
-	if sr.last != nil {
-		b = append(b, `,"last":`...)
-		b = strconv.AppendInt(b, int64(*sr.last), 10)
-	}
-	return append(b, "}}"...)
-}
-
-// sseConn is how the hub sees a stream: it captures the answer to the
-// stream's attach request (Hub.Handle delivers it synchronously, before
-// Handle returns) and passes everything else to the transport.
-type sseConn struct {
-	session.Conn
-	answer atomic.Pointer[wire.Msg]
-}
-
-// Send is safe from any goroutine; see session.Conn.
-func (s *sseConn) Send(m *wire.Msg, cls wire.Class) bool {
-	if m.Seq == 0 {
-		if hd, err := jsonrpc.Peek(m.Body()); err == nil && hd.Kind == jsonrpc.KindResponse {
-			s.answer.CompareAndSwap(nil, m)
-			return true
-		}
-	}
-	return s.Conn.Send(m, cls)
-}
-
 // AttachSSE admits a GET /events (token, Origin), parses what it asks for
 // and attaches ep, registered as a viewer, to the session; on refusal ep is
 // unregistered and the reply says why. It returns the session id. Any
@@ -110,38 +74,28 @@ func (f *Front) AttachSSE(r *http.Request, ep *delivery.Endpoint, tls bool) (str
 		return "", rp
 	}
 	ep.SetTransport("sse")
-	sc := &sseConn{Conn: ep}
-	cl := ep.Register(auth.RoleViewer, sc)
-	f.hub.Handle(cl, sr.attachMsg())
-	if rp := attachRefusal(sc.answer.Load()); rp != nil {
+	cl := ep.Register(auth.RoleViewer, nil)
+	if err := f.hub.Attach(cl, sr.session, sr.since, sr.last); err != nil {
 		f.hub.Closed(cl)
-		return "", rp
+		return "", attachRefusal(err)
 	}
 	return sr.session, nil
 }
 
-// attachRefusal maps the answer to the stream's attach to an HTTP refusal,
-// nil when the stream is attached.
-func attachRefusal(m *wire.Msg) *Reply {
-	if m == nil {
+// attachRefusal maps Hub.Attach's refusal to an HTTP one.
+func attachRefusal(err error) *Reply {
+	var je *jsonrpc.Error
+	switch {
+	case errors.Is(err, session.ErrClientClosed):
 		return Text(http.StatusServiceUnavailable, "the daemon is stopping")
+	case !errors.As(err, &je):
+		return Text(http.StatusInternalServerError, err.Error())
+	case je.Code == jsonrpc.CodeUnknownSession:
+		return Text(http.StatusNotFound, je.Message)
+	case je.Code == jsonrpc.CodeNotAllowed:
+		return Text(http.StatusForbidden, je.Message)
 	}
-	var ans struct {
-		Error *jsonrpc.Error `json:"error"`
-	}
-	if err := jsonrpc.Unmarshal(m.Body(), &ans); err != nil {
-		return Text(http.StatusInternalServerError, "unreadable attach answer")
-	}
-	if ans.Error == nil {
-		return nil
-	}
-	switch ans.Error.Code {
-	case jsonrpc.CodeUnknownSession:
-		return Text(http.StatusNotFound, ans.Error.Message)
-	case jsonrpc.CodeNotAllowed:
-		return Text(http.StatusForbidden, ans.Error.Message)
-	}
-	return Text(http.StatusBadRequest, ans.Error.Message)
+	return Text(http.StatusBadRequest, je.Message)
 }
 
 // SSEHello opens every stream: EventSource's reconnection delay, and a

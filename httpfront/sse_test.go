@@ -55,3 +55,31 @@ func TestEventEncodedOnce(t *testing.T) {
 		t.Fatal("the MCP encoding shares the SSE event's bytes")
 	}
 }
+
+// BenchmarkFanout frames one 1 KiB session event for 100 SSE recipients:
+// once for all of them (Event, what the listeners do) against once per
+// recipient (what they did before).
+func BenchmarkFanout(b *testing.B) {
+	body := `{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","text":"` + strings.Repeat("x", 1000) + `"}}`
+	const recipients = 100
+	b.Run("once", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			m := wire.New([]byte(body))
+			m.Seq = 9
+			for range recipients {
+				_ = Event(m)
+			}
+		}
+	})
+	b.Run("per-recipient", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			m := wire.New([]byte(body))
+			m.Seq = 9
+			for range recipients {
+				_ = AppendEvent(nil, m)
+			}
+		}
+	})
+}

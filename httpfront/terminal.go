@@ -22,7 +22,7 @@ import (
 
 func (f *Front) serveTerminalTLS(w http.ResponseWriter, r *http.Request) {
 	refuse := func(rp *Reply) {
-		rp.Close = true
+		rp.Close = closeAfter(r)
 		rp.Serve(w, false)
 		f.m.Request("/terminal", rp.Status)
 	}

@@ -3,7 +3,6 @@ package loop
 import (
 	"fmt"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,7 +56,14 @@ type conn struct {
 	// Owned by the event loop.
 	closeBy int64 // UnixNano: a close waiting for gnet's buffer to drain; 0 when none
 	held    bool  // the reader stopped handing input over: answers pile up (holdInput)
-	lastOut int   // gnet's outbound buffer at the previous Backlog
+	lastOut int   // what was held for the peer at the previous Backlog
+	// pending are whole frames the kernel did not take, kept by reference
+	// (the shared frame bytes, not a copy) instead of in gnet's buffer,
+	// which would copy them: a peer that stops reading holds at most the
+	// tail of one frame in gnet. pendingN is their bytes.
+	pending  [][]byte
+	pendingN int
+	toGnet   bool // closing: everything goes through gnet's buffer
 	// Re-wake backoff while gnet's buffer stays over its watermark; see
 	// Server.rewake.
 	wakeAt   int64        // UnixNano; guarded by srv.mu
@@ -73,53 +79,128 @@ func (c *conn) Wake() { c.srv.wake(c) }
 // Frame is the protocol's framing of m. Event loop only.
 func (c *conn) Frame(m *wire.Msg) []byte { return c.proto.frame(m) }
 
-// coalesceMax is the most bytes of small frames Write copies into one
-// buffer; larger batches go to writev as they are.
-const coalesceMax = 64 << 10
-
-// coalesce holds Write's buffers: one per loop at a time, handed back
-// before Write returns.
-var coalesce = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
-
-// Write hands whole frames to gnet in one system call. Small frames are
-// copied back to back into one buffer first: when the peer reads slower
-// than answers come, gnet keeps what the kernel did not take as one node
-// per piece and peeks every node at each writable event, so a thousand
-// small frames would cost a thousand-entry slice per event. Event loop
-// only.
+// Write writes whole frames with one writev. While gnet holds nothing
+// for the peer the socket is written directly; what the kernel does not
+// take stays pending by reference, and only the tail of a frame it took
+// in part goes to gnet's buffer (a copy), so the frame is finished in
+// order and gnet wakes for the socket's space. Otherwise (gnet holds
+// bytes, or the connection is closing) the frames queue behind. The
+// frames must therefore stay valid after Write returns (shared message
+// encodings, or SSE events built per write); a terminal's, which are not,
+// go to gnet as before. Event loop only.
 func (c *conn) Write(frames [][]byte) error {
-	var n int
-	var err error
-	if total := framesLen(frames); len(frames) > 1 && total <= coalesceMax {
-		bp := coalesce.Get().(*[]byte)
-		b := (*bp)[:0]
-		for _, f := range frames {
-			b = append(b, f...)
-		}
-		n, err = c.gc.Write(b) // gnet copies what the kernel does not take
-		*bp = b[:0]
-		coalesce.Put(bp)
-	} else {
-		n, err = c.gc.Writev(frames)
+	total := 0
+	for _, f := range frames {
+		total += len(f)
 	}
+	c.srv.cfg.Metrics.out(c.proto.name(), len(frames), total)
+	if _, term := c.proto.(*termProto); c.toGnet || term {
+		// A terminal's frames are scratch, reused once Write returns:
+		// they cannot be kept by reference.
+		_, err := c.gc.Writev(frames)
+		return err
+	}
+	if len(c.pending) > 0 || c.gc.OutboundBuffered() > 0 {
+		c.pending = append(c.pending, frames...)
+		c.pendingN += total
+		return nil
+	}
+	rest, err := c.writeDirect(frames, total)
 	if err != nil {
-		return err // gnet closed the connection; OnClose follows
+		return err
 	}
-	c.srv.cfg.Metrics.out(c.proto.name(), len(frames), n)
-	if c.wakeStep.Load() != 0 {
-		c.wakeStep.Store(0) // the peer takes again: no backoff
+	if len(rest) > 0 {
+		c.pending = append(c.pending[:0], rest...)
+		for _, f := range rest {
+			c.pendingN += len(f)
+		}
 	}
 	return nil
 }
 
-// Backlog is what gnet holds for the peer. gnet keeps only what the kernel
-// did not take, so anything held means the peer is not keeping up: no more
-// is handed to gnet (what a connection that stops draining costs is one
-// write pass, not a watermark's worth), and the connection is re-woken
-// later, with backoff, to write again or to notice the stall deadline.
-// Event loop only.
+// writeDirect writes frames (total bytes) to the socket and returns the
+// whole frames it did not take; the tail of one taken in part is handed to
+// gnet. A write error closes the connection. Event loop only, while gnet
+// holds nothing for the peer.
+func (c *conn) writeDirect(frames [][]byte, total int) ([][]byte, error) {
+	n, err := unix.Writev(c.gc.Fd(), frames)
+	if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+		_ = c.gc.Close()
+		return nil, err
+	}
+	if n > 0 && c.wakeStep.Load() != 0 {
+		c.wakeStep.Store(0) // the peer takes again: no backoff
+	}
+	if n >= total {
+		return nil, nil
+	}
+	n = max(n, 0)
+	i := 0
+	for ; n >= len(frames[i]); i++ {
+		n -= len(frames[i])
+	}
+	if n > 0 {
+		// gnet copies the tail and writes it when the socket has room.
+		if _, err := c.gc.Write(frames[i][n:]); err != nil {
+			return nil, err
+		}
+		i++
+	}
+	return frames[i:], nil
+}
+
+// writePending writes what is pending, once gnet holds nothing. Event
+// loop only.
+func (c *conn) writePending() error {
+	for len(c.pending) > 0 && c.gc.OutboundBuffered() == 0 {
+		batch := c.pending[:min(len(c.pending), 512)]
+		size := 0
+		for _, f := range batch {
+			size += len(f)
+		}
+		rest, err := c.writeDirect(batch, size)
+		if err != nil {
+			return err
+		}
+		taken := len(batch) - len(rest)
+		for _, f := range c.pending[:taken] {
+			c.pendingN -= len(f)
+		}
+		clear(c.pending[:taken])
+		c.pending = c.pending[taken:]
+		if len(rest) > 0 {
+			break
+		}
+	}
+	if len(c.pending) == 0 {
+		c.pending, c.pendingN = nil, 0 // a stalled peer's array is not kept
+	}
+	return nil
+}
+
+// toGnetAll hands what is pending to gnet and routes every later write
+// through it: a close writes its farewell after everything (gnet's buffer
+// is where closeAtBoundary waits for the peer). Event loop only.
+func (c *conn) toGnetAll() {
+	c.toGnet = true
+	if len(c.pending) > 0 {
+		_, _ = c.gc.Writev(c.pending)
+		c.pending, c.pendingN = nil, 0
+	}
+}
+
+// Backlog is what is held for the peer: in gnet's buffer and pending.
+// Both keep only what the kernel did not take, so anything held means the
+// peer is not keeping up: nothing more is written (what a connection that
+// stops draining costs is one write pass, held by reference, not a
+// watermark's worth), and the connection is re-woken later, with
+// backoff, to write again (what is pending first) or to notice the stall
+// deadline. Event loop only.
 func (c *conn) Backlog() (int, bool) {
-	n := c.gc.OutboundBuffered()
+	if len(c.pending) > 0 {
+		_ = c.writePending() // an error closed the connection
+	}
+	n := c.gc.OutboundBuffered() + c.pendingN
 	if n > 0 {
 		if n < c.lastOut {
 			// The peer is reading: come back soon, no backoff. Only a
@@ -130,14 +211,6 @@ func (c *conn) Backlog() (int, bool) {
 	}
 	c.lastOut = n
 	return n, n > 0
-}
-
-func framesLen(frames [][]byte) int {
-	n := 0
-	for _, f := range frames {
-		n += len(f)
-	}
-	return n
 }
 
 func (c *conn) markBlocked() { c.srv.markBlocked(c) }
@@ -160,6 +233,7 @@ func (c *conn) closing() bool { return c.ep.Closing() }
 
 // finish runs on the loop: final drain, farewell, close.
 func (c *conn) finish() error {
+	c.toGnetAll()
 	_ = c.ep.Final()
 	r, detail := c.ep.Reason()
 	if b := c.proto.farewell(r, detail); b != nil {

@@ -1,9 +1,11 @@
 // Package loop is the only importer of gnet: it owns the listeners (Unix
 // socket and TCP, accepted by its own goroutines and registered with one
 // gnet engine; see accept.go), per-connection state, the
-// protocol on each connection (NDJSON on the Unix socket; HTTP, WebSocket
-// and SSE on TCP), and the draining of each connection's outbox into its
-// socket.
+// protocol on each connection (NDJSON on the Unix socket; HTTP/1.1,
+// WebSocket and SSE on TCP, every HTTP decision asked of package
+// httpfront), and the draining of each connection's outbox into its
+// socket. The TLS listener (package tlsserve) is its sibling, started by
+// cmd; this package knows nothing of TLS.
 //
 // Concurrency: gnet callbacks (OnOpen, OnTraffic, OnClose) run on the
 // connection's event-loop goroutine and must never block. The router pushes

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"github.com/agentbridge/agentbridge/httpfront"
 	"io"
 	"net/http"
 	"strconv"
@@ -15,6 +14,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/agentbridge/agentbridge/codec/ws"
+	"github.com/agentbridge/agentbridge/httpfront"
 	"github.com/agentbridge/agentbridge/session"
 	"github.com/agentbridge/agentbridge/wire"
 )

@@ -3,10 +3,11 @@ package loop
 import (
 	"bytes"
 	"fmt"
-	"github.com/agentbridge/agentbridge/httpfront"
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/agentbridge/agentbridge/httpfront"
 )
 
 // Request bodies on the gnet path. The loop reads a body only where a

@@ -397,6 +397,50 @@ func (q *Queue[T]) EvictData() int {
 	return k
 }
 
+// TakeData removes the live data entries for which take returns true and
+// shrinks the slot array to what is left, so a consumer that will be fed
+// again from elsewhere (a connection that catches up from its session's
+// log) holds nothing for them. It takes nothing, and reports 0, when the
+// queue holds a tombstone or a control entry after a data entry: taking
+// data out from before either would reorder what the drainer reports. It
+// returns how many entries it took. take runs under the queue's lock: it
+// must be quick and must not call into the queue. Safe from any goroutine.
+func (q *Queue[T]) TakeData(take func(v *T) bool) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	seenData := false
+	for i := 0; i < q.n; i++ {
+		e := &q.buf[(q.head+i)%len(q.buf)]
+		if e.Evicted || (e.Class == Control && seenData) {
+			return 0
+		}
+		seenData = seenData || e.Class == Data
+	}
+	if !seenData {
+		return 0
+	}
+	var kept []Entry[T]
+	k := 0
+	for i := 0; i < q.n; i++ {
+		e := q.buf[(q.head+i)%len(q.buf)]
+		if e.Class == Data && take(&e.V) {
+			q.dataBytes -= e.Size
+			k++
+			continue
+		}
+		kept = append(kept, e)
+	}
+	if k == 0 {
+		return 0
+	}
+	q.buf, q.head, q.n, q.scan = nil, 0, 0, 0
+	if len(kept) > 0 {
+		q.buf, q.n = kept[:len(kept):len(kept)], len(kept)
+	}
+	q.updateLatch()
+	return k
+}
+
 // append stores e at the tail, growing the array if it is full. The caller
 // has checked q.n < MaxItems. Precondition: q.mu held.
 func (q *Queue[T]) append(e Entry[T]) {

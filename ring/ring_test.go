@@ -854,3 +854,30 @@ func TestOnEvictDropsPayload(t *testing.T) {
 		t.Fatalf("ids %q, hook ran %d times", got, dropped)
 	}
 }
+
+// TestTakeData: data entries are taken out (the rest keeps its order and
+// its accounting), except when that would reorder a control entry or a
+// tombstone behind them.
+func TestTakeData(t *testing.T) {
+	q := New[*msg](Config{})
+	mustPush(t, q, 0, 10, Control)
+	for i := 1; i <= 5; i++ {
+		mustPush(t, q, i, 10, Data)
+	}
+	n := q.TakeData(func(m **msg) bool { return (*m).id%2 == 1 })
+	if n != 3 || q.Len() != 3 {
+		t.Fatalf("took %d, %d left; want 3 and 3", n, q.Len())
+	}
+	if d, c := q.Bytes(); d != 20 || c != 10 {
+		t.Fatalf("bytes after take: data %d control %d", d, c)
+	}
+	mustPush(t, q, 6, 10, Data) // the array shrank: it grows again
+	if got := ids(popAll(q)); got != "c0 d2 d4 d6" {
+		t.Fatalf("left %q", got)
+	}
+	mustPush(t, q, 7, 10, Data)
+	mustPush(t, q, 8, 10, Control)
+	if n := q.TakeData(func(**msg) bool { return true }); n != 0 || q.Len() != 2 {
+		t.Fatalf("took %d across a later control entry", n)
+	}
+}

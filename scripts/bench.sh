@@ -43,6 +43,16 @@ else
 fi
 cp "$tmp/micro.new" docs/bench-micro.txt
 
+# The fleet scenario needs a NATS server with JetStream: test/natsd runs
+# nats-server's package on loopback (not linked into agentbridge), stopped
+# on exit; the scenario bounds itself (3 minutes).
+go build -o bin/natsd ./test/natsd
+bin/natsd >"$tmp/nats.url" &
+natsd=$!
+trap 'kill $natsd 2>/dev/null; rm -rf "$tmp"' EXIT
+for _ in $(seq 100); do [ -s "$tmp/nats.url" ] && break; sleep 0.1; done
+[ -s "$tmp/nats.url" ] || { echo "bench.sh: test/natsd did not start" >&2; exit 1; }
+
 echo "bench.sh: agentbridge bench (all scenarios, both transports, baselines)" >&2
 # rtt pinned to one vCPU as the targets prescribe (a wake-up across vCPUs
 # adds ~40 µs a hop); the other scenarios use the whole machine. Ratios of
@@ -52,5 +62,5 @@ echo "bench.sh: agentbridge bench (all scenarios, both transports, baselines)" >
 	--duration 1s --warmup 250ms --pin --rate 2000 --repeat "${BENCH_REPEAT:-5}" \
 	--json docs/bench-latest.json --plot docs/benchmarks.svg \
 	--history docs/bench-history.json --report docs/benchmarks.md \
-	--micro "$tmp/micro.txt" "$@"
+	--micro "$tmp/micro.txt" --nats "$(head -1 "$tmp/nats.url")" "$@"
 echo "bench.sh: wrote docs/benchmarks.md, docs/benchmarks.svg, docs/bench-latest.json; appended docs/bench-history.json" >&2

@@ -205,6 +205,9 @@ func (h *Hub) agentResponse(msg []byte, hd jsonrpc.Header) {
 	case "session/load", "session/resume":
 		h.finishAttaching(c, s, hd.IsError)
 		refresh = s != nil
+		if !hd.IsError {
+			h.recordLoad(c, c.sessionID) // remote.go
+		}
 	case "session/close", "session/delete", "session/archive":
 		closed = s != nil && !hd.IsError
 	}
@@ -214,6 +217,9 @@ func (h *Hub) agentResponse(msg []byte, hd jsonrpc.Header) {
 		// After the answer, so the client knows the session before its
 		// first event arrives.
 		s, refresh = h.claimNew(c, claim), true
+		if c.method == "session/new" {
+			h.recordLoad(c, claim) // remote.go
+		}
 	}
 	if closed {
 		h.sessionClosed(c.cl, s, c.method)

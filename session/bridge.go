@@ -2,6 +2,7 @@ package session
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/agentbridge/agentbridge/auth"
@@ -130,22 +131,18 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 			h.replyError(cl, hd.ID, codeInvalidParams, method+": sessionId (a non-empty string) is required")
 			return
 		}
+		if method == "bridge/attach" {
+			if err := h.attach(cl, hd.ID, *p.SessionID, p.Since, p.Last); err != nil {
+				h.replyError(cl, hd.ID, err.Code, err.Message)
+			}
+			return
+		}
 		s := h.sessions[*p.SessionID]
 		if s == nil {
-			h.replyError(cl, hd.ID, codeUnknownSession, fmt.Sprintf("unknown session %q; bridge/sessions lists the known ones", *p.SessionID))
+			h.replyError(cl, hd.ID, codeUnknownSession, unknownSession(*p.SessionID))
 			return
 		}
 		switch method {
-		case "bridge/attach":
-			if p.Since != nil && p.Last != nil {
-				h.replyError(cl, hd.ID, codeInvalidParams, "bridge/attach: give since or last, not both")
-				return
-			}
-			if p.Last != nil && *p.Last < 0 {
-				h.replyError(cl, hd.ID, codeInvalidParams, "bridge/attach: last must be >= 0")
-				return
-			}
-			h.attach(cl, hd.ID, s, p.Since, p.Last)
 		case "bridge/detach":
 			h.endCatchup(cl, s)
 			s.detach(cl)
@@ -159,17 +156,55 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 	}
 }
 
+func unknownSession(id string) string {
+	return fmt.Sprintf("unknown session %q; bridge/sessions lists the known ones", id)
+}
+
+// ErrClientClosed is Attach's error for a client that has left the hub.
+var ErrClientClosed = errors.New("session: the client has left (the daemon is stopping or the connection closed)")
+
+// Attach attaches cl to session sid as bridge/attach {since | last} does,
+// for a transport that reads no JSON-RPC answers (an SSE stream): on
+// success only the replay and the live events follow; a refusal is
+// returned, as a *jsonrpc.Error with the code and message bridge/attach
+// would answer, or ErrClientClosed. Safe from any goroutine.
+func (h *Hub) Attach(cl *Client, sid string, since *uint64, last *int) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if cl.closed {
+		return ErrClientClosed
+	}
+	if !auth.AllowRequest(cl.info.Role, "bridge/attach") {
+		return &jsonrpc.Error{Code: codeNotAllowed, Message: fmt.Sprintf("method %q is not allowed for role %s", "bridge/attach", cl.info.Role)}
+	}
+	if err := h.attach(cl, nil, sid, since, last); err != nil {
+		return err
+	}
+	return nil
+}
+
 // attach replays what the client asked for and attaches it, atomically with
 // respect to the agent's stream (both happen under the hub mutex), so the
-// replay and live events meet with no hole and no duplicate.
-func (h *Hub) attach(cl *Client, id []byte, s *Session, since *uint64, last *int) {
+// replay and live events meet with no hole and no duplicate. The result is
+// answered to id unless id is nil (Attach); a refusal is returned, not
+// sent. Precondition: h.mu held.
+func (h *Hub) attach(cl *Client, id []byte, sid string, since *uint64, last *int) *jsonrpc.Error {
+	s := h.sessions[sid]
+	if s == nil {
+		return &jsonrpc.Error{Code: codeUnknownSession, Message: unknownSession(sid)}
+	}
+	if since != nil && last != nil {
+		return &jsonrpc.Error{Code: codeInvalidParams, Message: "bridge/attach: give since or last, not both"}
+	}
+	if last != nil && *last < 0 {
+		return &jsonrpc.Error{Code: codeInvalidParams, Message: "bridge/attach: last must be >= 0"}
+	}
 	// The replay starts after cursor; it is paced out by the pump.
 	cursor, replay := s.seq, 0
 	switch {
 	case since != nil:
 		if *since > s.seq {
-			h.replyError(cl, id, codeInvalidParams, fmt.Sprintf("bridge/attach: since %d is beyond the session's last seq %d", *since, s.seq))
-			return
+			return &jsonrpc.Error{Code: codeInvalidParams, Message: fmt.Sprintf("bridge/attach: since %d is beyond the session's last seq %d", *since, s.seq)}
 		}
 		cursor = *since
 		replay = s.log.countSince(cursor) + h.diskSpan(s, cursor)
@@ -183,13 +218,17 @@ func (h *Hub) attach(cl *Client, id []byte, s *Session, since *uint64, last *int
 	}
 	h.claim(s)
 	s.attach(cl)
-	h.replyResult(cl, id, attachResult{SessionID: s.ID, Seq: s.seq, Status: s.status, Replayed: replay})
+	if id != nil {
+		h.replyResult(cl, id, attachResult{SessionID: s.ID, Seq: s.seq, Status: s.status, Replayed: replay})
+	}
 	h.startCatchup(cl, s, cursor)
 	for _, ar := range s.pending {
 		if s.eligible(cl, ar.method) {
 			h.deliverRequest(ar, cl)
 		}
 	}
+	h.remoteAttached(cl, s) // remote.go: the owning node learns of an attach to its session
+	return nil
 }
 
 // sendReplay queues the events of replay (the log's events after `after`,

@@ -48,6 +48,9 @@ func (h *Hub) routePeeked(cl *Client, msg []byte, hd jsonrpc.Header, err error) 
 		return
 	}
 	if hd.Kind == jsonrpc.KindResponse {
+		if h.remoteRoute(cl, msg, hd, "") { // remote.go: an answer to another node's agent
+			return
+		}
 		h.clientAnswer(cl, msg, hd)
 		return
 	}
@@ -73,7 +76,7 @@ func (h *Hub) routePeeked(cl *Client, msg []byte, hd jsonrpc.Header, err error) 
 		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("method %q is not allowed for role %s", method, cl.info.Role))
 		return
 	}
-	if h.remoteRefused(cl, hd, method) { // remote.go
+	if h.remoteRoute(cl, msg, hd, method) { // remote.go
 		return
 	}
 	if method != "initialize" && h.reinitialising() {
@@ -229,6 +232,7 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 			return
 		}
 	}
+	h.keepLoad(c, msg) // remote.go
 	if !h.sendCall(c, msg, hd) {
 		h.releaseTokens(c)
 		return
@@ -325,6 +329,9 @@ func (h *Hub) sendInitialize() {
 		}
 		in.response = clone(body)
 		h.learnDialect(body)
+		if r := h.loadRecorder(); r != nil { // remote.go
+			r.RecordInitialize(in.request)
+		}
 		for _, w := range in.waiters {
 			h.replyCached(w.cl, w.id)
 		}

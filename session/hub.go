@@ -68,6 +68,9 @@ type Config struct {
 	// Node names this daemon in a fleet (--node); "" outside fleet mode.
 	// bridge/sessions reports it for the sessions of the local agent.
 	Node string
+	// Remote carries client messages for sessions of other fleet nodes to
+	// them (remote.go); nil refuses them with -32003.
+	Remote Remote
 }
 
 // Journal persists sessions and their events (cmd wires store.Store, and in
@@ -264,6 +267,7 @@ type call struct {
 	// the agent refuses it
 	attachedNow, ownedNow, loading bool
 	tokens                         []string // bridge progress tokens minted for it (remap.go)
+	loadRequest                    []byte   // session/new, load, resume: kept for a LoadRecorder (remote.go)
 	lim                            callLimits
 }
 
@@ -374,6 +378,9 @@ func (h *Hub) Closed(cl *Client) {
 // ownerships and, with a resume key, parks it. Precondition: h.mu held.
 func (h *Hub) closeLocked(cl *Client) {
 	cl.closed = true
+	if h.cfg.Remote != nil {
+		h.cfg.Remote.Closed(cl.ID)
+	}
 	delete(h.conns, cl.ID)
 	h.st.conns.Add(-1)
 	for _, s := range cl.attached {

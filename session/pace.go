@@ -181,3 +181,30 @@ func (h *Hub) Inflight(cl *Client) int {
 	defer h.mu.Unlock()
 	return cl.inflight
 }
+
+// Recede turns what cl's connection has queued but not written back into
+// a cursor: take (run under the hub lock, so no event is pushed to cl
+// meanwhile) removes every queued sequenced event from the connection's
+// queue and returns the lowest seq it removed per session; each of those
+// sessions is then fed to cl from its log from there (Pump), as if the
+// connection had lagged before them. A connection whose peer stopped
+// reading so holds a cursor per session, not a queue of events. Safe
+// from any goroutine; take must only touch the connection's queue.
+func (h *Hub) Recede(cl *Client, take func() map[string]uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if cl.closed {
+		return
+	}
+	for sid, low := range take() {
+		s := cl.attached[sid]
+		if s == nil || low == 0 {
+			continue // detached: what was queued is not owed any more
+		}
+		if cur, paced := cl.catchup[s]; paced {
+			cl.catchup[s] = min(cur, low-1)
+		} else {
+			h.lag(cl, s, low-1)
+		}
+	}
+}

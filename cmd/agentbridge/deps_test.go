@@ -53,7 +53,7 @@ func TestDeps(t *testing.T) {
 		"internal/lograte": {},
 		// The fleet sees the core through its interfaces (Journal, Hub);
 		// the core never imports it.
-		"fleet": {"session"},
+		"fleet": {"auth", "codec/jsonrpc", "session", "wire"},
 		// One connection endpoint for every transport; it knows the hub,
 		// never a socket.
 		"delivery": {"auth", "breaker", "codec/jsonrpc", "ring", "session", "wire"},

@@ -12,8 +12,9 @@ import (
 )
 
 // joinFleet joins the fleet when --nats is set (nil, nil otherwise: no NATS
-// code runs): the hub's journal then also feeds the fleet's stream, and
-// bridge/sessions names this node.
+// code runs): the hub's journal then also feeds the fleet's stream,
+// bridge/sessions names this node, and requests for other nodes' sessions
+// are forwarded to them.
 func joinFleet(f *serveFlags, hcfg *session.Config, log *slog.Logger) (*fleet.Fleet, error) {
 	if f.nats == "" {
 		return nil, nil
@@ -47,6 +48,7 @@ func joinFleet(f *serveFlags, hcfg *session.Config, log *slog.Logger) (*fleet.Fl
 		hcfg.Journal = fl
 	}
 	hcfg.Node = node
+	hcfg.Remote = fl
 	log.Info("joined the fleet", "nats", f.nats, "fleet", f.fleet, "node", node)
 	return fl, nil
 }

@@ -3,6 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -37,6 +39,14 @@ func fleetNode(t *testing.T, url, fleet, name string) *daemon {
 	t.Helper()
 	return startDaemon(t, "--nats", url, "--node", name, "--fleet", fleet,
 		"--", binPath, "demo-agent", "--chunks", "40", "--pace", "10ms", "--tool-calls", "0")
+}
+
+// permNode is fleetNode with one tool call per prompt that asks
+// permission, and extra serve flags.
+func permNode(t *testing.T, url, fleet, name string, extra ...string) *daemon {
+	t.Helper()
+	args := append([]string{"--nats", url, "--node", name, "--fleet", fleet}, extra...)
+	return startDaemon(t, append(args, "--", binPath, "demo-agent", "--chunks", "20", "--pace", "5ms", "--tool-calls", "1", "--permission")...)
 }
 
 // listed returns the bridge/sessions row of sid on cl's daemon, or nil.
@@ -106,8 +116,8 @@ func events(cl *client, sid string, from, upto uint64) map[uint64]string {
 // with node A; a viewer on C attaches with since while A's prompt streams
 // and gets every event exactly once, in order, the same as A's owner got;
 // a second attach with since=k after the turn gets exactly k+1..end; a
-// prompt sent on B to A's session is refused with -32003 naming node A
-// (cross-node forwarding is not done yet).
+// prompt sent on B to A's session by a client not attached to it reaches A
+// and is refused by A's own gate (-32002), as a local one would be.
 func TestFleetRemoteAttach(t *testing.T) {
 	url := startNATS(t)
 	fleet := fmt.Sprintf("t%d", time.Now().UnixNano())
@@ -195,12 +205,12 @@ func TestFleetRemoteAttach(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 
-	// Driving A's session from B is refused, naming the node.
+	// Driving A's session from B unattached is refused by A's gate.
 	bc.call(100, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}})
 	bc.request(101, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "hi"}}})
 	pr, _ := bc.response(101, wait)
-	if errCode(pr) != -32003 || !strings.Contains(fmt.Sprint(field(pr, "error", "message")), `"A"`) {
-		t.Fatalf("session/prompt on B for A's session: %v, want -32003 naming node A", pr)
+	if errCode(pr) != -32002 || !strings.Contains(fmt.Sprint(field(pr, "error", "message")), "not attached") {
+		t.Fatalf("session/prompt on B for A's session, unattached: %v, want A's -32002", pr)
 	}
 
 	// B's own session and A's, paged one per page on C, each with its node.
@@ -229,6 +239,130 @@ func TestFleetRemoteAttach(t *testing.T) {
 	}
 	if len(nodes) != 2 || nodes[sid] != "A" || nodes[bsid] != "B" {
 		t.Fatalf("C's pages list %v, want %s on A and %s on B", nodes, sid, bsid)
+	}
+}
+
+// TestFleetRemotePrompt: A's session, its creator gone, is attached by a
+// client on B (which so becomes its owner on A) and by an operator on C.
+// B prompts it; A's agent asks permission; both get the request under the
+// same fleet id; C answers first, so B gets bridge/resolved and
+// $/cancel_request naming that id; B gets every event of the turn, exactly
+// once and in order, before the prompt's answer; a second prompt from B,
+// cancelled from B with session/cancel while its permission request is
+// pending, is answered cancelled; so is a third, cancelled with
+// $/cancel_request naming B's own request id.
+func TestFleetRemotePrompt(t *testing.T) {
+	url := startNATS(t)
+	fleet := fmt.Sprintf("t%d", time.Now().UnixNano())
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	const opToken = "e2e-fleet-operator-token-0123456789"
+	if err := os.WriteFile(tokens, []byte("operator "+opToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addrC := freeAddr(t)
+	a := permNode(t, url, fleet, "A")
+	b := permNode(t, url, fleet, "B")
+	c := permNode(t, url, fleet, "C", "--listen", addrC, "--tokens", tokens)
+
+	creator := dial(t, a)
+	acpInit(t, creator, 1)
+	sid, _ := field(creator.call(1, "session/new", map[string]any{"cwd": "/tmp", "mcpServers": []any{}}), "result", "sessionId").(string)
+	if sid == "" {
+		t.Fatal("session/new without sessionId")
+	}
+	creator.c.Close()
+	ac := dial(t, a)
+	aid := 0
+	waitListed(ac, &aid, sid, "no owner connected", func(m map[string]any) bool { return m["ownerConnected"] == false })
+
+	bc := dial(t, b)
+	bc.call(1, "bridge/hello", map[string]any{"envelope": true})
+	acpInit(t, bc, 1) // B's own agent: initialize names no session
+	bid := 1
+	waitListed(bc, &bid, sid, "node A", func(m map[string]any) bool { return m["node"] == "A" })
+	if att := bc.call(2, "bridge/attach", map[string]any{"sessionId": sid, "since": 0}); field(att, "result", "sessionId") != sid {
+		t.Fatalf("bridge/attach on B: %v", att)
+	}
+	// B's stand-in on A becomes the owner, as a local attach would.
+	waitListed(ac, &aid, sid, "owner connected", func(m map[string]any) bool { return m["ownerConnected"] == true })
+
+	op, _, err := dialPeer(t, "ws://"+addrC+"/acp", nil, "Authorization", "Bearer "+opToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := dial(t, c)
+	cid := 0
+	waitListed(cc, &cid, sid, "node A", func(m map[string]any) bool { return m["node"] == "A" })
+	op.call("att", "bridge/attach", map[string]any{"sessionId": sid})
+
+	bc.request(10, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "go"}}})
+	opPerm, _ := op.waitFor("the permission request on C", func(m map[string]any) bool { return m["method"] == "session/request_permission" })
+	permID, _ := opPerm["id"].(string)
+	if !strings.HasPrefix(permID, "fleet/A/") {
+		t.Fatalf("permission request on C has id %v, want a fleet/A/ id", opPerm["id"])
+	}
+	var beforeAnswer []map[string]any
+	bPerm, seen := bc.waitFor(wait, "the permission request on B", func(m map[string]any) bool { return m["method"] == "session/request_permission" })
+	beforeAnswer = append(beforeAnswer, seen...)
+	if bPerm["id"] != permID || field(bPerm, "params", "sessionId") != sid {
+		t.Fatalf("B got %v, C got id %s", bPerm, permID)
+	}
+	op.send(map[string]any{"jsonrpc": "2.0", "id": permID, "result": map[string]any{"outcome": map[string]any{"outcome": "selected", "optionId": "allow"}}})
+	res, seen := bc.waitFor(wait, "bridge/resolved on B", func(m map[string]any) bool { return m["method"] == "bridge/resolved" })
+	beforeAnswer = append(beforeAnswer, seen...)
+	if field(res, "params", "id") != permID {
+		t.Fatalf("B's bridge/resolved %v, want id %s", res, permID)
+	}
+	pr, seen := bc.response(10, wait)
+	beforeAnswer = append(beforeAnswer, seen...)
+	if field(pr, "result", "stopReason") != "end_turn" {
+		t.Fatalf("B's prompt of A's session: %v", pr)
+	}
+	sawCancel := false
+	var seqs []uint64
+	for _, m := range beforeAnswer {
+		switch m["method"] {
+		case "$/cancel_request":
+			sawCancel = field(m, "params", "requestId") == permID
+		case "bridge/event":
+			seqs = append(seqs, uint64(field(m, "params", "seq").(float64)))
+		case "bridge/gap":
+			t.Fatalf("B got a gap: %v", m)
+		}
+	}
+	if !sawCancel {
+		t.Fatalf("B got no $/cancel_request naming %s before the answer: %s", permID, brief(beforeAnswer))
+	}
+	end := uint64(waitListed(ac, &aid, sid, "idle", func(m map[string]any) bool { return m["status"] == "idle" })["seq"].(float64))
+	if end < 20 || uint64(len(seqs)) != end {
+		t.Fatalf("B got %d events before the answer, A's seq is %d: %v", len(seqs), end, seqs)
+	}
+	for i, s := range seqs {
+		if s != uint64(i+1) {
+			t.Fatalf("B's events out of order at %d: %v", i, seqs)
+		}
+	}
+
+	// A prompt cancelled from B by its own id: the cancel follows it to A.
+	bc.request(11, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "again"}}})
+	bc.waitFor(wait, "the second permission request on B", func(m map[string]any) bool { return m["method"] == "session/request_permission" })
+	bc.send(map[string]any{"jsonrpc": "2.0", "method": "session/cancel", "params": map[string]any{"sessionId": sid}})
+	pr, _ = bc.response(11, wait)
+	if field(pr, "result", "stopReason") != "cancelled" {
+		t.Fatalf("B's cancelled prompt of A's session: %v", pr)
+	}
+
+	// $/cancel_request naming B's own request id follows the request to A,
+	// where it is remapped to the stand-in's request.
+	bc.request(12, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "third"}}})
+	bc.waitFor(wait, "the third permission request on B", func(m map[string]any) bool { return m["method"] == "session/request_permission" })
+	bc.send(map[string]any{"jsonrpc": "2.0", "method": "$/cancel_request", "params": map[string]any{"requestId": 12}})
+	pr, _ = bc.response(12, wait)
+	if field(pr, "result", "stopReason") != "cancelled" {
+		t.Fatalf("B's prompt of A's session after $/cancel_request: %v", pr)
+	}
+	if strings.Contains(b.logs(), "not got in flight; dropped") {
+		t.Fatalf("B dropped its client's cancel as naming nothing in flight:\n%s", b.logs())
 	}
 }
 
@@ -273,6 +407,77 @@ func TestFleetNodeDeath(t *testing.T) {
 	again.call(1, "bridge/hello", map[string]any{"envelope": true})
 	again.call(2, "bridge/attach", map[string]any{"sessionId": sid, "since": 0})
 	events(again, sid, 1, end)
+}
+
+// TestFleetNodeRestart: node A, SIGKILLed and started again (a new
+// process, the same --node), re-loads its session into its new agent with
+// the recorded cwd and mcpServers (the demo agent keeps session ids on
+// disk, as real agents do); B's attached client sees blocked, then idle,
+// and prompts again: every event of the new turn, numbered on from the
+// first turn's, exactly once and before the answer.
+func TestFleetNodeRestart(t *testing.T) {
+	url := startNATS(t)
+	fleet := fmt.Sprintf("t%d", time.Now().UnixNano())
+	kept := t.TempDir()
+	nodeA := func() *daemon {
+		return startDaemon(t, "--nats", url, "--node", "A", "--fleet", fleet,
+			"--", binPath, "demo-agent", "--chunks", "10", "--pace", "2ms", "--tool-calls", "0", "--sessions-dir", kept)
+	}
+	a := nodeA()
+	b := fleetNode(t, url, fleet, "B")
+	owner := dial(t, a)
+	acpInit(t, owner, 1)
+	sid, _ := field(owner.call(1, "session/new", map[string]any{"cwd": "/tmp", "mcpServers": []any{}}), "result", "sessionId").(string)
+	if pr := owner.call(2, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "one"}}}); field(pr, "result", "stopReason") != "end_turn" {
+		t.Fatalf("first prompt on A: %v", pr)
+	}
+	oid := 10
+	end1 := uint64(listed(owner, &oid, sid)["seq"].(float64))
+
+	bc := dial(t, b)
+	bc.call(1, "bridge/hello", map[string]any{"envelope": true})
+	acpInit(t, bc, 1)
+	bid := 1
+	waitListed(bc, &bid, sid, fmt.Sprintf("seq %d", end1), func(m map[string]any) bool { return uint64(m["seq"].(float64)) == end1 })
+	bc.call(2, "bridge/attach", map[string]any{"sessionId": sid, "since": 0})
+	events(bc, sid, 1, end1)
+
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-a.exited
+	isStatus := func(st string) func(map[string]any) bool {
+		return func(m map[string]any) bool {
+			return m["method"] == "bridge/status" && field(m, "params", "sessionId") == sid && field(m, "params", "status") == st
+		}
+	}
+	bc.waitFor(15*time.Second, "bridge/status blocked", isStatus("blocked"))
+	a2 := nodeA()
+	bc.waitFor(30*time.Second, "bridge/status idle after A's restart", isStatus("idle"))
+	if !a2.waitLog("re-loaded this node's sessions", wait) || !strings.Contains(a2.logs(), "loaded=1") {
+		t.Fatalf("A did not log re-loading its session:\n%s", a2.logs())
+	}
+
+	bc.request(20, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "two"}}})
+	pr, seen := bc.response(20, wait)
+	if field(pr, "result", "stopReason") != "end_turn" {
+		t.Fatalf("B's prompt after A's restart: %v", pr)
+	}
+	next := end1 + 1
+	for _, m := range seen {
+		switch m["method"] {
+		case "bridge/gap":
+			t.Fatalf("B got a gap after A's restart: %v", m)
+		case "bridge/event":
+			if seq := uint64(field(m, "params", "seq").(float64)); seq != next {
+				t.Fatalf("B got seq %d after A's restart, want %d (a hole or a duplicate)", seq, next)
+			}
+			next++
+		}
+	}
+	if next < end1+10 {
+		t.Fatalf("B got events %d..%d of the second turn before its answer", end1+1, next-1)
+	}
 }
 
 // TestSingleNodeNoFleet: without --nats nothing names a node.

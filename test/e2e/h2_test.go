@@ -126,14 +126,36 @@ func TestStreamableHTTPOverH2(t *testing.T) {
 	if stop != "end_turn" || chunks == 0 || permissions != 1 {
 		t.Fatalf("prompt over h2: stopReason %q, %d chunks, %d permission requests", stop, chunks, permissions)
 	}
+	// The session's /events stream over the same connection replays the
+	// prompt's logged events with their seqs.
+	req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+d.listen+"/events?session="+sid+"&since=0", nil)
+	req.Header.Set("Authorization", "Bearer "+e2eViewerToken)
+	ev, err := hc.Do(req)
+	if err != nil || ev.ProtoMajor != 2 || ev.StatusCode != 200 {
+		t.Fatalf("/events over h2: %v %v", ev, err)
+	}
+	evr := bufio.NewReader(ev.Body)
+	line, err := evr.ReadString('\n')
+	for err == nil && !strings.HasPrefix(line, "id: ") {
+		line, err = evr.ReadString('\n')
+	}
+	ev.Body.Close()
+	if line != "id: 1\n" {
+		t.Fatalf("/events over h2: first event line %q (%v)", line, err)
+	}
+	// A refused WebSocket attempt ends only its own stream over h2 (a
+	// "Connection: close" would make net/http shut the whole connection).
+	if r := do("GET", "", "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version", "13"); r.StatusCode < 400 || r.StatusCode >= 500 {
+		t.Fatalf("WebSocket attempt over h2: %d", r.StatusCode)
+	}
+	if r := do("DELETE", "", "Acp-Connection-Id", id); r.StatusCode != http.StatusAccepted {
+		t.Fatalf("DELETE: %d", r.StatusCode)
+	}
 	mu.Lock()
 	n := len(conns)
 	mu.Unlock()
 	if n != 1 {
 		t.Fatalf("requests and streams used %d TCP connections, want one (HTTP/2 multiplexing): %v", n, conns)
-	}
-	if r := do("DELETE", "", "Acp-Connection-Id", id); r.StatusCode != http.StatusAccepted {
-		t.Fatalf("DELETE: %d", r.StatusCode)
 	}
 }
 

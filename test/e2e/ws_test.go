@@ -549,9 +549,13 @@ func TestTLSConnectShimAndHTTPS(t *testing.T) {
 	if _, resp, err := dialPeer(t, url, conf); err == nil || resp == nil || resp.StatusCode != 401 {
 		t.Fatalf("wss without token: %v %v", resp, err)
 	}
-	p, _, err := dialPeer(t, url, conf, "Sec-WebSocket-Protocol", "agentbridge.token."+e2eClientToken)
+	p, resp, err := dialPeer(t, url, conf, "Sec-WebSocket-Protocol", "agentbridge.token."+e2eClientToken)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The wss 101 names the connection as the ws one does.
+	if id := resp.Header.Get("Acp-Connection-Id"); len(id) != 36 || strings.Count(id, "-") != 4 {
+		t.Fatalf("Acp-Connection-Id %q on the wss 101", id)
 	}
 	if res, _ := p.call(1, "echo", map[string]any{"x": 1}); field(res, "result", "x") != float64(1) {
 		t.Fatalf("echo over wss: %v", res)
