@@ -76,29 +76,15 @@ func (r *runner) fleetNATS(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("latency: %v", err)
 	}
-	kase := fmt.Sprintf("agent on A, %d chunks every %s; viewer on B vs on A", chunks, crossLatencyPace)
-	for _, q := range []struct {
-		metric string
-		v      func(*Latency) float64
-	}{{"delivery p50", func(l *Latency) float64 { return l.P50 }}, {"delivery p99", func(l *Latency) float64 { return l.P99 }}} {
-		r.addFigure(Figure{Scenario: "fleet", Transport: "unix", Case: kase, Metric: q.metric, Unit: "µs", Better: "lower", Value: q.v(lat[1])},
-			map[string]float64{"same node": q.v(lat[0])}, []string{"same node"})
-	}
-	kase = fmt.Sprintf("%d sequential gated requests to A's session; client on B (forwarded) vs on A", crossRTTCount)
-	for _, q := range []struct {
-		metric string
-		v      func(*Latency) float64
-	}{{"rtt p50", func(l *Latency) float64 { return l.P50 }}, {"rtt p99", func(l *Latency) float64 { return l.P99 }}} {
-		r.addFigure(Figure{Scenario: "fleet", Transport: "unix", Case: kase, Metric: q.metric, Unit: "µs", Better: "lower", Value: q.v(rtt[1])},
-			map[string]float64{"same node": q.v(rtt[0])}, []string{"same node"})
-	}
+	r.addPercentiles(fmt.Sprintf("agent on A, %d chunks every %s; viewer on B vs on A", chunks, crossLatencyPace), "delivery", lat)
+	r.addPercentiles(fmt.Sprintf("%d sequential gated requests to A's session; client on B (forwarded) vs on A", crossRTTCount), "rtt", rtt)
 
 	// Throughput: B's session flooded, viewers on B (same) and A (cross).
 	rate, err := r.crossFlood(ctx, b, a)
 	if err != nil {
 		return fmt.Errorf("throughput: %v", err)
 	}
-	kase = fmt.Sprintf("agent on B floods %d chunks; viewer on A vs on B", crossFloodChunks)
+	kase := fmt.Sprintf("agent on B floods %d chunks; viewer on A vs on B", crossFloodChunks)
 	r.addFigure(Figure{Scenario: "fleet", Transport: "unix", Case: kase, Metric: "events/s", Unit: "msgs/s", Better: "higher", Value: rate[1]},
 		map[string]float64{"same node": rate[0]}, []string{"same node"})
 	for _, d := range []*daemon{a, b} {
@@ -107,6 +93,52 @@ func (r *runner) fleetNATS(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// addPercentiles records the p50 and p99 of pair[1] (cross-node) with
+// pair[0] (same node) as the baseline.
+func (r *runner) addPercentiles(kase, metric string, pair [2]*Latency) {
+	for _, q := range []struct {
+		name string
+		v    func(*Latency) float64
+	}{{"p50", func(l *Latency) float64 { return l.P50 }}, {"p99", func(l *Latency) float64 { return l.P99 }}} {
+		r.addFigure(Figure{Scenario: "fleet", Transport: "unix", Case: kase, Metric: metric + " " + q.name, Unit: "µs", Better: "lower", Value: q.v(pair[1])},
+			map[string]float64{"same node": q.v(pair[0])}, []string{"same node"})
+	}
+}
+
+// closeAll closes the connections set up (nil ones skipped) and aborts
+// their reads when ctx ends first.
+func closeAll(ctx context.Context, conns ...*msgConn) func() {
+	var stops []func() bool
+	for _, c := range conns {
+		if c != nil {
+			stops = append(stops, context.AfterFunc(ctx, c.Abort))
+		}
+	}
+	return func() {
+		for _, stop := range stops {
+			stop()
+		}
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
+}
+
+// bothViewers runs read on each viewer at once and joins their errors.
+func bothViewers(viewers [2]*msgConn, read func(i int, v *msgConn) error) error {
+	errs := make(chan error, len(viewers))
+	for i, v := range viewers {
+		go func() { errs <- read(i, v) }()
+	}
+	var err error
+	for range viewers {
+		err = errors.Join(err, <-errs)
+	}
+	return err
 }
 
 // crossSetup makes a session on owner's daemon (owner: hello, initialize,
@@ -211,12 +243,7 @@ func prompt(c *msgConn, sid string) error {
 // same node, 1: cross-node).
 func (r *runner) crossLatency(ctx context.Context, a, b *daemon, chunks int) (lat, rtt [2]*Latency, err error) {
 	sid, owner, viewers, err := crossSetup(ctx, a, b)
-	for _, c := range append(viewers[:], owner) {
-		if c != nil {
-			defer c.Close()
-			defer context.AfterFunc(ctx, c.Abort)()
-		}
-	}
+	defer closeAll(ctx, owner, viewers[0], viewers[1])()
 	if err != nil {
 		return lat, rtt, err
 	}
@@ -224,23 +251,14 @@ func (r *runner) crossLatency(ctx context.Context, a, b *daemon, chunks int) (la
 	if err := prompt(owner, sid); err != nil {
 		return lat, rtt, err
 	}
-	errs := make(chan error, 2)
 	hists := [2]*hdrhistogram.Histogram{newHist(), newHist()}
-	for i, v := range viewers {
-		go func() {
-			errs <- readEvents(v, chunks, func(msg []byte, now time.Time) {
-				if at := stampOf(msg); at > 0 {
-					record(hists[i], now.Sub(time.Unix(0, at)))
-				}
-			})
-		}()
-	}
-	for range viewers {
-		if e := <-errs; e != nil {
-			err = errors.Join(err, e)
-		}
-	}
-	if err != nil {
+	if err := bothViewers(viewers, func(i int, v *msgConn) error {
+		return readEvents(v, chunks, func(msg []byte, now time.Time) {
+			if at := stampOf(msg); at > 0 {
+				record(hists[i], now.Sub(time.Unix(0, at)))
+			}
+		})
+	}); err != nil {
 		return lat, rtt, err
 	}
 	if _, err := waitResponse(owner, promptID); err != nil {
@@ -288,12 +306,7 @@ func waitResponse(c *msgConn, id int64) ([]byte, error) {
 // viewer on b, 1: on a).
 func (r *runner) crossFlood(ctx context.Context, b, a *daemon) (rate [2]float64, err error) {
 	sid, owner, viewers, err := crossSetup(ctx, b, a)
-	for _, c := range append(viewers[:], owner) {
-		if c != nil {
-			defer c.Close()
-			defer context.AfterFunc(ctx, c.Abort)()
-		}
-	}
+	defer closeAll(ctx, owner, viewers[0], viewers[1])()
 	if err != nil {
 		return rate, err
 	}
@@ -301,26 +314,18 @@ func (r *runner) crossFlood(ctx context.Context, b, a *daemon) (rate [2]float64,
 	if err := prompt(owner, sid); err != nil {
 		return rate, err
 	}
-	errs := make(chan error, 2)
-	for i, v := range viewers {
-		go func() {
-			var first, last time.Time
-			e := readEvents(v, crossFloodChunks, func(_ []byte, now time.Time) {
-				if first.IsZero() {
-					first = now
-				}
-				last = now
-			})
-			if e == nil && last.After(first) {
-				rate[i] = float64(crossFloodChunks-1) / last.Sub(first).Seconds()
+	err = bothViewers(viewers, func(i int, v *msgConn) error {
+		var first, last time.Time
+		e := readEvents(v, crossFloodChunks, func(_ []byte, now time.Time) {
+			if first.IsZero() {
+				first = now
 			}
-			errs <- e
-		}()
-	}
-	for range viewers {
-		if e := <-errs; e != nil {
-			err = errors.Join(err, e)
+			last = now
+		})
+		if e == nil && last.After(first) {
+			rate[i] = float64(crossFloodChunks-1) / last.Sub(first).Seconds()
 		}
-	}
+		return e
+	})
 	return rate, err
 }

@@ -6,9 +6,10 @@
 //
 //   - Fleet is a session.Journal (and session.JournalDeleter): every event
 //     of a session of the local agent is appended to the stream subject
-//     agentbridge.<fleet>.s.<encoded id>, its bridge seq in the header
-//     Agentbridge-Seq and the message id <node>.<encoded id>.<seq>
-//     (Nats-Msg-Id), so a republished event is dropped by the stream's
+//     agentbridge.<fleet>.s.<encoded id>, alone or in a run of consecutive
+//     events (see maxRun), its first bridge seq in the header
+//     Agentbridge-Seq and the message id <node>.<encoded id>.<seq>[-<last>]
+//     (Nats-Msg-Id), so a republished message is dropped by the stream's
 //     duplicate window.
 //   - Every Refresh the node puts one KV entry per local session
 //     ({sessionId, node, status, ownerConnected, seq, clients}) into the
@@ -37,6 +38,7 @@ package fleet
 import (
 	"context"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -315,20 +317,77 @@ func (f *Fleet) writer() {
 	}
 }
 
-func (f *Fleet) eventMsg(o op) *nats.Msg {
+// Batching: a run of consecutive events of one session waiting in the
+// queue is published as one stream message (at most maxRun events and
+// maxRunBytes), so a flood costs one JetStream round trip per run, not
+// per event. A run's message carries its first seq (SeqHeader) and, past
+// one event, CountHeader, with the bodies each prefixed by its length
+// (uvarint); its message id names the first and last seq, and a retry
+// sends the very same message, so the stream's duplicate window drops it.
+const (
+	maxRun      = 256
+	maxRunBytes = 256 << 10
+)
+
+// CountHeader is the number of events a stream message carries (absent:
+// one).
+const CountHeader = "Agentbridge-Count"
+
+func (f *Fleet) eventMsg(run []op) *nats.Msg {
+	o := run[0]
 	m := nats.NewMsg(f.Subject(o.sid))
-	m.Data = o.body
 	seq := strconv.FormatUint(o.seq, 10)
 	m.Header.Set(SeqHeader, seq)
-	m.Header.Set(jetstream.MsgIDHeader, f.cfg.Node+"."+Encode(o.sid)+"."+seq)
+	id := f.cfg.Node + "." + Encode(o.sid) + "." + seq
+	if len(run) == 1 {
+		m.Data = o.body
+	} else {
+		for _, e := range run {
+			m.Data = binary.AppendUvarint(m.Data, uint64(len(e.body)))
+			m.Data = append(m.Data, e.body...)
+		}
+		m.Header.Set(CountHeader, strconv.Itoa(len(run)))
+		id += "-" + strconv.FormatUint(run[len(run)-1].seq, 10)
+	}
+	m.Header.Set(jetstream.MsgIDHeader, id)
 	return m
 }
 
+// splitRun returns the bodies a stream message carries: one, or count
+// length-prefixed ones.
+func splitRun(data []byte, count int) ([][]byte, error) {
+	if count <= 1 {
+		return [][]byte{data}, nil
+	}
+	bodies := make([][]byte, 0, count)
+	for len(data) > 0 {
+		n, k := binary.Uvarint(data)
+		if k <= 0 || uint64(len(data)-k) < n {
+			return nil, errors.New("truncated run")
+		}
+		bodies = append(bodies, data[k:k+int(n)])
+		data = data[k+int(n):]
+	}
+	if len(bodies) != count {
+		return nil, fmt.Errorf("run of %d events, %s says %d", len(bodies), CountHeader, count)
+	}
+	return bodies, nil
+}
+
 func (f *Fleet) publish(batch []op) {
-	for _, o := range batch {
+	for i := 0; i < len(batch); {
+		o := batch[i]
+		i++
 		switch o.kind {
 		case 'a':
-			f.publishSync(o)
+			j, size := i, len(o.body)
+			for j < len(batch) && j-i < maxRun-1 && batch[j].kind == 'a' && batch[j].sid == o.sid &&
+				batch[j].seq == batch[j-1].seq+1 && size+len(batch[j].body) <= maxRunBytes {
+				size += len(batch[j].body)
+				j++
+			}
+			f.publishSync(batch[i-1 : j])
+			i = j
 		case 'i', 'l':
 			f.putLoad(o) // reload.go
 		case 'c':
@@ -351,10 +410,13 @@ func (f *Fleet) publish(batch []op) {
 	}
 }
 
-func (f *Fleet) publishSync(o op) {
+// publishSync publishes a run of events and retries the same message
+// until JetStream acknowledges it.
+func (f *Fleet) publishSync(run []op) {
+	o, msg := run[0], f.eventMsg(run)
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := f.js.PublishMsg(ctx, f.eventMsg(o))
+		_, err := f.js.PublishMsg(ctx, msg)
 		cancel()
 		if err == nil {
 			return
@@ -363,10 +425,10 @@ func (f *Fleet) publishSync(o op) {
 		closing := f.closing
 		f.mu.Unlock()
 		if closing {
-			f.log.Warn("fleet: event not published before shutdown", "session", o.sid, "seq", o.seq, "err", err)
+			f.log.Warn("fleet: events not published before shutdown", "session", o.sid, "seq", o.seq, "events", len(run), "err", err)
 			return
 		}
-		f.log.Warn("fleet: publish failed; retrying", "session", o.sid, "seq", o.seq, "err", err)
+		f.log.Warn("fleet: publish failed; retrying", "session", o.sid, "seq", o.seq, "events", len(run), "err", err)
 		time.Sleep(wait)
 	}
 }
@@ -410,14 +472,19 @@ func (f *Fleet) refresh() {
 func (f *Fleet) expire() {
 	ttl := 3 * f.cfg.Refresh
 	now := time.Now()
+	gone := map[string]bool{}
 	f.mmu.Lock()
-	defer f.mmu.Unlock()
 	for sid, m := range f.mirrors {
 		if !m.stale && now.Sub(m.seen) > ttl {
 			m.stale = true
 			f.log.Warn("fleet: a remote session's node stopped refreshing it; marked blocked", "session", sid, "node", m.node)
 			f.hub.Mirror(sid, m.node, session.StatusBlocked)
+			gone[m.node] = true
 		}
+	}
+	f.mmu.Unlock()
+	for node := range gone {
+		f.failPending(node) // forward.go
 	}
 }
 
@@ -493,7 +560,21 @@ func (f *Fleet) event(sid string, msg jetstream.Msg) {
 		f.log.Warn("fleet: stream message without a valid "+SeqHeader+"; ignored", "session", sid, "subject", msg.Subject())
 		return
 	}
-	f.hub.MirrorEvent(sid, seq, msg.Data())
+	count := 1
+	if c := msg.Headers().Get(CountHeader); c != "" {
+		if count, err = strconv.Atoi(c); err != nil || count < 1 {
+			f.log.Warn("fleet: stream message with an invalid "+CountHeader+"; ignored", "session", sid, "value", c)
+			return
+		}
+	}
+	bodies, err := splitRun(msg.Data(), count)
+	if err != nil {
+		f.log.Warn("fleet: stream message not a valid run of events; ignored", "session", sid, "seq", seq, "err", err)
+		return
+	}
+	for k, body := range bodies {
+		f.hub.MirrorEvent(sid, seq+uint64(k), body)
+	}
 	f.mirrored()
 }
 

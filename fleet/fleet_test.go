@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -136,7 +137,6 @@ func TestStreamDedupAndMirror(t *testing.T) {
 	a.Create(sid)
 	a.Append(sid, 1, []byte(`{"n":1}`))
 	a.Append(sid, 2, []byte(`{"n":2}`))
-	a.Append(sid, 2, []byte(`{"n":2}`)) // republished: same message id
 	a.Append(sid, 3, []byte(`{"n":3}`))
 
 	hubB := newFakeHub()
@@ -155,7 +155,10 @@ func TestStreamDedupAndMirror(t *testing.T) {
 	}
 	hubB.mu.Unlock()
 
-	// The stream itself holds each event once, with its seq and id.
+	// The stream holds each event once, in runs (one message per run of
+	// consecutive events the writer found queued), each with its first
+	// seq, its count and an id naming its seqs; the writer's retry of a
+	// run (the same message) is dropped as a duplicate.
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
@@ -166,23 +169,50 @@ func TestStreamDedupAndMirror(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for seq := uint64(1); seq <= 4; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if seq == 4 {
-			if err == nil {
-				t.Fatalf("stream message 4 exists (%s): the republished event was not deduplicated", m.Data)
-			}
-			break
-		}
+	stored := func() (seqs []uint64, bodies []string, msgs uint64) {
+		info, err := st.Info(ctx)
 		if err != nil {
-			t.Fatalf("stream message %d: %v", seq, err)
+			t.Fatal(err)
 		}
-		if m.Subject != "agentbridge.unit.s."+Encode(sid) {
-			t.Fatalf("subject %q", m.Subject)
+		for n := uint64(1); n <= info.State.LastSeq; n++ {
+			m, err := st.GetMsg(ctx, n)
+			if err != nil {
+				t.Fatalf("stream message %d: %v", n, err)
+			}
+			if m.Subject != "agentbridge.unit.s."+Encode(sid) {
+				t.Fatalf("subject %q", m.Subject)
+			}
+			first, _ := strconv.ParseUint(m.Header.Get(SeqHeader), 10, 64)
+			count := 1
+			if c := m.Header.Get(CountHeader); c != "" {
+				count, _ = strconv.Atoi(c)
+			}
+			wantID := "A." + Encode(sid) + "." + strconv.FormatUint(first, 10)
+			if count > 1 {
+				wantID += "-" + strconv.FormatUint(first+uint64(count)-1, 10)
+			}
+			if m.Header.Get(jetstream.MsgIDHeader) != wantID {
+				t.Fatalf("message %d: id %q, want %q", n, m.Header.Get(jetstream.MsgIDHeader), wantID)
+			}
+			run, err := splitRun(m.Data, count)
+			if err != nil {
+				t.Fatalf("message %d: %v", n, err)
+			}
+			for k, b := range run {
+				seqs = append(seqs, first+uint64(k))
+				bodies = append(bodies, string(b))
+			}
 		}
-		if m.Header.Get(SeqHeader) != string(rune('0'+seq)) || m.Header.Get(jetstream.MsgIDHeader) != "A."+Encode(sid)+"."+string(rune('0'+seq)) {
-			t.Fatalf("message %d headers %v", seq, m.Header)
-		}
+		return seqs, bodies, info.State.Msgs
+	}
+	seqs, bodies, msgs := stored()
+	if !slices.Equal(seqs, []uint64{1, 2, 3}) || !slices.Equal(bodies, []string{`{"n":1}`, `{"n":2}`, `{"n":3}`}) {
+		t.Fatalf("stream holds events %v %v, want 1..3", seqs, bodies)
+	}
+	a.publishSync([]op{{kind: 'a', sid: sid, seq: 2, body: []byte(`{"n":2}`)}, {kind: 'a', sid: sid, seq: 3, body: []byte(`{"n":3}`)}})
+	a.publishSync([]op{{kind: 'a', sid: sid, seq: 2, body: []byte(`{"n":2}`)}, {kind: 'a', sid: sid, seq: 3, body: []byte(`{"n":3}`)}})
+	if _, _, after := stored(); after != msgs+1 {
+		t.Fatalf("a run published twice added %d messages, want 1", after-msgs)
 	}
 
 	// The KV entry names the node.

@@ -367,6 +367,35 @@ func (f *Fleet) failForward(it outItem, err error) {
 	f.fw.hub.Deliver(it.conn, jsonrpc.AppendError(nil, it.id, &jsonrpc.Error{Code: codeAgentUnavailable, Message: why}))
 }
 
+// failPending answers -32003 to every request forwarded to node and not
+// answered yet: the node stopped refreshing its sessions (it died or lost
+// NATS), so no answer is coming; one that still arrives is dropped
+// (outbound), so the client never gets two.
+func (f *Fleet) failPending(node string) {
+	if f.fw.hub == nil {
+		return
+	}
+	type req struct {
+		conn uint64
+		id   []byte
+	}
+	var failed []req
+	f.fw.mu.Lock()
+	for conn, p := range f.fw.pending {
+		for id, n := range p {
+			if n == node {
+				failed = append(failed, req{conn, []byte(id)})
+				delete(p, id)
+			}
+		}
+	}
+	f.fw.mu.Unlock()
+	for _, r := range failed {
+		why := fmt.Sprintf("fleet node %q stopped refreshing its sessions (gone, or cut off from NATS); the request's outcome is unknown", node)
+		f.fw.hub.Deliver(r.conn, jsonrpc.AppendError(nil, r.id, &jsonrpc.Error{Code: codeAgentUnavailable, Message: why}))
+	}
+}
+
 // publishOut publishes a stand-in's delivery (no acknowledgement: the
 // client's node drops what is for a connection it no longer has).
 func (f *Fleet) publishOut(it outItem) {
@@ -383,12 +412,17 @@ func (f *Fleet) outbound(msg *nats.Msg) {
 		f.log.Warn("fleet: delivery without a valid "+hdrConn+"; dropped", "from", msg.Header.Get(hdrFrom))
 		return
 	}
-	if hd, err := jsonrpc.Peek(msg.Data); err == nil && hd.Kind == jsonrpc.KindResponse {
+	if hd, err := jsonrpc.Peek(msg.Data); err == nil && hd.Kind == jsonrpc.KindResponse && string(hd.ID) != "null" {
 		f.fw.mu.Lock()
-		if p := f.fw.pending[conn]; p != nil {
-			delete(p, string(hd.ID))
-		}
+		_, tracked := f.fw.pending[conn][string(hd.ID)]
+		delete(f.fw.pending[conn], string(hd.ID))
 		f.fw.mu.Unlock()
+		if !tracked {
+			// Already answered: -32003 when its node was taken for
+			// gone (failPending), or the connection closed.
+			f.log.Info("fleet: an answer for a request already answered or of a closed connection; dropped", "conn", conn, "id", string(hd.ID), "from", msg.Header.Get(hdrFrom))
+			return
+		}
 	}
 	if after := msg.Header.Get(hdrAfter); after != "" {
 		f.waitMirrors(after)

@@ -133,6 +133,9 @@ func (f *Fleet) lastSeq(ctx context.Context, sid string) uint64 {
 		return 0
 	}
 	seq, _ := strconv.ParseUint(m.Header.Get(SeqHeader), 10, 64)
+	if n, err := strconv.ParseUint(m.Header.Get(CountHeader), 10, 64); err == nil && n > 1 && seq > 0 {
+		seq += n - 1 // a run of events (fleet.go)
+	}
 	return seq
 }
 

@@ -3,8 +3,10 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,8 +20,15 @@ import (
 // no network and no installed server.
 func startNATS(t *testing.T) string {
 	t.Helper()
+	return runNATS(t, t.TempDir(), -1).ClientURL()
+}
+
+// runNATS runs a NATS server with JetStream on 127.0.0.1:port (-1: a free
+// one) with its store in dir, shut down at the test's end.
+func runNATS(t *testing.T, dir string, port int) *natsserver.Server {
+	t.Helper()
 	ns, err := natsserver.NewServer(&natsserver.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir,
 		NoLog: true, NoSigs: true, JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 4 << 30,
 	})
 	if err != nil {
@@ -30,7 +39,7 @@ func startNATS(t *testing.T) string {
 		t.Fatal("NATS server not ready within 10s")
 	}
 	t.Cleanup(ns.Shutdown)
-	return ns.ClientURL()
+	return ns
 }
 
 // fleetNode starts `serve --nats` as node name of fleet, running the demo
@@ -412,8 +421,11 @@ func TestFleetNodeDeath(t *testing.T) {
 // TestFleetNodeRestart: node A, SIGKILLed and started again (a new
 // process, the same --node), re-loads its session into its new agent with
 // the recorded cwd and mcpServers (the demo agent keeps session ids on
-// disk, as real agents do); B's attached client sees blocked, then idle,
-// and prompts again: every event of the new turn, numbered on from the
+// disk, as real agents do). B's attached client, whose prompt was in
+// flight on A (waiting for the owner's permission) when A died, gets
+// -32003 naming A, sees blocked, then idle after the restart, and prompts
+// again: its stand-in on A is now the owner and answers the permission
+// request, and it gets every event of the new turn, numbered on from the
 // first turn's, exactly once and before the answer.
 func TestFleetNodeRestart(t *testing.T) {
 	url := startNATS(t)
@@ -421,14 +433,21 @@ func TestFleetNodeRestart(t *testing.T) {
 	kept := t.TempDir()
 	nodeA := func() *daemon {
 		return startDaemon(t, "--nats", url, "--node", "A", "--fleet", fleet,
-			"--", binPath, "demo-agent", "--chunks", "10", "--pace", "2ms", "--tool-calls", "0", "--sessions-dir", kept)
+			"--", binPath, "demo-agent", "--chunks", "10", "--pace", "2ms", "--tool-calls", "1", "--permission", "--sessions-dir", kept)
+	}
+	isPerm := func(m map[string]any) bool { return m["method"] == "session/request_permission" }
+	allow := func(cl *client, perm map[string]any) {
+		cl.send(map[string]any{"jsonrpc": "2.0", "id": perm["id"], "result": map[string]any{"outcome": map[string]any{"outcome": "selected", "optionId": "allow"}}})
 	}
 	a := nodeA()
 	b := fleetNode(t, url, fleet, "B")
 	owner := dial(t, a)
 	acpInit(t, owner, 1)
 	sid, _ := field(owner.call(1, "session/new", map[string]any{"cwd": "/tmp", "mcpServers": []any{}}), "result", "sessionId").(string)
-	if pr := owner.call(2, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "one"}}}); field(pr, "result", "stopReason") != "end_turn" {
+	owner.request(2, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "one"}}})
+	perm, _ := owner.waitFor(wait, "the first permission request on A", isPerm)
+	allow(owner, perm)
+	if pr, _ := owner.response(2, wait); field(pr, "result", "stopReason") != "end_turn" {
 		t.Fatalf("first prompt on A: %v", pr)
 	}
 	oid := 10
@@ -442,6 +461,9 @@ func TestFleetNodeRestart(t *testing.T) {
 	bc.call(2, "bridge/attach", map[string]any{"sessionId": sid, "since": 0})
 	events(bc, sid, 1, end1)
 
+	// B's prompt waits on A for the owner's permission when A dies.
+	bc.request(19, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "lost"}}})
+	owner.waitFor(wait, "the permission request of B's prompt on A", isPerm)
 	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -451,32 +473,100 @@ func TestFleetNodeRestart(t *testing.T) {
 			return m["method"] == "bridge/status" && field(m, "params", "sessionId") == sid && field(m, "params", "status") == st
 		}
 	}
-	bc.waitFor(15*time.Second, "bridge/status blocked", isStatus("blocked"))
+	// blocked is announced, then the forwarded prompt is failed.
+	lost, seen := bc.response(19, 15*time.Second)
+	if errCode(lost) != -32003 || !strings.Contains(fmt.Sprint(field(lost, "error", "message")), `"A"`) {
+		t.Fatalf("B's prompt in flight when A died: %v, want -32003 naming A", lost)
+	}
+	if !slices.ContainsFunc(seen, isStatus("blocked")) {
+		t.Fatalf("no bridge/status blocked before the -32003: %s", brief(seen))
+	}
 	a2 := nodeA()
 	bc.waitFor(30*time.Second, "bridge/status idle after A's restart", isStatus("idle"))
 	if !a2.waitLog("re-loaded this node's sessions", wait) || !strings.Contains(a2.logs(), "loaded=1") {
 		t.Fatalf("A did not log re-loading its session:\n%s", a2.logs())
 	}
+	// The first turn's events and the dead prompt's (all in the stream)
+	// are B's history; the new turn numbers on from them.
+	end2 := uint64(waitListed(bc, &bid, sid, "idle", func(m map[string]any) bool { return m["status"] == "idle" })["seq"].(float64))
 
 	bc.request(20, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "two"}}})
-	pr, seen := bc.response(20, wait)
+	perm, seen = bc.waitFor(wait, "the permission request on B after A's restart", isPerm)
+	if id, _ := perm["id"].(string); !strings.HasPrefix(id, "fleet/A/") {
+		t.Fatalf("B's permission request has id %v, want a fleet/A/ id", perm["id"])
+	}
+	allow(bc, perm)
+	pr, more := bc.response(20, wait)
 	if field(pr, "result", "stopReason") != "end_turn" {
 		t.Fatalf("B's prompt after A's restart: %v", pr)
 	}
-	next := end1 + 1
-	for _, m := range seen {
+	next := end2 + 1
+	for _, m := range append(seen, more...) {
 		switch m["method"] {
 		case "bridge/gap":
 			t.Fatalf("B got a gap after A's restart: %v", m)
 		case "bridge/event":
-			if seq := uint64(field(m, "params", "seq").(float64)); seq != next {
+			seq := uint64(field(m, "params", "seq").(float64))
+			if seq <= end2 {
+				continue // the dead prompt's last events, still arriving from the stream
+			}
+			if seq != next {
 				t.Fatalf("B got seq %d after A's restart, want %d (a hole or a duplicate)", seq, next)
 			}
 			next++
 		}
 	}
-	if next < end1+10 {
-		t.Fatalf("B got events %d..%d of the second turn before its answer", end1+1, next-1)
+	if next < end2+10 {
+		t.Fatalf("B got events %d..%d of the second turn before its answer", end2+1, next-1)
+	}
+}
+
+// TestFleetNATSCut: NATS is stopped for 2 s while A's session streams to
+// viewers attached on B and C, then started again on its store: both
+// viewers get every event of the turn exactly once, in order, with no gap,
+// and the owner's prompt on A completes.
+func TestFleetNATSCut(t *testing.T) {
+	dir := t.TempDir()
+	ns := runNATS(t, dir, -1)
+	url := ns.ClientURL()
+	port := ns.Addr().(*net.TCPAddr).Port
+	fleet := fmt.Sprintf("t%d", time.Now().UnixNano())
+	a := startDaemon(t, "--nats", url, "--node", "A", "--fleet", fleet,
+		"--", binPath, "demo-agent", "--chunks", "300", "--pace", "15ms", "--tool-calls", "0")
+	b := fleetNode(t, url, fleet, "B")
+	c := fleetNode(t, url, fleet, "C")
+	owner := dial(t, a)
+	acpInit(t, owner, 1)
+	sid, _ := field(owner.call(1, "session/new", map[string]any{"cwd": "/tmp", "mcpServers": []any{}}), "result", "sessionId").(string)
+	var viewers []*client
+	for _, d := range []*daemon{b, c} {
+		v := dial(t, d)
+		id := 0
+		waitListed(v, &id, sid, "node A", func(m map[string]any) bool { return m["node"] == "A" })
+		v.call(100, "bridge/hello", map[string]any{"envelope": true})
+		v.call(101, "bridge/attach", map[string]any{"sessionId": sid, "since": 0})
+		viewers = append(viewers, v)
+	}
+	owner.request(2, "session/prompt", map[string]any{"sessionId": sid, "prompt": []any{map[string]any{"type": "text", "text": "stream"}}})
+	events(viewers[0], sid, 1, 50) // mid-stream on B
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	time.Sleep(2 * time.Second) // the outage itself
+	runNATS(t, dir, port)
+	if pr, _ := owner.response(2, 30*time.Second); field(pr, "result", "stopReason") != "end_turn" {
+		t.Fatalf("A's prompt across the NATS outage: %v", pr)
+	}
+	oid := 10
+	end := uint64(listed(owner, &oid, sid)["seq"].(float64))
+	if end < 300 {
+		t.Fatalf("A's session seq %d after a 300-chunk turn", end)
+	}
+	onB := events(viewers[0], sid, 51, end)
+	onC := events(viewers[1], sid, 1, end)
+	for seq := uint64(51); seq <= end; seq++ {
+		if onB[seq] != onC[seq] {
+			t.Fatalf("seq %d: B got %s, C got %s", seq, onB[seq], onC[seq])
+		}
 	}
 }
 
