@@ -36,11 +36,48 @@ func BenchmarkEnqueueRequest(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(benchRequest)))
 			for b.Loop() {
-				out := jsonrpc.ReplaceID(make([]byte, 0, len(benchRequest)+8), benchRequest, hd, id)
-				if err := p.enqueue(out); err != nil {
+				if err := p.enqueueSplice(benchRequest, hd.IDStart, hd.IDEnd, id); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
+	}
+}
+
+// The spliced framing is byte for byte the old two copies (the id replaced,
+// then framed), NDJSON with raw newlines and LSP alike.
+func TestFrameSpliceMatchesTwoCopies(t *testing.T) {
+	msgs := [][]byte{benchRequest, []byte("{\n  \"jsonrpc\": \"2.0\",\r\n  \"id\": \"abc\",\n  \"method\": \"x\"\n}")}
+	for _, f := range []Framing{FramingNDJSON, FramingLSP} {
+		for _, msg := range msgs {
+			hd, err := jsonrpc.Peek(msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range [][]byte{[]byte("1"), []byte("123456789012")} {
+				want := appendFrame(f, nil, jsonrpc.ReplaceID(nil, msg, hd, id))
+				got := appendFrameSplice(f, []byte("prefix"), msg, hd.IDStart, hd.IDEnd, id)
+				if string(got[len("prefix"):]) != string(want) {
+					t.Errorf("%s: spliced %q, want %q", f, got[len("prefix"):], want)
+				}
+			}
+		}
+	}
+}
+
+// One request on its way to the event loop's stream costs one allocation:
+// the framed buffer the stream takes over (no spliced copy before it).
+func TestAllocsEnqueueSplice(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's instrumentation allocates; the Makefile runs TestAllocs without -race")
+	}
+	p := streamProc(FramingNDJSON, &discardStream{})
+	hd, err := jsonrpc.Peek(benchRequest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := []byte("123456")
+	if n := testing.AllocsPerRun(1000, func() { _ = p.enqueueSplice(benchRequest, hd.IDStart, hd.IDEnd, id) }); n != 1 {
+		t.Fatalf("%v allocations per request, want 1 (the framed buffer the stream owns)", n)
 	}
 }

@@ -138,11 +138,25 @@ func (p *proc) run() {
 
 // enqueue frames msg onto the stdin queue. Safe from any goroutine.
 func (p *proc) enqueue(msg []byte) error {
+	return p.enqueueFramed(appendFrame(p.s.cfg.Framing, make([]byte, 0, len(msg)+frameSlack), msg))
+}
+
+// enqueueSplice frames msg with msg[start:end] replaced by repl onto the
+// stdin queue: one copy. Safe from any goroutine.
+func (p *proc) enqueueSplice(msg []byte, start, end int, repl []byte) error {
+	n := len(msg) - (end - start) + len(repl)
+	return p.enqueueFramed(appendFrameSplice(p.s.cfg.Framing, make([]byte, 0, n+frameSlack), msg, start, end, repl))
+}
+
+// frameSlack is room for the framing: a newline, or an LSP header.
+const frameSlack = 32
+
+// enqueueFramed queues a framed message, which it owns from now on.
+func (p *proc) enqueueFramed(framed []byte) error {
 	if p.stream != nil {
-		return p.enqueueStream(msg)
+		return p.stream.Write(framed, p.s.cfg.QueueBytes)
 	}
 	cfg := &p.s.cfg
-	framed := appendFrame(cfg.Framing, make([]byte, 0, len(msg)+32), msg)
 	p.qmu.Lock()
 	if p.closing {
 		p.qmu.Unlock()

@@ -152,12 +152,6 @@ func (in *sockInput) Ended(err error) {
 	in.p.readerOnce.Do(func() { close(in.p.readerDone) })
 }
 
-// enqueueStream frames msg (one copy) and hands it to the stream.
-func (p *proc) enqueueStream(msg []byte) error {
-	framed := appendFrame(p.s.cfg.Framing, make([]byte, 0, len(msg)+32), msg)
-	return p.stream.Write(framed, p.s.cfg.QueueBytes)
-}
-
 // awaitStderr waits for the stderr logger, closing the pipe under it if a
 // helper outside the group holds it.
 func (p *proc) awaitStderr() {

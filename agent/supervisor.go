@@ -128,6 +128,20 @@ func (s *Supervisor) Send(msg []byte) error {
 	return p.enqueue(msg)
 }
 
+// SendSplice is Send for msg with msg[start:end] replaced by repl, as a
+// router replaces a request's id by its own: the replacement and the
+// framing are one copy. Safe from any goroutine.
+func (s *Supervisor) SendSplice(msg []byte, start, end int, repl []byte) error {
+	if start < 0 || end < start || end > len(msg) {
+		return fmt.Errorf("agent: splice [%d:%d] outside a message of %d bytes", start, end, len(msg))
+	}
+	p := s.cur.Load()
+	if p == nil {
+		return ErrUnavailable
+	}
+	return p.enqueueSplice(msg, start, end, repl)
+}
+
 // SendTo is Send for callers that track generations: it fails with
 // ErrUnavailable unless gen is the live generation, so a request meant for a
 // process that has died is never delivered to its successor. Safe from any

@@ -20,8 +20,16 @@ import (
 // any client's. The agent's output is read in OnTraffic on that loop and
 // routed there (the hub pushes answers into the clients' outboxes; a client
 // on the same loop is then drained before the loop goes back to epoll), and
-// requests are queued here and written by the loop with one writev per
-// wake-up. No goroutine of the agent package sits on the data path.
+// requests are queued here, copied back to back into one buffer, and
+// written by the loop with one write per wake-up. No goroutine of the agent
+// package sits on the data path.
+//
+// Why one buffer rather than a writev of the requests as they came: when
+// the agent reads slower than requests arrive, gnet keeps what the kernel
+// did not take as one node per piece, and peeks every node at each
+// writable event; a thousand small requests cost a thousand-entry slice per
+// event (a third of the daemon's allocation under pipelined load). A copy
+// of each request (a few hundred bytes) is cheaper than that.
 
 var _ agent.Attacher = (*Server)(nil)
 
@@ -39,12 +47,12 @@ type agentConn struct {
 
 	mu sync.Mutex
 	// Guarded by mu.
-	pending  [][]byte // framed requests not yet handed to gnet
-	pbytes   int
-	woken    bool // a Wake is on its way: no need for another
-	busy     bool // the agent's loop is in a client's callback, which flushes at its end
-	closed   bool // Close or the stream ended: Write fails
-	shut     bool // CloseWrite asked: shutdown(SHUT_WR) once all is written
+	pending  []byte // framed requests not yet handed to gnet, back to back
+	spare    []byte // pending's other buffer: flush hands it back empty
+	woken    bool   // a Wake is on its way: no need for another
+	busy     bool   // the agent's loop is in a client's callback, which flushes at its end
+	closed   bool   // Close or the stream ended: Write fails
+	shut     bool   // CloseWrite asked: shutdown(SHUT_WR) once all is written
 	shutDone bool
 	ended    bool
 }
@@ -85,12 +93,11 @@ func (ac *agentConn) Write(b []byte, limit int) error {
 		ac.mu.Unlock()
 		return agent.ErrUnavailable
 	}
-	if ac.pbytes+len(b)+int(ac.outbound.Load()) > limit {
+	if len(ac.pending)+len(b)+int(ac.outbound.Load()) > limit {
 		ac.mu.Unlock()
 		return agent.ErrOverloaded
 	}
-	ac.pending = append(ac.pending, b)
-	ac.pbytes += len(b)
+	ac.pending = append(ac.pending, b...)
 	wake := !ac.woken && !ac.busy
 	if wake {
 		ac.woken = true
@@ -137,7 +144,7 @@ func (ac *agentConn) CloseWrite() {
 // end. Safe from any goroutine.
 func (ac *agentConn) Close() {
 	ac.mu.Lock()
-	ac.closed, ac.pending, ac.pbytes = true, nil, 0
+	ac.closed, ac.pending, ac.spare = true, nil, nil
 	ac.mu.Unlock()
 	_ = ac.gc.Close()
 }
@@ -203,22 +210,33 @@ func (s *Server) endAgentFeed() {
 	s.amu.Unlock()
 }
 
-// maxIOV bounds one writev to the agent (the kernel's IOV_MAX is 1024).
-const maxIOV = 512
+// keepBatch is the largest request buffer kept for reuse after a flush; a
+// larger one (a burst, a huge request) goes back to the GC.
+const keepBatch = 256 << 10
 
-// flush hands the queued requests to gnet in one writev and, once all is
+// flush hands the queued requests to gnet in one write and, once all is
 // written after CloseWrite, shuts the write side. Event loop only.
 func (ac *agentConn) flush(gc gnet.Conn) {
 	ac.mu.Lock()
 	batch := ac.pending
-	ac.pending, ac.pbytes, ac.woken = nil, 0, false
+	if len(batch) > 0 {
+		ac.pending, ac.spare = ac.spare, nil
+	}
+	ac.woken = false
 	shut := ac.shut && !ac.shutDone
 	ac.mu.Unlock()
-	// gnet passes a Writev to writev(2) whole, and the kernel refuses more
-	// than IOV_MAX (1024) pieces: hand them over in chunks.
-	for start := 0; start < len(batch); start += maxIOV {
-		if _, err := gc.Writev(batch[start:min(start+maxIOV, len(batch))]); err != nil {
+	if len(batch) > 0 {
+		// gnet copies what the kernel does not take at once, so the
+		// buffer is free again when Write returns.
+		if _, err := gc.Write(batch); err != nil {
 			return // gnet closes the connection; OnClose follows
+		}
+		if cap(batch) <= keepBatch {
+			ac.mu.Lock()
+			if !ac.closed && ac.spare == nil {
+				ac.spare = batch[:0]
+			}
+			ac.mu.Unlock()
 		}
 	}
 	out := gc.OutboundBuffered()
@@ -248,7 +266,7 @@ func (ac *agentConn) needsTick() bool {
 // onClose reports the end of the stream. Event loop only.
 func (ac *agentConn) onClose(err error) {
 	ac.mu.Lock()
-	ac.closed, ac.pending, ac.pbytes = true, nil, 0
+	ac.closed, ac.pending, ac.spare = true, nil, nil
 	first := !ac.ended
 	ac.ended = true
 	ac.mu.Unlock()

@@ -3,8 +3,10 @@ package loop
 import (
 	"fmt"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
@@ -123,7 +125,7 @@ func (c *conn) Write(frames [][]byte) error {
 // gnet. A write error closes the connection. Event loop only, while gnet
 // holds nothing for the peer.
 func (c *conn) writeDirect(frames [][]byte, total int) ([][]byte, error) {
-	n, err := unix.Writev(c.gc.Fd(), frames)
+	n, err := writev(c.gc.Fd(), frames)
 	if err != nil && err != unix.EAGAIN && err != unix.EINTR {
 		_ = c.gc.Close()
 		return nil, err
@@ -544,4 +546,35 @@ func peerCred(fd int) (uint32, int32, error) {
 func refusal(why string) []byte {
 	b := jsonrpc.AppendError(nil, []byte("null"), &jsonrpc.Error{Code: jsonrpc.CodeNotAllowed, Message: why})
 	return append(b, '\n')
+}
+
+// iovecs are writev's scratch: x/sys's Writev allocates one per call.
+var iovecs = sync.Pool{New: func() any { s := make([]unix.Iovec, 0, 64); return &s }}
+
+// writev is writev(2) without an allocation: frames must be at most
+// IOV_MAX (the endpoint writes maxIOV at a time).
+func writev(fd int, frames [][]byte) (int, error) {
+	p := iovecs.Get().(*[]unix.Iovec)
+	v := (*p)[:0]
+	for _, f := range frames {
+		if len(f) == 0 {
+			continue
+		}
+		iov := unix.Iovec{Base: &f[0]}
+		iov.SetLen(len(f))
+		v = append(v, iov)
+	}
+	var n int
+	var err error
+	if len(v) > 0 {
+		r, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&v[0])), uintptr(len(v)))
+		n = int(r)
+		if e != 0 {
+			n, err = -1, e
+		}
+	}
+	clear(v) // the pool must not keep the frames alive
+	*p = v[:0]
+	iovecs.Put(p)
+	return n, err
 }

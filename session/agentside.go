@@ -23,6 +23,15 @@ func (h *Hub) toAgent(b []byte) error {
 	return h.agent.Send(b)
 }
 
+// toAgentReplacingID sends msg (whose header is hd) with its id replaced
+// by id: with a splicing agent in one copy, into the agent's queue.
+func (h *Hub) toAgentReplacingID(msg []byte, hd jsonrpc.Header, id []byte) error {
+	if h.splicer != nil && hd.IDStart >= 0 {
+		return h.splicer.SendSplice(msg, hd.IDStart, hd.IDEnd, id)
+	}
+	return h.toAgent(jsonrpc.ReplaceID(make([]byte, 0, len(msg)+len(id)), msg, hd, id))
+}
+
 // AgentStarted is called when a new agent process generation is up. A
 // restarted agent is initialised again by the bridge with the first
 // client's initialize, so clients never see the restart beyond
@@ -112,6 +121,8 @@ func (h *Hub) failCalls(match func(*call) bool, why string) {
 
 // AgentMessage routes one message from the agent (owned by the hub from now
 // on). Safe from any goroutine; messages must arrive in the agent's order.
+// Answers to plain calls and events go out with the routing lock held
+// shared (fastpath.go); everything else is routed exclusively.
 func (h *Hub) AgentMessage(gen uint64, msg []byte) {
 	h.st.agentMessages.Add(1)
 	hd, err := jsonrpc.Peek(msg)
@@ -124,10 +135,16 @@ func (h *Hub) AgentMessage(gen uint64, msg []byte) {
 		}
 		return
 	}
+	h.mu.RLock()
+	done := gen != h.gen || h.agentShared(msg, hd) // a late line from a dead process is dropped
+	h.mu.RUnlock()
+	if done {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if gen != h.gen {
-		return // a late line from a dead process
+		return
 	}
 	switch hd.Kind {
 	case jsonrpc.KindResponse:
@@ -256,6 +273,7 @@ func (h *Hub) agentNotification(msg []byte, hd jsonrpc.Header) {
 	}
 	stateChanged := h.trackState(s, msg)
 	h.publish(s, wire.Own(append(msg, '\n')))
+	h.trimLogs()
 	if stateChanged {
 		h.refreshStatus(s)
 	}

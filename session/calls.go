@@ -6,6 +6,80 @@ import (
 	"sync/atomic"
 )
 
+// Calls of the shared forward path come from a pool and go back to it when
+// their answer has been routed (answerShared): a request and its answer
+// then allocate no call. Only that path recycles, since there nothing
+// keeps the call or its id (the answer is a copy); elsewhere a call may
+// outlive its answer (an id buffered for a resuming client, a timer).
+var callPool = sync.Pool{New: func() any { return new(call) }}
+
+// newCall returns a zeroed call from the pool for cl's request id, the id
+// copied into the call itself when it fits.
+func newCall(cl *Client, id []byte, method string, gen uint64) *call {
+	c := callPool.Get().(*call)
+	c.cl, c.method, c.gen = cl, method, gen
+	c.id = append(c.idBuf[:0], id...)
+	return c
+}
+
+// recycleCall returns a call nothing refers to any more to the pool.
+func recycleCall(c *call) {
+	*c = call{}
+	callPool.Put(c)
+}
+
+// Method names as strings without an allocation per message: the methods
+// of the protocols the bridge routes, and up to maxLearnt others as they
+// are first seen (an agent's own methods, a benchmark's).
+var knownMethods = func() map[string]string {
+	m := make(map[string]string)
+	for _, name := range []string{
+		"initialize", "initialized", "shutdown", "exit", "authenticate", "logout",
+		"session/new", "session/load", "session/resume", "session/fork", "session/prompt", "session/cancel",
+		"session/close", "session/delete", "session/archive", "session/unarchive", "session/list", "session/status",
+		"session/set_title", "session/set_mode", "session/set_model", "session/set_config_option",
+		"tool_call/cancel", "terminal/cancel", "mcp/message",
+		"tools/list", "tools/call", "resources/list", "resources/read", "resources/subscribe", "prompts/list",
+		"prompts/get", "completion/complete", "logging/setLevel", "ping",
+		"textDocument/didOpen", "textDocument/didChange", "textDocument/didClose", "textDocument/completion",
+		"textDocument/hover", "textDocument/definition", "textDocument/references", "workspace/symbol",
+	} {
+		m[name] = name
+	}
+	return m
+}()
+
+const maxLearnt = 256
+
+var learnt struct {
+	mu sync.RWMutex
+	m  map[string]string // guarded by mu
+}
+
+// methodName returns b as a string, interned when it is a known method.
+// Any goroutine.
+func methodName(b []byte) string {
+	if s, ok := knownMethods[string(b)]; ok {
+		return s
+	}
+	learnt.mu.RLock()
+	s, ok := learnt.m[string(b)]
+	learnt.mu.RUnlock()
+	if ok {
+		return s
+	}
+	s = string(b)
+	learnt.mu.Lock()
+	if learnt.m == nil {
+		learnt.m = make(map[string]string)
+	}
+	if len(learnt.m) < maxLearnt {
+		learnt.m[s] = s
+	}
+	learnt.mu.Unlock()
+	return s
+}
+
 // callTable is the pending-call table: requests forwarded to the agent
 // (a client's, or the bridge's own) and not answered yet, keyed by the
 // bridge id the agent saw. It is not guarded by the routing lock but by

@@ -15,15 +15,25 @@ var bridgePrefix = []byte("bridge/")
 // Handle routes one complete JSON message from a client. msg is borrowed
 // for the duration of the call. Safe from any goroutine; messages of one
 // connection must be handed over in order (one goroutine per connection).
+// A plain request or notification goes out with the routing lock held
+// shared (fastpath.go); everything else is routed exclusively.
 func (h *Hub) Handle(cl *Client, msg []byte) {
 	h.st.clientMessages.Add(1)
 	hd, err := jsonrpc.Peek(msg)
+	if err == nil {
+		h.mu.RLock()
+		done := h.forwardShared(cl, msg, hd)
+		h.mu.RUnlock()
+		if done {
+			return
+		}
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if cl.closed {
 		return
 	}
-	cl.received++
+	cl.received.Add(1)
 	h.routePeeked(cl, msg, hd, err)
 }
 
@@ -265,9 +275,7 @@ func (h *Hub) sendCall(c *call, msg []byte, hd jsonrpc.Header) bool {
 	bid := h.calls.newID()
 	h.trackCall(bid, c)
 	h.calls.put(bid, c)
-	var idb [20]byte
-	out := jsonrpc.ReplaceID(make([]byte, 0, len(msg)+8), msg, hd, appendID(idb[:0], bid))
-	if err := h.toAgent(out); err != nil {
+	if err := h.toAgentReplacingID(msg, hd, appendID(c.bidBuf[:0], bid)); err != nil {
 		if h.calls.take(bid, c) != nil {
 			h.callLimitsDone(c)
 		}

@@ -46,6 +46,16 @@ type Agent interface {
 	Send(msg []byte) error
 }
 
+// SplicingAgent is an Agent that frames a message with one span replaced
+// (cmd wires agent.Supervisor's SendSplice). The hub forwards a request
+// under its bridge id through it: the id's replacement and the agent
+// queue's framing are then one copy, with no spliced message between.
+type SplicingAgent interface {
+	Agent
+	// SendSplice is Send for msg with msg[start:end] replaced by repl.
+	SendSplice(msg []byte, start, end int, repl []byte) error
+}
+
 // ErrAgentOverloaded is what an Agent's Send fails with (wrapped) when the
 // agent's stdin queue is full: the client then gets -32004 rather than
 // -32003.

@@ -27,8 +27,10 @@ type LogReader interface {
 const reasonNotKept = "evicted from the replay log and not in the state directory"
 
 // diskRead is one chunk of a session's log being read from disk for one
-// client, or read and not yet queued. Guarded by the hub mutex, except
-// that the reading goroutine owns events, covered and err while busy.
+// client, or read and not yet queued. Guarded by the session's lock (or
+// the hub mutex held exclusively), except that the reading goroutine owns
+// events, covered and err while busy and sets them back under the hub
+// mutex held exclusively. Client.disk itself is guarded by Client.cmu.
 type diskRead struct {
 	after, upto uint64 // the range asked: (after, upto]
 	busy        bool   // the read is running
@@ -83,9 +85,12 @@ func (h *Hub) diskSpan(s *Session, cursor uint64) int {
 // disk, up to upto (the seq before the memory log's oldest): the chunk
 // read last time, or else it starts reading one off the lock and reports
 // false (the read wakes cl's transport when it is done). It reports
-// whether it queued anything. Precondition: h.mu held, s in cl.catchup.
+// whether it queued anything. Precondition: h.mu held exclusively, or
+// shared with s.mu; s in cl.catchup.
 func (h *Hub) pumpDisk(cl *Client, s *Session, cur, upto uint64, r LogReader) bool {
+	cl.cmu.Lock()
 	d := cl.disk[s]
+	cl.cmu.Unlock()
 	if d != nil && d.busy {
 		return false
 	}
@@ -102,7 +107,7 @@ func (h *Hub) pumpDisk(cl *Client, s *Session, cur, upto uint64, r LogReader) bo
 		if !h.queueEvent(cl, s, m) {
 			// The queue is full again: the rest waits for the next pump.
 			d.after = m.Seq - 1
-			cl.catchup[s] = d.after
+			cl.setCursor(s, d.after)
 			return queued || m.Seq > next
 		}
 		h.st.deliveries.Add(1)
@@ -119,8 +124,10 @@ func (h *Hub) pumpDisk(cl *Client, s *Session, cur, upto uint64, r LogReader) bo
 		h.send(cl, wire.GapMsg(s.ID, next, end, reason), wire.Control)
 		next = end + 1
 	}
+	cl.cmu.Lock()
 	delete(cl.disk, s)
-	cl.catchup[s] = next - 1
+	cl.cmu.Unlock()
+	cl.setCursor(s, next-1)
 	if next > s.seq {
 		h.endCatchup(cl, s)
 	}
@@ -129,13 +136,15 @@ func (h *Hub) pumpDisk(cl *Client, s *Session, cur, upto uint64, r LogReader) bo
 
 // readDisk starts reading the chunk of s after cur (up to upto) for cl on
 // a goroutine of its own, which wakes cl's transport when it is done.
-// Precondition: h.mu held.
+// Precondition: as pumpDisk.
 func (h *Hub) readDisk(cl *Client, s *Session, cur, upto uint64, r LogReader) {
 	d := &diskRead{after: cur, upto: upto, busy: true}
+	cl.cmu.Lock()
 	if cl.disk == nil {
 		cl.disk = make(map[*Session]*diskRead)
 	}
 	cl.disk[s] = d
+	cl.cmu.Unlock()
 	sid, wake := s.ID, cl.wake
 	go func() {
 		var events []*wire.Msg
@@ -144,9 +153,11 @@ func (h *Hub) readDisk(cl *Client, s *Session, cur, upto uint64, r LogReader) {
 			m.SessionID, m.Seq = sid, seq
 			events = append(events, m)
 		})
-		h.mu.Lock()
+		h.mu.Lock() // exclusively: no pump reads d meanwhile
 		d.events, d.covered, d.err, d.busy = events, covered, err, false
+		cl.cmu.Lock()
 		current := !cl.closed && cl.disk[s] == d
+		cl.cmu.Unlock()
 		h.mu.Unlock()
 		if current && wake != nil {
 			wake()

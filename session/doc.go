@@ -7,15 +7,26 @@
 // reason), so the same core serves the gnet loop, the TLS listener and tests;
 // the agent is seen through the Agent interface (queue bytes for its stdin).
 //
-// Concurrency contract: every Hub method is safe from any goroutine. The hub
-// serialises routing decisions under one mutex; nothing done under it blocks:
-// Conn.Send and Agent.Send only enqueue, and Conn.Close only schedules a
-// close. Implementations of Conn and Agent must never call back into the Hub
-// synchronously from those methods.
+// Concurrency contract: every Hub method is safe from any goroutine. What
+// exists and how it relates (sessions, connections, agent requests, owners
+// and attachments) changes under the routing lock held exclusively; the hot
+// paths (a client's plain request, the agent's answer to it, the agent's
+// events, the replay pump) hold it shared and change state under a
+// session's own lock, a client's cursor lock, the call table's shards and
+// atomics (fastpath.go; Hub's fields say what guards each). Stats takes no
+// lock. Nothing done under any of them blocks: Conn.Send and Agent.Send
+// only enqueue, and may be called from several goroutines at once, and
+// Conn.Close only schedules a close. Implementations of Conn and Agent must
+// never call back into the Hub synchronously from those methods.
+//
+// The agent, the store and the audit log are seen through interfaces and
+// types defined here (Agent, SplicingAgent, Journal, LogReader,
+// RestoredSession, AuditRecord); cmd wires the concrete ones.
 //
 // Recovery: every data-plane event gets the next seq of its session and is
 // kept in a bounded per-session log for bridge/attach {since|last}; replay
-// and the switch to live delivery happen in one step under the lock, so
+// and the switch to live delivery happen in one step under the session's
+// lock (attach: the routing lock, exclusively), so
 // they meet with no hole and no duplicate, and what is missing is reported
 // as bridge/gap first. With a Journal (the store package, --state-dir) each
 // event is also handed to a writer goroutine, and Restore brings the

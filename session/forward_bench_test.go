@@ -1,6 +1,7 @@
 package session
 
 import (
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -16,6 +17,12 @@ type sinkAgent struct{ last []byte }
 
 func (a *sinkAgent) Send(b []byte) error {
 	a.last = append(a.last[:0], b...)
+	return nil
+}
+
+// SendSplice makes it a SplicingAgent, as agent.Supervisor is.
+func (a *sinkAgent) SendSplice(b []byte, start, end int, repl []byte) error {
+	a.last = append(append(append(a.last[:0], b[:start]...), repl...), b[end:]...)
 	return nil
 }
 
@@ -121,4 +128,54 @@ func (a *routeAgent) Send(b []byte) error {
 		*slot = id
 	}
 	return nil
+}
+
+// mallocs is the process's allocation count so far.
+func mallocs() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.Mallocs
+}
+
+// A client's request for its session goes to the agent with no allocation
+// (interned method, pooled call, id spliced into the agent's queue), and
+// the round trip allocates only the answer the client gets: its bytes and
+// their wire.Msg.
+func TestAllocsForward(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's instrumentation allocates; the Makefile runs TestAllocs without -race")
+	}
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	h, cl, ag := forwardRig(t)
+	req := []byte(promptReq)
+	resp := make([]byte, 0, 64)
+	const warm, runs = 100, 1000
+	for i := 1; i <= warm; i++ {
+		resp = roundTrip(h, cl, req, resp, int64(i))
+	}
+	var forward uint64
+	start := mallocs()
+	for i := warm + 1; i <= warm+runs; i++ {
+		before := mallocs()
+		h.Handle(cl, req)
+		forward += mallocs() - before
+		resp = append(resp[:0], `{"jsonrpc":"2.0","id":`...)
+		resp = strconv.AppendInt(resp, int64(i), 10)
+		resp = append(resp, `,"result":{}}`...)
+		h.AgentMessage(1, resp)
+	}
+	total := mallocs() - start
+	if string(ag.last) != `{"jsonrpc":"2.0","id":`+strconv.Itoa(warm+runs)+`,"method":"session/set_mode","params":{"sessionId":"s1","modeId":"Refactor the frame reader so it never copies."}}` {
+		t.Fatalf("the agent got %s", ag.last)
+	}
+	if forward != 0 {
+		t.Errorf("forwarding a request allocated %.2f times per request, want 0", float64(forward)/runs)
+	}
+	// Each ReadMemStats pair around Handle adds nothing to the count.
+	if per := float64(total-forward) / runs; per > 2 {
+		t.Errorf("the answer allocated %.2f times per request, want at most 2 (its bytes and its wire.Msg)", per)
+	}
+	if st := h.Stats(); st.PendingCalls != 0 {
+		t.Fatalf("calls left pending: %+v", st)
+	}
 }

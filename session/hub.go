@@ -178,11 +178,20 @@ type Hub struct {
 	cfg Config // read-only after New
 	log *slog.Logger
 
-	mu sync.Mutex // the routing lock: guards the fields up to calls
+	// mu is the routing lock. Held exclusively (Lock) by everything that
+	// changes the fields below up to calls, or Client and Session fields
+	// documented as guarded by it; held shared (RLock) by the hot paths
+	// (fastpath.go), which only read those and change state under the
+	// finer locks: a session's (Session.mu), a client's catch-up cursors
+	// (Client.cmu), the call table's shards, atomics. So a client's request
+	// going out, the agent's answers and events coming in, and the events
+	// of different sessions, do not wait for one another.
+	mu sync.RWMutex
 	// the agent
-	agent Agent
-	gen   uint64 // current agent generation
-	init  initState
+	agent   Agent
+	splicer SplicingAgent // agent, when it can splice (nil otherwise)
+	gen     uint64        // current agent generation
+	init    initState
 	// agent requests awaiting a client answer, keyed by the id clients see
 	nextReqID int64
 	requests  map[int64]*agentRequest
@@ -206,8 +215,9 @@ type Hub struct {
 	nextToken  int64
 	lim        limits // limits.go
 
-	calls callTable // own sharded locks (calls.go)
-	logs  logBudget // what all session logs hold together; atomic (log.go)
+	calls  callTable  // own sharded locks (calls.go)
+	logs   logBudget  // what all session logs hold together; atomic (log.go)
+	trimMu sync.Mutex // serialises trimLogs (log.go)
 
 	st         counters            // atomics: what Stats reports
 	invalidLog lograte.EverySecond // at most one log line a second for invalid agent output
@@ -223,28 +233,38 @@ type counters struct {
 	sessions, conns, requests, parked            atomic.Int64 // len of the maps of the same names
 }
 
-// Client is a registered connection. Its fields are guarded by the hub mutex.
+// Client is a registered connection.
 type Client struct {
-	ID   uint64
-	info ConnInfo
-	conn Conn
+	ID   uint64   // read-only after Open
+	info ConnInfo // read-only after Open
+	conn Conn     // read-only after Open
+
+	// Guarded by h.mu: written with it held exclusively, so the shared
+	// paths (fastpath.go) may read them.
 	opts Options
 	// attached sessions
 	attached map[string]*Session
 	// owned sessions (attached or not)
 	owns      map[string]*Session
 	closed    bool
-	received  uint64 // messages handled, reported to a resuming successor
 	resumeKey string
 	park      *park // set once closed with a resume key, until resumed or expired
+
+	received atomic.Uint64 // messages handled, reported to a resuming successor
+	inflight atomic.Int64  // requests awaiting the agent (limits.go)
+
+	// cmu guards catchup: the fan-outs of different sessions (each under
+	// its session's lock) and the pump may change it at once.
+	cmu sync.Mutex
 	// catchup holds, per session still being replayed to this client, the
 	// last seq queued. Live events of such a session are not pushed: the
 	// pump reads them from the log in order once the replay reaches them.
+	// An entry for session s changes only with s's lock (or h.mu
+	// exclusively) held as well, so s's fan-out and pump agree on it.
 	catchup  map[*Session]uint64
-	catching atomic.Bool            // len(catchup) > 0, readable without the hub mutex
-	disk     map[*Session]*diskRead // chunks of catchup read from disk (disklog.go)
+	catching atomic.Bool            // len(catchup) > 0, readable without any lock
+	disk     map[*Session]*diskRead // chunks of catchup read from disk (disklog.go); guarded by cmu
 	wake     func()                 // asks the transport to flush (SetWake)
-	inflight int                    // requests awaiting the agent (limits.go)
 }
 
 // Catching reports whether a replay is still being paced out to this
@@ -269,6 +289,8 @@ type call struct {
 	tokens                         []string // bridge progress tokens minted for it (remap.go)
 	loadRequest                    []byte   // session/new, load, resume: kept for a LoadRecorder (remote.go)
 	lim                            callLimits
+	idBuf                          [24]byte // holds id when it fits (calls.go, newCall)
+	bidBuf                         [20]byte // the bridge id as JSON, while it is sent (an array on the stack would escape)
 }
 
 // agentRequest is a request from the agent awaiting a client's answer.
@@ -333,6 +355,7 @@ func New(cfg Config) *Hub {
 func (h *Hub) SetAgent(a Agent) {
 	h.mu.Lock()
 	h.agent = a
+	h.splicer, _ = a.(SplicingAgent)
 	h.mu.Unlock()
 }
 

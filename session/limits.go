@@ -37,10 +37,11 @@ type callLimits struct {
 // admitCall refuses a client request past MaxInflight requests of its
 // connection awaiting the agent, with -32004 naming the bound.
 func (h *Hub) admitCall(cl *Client, id []byte, method string) bool {
-	if cl.inflight < h.cfg.MaxInflight {
+	n := cl.inflight.Load()
+	if n < int64(h.cfg.MaxInflight) {
 		return true
 	}
-	h.replyError(cl, id, codeOverloaded, fmt.Sprintf("%s refused: this connection already has %d requests awaiting the agent (--max-inflight %d); wait for answers before sending more", method, cl.inflight, h.cfg.MaxInflight))
+	h.replyError(cl, id, codeOverloaded, fmt.Sprintf("%s refused: this connection already has %d requests awaiting the agent (--max-inflight %d); wait for answers before sending more", method, n, h.cfg.MaxInflight))
 	return false
 }
 
@@ -50,7 +51,7 @@ func (h *Hub) trackCall(bid int64, c *call) {
 	if c.cl == nil {
 		return // the bridge's own request: neither counted nor timed
 	}
-	c.cl.inflight++
+	c.cl.inflight.Add(1)
 	if d := h.cfg.CallTimeout; d > 0 {
 		c.lim.timer = time.AfterFunc(d, func() { h.expireCall(bid, c, d) })
 	}
@@ -69,9 +70,7 @@ func (h *Hub) callLimitsDone(c *call) {
 	if c.cl == nil {
 		return
 	}
-	if c.cl.inflight > 0 {
-		c.cl.inflight--
-	}
+	c.cl.inflight.Add(-1)
 	if c.lim.timer != nil {
 		c.lim.timer.Stop()
 		c.lim.timer = nil
@@ -121,8 +120,7 @@ func (h *Hub) dropLoader(c *call) {
 // moveCalls hands the in-flight count of a dropped connection to the one
 // that resumed its calls.
 func moveCalls(from, to *Client) {
-	to.inflight += from.inflight
-	from.inflight = 0
+	to.inflight.Add(from.inflight.Swap(0))
 }
 
 // unclaimed records that s exists only because the agent named it, and

@@ -112,36 +112,46 @@ func (l *eventLog) shrink() {
 // trimLogs enforces the hub's memory budget after an append: while the
 // logs together hold more than it, the oldest events of the largest log
 // go first, down to 1/64 under the budget so that the scan of the sessions
-// runs once per that much appended, not per event. Precondition: h.mu
-// held.
+// runs once per that much appended, not per event. It takes trimMu and
+// each session's lock in turn (logs grow under their own session's lock).
+// Precondition: h.mu held, either way; no session's lock held.
 func (h *Hub) trimLogs() {
 	b := &h.logs
 	if b.used.Load() <= b.max {
 		return
 	}
+	h.trimMu.Lock()
+	defer h.trimMu.Unlock()
 	target := b.max - b.max/64
 	for b.used.Load() > target {
-		var big, second *eventLog
+		var big *Session
+		bigBytes, floor := 0, 0 // the largest log, and the next largest
 		for _, s := range h.sessions {
-			switch l := s.log; {
-			case big == nil || l.bytes > big.bytes:
-				big, second = l, big
-			case second == nil || l.bytes > second.bytes:
-				second = l
+			s.mu.Lock()
+			n := s.log.bytes
+			s.mu.Unlock()
+			switch {
+			case big == nil || n > bigBytes:
+				big, bigBytes, floor = s, n, bigBytes
+			case n > floor:
+				floor = n
 			}
 		}
-		if big == nil || big.n == 0 {
+		if big == nil {
 			return
 		}
 		// Down to the next largest (or the target), then look again.
-		floor := 0
-		if second != nil {
-			floor = second.bytes
+		big.mu.Lock()
+		l := big.log
+		if l.n == 0 {
+			big.mu.Unlock()
+			return
 		}
-		big.dropOldest()
-		for big.n > 0 && b.used.Load() > target && big.bytes >= floor {
-			big.dropOldest()
+		l.dropOldest()
+		for l.n > 0 && b.used.Load() > target && l.bytes >= floor {
+			l.dropOldest()
 		}
+		big.mu.Unlock()
 	}
 }
 

@@ -61,47 +61,90 @@ const (
 	pumpBytes  = 256 << 10
 )
 
-// startCatchup makes cl catch up on s from after (exclusive).
-// Precondition: h.mu held.
-func (h *Hub) startCatchup(cl *Client, s *Session, after uint64) {
-	if after >= s.seq {
-		return
-	}
+// A client's catch-up cursors (Client.catchup) are read and written
+// through these, under cl.cmu; an entry for session s only with s's lock
+// (or h.mu exclusively) held too.
+
+func (cl *Client) cursor(s *Session) (uint64, bool) {
+	cl.cmu.Lock()
+	cur, ok := cl.catchup[s]
+	cl.cmu.Unlock()
+	return cur, ok
+}
+
+func (cl *Client) setCursor(s *Session, after uint64) {
+	cl.cmu.Lock()
 	if cl.catchup == nil {
 		cl.catchup = make(map[*Session]uint64)
 	}
 	cl.catchup[s] = after
 	cl.catching.Store(true)
+	cl.cmu.Unlock()
+}
+
+func (cl *Client) endCursor(s *Session) {
+	cl.cmu.Lock()
+	delete(cl.catchup, s)
+	delete(cl.disk, s)
+	if len(cl.catchup) == 0 {
+		cl.catching.Store(false)
+	}
+	cl.cmu.Unlock()
+}
+
+// cursorSessions lists the sessions being paced out to cl.
+func (cl *Client) cursorSessions() []*Session {
+	cl.cmu.Lock()
+	defer cl.cmu.Unlock()
+	out := make([]*Session, 0, len(cl.catchup))
+	for s := range cl.catchup {
+		out = append(out, s)
+	}
+	return out
+}
+
+// startCatchup makes cl catch up on s from after (exclusive).
+// Precondition: h.mu held exclusively.
+func (h *Hub) startCatchup(cl *Client, s *Session, after uint64) {
+	if after >= s.seq {
+		return
+	}
+	cl.setCursor(s, after)
 	h.pumpSession(cl, s)
 }
 
 // Pump queues the next chunk of every replay still being paced out to cl.
 // Transports call it from the goroutine that drains cl's queue, when the
-// queue is empty. It reports whether it queued anything. Safe from any
-// goroutine.
+// queue is empty. It reports whether it queued anything. It holds the
+// routing lock shared, and each session's lock in turn: pumps of different
+// clients, and the live stream of other sessions, go on meanwhile. Safe
+// from any goroutine.
 func (h *Hub) Pump(cl *Client) bool {
 	if !cl.catching.Load() {
 		return false
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.mu.RLock()
+	defer h.mu.RUnlock()
 	if cl.closed {
 		return false
 	}
 	queued := false
-	for s := range cl.catchup {
+	for _, s := range cl.cursorSessions() {
+		s.mu.Lock()
 		if h.pumpSession(cl, s) {
 			queued = true
 		}
+		s.mu.Unlock()
 	}
 	return queued
 }
 
 // pumpSession queues up to one chunk of s's log after cl's cursor, with a
 // bridge/gap for anything the log no longer holds, and switches cl to live
-// delivery once it has caught up. Precondition: h.mu held.
+// delivery once it has caught up. Precondition: h.mu held exclusively, or
+// shared with s.mu.
 func (h *Hub) pumpSession(cl *Client, s *Session) bool {
-	cur, ok := cl.catchup[s]
+	cur, ok := cl.cursor(s)
 	if !ok {
 		return false
 	}
@@ -123,7 +166,7 @@ func (h *Hub) pumpSession(cl *Client, s *Session) bool {
 		h.endCatchup(cl, s) // caught up: live delivery from the next event
 		return true
 	}
-	cl.catchup[s] = last
+	cl.setCursor(s, last)
 	return last > cur
 }
 
@@ -131,29 +174,20 @@ func (h *Hub) pumpSession(cl *Client, s *Session) bool {
 // refused the event after `after` (onSlow catchup): from now on the pump
 // feeds it from the log, in order, at the pace its queue drains, and it
 // rejoins live delivery once it has caught up. Its cost while behind is
-// this cursor. Precondition: h.mu held.
+// this cursor. Precondition: h.mu held exclusively, or shared with s.mu.
 func (h *Hub) lag(cl *Client, s *Session, after uint64) {
-	if cl.catchup == nil {
-		cl.catchup = make(map[*Session]uint64)
-	}
-	cl.catchup[s] = after
-	cl.catching.Store(true)
+	cl.setCursor(s, after)
 	h.st.lagged.Add(1)
 }
 
-func (h *Hub) endCatchup(cl *Client, s *Session) {
-	delete(cl.catchup, s)
-	delete(cl.disk, s)
-	if len(cl.catchup) == 0 {
-		cl.catching.Store(false)
-	}
-}
+// endCatchup ends the pacing of s to cl. Precondition: as lag.
+func (h *Hub) endCatchup(cl *Client, s *Session) { cl.endCursor(s) }
 
 // queueEvent queues a data-plane event of s in the form cl asked for
 // (enveloped or not) and reports whether it did; callers count deliveries
 // in bulk. A connection that lags and catches up refuses the event: unless
 // s is already being paced out to it, it then starts catching up from that
-// event (lag). Precondition: h.mu held.
+// event (lag). Precondition: h.mu held exclusively, or shared with s.mu.
 func (h *Hub) queueEvent(cl *Client, s *Session, m *wire.Msg) bool {
 	if cl.closed {
 		return false
@@ -166,7 +200,7 @@ func (h *Hub) queueEvent(cl *Client, s *Session, m *wire.Msg) bool {
 		return true
 	}
 	if m.Seq != 0 {
-		if _, paced := cl.catchup[s]; !paced {
+		if _, paced := cl.cursor(s); !paced {
 			h.lag(cl, s, m.Seq-1)
 		}
 	}
@@ -175,11 +209,9 @@ func (h *Hub) queueEvent(cl *Client, s *Session, m *wire.Msg) bool {
 
 // Inflight is how many of cl's requests await the agent: answers that are
 // coming to its connection, which its transport counts before it admits
-// more input. Safe from any goroutine.
+// more input. Safe from any goroutine; takes no lock.
 func (h *Hub) Inflight(cl *Client) int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return cl.inflight
+	return int(cl.inflight.Load())
 }
 
 // Recede turns what cl's connection has queued but not written back into
@@ -201,8 +233,8 @@ func (h *Hub) Recede(cl *Client, take func() map[string]uint64) {
 		if s == nil || low == 0 {
 			continue // detached: what was queued is not owed any more
 		}
-		if cur, paced := cl.catchup[s]; paced {
-			cl.catchup[s] = min(cur, low-1)
+		if cur, paced := cl.cursor(s); paced {
+			cl.setCursor(s, min(cur, low-1))
 		} else {
 			h.lag(cl, s, low-1)
 		}

@@ -138,6 +138,7 @@ func TestReplayMemoryBudget(t *testing.T) {
 		if i%100 == 0 {
 			r.hub.publish(small, wire.New(update("small", i)))
 		}
+		r.hub.trimLogs()
 		if r.hub.logs.used.Load() > budget {
 			r.hub.mu.Unlock()
 			t.Fatalf("logs hold %d bytes, over the budget %d", r.hub.logs.used.Load(), budget)

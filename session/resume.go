@@ -147,7 +147,7 @@ func (h *Hub) resume(cl *Client, key string) (*resumeResult, func(), *jsonrpc.Er
 		return rr, nil, nil
 	}
 	old := p.cl
-	rr.Resumed, rr.Received = true, old.received
+	rr.Resumed, rr.Received = true, old.received.Load()
 	bids := h.calls.ids(func(c *call) bool { return c.cl == old }) // in the order they were sent
 	moveCalls(old, cl)
 	for _, bid := range bids {
@@ -222,9 +222,9 @@ func parkedClient(p *park) *Client {
 // routing (rate limited), so the received count a resuming successor is
 // told stays exact and the message is not resent. Safe from any goroutine.
 func (h *Hub) Refused(cl *Client) {
-	h.mu.Lock()
+	h.mu.RLock() // closed changes only under the exclusive lock
 	if !cl.closed {
-		cl.received++
+		cl.received.Add(1)
 	}
-	h.mu.Unlock()
+	h.mu.RUnlock()
 }

@@ -1,6 +1,8 @@
 package session
 
 import (
+	"sync"
+
 	"github.com/agentbridge/agentbridge/auth"
 	"github.com/agentbridge/agentbridge/wire"
 )
@@ -16,15 +18,25 @@ const (
 	StatusClosed       Status = "closed"        // the agent no longer has it
 )
 
-// Session is one agent session. Guarded by the hub mutex.
+// Session is one agent session.
 type Session struct {
-	ID       string
+	ID string // read-only
+
+	// mu guards the session's stream state when the routing lock is held
+	// shared (the hot paths): its log and seq, status and turn state. With
+	// the routing lock held exclusively they may be used without it.
+	mu      sync.Mutex
+	log     *eventLog
+	seq     uint64
+	status  Status
+	prompts int // session/prompt requests in flight
+	// agentState is a v2 agent's last state_update state ("running",
+	// "idle", "requires_action"; "" before any).
+	agentState string
+
+	// Guarded by h.mu (written exclusively, read under either mode).
 	owner    *Client // nil while the owner is away
 	attached []*Client
-	log      *eventLog
-	seq      uint64
-	status   Status
-	prompts  int             // session/prompt requests in flight
 	pending  []*agentRequest // agent requests awaiting an answer, oldest first
 	gen      uint64          // agent generation that knows the session
 	closed   bool
@@ -33,11 +45,8 @@ type Session struct {
 	// replayFrom) is in flight while the log already holds events: the
 	// agent's replay goes to them only, unlogged (lifecycle.go).
 	loaders []*Client
-	// agentState is a v2 agent's last state_update state ("running",
-	// "idle", "requires_action"; "" before any).
-	agentState string
-	lim        sessionLimits
-	remote     remoteState // fleet mirror of another node's session (remote.go)
+	lim     sessionLimits
+	remote  remoteState // fleet mirror of another node's session (remote.go)
 }
 
 func (h *Hub) session(id string) *Session {
@@ -163,7 +172,8 @@ func (s *Session) computeStatus(agentUp bool) Status {
 }
 
 // refreshStatus recomputes the session's status and announces a change to
-// its attached clients with bridge/status.
+// its attached clients with bridge/status. Precondition: h.mu held
+// exclusively, or shared with s.mu.
 func (h *Hub) refreshStatus(s *Session) {
 	st := s.computeStatus(h.st.agentUp.Load())
 	if st == s.status {
@@ -182,11 +192,12 @@ func (h *Hub) refreshStatus(s *Session) {
 // publish appends an agent notification to the session's log and delivers
 // it to every attached client. This is the fan-out hot path: one *wire.Msg
 // for all recipients, enveloped once for those that asked for envelopes.
+// The caller then calls trimLogs, with s.mu released. Precondition: h.mu
+// held exclusively, or shared with s.mu.
 func (h *Hub) publish(s *Session, m *wire.Msg) {
 	s.seq++
 	m.SessionID, m.Seq = s.ID, s.seq
 	s.log.append(m)
-	h.trimLogs()
 	if h.cfg.Journal != nil && s.journaled() {
 		h.cfg.Journal.Append(s.ID, s.seq, m.Body())
 	}
@@ -194,12 +205,12 @@ func (h *Hub) publish(s *Session, m *wire.Msg) {
 }
 
 // fanout delivers a logged event to every attached client not being fed
-// from the log.
+// from the log. Precondition: as publish.
 func (h *Hub) fanout(s *Session, m *wire.Msg) {
 	delivered := 0
 	for _, cl := range s.attached {
-		if len(cl.catchup) > 0 {
-			if _, ok := cl.catchup[s]; ok {
+		if cl.catching.Load() {
+			if _, ok := cl.cursor(s); ok {
 				continue // the pump reads it from the log, in order
 			}
 		}

@@ -17,7 +17,7 @@ import (
 var (
 	_ session.Journal        = (*store.Store)(nil)
 	_ session.JournalDeleter = (*store.Store)(nil)
-	_ session.Agent          = hubAgent{}
+	_ session.SplicingAgent  = hubAgent{}
 )
 
 // hubAgent is the agent supervisor as the hub sees it: its overload error
@@ -25,6 +25,10 @@ var (
 type hubAgent struct{ *agent.Supervisor }
 
 func (a hubAgent) Send(msg []byte) error { return hubAgentErr(a.Supervisor.Send(msg)) }
+
+func (a hubAgent) SendSplice(msg []byte, start, end int, repl []byte) error {
+	return hubAgentErr(a.Supervisor.SendSplice(msg, start, end, repl))
+}
 
 func hubAgentErr(err error) error {
 	if err != nil && errors.Is(err, agent.ErrOverloaded) {

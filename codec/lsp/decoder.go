@@ -184,8 +184,14 @@ func quote(b []byte) string {
 // AppendFrame appends "Content-Length: N\r\n\r\n" and body to dst. Safe from
 // any goroutine.
 func AppendFrame(dst, body []byte) []byte {
+	return append(AppendHeader(dst, len(body)), body...)
+}
+
+// AppendHeader appends the header block of a body of n bytes
+// ("Content-Length: N\r\n\r\n"), for a caller that appends the body itself
+// in pieces. Safe from any goroutine.
+func AppendHeader(dst []byte, n int) []byte {
 	dst = append(dst, "Content-Length: "...)
-	dst = strconv.AppendInt(dst, int64(len(body)), 10)
-	dst = append(dst, "\r\n\r\n"...)
-	return append(dst, body...)
+	dst = strconv.AppendInt(dst, int64(n), 10)
+	return append(dst, "\r\n\r\n"...)
 }

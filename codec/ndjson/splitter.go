@@ -92,16 +92,22 @@ func (s *Splitter) Reset() { s.scanned = 0 }
 // a WebSocket client must not become several NDJSON lines. Safe from any
 // goroutine.
 func AppendLine(dst, msg []byte) []byte {
-	if bytes.IndexByte(msg, '\n') < 0 && bytes.IndexByte(msg, '\r') < 0 {
-		dst = append(dst, msg...)
-		return append(dst, '\n')
-	}
 	start := len(dst)
 	dst = append(dst, msg...)
-	for i, c := range dst[start:] {
+	Flatten(dst[start:])
+	return append(dst, '\n')
+}
+
+// Flatten turns the raw CRs and LFs of msg, one JSON value, into spaces in
+// place (in JSON they can only be whitespace between tokens), so it can be
+// written as one NDJSON line. Safe from any goroutine.
+func Flatten(msg []byte) {
+	if bytes.IndexByte(msg, '\n') < 0 && bytes.IndexByte(msg, '\r') < 0 {
+		return
+	}
+	for i, c := range msg {
 		if c == '\n' || c == '\r' {
-			dst[start+i] = ' '
+			msg[i] = ' '
 		}
 	}
-	return append(dst, '\n')
 }
