@@ -320,8 +320,11 @@ Scenarios (default: all, in this order):
               same stream from a plain Go (unix) or gws Broadcaster (ws)
               server.
   idle        --idle-conns connections (each count on a fresh daemon) that
-              each did one round trip, then sit: the daemon's RSS growth per connection (VmRSS from
-              /proc/PID/status before and after). Baseline: uds-echo (Go net,
+              each did one round trip, then sit: the daemon's RSS growth per
+              connection (VmRSS from /proc/PID/status before and after; the
+              "before" is read after one warm-up round trip on a connection
+              of its own, so one-time set-up such as sonic's JIT is not
+              charged to the connections). Baseline: uds-echo (Go net,
               goroutine per connection) and gws. Raises RLIMIT_NOFILE itself.
   sessions    --session-count sessions over the Unix socket, each with its
               own owner connection and one prompt of the demo agent (one
