@@ -107,7 +107,7 @@ var (
 // outbox's counters (nil for none).
 func NewEndpoint(cfg *EndpointConfig, t Transport, transport, peer string, m Metrics) *Endpoint {
 	e := &Endpoint{cfg: cfg, t: t, peer: peer}
-	e.transport.Store(&transport)
+	e.transport.Store(label(transport))
 	e.out = NewOutbox(cfg.Outbox, Hooks{
 		Wake:    t.Wake,
 		Close:   func(r wire.CloseReason, detail string) { e.Close(r, detail) },
@@ -133,7 +133,21 @@ func (e *Endpoint) log() *slog.Logger {
 
 // SetTransport renames the endpoint's transport label (an HTTP connection
 // that became a WebSocket or an SSE stream). Before Register; any goroutine.
-func (e *Endpoint) SetTransport(name string) { e.transport.Store(&name) }
+func (e *Endpoint) SetTransport(name string) { e.transport.Store(label(name)) }
+
+// labels are the transport labels the bridge uses, stored once: a label
+// taken by address would otherwise be a 16-byte allocation per connection.
+var labels = [...]string{"unix", "ws", "wss", "http", "https", "sse", "terminal"}
+
+// label returns a pointer to name, shared when it is one of labels.
+func label(name string) *string {
+	for i := range labels {
+		if labels[i] == name {
+			return &labels[i]
+		}
+	}
+	return &name
+}
 
 // Transport is the endpoint's transport label. Any goroutine.
 func (e *Endpoint) Transport() string { return *e.transport.Load() }
@@ -154,7 +168,7 @@ func (e *Endpoint) Register(r auth.Role, via session.Conn) *session.Client {
 	cl := e.cfg.Hub.Open(via, session.ConnInfo{Role: r, Transport: e.Transport(), Peer: e.peer})
 	// A catch-up chunk read from disk off the hub's lock is queued by the
 	// next Flush's pump.
-	e.cfg.Hub.SetWake(cl, e.t.Wake)
+	e.cfg.Hub.SetWake(cl, e.out.hooks.Wake) // the outbox's: one method value per connection, not two
 	e.cl.Store(cl)
 	return cl
 }

@@ -88,15 +88,37 @@ type Outbox struct {
 	closed  bool
 
 	// Owned by the drainer.
-	batch        []ring.Entry[slot]
+	batch   []ring.Entry[slot]
+	drained bool // Drain handed out messages since the last Observe
+	// The drainer's bookkeeping of a consumer that fell behind, nil until
+	// the first need (lag): embedded so its fields read as the
+	// Outbox's, every use is where it is known to exist or checks for nil.
+	*lagging
+}
+
+// lagging is what the drainer keeps about a connection that fell behind:
+// the gap run being collected, the stall and breaker observations, the
+// losses already reported. Most connections never need it, and 10,000
+// idle ones should not carry it (136 bytes each), so it is made on the
+// first eviction, blocked attempt, unhealthy observation or loss.
+type lagging struct {
 	gap          gapRun    // the run of tombstones being collected
 	stuckSince   time.Time // blocked without progress since; zero while not blocked
 	lastBuffered int       // the transport's buffer at the previous blocked attempt
-	drained      bool      // Drain handed out messages since the last Observe
 	unhealthy    int       // unhealthy observations since the last healthy one
 	why          string    // what the last unhealthy observation saw, for the close reason
 	reported     [ring.NumReasons]uint64
 }
+
+// lag makes the lagging state on first need. Drainer only.
+func (o *Outbox) lag() {
+	if o.lagging == nil {
+		o.lagging = new(lagging)
+	}
+}
+
+// gapOpen reports whether a gap run is being collected. Drainer only.
+func (o *Outbox) gapOpen() bool { return o.lagging != nil && o.gap.n > 0 }
 
 // explicitPolicy marks a policy the client chose (bridge/hello); a default
 // never overrides it.
@@ -497,6 +519,7 @@ func (o *Outbox) Drain(dst []*wire.Msg, maxBytes int) []*wire.Msg {
 			if sid == "" || seq == 0 {
 				continue // no seq to name; counted by the ring
 			}
+			o.lag()
 			if o.gap.n > 0 && (o.gap.session != sid || seq != o.gap.to+1) {
 				dst = append(dst, o.flushGap())
 			}
@@ -507,7 +530,7 @@ func (o *Outbox) Drain(dst []*wire.Msg, maxBytes int) []*wire.Msg {
 			o.gap.n++
 			continue
 		}
-		if o.gap.n > 0 {
+		if o.gapOpen() {
 			dst = append(dst, o.flushGap())
 		}
 		dst = append(dst, e.V.m)
@@ -516,8 +539,8 @@ func (o *Outbox) Drain(dst []*wire.Msg, maxBytes int) []*wire.Msg {
 		o.drained = true
 	}
 	clear(o.batch)
-	if (o.gap.n > 0 || o.slow.Load()) && o.q.Len() == 0 {
-		if o.gap.n > 0 {
+	if (o.gapOpen() || o.slow.Load()) && o.q.Len() == 0 {
+		if o.gapOpen() {
 			dst = append(dst, o.flushGap())
 		}
 		if o.slow.Load() {
@@ -575,6 +598,7 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 	if held {
 		// Something is due that the peer has not taken.
 		now := time.Now()
+		o.lag()
 		if o.stuckSince.IsZero() || progress || buffered < o.lastBuffered {
 			o.stuckSince = now
 		} else if stuck := now.Sub(o.stuckSince); stuck >= o.cfg.StallTimeout {
@@ -594,7 +618,7 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 			missed = blocked && stuck >= o.cfg.DrainDeadline
 		}
 		o.lastBuffered = buffered
-	} else {
+	} else if o.lagging != nil {
 		o.stuckSince = time.Time{}
 	}
 	o.setBehind(held, stuckNow)
@@ -604,13 +628,16 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 	catchup := o.Policy() == Catchup
 	switch {
 	case catchup:
-		o.unhealthy = 0
+		if o.lagging != nil {
+			o.unhealthy = 0
+		}
 	case missed || stuckNow && o.degraded.Load() || lvl.DataBytes > qc.HighWater || lvl.Items > o.itemsHigh:
 		// A degraded connection whose peer still takes nothing stays
 		// degraded: its queue was purged, so only the stall shows, and
 		// without this observation the breaker would half-open and put
 		// the stalled peer back on full delivery (and its queue over the
 		// watermark again) every OpenFor.
+		o.lag()
 		o.unhealthy++
 		if missed || stuckNow {
 			o.why = fmt.Sprintf("its peer took nothing for %v", time.Since(o.stuckSince).Round(time.Millisecond))
@@ -626,12 +653,19 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 	case !blocked && lvl.DataBytes < qc.LowWater && lvl.Items < o.itemsLow:
 		// A healthy observation in the closed state changes nothing
 		// unless it breaks a run of unhealthy ones.
+		if o.lagging == nil {
+			break // never unhealthy, so no breaker either
+		}
 		if br := o.breaker(); br != nil && (o.unhealthy > 0 || br.State() != breaker.Closed) {
 			br.Observe(true)
 		}
 		o.unhealthy = 0
 	}
-	o.apply(o.why)
+	why := ""
+	if o.lagging != nil {
+		why = o.why
+	}
+	o.apply(why)
 }
 
 // TakeEvents removes the sequenced data events from the queue (unless that
@@ -678,6 +712,10 @@ func (o *Outbox) Taking() { o.setBehind(false, false) }
 func (o *Outbox) report(lvl ring.Level) {
 	o.m.Queue(lvl.Items, lvl.DataBytes)
 	for _, r := range [...]ring.Reason{ring.ReasonCeiling, ring.ReasonTooLarge, ring.ReasonFull, ring.ReasonPurged} {
+		if lvl.Stats.Lost[r] == 0 {
+			continue
+		}
+		o.lag()
 		if d := lvl.Stats.Lost[r] - o.reported[r]; d > 0 {
 			o.reported[r] = lvl.Stats.Lost[r]
 			o.m.Lost(r.String(), d)
