@@ -56,16 +56,11 @@ type conn struct {
 	proto protocol
 
 	// Owned by the event loop.
-	closeBy int64 // UnixNano: a close waiting for gnet's buffer to drain; 0 when none
-	held    bool  // the reader stopped handing input over: answers pile up (holdInput)
-	lastOut int   // what was held for the peer at the previous Backlog
-	// pending are whole frames the kernel did not take, kept by reference
-	// (the shared frame bytes, not a copy) instead of in gnet's buffer,
-	// which would copy them: a peer that stops reading holds at most the
-	// tail of one frame in gnet. pendingN is their bytes.
-	pending  [][]byte
-	pendingN int
-	toGnet   bool // closing: everything goes through gnet's buffer
+	closeBy int64    // UnixNano: a close waiting for gnet's buffer to drain; 0 when none
+	lastOut int      // what was held for the peer at the previous Backlog
+	pending *backlog // what the kernel did not take; nil while it took everything
+	held    bool     // the reader stopped handing input over: answers pile up (holdInput)
+	toGnet  bool     // closing: everything goes through gnet's buffer
 	// Re-wake backoff while gnet's buffer stays over its watermark; see
 	// Server.rewake.
 	wakeAt   int64        // UnixNano; guarded by srv.mu
@@ -73,6 +68,25 @@ type conn struct {
 }
 
 var _ delivery.Transport = (*conn)(nil)
+
+// backlog are whole frames the kernel did not take, kept by reference
+// (the shared frame bytes, not a copy) instead of in gnet's buffer, which
+// would copy them: a peer that stops reading holds at most the tail of one
+// frame in gnet. A connection has one only while it holds frames, so an
+// idle one does not carry the fields.
+type backlog struct {
+	frames [][]byte
+	n      int // their bytes
+}
+
+// hold appends frames (n bytes) to what is pending. Event loop only.
+func (c *conn) hold(frames [][]byte, n int) {
+	if c.pending == nil {
+		c.pending = new(backlog)
+	}
+	c.pending.frames = append(c.pending.frames, frames...)
+	c.pending.n += n
+}
 
 // Wake asks the loop to drain soon (or, while the agent's output is routed
 // on this loop, right after it: agentconn.go). Any goroutine.
@@ -102,9 +116,8 @@ func (c *conn) Write(frames [][]byte) error {
 		_, err := c.gc.Writev(frames)
 		return err
 	}
-	if len(c.pending) > 0 || c.gc.OutboundBuffered() > 0 {
-		c.pending = append(c.pending, frames...)
-		c.pendingN += total
+	if c.pending != nil || c.gc.OutboundBuffered() > 0 {
+		c.hold(frames, total)
 		return nil
 	}
 	rest, err := c.writeDirect(frames, total)
@@ -112,10 +125,11 @@ func (c *conn) Write(frames [][]byte) error {
 		return err
 	}
 	if len(rest) > 0 {
-		c.pending = append(c.pending[:0], rest...)
+		n := 0
 		for _, f := range rest {
-			c.pendingN += len(f)
+			n += len(f)
 		}
+		c.hold(rest, n)
 	}
 	return nil
 }
@@ -154,8 +168,9 @@ func (c *conn) writeDirect(frames [][]byte, total int) ([][]byte, error) {
 // writePending writes what is pending, once gnet holds nothing. Event
 // loop only.
 func (c *conn) writePending() error {
-	for len(c.pending) > 0 && c.gc.OutboundBuffered() == 0 {
-		batch := c.pending[:min(len(c.pending), 512)]
+	for c.pending != nil && c.gc.OutboundBuffered() == 0 {
+		p := c.pending
+		batch := p.frames[:min(len(p.frames), 512)]
 		size := 0
 		for _, f := range batch {
 			size += len(f)
@@ -165,17 +180,17 @@ func (c *conn) writePending() error {
 			return err
 		}
 		taken := len(batch) - len(rest)
-		for _, f := range c.pending[:taken] {
-			c.pendingN -= len(f)
+		for _, f := range p.frames[:taken] {
+			p.n -= len(f)
 		}
-		clear(c.pending[:taken])
-		c.pending = c.pending[taken:]
+		clear(p.frames[:taken])
+		p.frames = p.frames[taken:]
+		if len(p.frames) == 0 {
+			c.pending = nil // a stalled peer's array is not kept
+		}
 		if len(rest) > 0 {
 			break
 		}
-	}
-	if len(c.pending) == 0 {
-		c.pending, c.pendingN = nil, 0 // a stalled peer's array is not kept
 	}
 	return nil
 }
@@ -185,9 +200,9 @@ func (c *conn) writePending() error {
 // is where closeAtBoundary waits for the peer). Event loop only.
 func (c *conn) toGnetAll() {
 	c.toGnet = true
-	if len(c.pending) > 0 {
-		_, _ = c.gc.Writev(c.pending)
-		c.pending, c.pendingN = nil, 0
+	if c.pending != nil {
+		_, _ = c.gc.Writev(c.pending.frames)
+		c.pending = nil
 	}
 }
 
@@ -199,10 +214,13 @@ func (c *conn) toGnetAll() {
 // backoff, to write again (what is pending first) or to notice the stall
 // deadline. Event loop only.
 func (c *conn) Backlog() (int, bool) {
-	if len(c.pending) > 0 {
+	if c.pending != nil {
 		_ = c.writePending() // an error closed the connection
 	}
-	n := c.gc.OutboundBuffered() + c.pendingN
+	n := c.gc.OutboundBuffered()
+	if c.pending != nil { // what writePending left
+		n += c.pending.n
+	}
 	if n > 0 {
 		if n < c.lastOut {
 			// The peer is reading: come back soon, no backoff. Only a

@@ -35,10 +35,12 @@ type wsProto struct {
 	w *watch
 	r ws.Reader
 
-	failCode   ws.CloseCode // the peer broke RFC 6455: our close carries this
-	failReason string
-	peerClosed bool // the peer's close frame arrived
+	failReason string // the peer broke RFC 6455: our close carries this and failCode
+	// The small fields side by side: one word, not three (an idle
+	// connection's footprint).
+	failCode   ws.CloseCode
 	peerCode   ws.CloseCode
+	peerClosed bool // the peer's close frame arrived
 	sentClose  bool
 
 	pong []byte // scratch for pong frames (gnet copies what it cannot send at once)
