@@ -83,10 +83,10 @@ type Endpoint struct {
 	transport atomic.Pointer[string] // label for logs and metrics: "unix", "ws", "wss", "sse"
 	peer      string
 
-	cl      atomic.Pointer[session.Client] // set by Register
-	closing atomic.Bool
-	reason  wire.CloseReason // written before closing is set... by Close, read by the writer after Shut
-	detail  string
+	cl atomic.Pointer[session.Client] // set by Register
+	// why is set once, by Close (or Release): the endpoint is closing. Read
+	// by the writer after Shut for the farewell.
+	why atomic.Pointer[closeWhy]
 
 	// Owned by the reader.
 	lim *Limiter
@@ -95,6 +95,17 @@ type Endpoint struct {
 	msgs   []*wire.Msg
 	frames [][]byte
 }
+
+// closeWhy is why an endpoint closes. It is made by Close, the only time
+// an endpoint needs it, so an open one carries one pointer, not the reason
+// and its detail.
+type closeWhy struct {
+	reason wire.CloseReason
+	detail string
+}
+
+// released is the closeWhy of an endpoint Release found open.
+var released = &closeWhy{}
 
 var (
 	_ session.Conn            = (*Endpoint)(nil)
@@ -181,7 +192,7 @@ func (e *Endpoint) Outbox() *Outbox { return e.out }
 
 // Send queues m; see session.Conn. Safe from any goroutine.
 func (e *Endpoint) Send(m *wire.Msg, cls wire.Class) bool {
-	if e.closing.Load() {
+	if e.why.Load() != nil {
 		return cls == wire.Data
 	}
 	return e.out.Send(m, cls)
@@ -196,10 +207,9 @@ func (e *Endpoint) SetOptions(o session.Options) { e.out.SetOptions(o) }
 // written first, then the transport's farewell. It logs and counts the
 // close once. Safe from any goroutine; only the first call counts.
 func (e *Endpoint) Close(r wire.CloseReason, detail string) {
-	if !e.closing.CompareAndSwap(false, true) {
+	if !e.why.CompareAndSwap(nil, &closeWhy{reason: r, detail: detail}) {
 		return
 	}
-	e.reason, e.detail = r, detail
 	switch r {
 	case wire.CloseGoingAway, wire.ClosePolicy, wire.CloseIdle:
 		// Ordinary ends (the peer left, a refused HTTP request, a
@@ -215,11 +225,17 @@ func (e *Endpoint) Close(r wire.CloseReason, detail string) {
 }
 
 // Closing reports whether Close was called. Safe from any goroutine.
-func (e *Endpoint) Closing() bool { return e.closing.Load() }
+func (e *Endpoint) Closing() bool { return e.why.Load() != nil }
 
 // Reason is why the connection is closing, once Closing reports true.
 // Writer only (after Shut).
-func (e *Endpoint) Reason() (wire.CloseReason, string) { return e.reason, e.detail }
+func (e *Endpoint) Reason() (wire.CloseReason, string) {
+	w := e.why.Load()
+	if w == nil {
+		return 0, ""
+	}
+	return w.reason, w.detail
+}
 
 // InputHeld reports whether the reader should stop handing this
 // connection's input to the hub for now: its answers pile up past its
@@ -297,7 +313,7 @@ func (e *Endpoint) Flush() error {
 // resumes by cursor, and its backlog may be what overloaded it). Replays
 // are not pumped. Writer only.
 func (e *Endpoint) Final() error {
-	if e.reason.Overload() {
+	if r, _ := e.Reason(); r.Overload() {
 		return nil
 	}
 	_, err := e.flush(true)
@@ -348,7 +364,7 @@ func (e *Endpoint) flush(force bool) (blocked bool, err error) {
 // Call it once the socket is closed. Any goroutine; idempotent with
 // respect to the queue.
 func (e *Endpoint) Release() {
-	e.closing.Store(true)
+	e.why.CompareAndSwap(nil, released)
 	if cl := e.cl.Load(); cl != nil {
 		e.cfg.Hub.Closed(cl)
 	}
