@@ -43,8 +43,9 @@
 // last skipped stretch of each session goes out as a final gap and summary
 // before that session's next event (or as soon as the queue is empty),
 // unless the transport still holds bytes its peer has not taken: then the
-// next drain attempt judges the probe, and a peer that took nothing since
-// the previous one keeps the breaker open. The timer queues gaps and
+// connection stays degraded until the peer takes them (or healthy
+// observations close the breaker), and a peer that took nothing since
+// the previous drain attempt re-opens it. The timer queues gaps and
 // summaries only within the room kept for them (half the control slots,
 // since a purged backlog's tombstones keep the others until the peer
 // reads, and a quarter of the control bytes); past it they wait, the

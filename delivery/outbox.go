@@ -676,6 +676,15 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		}
 		o.unhealthy = 0
 	}
+	if held && o.degraded.Load() && o.State() == breaker.HalfOpen {
+		// The probe waits until the peer took what the transport holds
+		// (the tick leaves then) or the breaker closes on healthy
+		// observations: "progress" here may be nothing but Drain handing
+		// the purged backlog's gap to the transport, and a stalled peer
+		// put back on full delivery would fill its queue again only to be
+		// degraded at the next attempt, its queue full of tombstones.
+		return
+	}
 	o.apply(o.why)
 }
 
