@@ -65,8 +65,21 @@ func TestFrameSpliceMatchesTwoCopies(t *testing.T) {
 	}
 }
 
-// One request on its way to the event loop's stream costs one allocation:
-// the framed buffer the stream takes over (no spliced copy before it).
+// bufStream is a FrameAppender that empties its buffer after each request,
+// as the event loop's flush hands it back.
+type bufStream struct{ buf []byte }
+
+func (s *bufStream) Write(b []byte, limit int) error { s.buf = append(s.buf[:0], b...); return nil }
+func (s *bufStream) CloseWrite()                     {}
+func (s *bufStream) Close()                          {}
+func (s *bufStream) AppendFrame(f Framing, msg []byte, start, end int, repl []byte, limit int) error {
+	s.buf = AppendFrameSplice(f, s.buf[:0], msg, start, end, repl)
+	return nil
+}
+
+// One request on its way to the event loop's stream costs one allocation
+// with a stream that takes buffers over (the framed buffer; no spliced copy
+// before it), and none with one that frames into its own (FrameAppender).
 func TestAllocsEnqueueSplice(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector's instrumentation allocates; the Makefile runs TestAllocs without -race")
@@ -79,5 +92,14 @@ func TestAllocsEnqueueSplice(t *testing.T) {
 	id := []byte("123456")
 	if n := testing.AllocsPerRun(1000, func() { _ = p.enqueueSplice(benchRequest, hd.IDStart, hd.IDEnd, id) }); n != 1 {
 		t.Fatalf("%v allocations per request, want 1 (the framed buffer the stream owns)", n)
+	}
+	bs := &bufStream{}
+	p = streamProc(FramingLSP, bs)
+	if n := testing.AllocsPerRun(1000, func() { _ = p.enqueueSplice(benchRequest, hd.IDStart, hd.IDEnd, id) }); n != 0 {
+		t.Fatalf("%v allocations per request into a FrameAppender, want 0", n)
+	}
+	want := appendFrame(FramingLSP, nil, jsonrpc.ReplaceID(nil, benchRequest, hd, id))
+	if string(bs.buf) != string(want) {
+		t.Fatalf("appended %q, want %q", bs.buf, want)
 	}
 }

@@ -142,8 +142,12 @@ func (p *proc) enqueue(msg []byte) error {
 }
 
 // enqueueSplice frames msg with msg[start:end] replaced by repl onto the
-// stdin queue: one copy. Safe from any goroutine.
+// stdin queue: one copy, into the stream's own buffer when it has one
+// (FrameAppender). Safe from any goroutine.
 func (p *proc) enqueueSplice(msg []byte, start, end int, repl []byte) error {
+	if fa, ok := p.stream.(FrameAppender); ok {
+		return fa.AppendFrame(p.s.cfg.Framing, msg, start, end, repl, p.s.cfg.QueueBytes)
+	}
 	n := len(msg) - (end - start) + len(repl)
 	return p.enqueueFramed(appendFrameSplice(p.s.cfg.Framing, make([]byte, 0, n+frameSlack), msg, start, end, repl))
 }

@@ -78,6 +78,25 @@ type Stream interface {
 	Close()
 }
 
+// FrameAppender is a Stream that copies what it is given into a buffer of
+// its own (the event loop's agent connection writes its queued requests
+// back to back from one buffer). The supervisor then frames a request with
+// its id spliced in straight into that buffer: one copy from the router's
+// bytes to the bytes written, and no buffer of the request's own.
+type FrameAppender interface {
+	// AppendFrame appends msg with msg[start:end] replaced by repl,
+	// framed by f (AppendFrameSplice), to what is queued, and fails as
+	// Stream.Write does. Safe from any goroutine.
+	AppendFrame(f Framing, msg []byte, start, end int, repl []byte, limit int) error
+}
+
+// AppendFrameSplice appends msg framed for the agent's stdin with
+// msg[start:end] replaced by repl, in one copy (for FrameAppender
+// implementations). Safe from any goroutine.
+func AppendFrameSplice(f Framing, dst, msg []byte, start, end int, repl []byte) []byte {
+	return appendFrameSplice(f, dst, msg, start, end, repl)
+}
+
 // spawnSocket starts the process of generation gen with a socketpair as
 // its stdin and stdout and attaches the daemon's end.
 func (s *Supervisor) spawnSocket(gen uint64) (*proc, error) {

@@ -215,9 +215,17 @@ func checkRounds(t *testing.T, res *Result, scenario string, n int) {
 			t.Errorf("%s: value %v is not the median of the bridge's %d rounds %v", f.Key(), f.Value, n, vals)
 		}
 		for _, b := range f.Baselines {
-			if b.System != sysWebsocketd && len(b.RoundRatios) != n {
-				t.Errorf("%s: %d round ratios against %s, want %d", f.Key(), len(b.RoundRatios), b.System, n)
+			if b.System == sysWebsocketd || len(b.RoundRatios) == n {
+				continue
 			}
+			// A baseline that failed in a round is left out of that round's
+			// ratio and named in Skipped (on a loaded machine a baseline can
+			// miss its deadline); a round lost without a word is a bug.
+			if note := skippedNote(res, b.System); note != "" {
+				t.Logf("%s: %d round ratios against %s of %d: %s", f.Key(), len(b.RoundRatios), b.System, n, note)
+				continue
+			}
+			t.Errorf("%s: %d round ratios against %s, want %d (skipped: %q)", f.Key(), len(b.RoundRatios), b.System, n, res.Skipped)
 		}
 	}
 }
@@ -481,4 +489,14 @@ func startNATS(t *testing.T) string {
 	}
 	t.Cleanup(ns.Shutdown)
 	return ns.ClientURL()
+}
+
+// skippedNote is the Skipped line that says system's baseline failed, if any.
+func skippedNote(res *Result, system string) string {
+	for _, s := range res.Skipped {
+		if strings.Contains(s, " "+system+" baseline failed") {
+			return s
+		}
+	}
+	return ""
 }

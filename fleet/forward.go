@@ -60,6 +60,7 @@ type ForwardHub interface {
 	Handle(cl *session.Client, msg []byte)
 	Closed(cl *session.Client)
 	AttachRemote(cl *session.Client, sessionID string) bool
+	DetachRemote(cl *session.Client, sessionID string)
 	Deliver(conn uint64, body []byte) bool
 	MirrorSeq(sessionID string) uint64
 	Restore(sessions []session.RestoredSession)
@@ -70,7 +71,7 @@ const (
 	hdrFrom     = "Agentbridge-From"     // the sending node
 	hdrConn     = "Agentbridge-Conn"     // the client connection's id on the client's node
 	hdrRole     = "Agentbridge-Role"     // its role
-	hdrOp       = "Agentbridge-Op"       // opMsg, opAttach, opClose, opPing
+	hdrOp       = "Agentbridge-Op"       // opMsg, opAttach, opDetach, opClose, opPing
 	hdrSession  = "Agentbridge-Session"  // the session the message names
 	hdrAttached = "Agentbridge-Attached" // "1": the client is attached to its node's mirror of it
 	// hdrAfter, on a delivery, lists "<encoded session>:<seq>" (comma
@@ -87,6 +88,7 @@ const afterWait = 5 * time.Second
 const (
 	opMsg    = "m"
 	opAttach = "a"
+	opDetach = "x"
 	opClose  = "c"
 	opPing   = "p"
 )
@@ -233,6 +235,16 @@ func (f *Fleet) Attached(m session.RemoteMsg) {
 	defer f.fw.mu.Unlock()
 	f.notePeer(m.Conn, m.Node)
 	f.put("in."+m.Node, outItem{msg: f.opMsg(m.Node, opAttach, m.Conn, m.Role, m.SessionID), node: m.Node, conn: m.Conn})
+}
+
+// Detached implements session.Remote. Called under the hub mutex:
+// enqueues.
+func (f *Fleet) Detached(m session.RemoteMsg) {
+	f.fw.mu.Lock()
+	defer f.fw.mu.Unlock()
+	if f.fw.peers[m.Conn][m.Node] {
+		f.put("in."+m.Node, outItem{msg: f.opMsg(m.Node, opDetach, m.Conn, m.Role, m.SessionID), node: m.Node, conn: m.Conn})
+	}
 }
 
 // Closed implements session.Remote: every node holding a stand-in of conn
@@ -496,6 +508,13 @@ func (f *Fleet) inbound(msg *nats.Msg) {
 	case opPing:
 	case opClose:
 		f.dropStandin(from, conn)
+	case opDetach:
+		f.fw.mu.Lock()
+		st := f.fw.standins[from][conn]
+		f.fw.mu.Unlock()
+		if st != nil {
+			f.fw.hub.DetachRemote(st.cl, h.Get(hdrSession))
+		}
 	case opMsg, opAttach:
 		role, err := auth.ParseRole(h.Get(hdrRole))
 		if err != nil {

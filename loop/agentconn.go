@@ -86,18 +86,50 @@ func (s *Server) AttachAgent(f *os.File, in agent.Input) (agent.Stream, error) {
 	return ac, nil
 }
 
-// Write queues framed bytes for the agent. Safe from any goroutine.
+var _ agent.FrameAppender = (*agentConn)(nil)
+
+// Write queues framed bytes for the agent (copied). Safe from any
+// goroutine.
 func (ac *agentConn) Write(b []byte, limit int) error {
+	if err := ac.reserve(len(b), limit); err != nil {
+		return err
+	}
+	ac.pending = append(ac.pending, b...)
+	ac.queued()
+	return nil
+}
+
+// AppendFrame frames a request straight into the pending buffer, its id
+// spliced in on the way (agent.FrameAppender): the one copy between the
+// client's bytes and the agent's socket. Safe from any goroutine.
+func (ac *agentConn) AppendFrame(f agent.Framing, msg []byte, start, end int, repl []byte, limit int) error {
+	// The framing adds a newline or a header of a few dozen bytes.
+	if err := ac.reserve(len(msg)-(end-start)+len(repl)+32, limit); err != nil {
+		return err
+	}
+	ac.pending = agent.AppendFrameSplice(f, ac.pending, msg, start, end, repl)
+	ac.queued()
+	return nil
+}
+
+// reserve takes ac.mu for appending n bytes to pending, or fails (without
+// it held) when the stream is closed or the bytes waiting would pass limit.
+func (ac *agentConn) reserve(n, limit int) error {
 	ac.mu.Lock()
 	if ac.closed || ac.shut {
 		ac.mu.Unlock()
 		return agent.ErrUnavailable
 	}
-	if len(ac.pending)+len(b)+int(ac.outbound.Load()) > limit {
+	if len(ac.pending)+n+int(ac.outbound.Load()) > limit {
 		ac.mu.Unlock()
 		return agent.ErrOverloaded
 	}
-	ac.pending = append(ac.pending, b...)
+	return nil
+}
+
+// queued releases ac.mu after an append and wakes the agent's loop unless
+// a wake is on its way or the loop flushes at the end of its callback.
+func (ac *agentConn) queued() {
 	wake := !ac.woken && !ac.busy
 	if wake {
 		ac.woken = true
@@ -106,7 +138,6 @@ func (ac *agentConn) Write(b []byte, limit int) error {
 	if wake {
 		_ = ac.gc.Wake(nil)
 	}
-	return nil
 }
 
 // enter marks the agent's loop as inside a client's callback: a Write

@@ -147,6 +147,7 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 			h.endCatchup(cl, s)
 			s.detach(cl)
 			delete(cl.attached, s.ID)
+			h.remoteAttached(cl, s, false) // remote.go
 			h.replyResult(cl, hd.ID, struct{}{})
 		case "bridge/snapshot":
 			h.replyResult(cl, hd.ID, h.snapshot(cl, s))
@@ -227,7 +228,7 @@ func (h *Hub) attach(cl *Client, id []byte, sid string, since *uint64, last *int
 			h.deliverRequest(ar, cl)
 		}
 	}
-	h.remoteAttached(cl, s) // remote.go: the owning node learns of an attach to its session
+	h.remoteAttached(cl, s, true) // remote.go: the owning node learns of an attach to its session
 	return nil
 }
 

@@ -75,6 +75,7 @@ func (h *Hub) forwardShared(cl *Client, msg []byte, hd jsonrpc.Header) bool {
 	}
 	cl.received.Add(1)
 	c := newCall(cl, hd.ID, method, h.gen)
+	h.keepLoad(c, msg) // remote.go: session/new, for a fleet's LoadRecorder
 	if s != nil {
 		c.sessionID = s.ID
 	} else {

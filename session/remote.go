@@ -113,6 +113,9 @@ type Remote interface {
 	// bridge/attach) the mirror of m.SessionID, so that the agent requests
 	// it is eligible for reach it. m.Msg is nil.
 	Attached(m RemoteMsg)
+	// Detached tells the owning node that the connection detached
+	// (bridge/detach) the mirror of m.SessionID. m.Msg is nil.
+	Detached(m RemoteMsg)
 	// Closed tells that a connection is gone.
 	Closed(conn uint64)
 }
@@ -167,13 +170,31 @@ func (h *Hub) remoteRoute(cl *Client, msg []byte, hd jsonrpc.Header, method stri
 
 func isString(raw []byte) bool { return len(raw) > 0 && raw[0] == '"' }
 
-// remoteAttached tells Remote that cl attached the mirror s.
-// Precondition: h.mu held.
-func (h *Hub) remoteAttached(cl *Client, s *Session) {
-	if h.cfg.Remote == nil || s.remote.node == "" || !s.isAttached(cl) {
+// remoteAttached tells Remote that cl attached (or, attached false,
+// detached) the mirror s. Precondition: h.mu held.
+func (h *Hub) remoteAttached(cl *Client, s *Session, attached bool) {
+	if h.cfg.Remote == nil || s.remote.node == "" || s.isAttached(cl) != attached {
 		return
 	}
-	h.cfg.Remote.Attached(RemoteMsg{Conn: cl.ID, Role: cl.info.Role, Node: s.remote.node, SessionID: s.ID, Attached: true})
+	m := RemoteMsg{Conn: cl.ID, Role: cl.info.Role, Node: s.remote.node, SessionID: s.ID, Attached: attached}
+	if attached {
+		h.cfg.Remote.Attached(m)
+	} else {
+		h.cfg.Remote.Detached(m)
+	}
+}
+
+// DetachRemote detaches cl, a stand-in (see AttachRemote), from the local
+// session sessionID, as bridge/detach would; an owner stays the owner.
+// Safe from any goroutine.
+func (h *Hub) DetachRemote(cl *Client, sessionID string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.sessions[sessionID]; s != nil && s.remote.node == "" {
+		h.endCatchup(cl, s)
+		s.detach(cl)
+		delete(cl.attached, s.ID)
+	}
 }
 
 // Deliver queues body (one JSON message, copied) to connection conn as

@@ -259,7 +259,8 @@ func TestFleetRemoteAttach(t *testing.T) {
 // once and in order, before the prompt's answer; a second prompt from B,
 // cancelled from B with session/cancel while its permission request is
 // pending, is answered cancelled; so is a third, cancelled with
-// $/cancel_request naming B's own request id.
+// $/cancel_request naming B's own request id. C's operator, detached on
+// C, is detached on A too.
 func TestFleetRemotePrompt(t *testing.T) {
 	url := startNATS(t)
 	fleet := fmt.Sprintf("t%d", time.Now().UnixNano())
@@ -350,6 +351,13 @@ func TestFleetRemotePrompt(t *testing.T) {
 		if s != uint64(i+1) {
 			t.Fatalf("B's events out of order at %d: %v", i, seqs)
 		}
+	}
+
+	// C's operator detaches on C: its stand-in on A is detached too, so
+	// A's gate now refuses it a cancel (an operator must be attached).
+	op.call("det", "bridge/detach", map[string]any{"sessionId": sid})
+	if m, _ := op.call("c1", "session/cancel", map[string]any{"sessionId": sid}); errCode(m) != -32002 {
+		t.Fatalf("session/cancel from C's detached operator: %v, want A's -32002", m)
 	}
 
 	// A prompt cancelled from B by its own id: the cancel follows it to A.
