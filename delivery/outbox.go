@@ -822,8 +822,10 @@ func (o *Outbox) tick() {
 			return
 		}
 		// The breaker half-opened, but the transport still held bytes for
-		// the peer at the drainer's last look: its next drain attempt
-		// (Observe) judges the probe. Leaving now would put a peer that
+		// the peer at the drainer's last look: it stays degraded until
+		// the peer takes them (Taking, then this tick) or a drain attempt
+		// judges it (Observe: healthy ones close the breaker, one without
+		// progress re-opens it). Leaving now would put a peer that
 		// may have taken nothing (a drain that handed out the purged
 		// backlog's gap counts as progress, so "stuck" can be false for a
 		// re-wake) back on full delivery, only for the next Observe to
