@@ -233,6 +233,7 @@ func runServe(args []string) int {
 	if !ok {
 		return code
 	}
+	setMemoryLimit(c.replayMemory, c.log) // memlimit.go
 	d, err := build(c)
 	if err != nil {
 		return fail("%v", err)
