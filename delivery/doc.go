@@ -43,11 +43,16 @@
 // last skipped stretch of each session goes out as a final gap and summary
 // before that session's next event (or as soon as the queue is empty),
 // unless the transport still holds bytes its peer has not taken: then the
-// next drain attempt judges the probe, and a peer that took nothing since
-// the previous one keeps the breaker open. While the peer has not taken
-// the gaps and summaries already queued for it, the timer queues no more:
-// the accumulators keep counting, so a stalled reader neither fills its
-// control queue nor loses exactness. A "catchup" connection is never
+// connection stays degraded until the peer takes them (or healthy
+// observations close the breaker), and a peer that took nothing since
+// the previous drain attempt re-opens it. The timer queues gaps and
+// summaries only within the room kept for them (half the control slots,
+// since a purged backlog's tombstones keep the others until the peer
+// reads, and a quarter of the control bytes); past it they wait, the
+// accumulators counting, so a stalled reader neither fills its control
+// queue nor loses exactness. Skipped seqs that follow each other share one
+// gap whatever made each be skipped (degraded, no free slot), so a stalled
+// reader holds one run per session however often the breaker probes it. A "catchup" connection is never
 // degraded: it refuses live events once its queue is over its watermark
 // or its peer took nothing since the last drain attempt (Outbox.Taking
 // clears that when the transport holds nothing), and is fed from the

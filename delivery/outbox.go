@@ -102,8 +102,13 @@ type Outbox struct {
 // never overrides it.
 const explicitPolicy = 1 << 8
 
-// maxRuns bounds the gap runs one session may hold before they are queued
-// early; runs only fragment when a client re-attaches with an older cursor.
+// maxRuns is how many gap runs one session may hold before a degraded
+// connection queues them early (as far as the room kept for reports
+// allows). Contiguous seqs always share a run, so runs fragment only
+// where events of the session were queued in between: when the peer took
+// something (the breaker let it back to full delivery and the drainer
+// could pass them on) or a client re-attached with an older cursor. A
+// stalled peer holds one run per session.
 const maxRuns = 64
 
 // slot is what the ring holds per message (32 bytes a slot with the ring's
@@ -368,7 +373,7 @@ func (o *Outbox) sendSlow(m *wire.Msg, full bool) (wake bool) {
 		if a := o.pending[sid]; a != nil {
 			// The session's earlier gap must precede this event; without
 			// room for both, this event joins the gap.
-			if !o.flushToRing(a, false, time.Now()) {
+			if !o.flushToRing(a, time.Now()) {
 				full = true
 			} else {
 				delete(o.pending, sid)
@@ -405,16 +410,46 @@ func (o *Outbox) skip(m *wire.Msg) {
 	}
 }
 
-// queueGaps queues a's runs as gaps now, without a summary. Precondition:
-// mu held.
-func (o *Outbox) queueGaps(a *acc) {
-	for _, r := range a.runs {
-		if !o.pushControl(wire.GapMsg(a.sid, r.from, r.to, r.why)) {
-			return
+// queueGaps queues a's runs as gaps now, oldest first, as many as the room
+// kept for reports takes (see pushReport); the rest stay in a, in order,
+// for a later tick or the drain. It reports whether every run was queued.
+// Precondition: mu held.
+func (o *Outbox) queueGaps(a *acc) bool {
+	k := 0
+	for ; k < len(a.runs); k++ {
+		r := &a.runs[k]
+		if !o.reportRoom(0) || !o.pushReport(wire.GapMsg(a.sid, r.from, r.to, r.why)) {
+			break
 		}
 		o.m.Gap()
 	}
-	a.runs = a.runs[:0]
+	a.runs = a.runs[:copy(a.runs, a.runs[k:])]
+	return len(a.runs) == 0
+}
+
+// reportRoom reports whether a degraded connection may queue a gap or
+// summary of size bytes (0: not known yet) now. Its reports are held
+// rather than queued when they would take the last half of the control
+// slots (which answers need: tombstones of a purged backlog keep every
+// other slot until the peer reads) or more than a quarter of the control
+// bytes: a stalled peer takes none of them, and queuing one per interval
+// would fill its control queue and get it closed at the ceiling. Held
+// reports stay counted in the accumulators. An empty queue takes any
+// report under the ceiling, so a small ceiling does not hold them forever.
+// Precondition: mu held.
+func (o *Outbox) reportRoom(size int) bool {
+	qc := &o.cfg.Queue
+	if o.q.Len() == 0 {
+		return size <= qc.MaxControlBytes
+	}
+	_, ctrl := o.q.Bytes()
+	return o.q.Len() < qc.MaxItems-qc.ControlSlots/2 && ctrl+size <= qc.MaxControlBytes/4
+}
+
+// pushReport queues a degraded connection's gap or summary if reportRoom
+// allows, and reports whether it did. Precondition: mu held.
+func (o *Outbox) pushReport(m *wire.Msg) bool {
+	return o.reportRoom(m.Size()) && o.pushControl(m)
 }
 
 func (o *Outbox) accFor(sid string) *acc {
@@ -450,12 +485,11 @@ func (o *Outbox) pushControl(m *wire.Msg) bool {
 	return true
 }
 
-// flushToRing queues a's gaps and, if one is owed, its summary. Unless
-// mustFit, it first checks there is room for them and one more event and
-// reports false (queuing nothing) when there is not; with mustFit a
-// message that does not fit closes the connection. Precondition: mu held.
-func (o *Outbox) flushToRing(a *acc, mustFit bool, now time.Time) bool {
-	if !mustFit && o.q.Len()+len(a.runs)+2 > o.cfg.Queue.MaxItems-o.cfg.Queue.ControlSlots {
+// flushToRing queues a's gaps and, if one is owed, its summary. It first
+// checks there is room for them and one more event and reports false
+// (queuing nothing) when there is not. Precondition: mu held.
+func (o *Outbox) flushToRing(a *acc, now time.Time) bool {
+	if o.q.Len()+len(a.runs)+2 > o.cfg.Queue.MaxItems-o.cfg.Queue.ControlSlots {
 		return false
 	}
 	for _, m := range o.accMsgs(a, now, nil) {
@@ -475,11 +509,22 @@ func (o *Outbox) accMsgs(a *acc, now time.Time, dst []*wire.Msg) []*wire.Msg {
 	}
 	a.runs = a.runs[:0]
 	if a.owed {
-		dst = append(dst, wire.SummaryMsg(a.sid, a.seq, a.dropped, a.bytes, string(a.tail)))
-		o.m.Summary()
-		a.owed, a.dropped, a.bytes, a.lastSummary = false, 0, 0, now
+		dst = append(dst, summaryOf(a))
+		o.summarised(a, now)
 	}
 	return dst
+}
+
+// summaryOf is the bridge/summary of what a counts since its last one.
+func summaryOf(a *acc) *wire.Msg {
+	return wire.SummaryMsg(a.sid, a.seq, a.dropped, a.bytes, string(a.tail))
+}
+
+// summarised counts a's summary as sent and starts its next stretch.
+// Precondition: mu held.
+func (o *Outbox) summarised(a *acc, now time.Time) {
+	o.m.Summary()
+	a.owed, a.dropped, a.bytes, a.lastSummary = false, 0, 0, now
 }
 
 // Drain appends to dst, in order, up to maxBytes of messages to write:
@@ -631,6 +676,15 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		}
 		o.unhealthy = 0
 	}
+	if held && o.degraded.Load() && o.State() == breaker.HalfOpen {
+		// The probe waits until the peer took what the transport holds
+		// (the tick leaves then) or the breaker closes on healthy
+		// observations: "progress" here may be nothing but Drain handing
+		// the purged backlog's gap to the transport, and a stalled peer
+		// put back on full delivery would fill its queue again only to be
+		// degraded at the next attempt, its queue full of tombstones.
+		return
+	}
 	o.apply(o.why)
 }
 
@@ -763,30 +817,19 @@ func (o *Outbox) tick() {
 		return
 	}
 	if o.State() != breaker.Open {
-		if !o.stuck.Load() {
+		if !o.behind.Load() {
 			o.leave()
 			return
 		}
-		// The breaker half-opened, but the peer took nothing since the
-		// drainer last looked: its next drain attempt (Observe) judges the
-		// probe. Leaving now would put a stalled peer back on full
-		// delivery, only for the next Observe to degrade it again, its
-		// gaps fragmented by every round.
-	}
-	if o.q.Len() > 0 {
-		if _, ctrl := o.q.Bytes(); ctrl > 0 && ctrl > o.cfg.Queue.MaxControlBytes/4 {
-			// The peer took nothing since the drainer last looked, or has
-			// a quarter of its control ceiling still to take, and has not
-			// taken the gaps and summaries (or answers) it has (a slow
-			// reader that is still taking gets its summaries at the
-			// interval; the drainer's view of "stuck" can be a re-wake
-			// old, so the ceiling's quarter bounds the rest): keep counting in the accumulators rather than
-			// queue one summary per interval for a peer that reads
-			// none (a stalled reader would fill its control queue and
-			// be closed at the ceiling). They go out once it drains.
-			o.timer.Reset(o.cfg.tickEvery())
-			return
-		}
+		// The breaker half-opened, but the transport still held bytes for
+		// the peer at the drainer's last look: it stays degraded until
+		// the peer takes them (Taking, then this tick) or a drain attempt
+		// judges it (Observe: healthy ones close the breaker, one without
+		// progress re-opens it). Leaving now would put a peer that
+		// may have taken nothing (a drain that handed out the purged
+		// backlog's gap counts as progress, so "stuck" can be false for a
+		// re-wake) back on full delivery, only for the next Observe to
+		// degrade it again.
 	}
 	now := time.Now()
 	for _, a := range o.pending {
@@ -796,7 +839,12 @@ func (o *Outbox) tick() {
 		if a.owed && now.Sub(a.lastSummary) < o.cfg.SummaryInterval {
 			continue
 		}
-		if !o.flushToRing(a, true, now) {
+		// A peer that has not taken what is queued may find no room
+		// for these (reportRoom): they wait, counted, for a later tick.
+		if o.queueGaps(a) && a.owed && o.pushReport(summaryOf(a)) {
+			o.summarised(a, now)
+		}
+		if o.dead.Load() {
 			return // closed: the control ceiling
 		}
 	}

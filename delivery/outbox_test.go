@@ -741,3 +741,117 @@ func TestDrainDeadlineCountsOnlyNoProgress(t *testing.T) {
 		t.Fatalf("degraded after %v without progress; the deadline is %v", d, cfg.DrainDeadline)
 	}
 }
+
+// A stalled peer degraded with a full queue keeps the purged backlog's
+// tombstones in their slots (the drainer, blocked, never pops them): the
+// summary timer must not spend the few control slots left on gaps and
+// summaries nobody reads. The control bytes stay far under their quarter
+// here, so only the slots show it; it used to be closed at the control
+// ceiling after ControlSlots/2 intervals.
+func TestDegradedStallWithFullQueueKeepsControlSlots(t *testing.T) {
+	const interval = 2 * time.Millisecond
+	cfg := degradeConfig(time.Hour, interval)
+	cfg.Queue.MaxItems = 64 // 8 control slots
+	cfg.Queue.MaxDataBytes, cfg.Queue.HighWater, cfg.Queue.LowWater = 1<<20, 1<<19, 1<<10
+	h := newHarness(t, cfg)
+	seq := uint64(0)
+	for h.o.Len() < 56 {
+		seq++
+		h.o.Send(event("s1", seq, "x", 0), wire.Data)
+	}
+	h.o.Observe(true, 100)
+	h.o.Observe(true, 100)
+	if !h.o.Degraded() {
+		t.Fatal("not degraded after a missed deadline")
+	}
+	for end := time.Now().Add(100 * interval); time.Now().Before(end); {
+		seq++
+		h.o.Send(event("s1", seq, "x", 0), wire.Data)
+		select {
+		case r := <-h.closed:
+			t.Fatalf("a stalled degraded connection was closed (%v) at seq %d", r, seq)
+		case <-time.After(time.Millisecond / 4):
+		}
+	}
+	// An answer still finds its slot.
+	if !h.o.Send(control(1), wire.Control) {
+		t.Fatalf("no slot left for an answer: %d queued", h.o.Len())
+	}
+	h.drain()
+	h.o.Observe(false, 0)
+	h.until("the summary of the whole stall", func() bool {
+		for _, it := range h.items {
+			if it.kind == "summary" && it.seq == seq {
+				return true
+			}
+		}
+		return false
+	})
+	checkExact(t, h.items, "s1", seq)
+}
+
+// A stalled degraded peer whose drainer handed out the purged backlog's
+// gap (the kernel took that much) counts as having made progress at the
+// next drain attempt, though it reads nothing. When the breaker
+// half-opens it must not be put back on full delivery while its transport
+// still holds bytes: every such probe queued a gap and a summary, filled
+// the queue again, and split the stalled stretch into runs of alternating
+// reasons until the control queue, which nobody reads, overflowed.
+func TestStalledDegradedPeerIsNotProbed(t *testing.T) {
+	cfg := degradeConfig(2*time.Millisecond, time.Millisecond)
+	cfg.Queue.MaxItems = 64 // 8 control slots
+	cfg.Queue.MaxDataBytes, cfg.Queue.HighWater, cfg.Queue.LowWater = 1<<20, 1<<19, 1<<10
+	h := newHarness(t, cfg)
+	seq := uint64(0)
+	for h.o.Len() < 56 {
+		seq++
+		h.o.Send(event("s1", seq, "x", 0), wire.Data)
+	}
+	h.o.Observe(true, 100)
+	h.o.Observe(true, 100)
+	if !h.o.Degraded() {
+		t.Fatal("not degraded after a missed deadline")
+	}
+	h.drain() // the purged backlog's gap, taken by the kernel
+	h.o.Observe(true, 100)
+	// 100 open periods of a peer that takes nothing more; the transport
+	// re-wakes a stalled connection less and less often, so the drain
+	// attempts come in stretches several open periods apart.
+	for end := time.Now().Add(100 * cfg.Breaker.OpenFor); time.Now().Before(end); {
+		for range 10 {
+			for range 10 {
+				seq++
+				h.o.Send(event("s1", seq, "x", 0), wire.Data)
+			}
+			select {
+			case r := <-h.closed:
+				t.Fatalf("a stalled degraded connection was closed (%v) at seq %d", r, seq)
+			case <-time.After(time.Millisecond):
+			}
+		}
+		h.o.Observe(true, 100)
+	}
+	if !h.o.Degraded() {
+		t.Fatal("a stalled peer left degraded delivery")
+	}
+	if n := h.o.Level().Stats.Lost[ring.ReasonPurged]; n != 56 {
+		t.Fatalf("%d events purged, want the 56 of the first backlog: the stalled peer was probed with full delivery", n)
+	}
+	// The peer reads again.
+	h.drain()
+	h.o.Observe(false, 0)
+	h.until("the summary of the whole stall", func() bool {
+		for _, it := range h.items {
+			if it.kind == "summary" && it.seq == seq {
+				return true
+			}
+		}
+		return false
+	})
+	checkExact(t, h.items, "s1", seq)
+	// One gap for the purged backlog, then one per summary: a stretch
+	// split into runs would show more.
+	if g, s := h.count("gap"), h.count("summary"); g > s+1 {
+		t.Fatalf("the stall came out as %d gaps for %d summaries: %+v", g, s, h.items)
+	}
+}

@@ -30,10 +30,16 @@ type run struct {
 	why      string
 }
 
+// addRun adds seq to the runs. A seq that follows the last run extends it
+// whatever the reason: nothing of the session was queued in between, and
+// a stalled degraded reader that the breaker keeps probing alternates
+// reasons (degraded, then "no free slot" while it is probed) with every
+// round; splitting on the reason would fragment one stretch into a run per
+// round. A run keeps the reason of its first seq.
 func (a *acc) addRun(seq uint64, why string) {
 	if n := len(a.runs); n > 0 {
 		r := &a.runs[n-1]
-		if r.why == why && seq == r.to+1 {
+		if seq == r.to+1 {
 			r.to = seq
 			return
 		}
