@@ -247,6 +247,16 @@ func (l *eventLog) countSince(after uint64) int {
 	return l.n - l.first(after)
 }
 
+// lastSpan is where the last k events start: the seq of the first of them
+// and how many there are (0, 0 for none), without building their Msgs.
+func (l *eventLog) lastSpan(k int) (first uint64, n int) {
+	k = min(k, l.n)
+	if k <= 0 {
+		return 0, 0
+	}
+	return l.at(l.n - k).seq, k
+}
+
 // last returns the last k events, in order.
 func (l *eventLog) last(k int) []*wire.Msg {
 	if k > l.n {
