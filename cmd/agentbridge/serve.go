@@ -233,7 +233,6 @@ func runServe(args []string) int {
 	if !ok {
 		return code
 	}
-	setMemoryLimit(c.replayMemory, c.log) // memlimit.go
 	d, err := build(c)
 	if err != nil {
 		return fail("%v", err)
