@@ -89,19 +89,7 @@ func (f *gwsForwarder) writeLoop(w io.WriteCloser) {
 	defer w.Close()
 	bw := bufio.NewWriterSize(w, 64<<10)
 	for msg := range f.in {
-		_, err := bw.Write(msg)
-		for more := true; more && err == nil; {
-			select {
-			case next := <-f.in:
-				_, err = bw.Write(next)
-			default:
-				more = false
-			}
-		}
-		if err == nil {
-			err = bw.Flush()
-		}
-		if err != nil {
+		if writeCoalesced(bw, msg, f.in) != nil {
 			return
 		}
 	}

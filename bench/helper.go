@@ -207,23 +207,33 @@ func (m *udsMember) writeLoop() {
 		case <-m.gone:
 			return
 		}
-		_, err := bw.Write(msg)
-		for more := true; more && err == nil; {
-			select {
-			case next := <-m.q:
-				_, err = bw.Write(next)
-			default:
-				more = false
-			}
-		}
-		if err == nil {
-			err = bw.Flush()
-		}
-		if err != nil {
+		if err := writeCoalesced(bw, msg, m.q); err != nil {
 			_ = m.c.Close()
 			return
 		}
 	}
+}
+
+// writeCoalesced writes msg and whatever else q already holds, then flushes
+// once: one write(2) for a burst, as a real forwarder batches.
+func writeCoalesced(bw *bufio.Writer, msg []byte, q <-chan []byte) error {
+	_, err := bw.Write(msg)
+	for more := true; more && err == nil; {
+		select {
+		case next, ok := <-q:
+			if !ok {
+				more = false
+				break
+			}
+			_, err = bw.Write(next)
+		default:
+			more = false
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return bw.Flush()
 }
 
 func (h *helper) serveFanoutUDS(c net.Conn) {

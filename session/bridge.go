@@ -210,8 +210,8 @@ func (h *Hub) attach(cl *Client, id []byte, sid string, since *uint64, last *int
 		cursor = *since
 		replay = s.log.countSince(cursor) + h.diskSpan(s, cursor)
 	case last != nil:
-		if tail := s.log.last(*last); len(tail) > 0 {
-			cursor, replay = tail[0].Seq-1, len(tail)
+		if first, n := s.log.lastSpan(*last); n > 0 {
+			cursor, replay = first-1, n
 		}
 	}
 	if s.owner == nil && cl.info.Role == auth.RoleClient {

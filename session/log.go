@@ -3,6 +3,7 @@ package session
 import (
 	"sort"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/agentbridge/agentbridge/wire"
 )
@@ -12,21 +13,42 @@ import (
 // memory budget) and optionally in count. Seqs ascend; a log restored from
 // disk may have holes (events that were never persisted), which attach
 // reports as bridge/gap. Guarded by the hub mutex.
+//
+// The log keeps an event's line and seq, not the *wire.Msg that was fanned
+// out: that Msg caches its encodings (WebSocket frame, SSE event, bridge/event
+// envelope) as its recipients ask for them, after publish has returned, so a
+// logged Msg would come to hold two or three copies of its bytes that
+// --replay-memory never counted. Replay wraps the kept line in a fresh Msg
+// (sharing the bytes) that caches for its own recipient and is dropped with
+// it: an allocation per replayed event, against a log whose every byte is
+// charged to the budget.
 type eventLog struct {
-	buf      []*wire.Msg // circular; len(buf) is the capacity once grown
-	head     int         // index of the oldest event
+	sid      string  // the session's ID, for the Msgs that replay builds
+	buf      []entry // circular; len(buf) is the capacity once grown
+	head     int     // index of the oldest event
 	n        int
-	bytes    int // cost of the kept events (eventCost)
+	bytes    int // what it holds: lineCost of each event, entrySlot per slot of buf
 	maxCount int // 0: no count limit
 	maxBytes int
 	budget   *logBudget // shared by every log of the hub
 }
 
-// eventOverhead is what a kept event costs beside its bytes: the Msg
-// header and its slot, so a flood of tiny events is bounded too.
-const eventOverhead = 96
+// entry is one kept event: its NDJSON line (shared with the Msg it came in,
+// never modified) and its seq.
+type entry struct {
+	line []byte
+	seq  uint64
+}
 
-func eventCost(m *wire.Msg) int { return m.Size() + eventOverhead }
+// entrySlot is what an entry costs in buf beside its line. The log is
+// charged for every slot of buf, used or not: a ring grown by doubling may
+// be up to twice (and, before it shrinks, four times) its count.
+const entrySlot = int(unsafe.Sizeof(entry{}))
+
+// lineCost is what a kept line holds: its bytes, rounded up by an eighth
+// for the allocator's size classes (spaced at most 1/8 apart above 128
+// bytes).
+func lineCost(line []byte) int { return len(line) + len(line)/8 }
 
 // logBudget is the memory every session log of a hub may hold together
 // (--replay-memory). used is atomic: logs of different sessions grow
@@ -36,30 +58,38 @@ type logBudget struct {
 	max  int64
 }
 
-func newEventLog(maxCount, maxBytes int, b *logBudget) *eventLog {
-	return &eventLog{maxCount: maxCount, maxBytes: maxBytes, budget: b}
+func newEventLog(sid string, maxCount, maxBytes int, b *logBudget) *eventLog {
+	return &eventLog{sid: sid, maxCount: maxCount, maxBytes: maxBytes, budget: b}
 }
 
+// append keeps m's line and seq (not m: see eventLog).
 func (l *eventLog) append(m *wire.Msg) {
 	if l.maxCount < 0 {
 		return
 	}
-	c := eventCost(m)
-	for l.n > 0 && ((l.maxCount > 0 && l.n >= l.maxCount) || l.bytes+c > l.maxBytes) {
+	e := entry{line: m.Line(), seq: m.Seq}
+	c := lineCost(e.line)
+	for l.n > 0 && ((l.maxCount > 0 && l.n >= l.maxCount) || l.bytes+c+l.growth() > l.maxBytes) {
 		l.dropOldest()
 	}
 	if l.n == len(l.buf) {
-		l.grow()
+		l.resize(l.grownSize())
 	}
-	l.buf[(l.head+l.n)%len(l.buf)] = m
+	l.buf[(l.head+l.n)%len(l.buf)] = e
 	l.n++
+	l.charge(c)
+}
+
+// charge adds c bytes (negative: gives them back) to the log and its budget.
+func (l *eventLog) charge(c int) {
 	l.bytes += c
 	if l.budget != nil {
 		l.budget.used.Add(int64(c))
 	}
 }
 
-func (l *eventLog) grow() {
+// grownSize is the size of buf after it grows by one step.
+func (l *eventLog) grownSize() int {
 	size := len(l.buf) * 2
 	if size == 0 {
 		size = 16
@@ -67,27 +97,44 @@ func (l *eventLog) grow() {
 	if l.maxCount > 0 && size > l.maxCount {
 		size = l.maxCount
 	}
-	nb := make([]*wire.Msg, size)
+	return size
+}
+
+// growth is what appending one more event would cost in slots: the growth
+// of a full buf.
+func (l *eventLog) growth() int {
+	if l.n < len(l.buf) {
+		return 0
+	}
+	return (l.grownSize() - len(l.buf)) * entrySlot
+}
+
+// resize moves the kept events to an array of size slots (nil for 0) and
+// charges the difference.
+func (l *eventLog) resize(size int) {
+	var nb []entry
+	if size > 0 {
+		nb = make([]entry, size)
+	}
 	for i := 0; i < l.n; i++ {
 		nb[i] = l.buf[(l.head+i)%len(l.buf)]
 	}
+	l.charge((size - len(l.buf)) * entrySlot)
 	l.buf, l.head = nb, 0
 }
 
 func (l *eventLog) dropOldest() {
-	m := l.buf[l.head]
-	l.buf[l.head] = nil
+	c := lineCost(l.buf[l.head].line)
+	l.buf[l.head] = entry{}
 	l.head = (l.head + 1) % len(l.buf)
 	l.n--
-	c := eventCost(m)
-	l.bytes -= c
-	if l.budget != nil {
-		l.budget.used.Add(-int64(c))
-	}
+	l.charge(-c)
 	if l.n == 0 {
-		l.buf, l.head = nil, 0 // an emptied log gives its array back
+		l.resize(0) // an emptied log gives its array back
 	} else if l.n < len(l.buf)/4 && len(l.buf) > 64 {
-		l.shrink()
+		// Most of it went to the budget: halve the array so the memory
+		// it freed is really freed.
+		l.resize(len(l.buf) / 2)
 	}
 }
 
@@ -97,16 +144,6 @@ func (l *eventLog) release() {
 	for l.n > 0 {
 		l.dropOldest()
 	}
-}
-
-// shrink halves the array of a log that lost most of its events to the
-// budget, so the memory it freed is really freed.
-func (l *eventLog) shrink() {
-	nb := make([]*wire.Msg, len(l.buf)/2)
-	for i := 0; i < l.n; i++ {
-		nb[i] = l.buf[(l.head+i)%len(l.buf)]
-	}
-	l.buf, l.head = nb, 0
 }
 
 // trimLogs enforces the hub's memory budget after an append: while the
@@ -155,37 +192,50 @@ func (h *Hub) trimLogs() {
 	}
 }
 
-func (l *eventLog) at(i int) *wire.Msg { return l.buf[(l.head+i)%len(l.buf)] }
+func (l *eventLog) at(i int) *entry { return &l.buf[(l.head+i)%len(l.buf)] }
+
+// msg wraps the i-th kept event in a Msg of its own for one replay: it
+// shares the line and caches only for as long as its recipient keeps it.
+func (l *eventLog) msg(i int) *wire.Msg {
+	e := l.at(i)
+	m := wire.Own(e.line)
+	m.SessionID, m.Seq = l.sid, e.seq
+	return m
+}
 
 // oldest returns the seq of the oldest kept event, 0 if empty.
 func (l *eventLog) oldest() uint64 {
 	if l.n == 0 {
 		return 0
 	}
-	return l.at(0).Seq
+	return l.at(0).seq
+}
+
+// first is the index of the first kept event with seq > after.
+func (l *eventLog) first(after uint64) int {
+	// Binary search rather than arithmetic on the first seq: holes.
+	return sort.Search(l.n, func(i int) bool { return l.at(i).seq > after })
 }
 
 // since returns the kept events with seq > after, in order.
 func (l *eventLog) since(after uint64) []*wire.Msg {
-	// Binary search rather than arithmetic on the first seq: holes.
-	start := sort.Search(l.n, func(i int) bool { return l.at(i).Seq > after })
+	start := l.first(after)
 	if start >= l.n {
 		return nil
 	}
 	out := make([]*wire.Msg, 0, l.n-start)
 	for i := start; i < l.n; i++ {
-		out = append(out, l.at(i))
+		out = append(out, l.msg(i))
 	}
 	return out
 }
 
 // sinceN returns up to n events (and about maxBytes) with seq > after.
 func (l *eventLog) sinceN(after uint64, n, maxBytes int) []*wire.Msg {
-	start := sort.Search(l.n, func(i int) bool { return l.at(i).Seq > after })
 	var out []*wire.Msg
 	bytes := 0
-	for i := start; i < l.n && len(out) < n && (len(out) == 0 || bytes < maxBytes); i++ {
-		m := l.at(i)
+	for i := l.first(after); i < l.n && len(out) < n && (len(out) == 0 || bytes < maxBytes); i++ {
+		m := l.msg(i)
 		out = append(out, m)
 		bytes += m.Size()
 	}
@@ -194,7 +244,17 @@ func (l *eventLog) sinceN(after uint64, n, maxBytes int) []*wire.Msg {
 
 // countSince is how many kept events have seq > after.
 func (l *eventLog) countSince(after uint64) int {
-	return l.n - sort.Search(l.n, func(i int) bool { return l.at(i).Seq > after })
+	return l.n - l.first(after)
+}
+
+// lastSpan is where the last k events start: the seq of the first of them
+// and how many there are (0, 0 for none), without building their Msgs.
+func (l *eventLog) lastSpan(k int) (first uint64, n int) {
+	k = min(k, l.n)
+	if k <= 0 {
+		return 0, 0
+	}
+	return l.at(l.n - k).seq, k
 }
 
 // last returns the last k events, in order.
@@ -207,7 +267,7 @@ func (l *eventLog) last(k int) []*wire.Msg {
 	}
 	out := make([]*wire.Msg, 0, k)
 	for i := l.n - k; i < l.n; i++ {
-		out = append(out, l.at(i))
+		out = append(out, l.msg(i))
 	}
 	return out
 }

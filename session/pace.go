@@ -159,9 +159,6 @@ func (h *Hub) pumpSession(cl *Client, s *Session) bool {
 	}
 	events := s.log.sinceN(cur, pumpEvents, pumpBytes)
 	last, all := h.sendReplay(cl, s, cur, events, len(events) == 0)
-	for _, m := range events {
-		m.ForgetEnvelope() // see publish
-	}
 	if all && last >= s.seq {
 		h.endCatchup(cl, s) // caught up: live delivery from the next event
 		return true

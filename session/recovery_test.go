@@ -677,7 +677,7 @@ func TestResumeTakeoverRoleAndSessions(t *testing.T) {
 }
 
 func TestEventLogSinceWithHoles(t *testing.T) {
-	l := newEventLog(10, 1<<20, nil)
+	l := newEventLog("", 10, 1<<20, nil)
 	for _, s := range []uint64{3, 4, 7, 8, 20} {
 		m := wire.New([]byte("{}"))
 		m.Seq = s

@@ -52,7 +52,7 @@ func (h *Hub) Mirror(sessionID, node string, st Status) bool {
 	if s == nil {
 		// Not in the unclaimed list: a mirror is the owning node's to
 		// forget, not --max-sessions' (and it is never journaled).
-		s = &Session{ID: sessionID, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: st}
+		s = &Session{ID: sessionID, log: newEventLog(sessionID, h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: st}
 		h.addSession(s)
 	} else if s.remote.node == "" {
 		return false

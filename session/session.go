@@ -52,7 +52,7 @@ type Session struct {
 func (h *Hub) session(id string) *Session {
 	s := h.sessions[id]
 	if s == nil {
-		s = &Session{ID: id, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: StatusIdle, gen: h.gen}
+		s = &Session{ID: id, log: newEventLog(id, h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: StatusIdle, gen: h.gen}
 		h.addSession(s)
 		h.unclaimed(s) // journaled once a client claims it
 
@@ -102,7 +102,7 @@ func (h *Hub) Restore(sessions []RestoredSession) {
 		if h.sessions[rs.ID] != nil {
 			continue
 		}
-		s := &Session{ID: rs.ID, log: newEventLog(h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: StatusClosed, closed: true, restored: true, seq: rs.Seq}
+		s := &Session{ID: rs.ID, log: newEventLog(rs.ID, h.cfg.Replay, h.cfg.ReplayBytes, &h.logs), status: StatusClosed, closed: true, restored: true, seq: rs.Seq}
 		for _, e := range rs.Events {
 			if e.Seq > s.seq {
 				s.seq = e.Seq
@@ -221,7 +221,4 @@ func (h *Hub) fanout(s *Session, m *wire.Msg) {
 	// Counted once per event, not once per recipient: this loop is the
 	// fan-out hot path.
 	h.st.deliveries.Add(uint64(delivered))
-	// The log keeps the event, not its envelope too (--replay-memory
-	// counts the event): the recipients of this fan-out hold theirs.
-	m.ForgetEnvelope()
 }

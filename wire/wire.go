@@ -137,22 +137,9 @@ func (m *Msg) Enveloped() *Msg {
 	b = append(b, `,"message":`...)
 	b = append(b, body...)
 	b = append(b, "}}\n"...)
-	e := &Msg{line: b, SessionID: m.SessionID, Seq: m.Seq}
-	if m.enveloped.CompareAndSwap(nil, e) {
-		return e
-	}
-	if p := m.enveloped.Load(); p != nil {
-		return p
-	}
-	return e // forgotten meanwhile
+	m.enveloped.CompareAndSwap(nil, &Msg{line: b, SessionID: m.SessionID, Seq: m.Seq})
+	return m.enveloped.Load()
 }
-
-// ForgetEnvelope drops the cached bridge/event envelope, so that a message
-// kept for long (in a session's replay log) holds its own bytes only: the
-// envelope is shared by the recipients of one fan-out, then rebuilt by the
-// rare later one (a replay). Recipients keep the envelope they got. Safe
-// from any goroutine.
-func (m *Msg) ForgetEnvelope() { m.enveloped.Store(nil) }
 
 // Text returns a cached derived string (the streamed text of an
 // agent_message_chunk), computing it with fn on first use. Degraded

@@ -18,6 +18,14 @@ import (
 // gets every event, in order, without a gap or a disconnect. A client
 // attaching afterwards with since=0 and an SSE stream resuming with
 // Last-Event-ID get the whole history from disk the same way.
+//
+// The one thing allowed to cost them events is the store itself: when the
+// disk stalls (another process's writeback, an fsync under I/O pressure)
+// its bounded queue drops records and counts them
+// (agentbridge_store_dropped_total). Those seqs are then in neither log,
+// so a client owed them gets them as bridge/gap, exactly: the test checks
+// that the gaps are all of that reason and name no more seqs than the
+// store dropped, and that every other event arrives.
 func TestCatchupFromDisk(t *testing.T) {
 	const (
 		calib = 10000
@@ -59,12 +67,15 @@ func TestCatchupFromDisk(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	own.check()
-	if gaps, sums, rerr := own.snapshot(); len(gaps) > 0 || len(sums) > 0 || rerr != nil {
-		t.Fatalf("owner: gaps %v, summaries %v, read error %v", gaps, sums, rerr)
+	dropped := uint64(d.metric(t, "agentbridge_store_dropped_total"))
+	if dropped > 0 {
+		t.Logf("the store dropped %d records (the disk fell behind the agent): they may only come as gaps", dropped)
 	}
-	if got := own.events.Load(); got != total {
-		t.Fatalf("owner got %d events, want %d", got, total)
+	gaps, sums, rerr := own.snapshot()
+	if len(sums) > 0 || rerr != nil {
+		t.Fatalf("owner: summaries %v, read error %v", sums, rerr)
 	}
+	checkDiskGaps(t, "owner", gaps, uint64(own.events.Load()), total, dropped)
 	if n := d.metric(t, "agentbridge_hub_lagged_total"); n < 1 {
 		t.Fatalf("the owner never fell behind: the test proves nothing")
 	}
@@ -85,9 +96,11 @@ func TestCatchupFromDisk(t *testing.T) {
 		t.Fatalf("attach since 0: %+v %v; want seq and replayed %d", at, err, total)
 	}
 	bpWait(t, time.Minute, "the late client's replay", func() bool { late.check(); return late.next.Load() > total })
-	if gaps, _, rerr := late.snapshot(); len(gaps) > 0 || rerr != nil || late.events.Load() != total {
-		t.Fatalf("late client: %d events, gaps %v, read error %v", late.events.Load(), gaps, rerr)
+	gaps, _, rerr = late.snapshot()
+	if rerr != nil {
+		t.Fatalf("late client: read error %v", rerr)
 	}
+	checkDiskGaps(t, "late client", gaps, uint64(late.events.Load()), total, dropped)
 
 	// An SSE stream resuming from seq 5 reads the rest from disk too.
 	req, _ := http.NewRequest("GET", "http://"+d.listen+"/events?session="+sid, nil)
@@ -103,12 +116,13 @@ func TestCatchupFromDisk(t *testing.T) {
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<16), 1<<20)
-	want := 6
+	want, gapped := 6, uint64(0)
 	done := make(chan struct{})
 	timer := time.AfterFunc(time.Minute, func() { resp.Body.Close() })
 	defer timer.Stop()
 	go func() {
 		defer close(done)
+		inGap := false
 		for want <= total && sc.Scan() {
 			line := sc.Text()
 			switch {
@@ -118,15 +132,57 @@ func TestCatchupFromDisk(t *testing.T) {
 					return
 				}
 				want++
-			case strings.HasPrefix(line, "event: bridge/gap"):
-				t.Errorf("SSE gap before event %d", want)
-				return
+			case line == "event: bridge/gap":
+				inGap = true
+			case inGap && strings.HasPrefix(line, "data: "):
+				inGap = false
+				var g struct {
+					Params struct {
+						FromSeq, ToSeq uint64
+						Reason         string
+					}
+				}
+				if err := json.Unmarshal([]byte(line[6:]), &g); err != nil || g.Params.FromSeq != uint64(want) || g.Params.ToSeq < g.Params.FromSeq || g.Params.Reason != reasonNotKept {
+					t.Errorf("SSE gap %s before event %d (%v)", line[6:], want, err)
+					return
+				}
+				gapped += g.Params.ToSeq - g.Params.FromSeq + 1
+				want = int(g.Params.ToSeq) + 1
 			}
 		}
 	}()
 	<-done
 	if want != total+1 {
 		t.Fatalf("SSE stream stopped before event %d (of %d): %v", want, total, sc.Err())
+	}
+	if gapped > dropped {
+		t.Fatalf("SSE: gaps name %d seqs, but the store dropped only %d", gapped, dropped)
+	}
+}
+
+// reasonNotKept is the hub's bridge/gap reason for events neither the
+// memory log nor the state directory holds (docs/protocol.md).
+const reasonNotKept = "evicted from the replay log and not in the state directory"
+
+// checkDiskGaps asserts that a client that read total events from a
+// session got every one except those its gaps name (the peer checks each
+// gap starts where the events stopped), that every gap is one of events
+// the state directory does not hold, and that together they name no more
+// seqs than the store dropped.
+func checkDiskGaps(t *testing.T, who string, gaps []bpGap, events, total, dropped uint64) {
+	t.Helper()
+	var gapped uint64
+	for _, g := range gaps {
+		if g.reason != reasonNotKept {
+			t.Fatalf("%s: gap %d-%d: reason %q, want %q", who, g.from, g.to, g.reason, reasonNotKept)
+		}
+		gapped += g.to - g.from + 1
+	}
+	if gapped > dropped {
+		t.Fatalf("%s: gaps %v name %d seqs, but the store dropped only %d: the hub reported events the state directory holds as lost", who, gaps, gapped, dropped)
+	}
+	if events+gapped != total {
+		t.Fatalf("%s: %d events and %d in gaps, want %d in all", who, events, gapped, total)
 	}
 }
 
