@@ -1071,44 +1071,13 @@ func TestCatchupHalfSpeedOwner(t *testing.T) {
 		flood = 200000
 	)
 	d := bpDaemon(t, fakeAgentCmd()...)
-	own := bpDial(t, d.sock, "owner", 1<<16).start()
-	hello := own.call("hello", "bridge/hello", map[string]any{"envelope": true})
+	own, sid, hello := halfSpeedOwner(t, d, calib)
 	if !bytes.Contains(hello, []byte(`"onSlow":"catchup"`)) {
 		t.Fatalf("hello: %s; a client's default onSlow must be catchup", hello)
 	}
-	own.call("init", "initialize", map[string]any{})
-	var nw struct {
-		SessionID string `json:"sessionId"`
-	}
-	if err := json.Unmarshal(own.call("new", "session/new", map[string]any{}), &nw); err != nil || nw.SessionID == "" {
-		t.Fatalf("session/new: %v", err)
-	}
-	sid := nw.SessionID
-	own.watch(sid)
-
-	// The agent's speed: a flood read by this same reader at full speed.
 	start := time.Now()
-	own.send("calib", "stream", map[string]any{"sessionId": sid, "n": calib, "size": 0, "every": 1000})
-	bpWait(t, time.Minute, "the calibration flood", func() bool { return own.next.Load() > calib })
-	rate := int64(float64(calib) / time.Since(start).Seconds())
-	bpWait(t, 10*time.Second, "the calibration answered", func() bool { _, ok := own.response("calib"); return ok })
-
-	own.rate.Store(max(rate/2, 1000))
-	own.setMode(peerRated)
-	t.Logf("agent and reader at full speed: %d events/s; the owner now reads %d events/s", rate, own.rate.Load())
-	start = time.Now()
 	own.send("flood", "stream", map[string]any{"sessionId": sid, "n": flood, "size": 0, "every": 1000})
-	deadline := time.Now().Add(4 * time.Minute)
-	for own.next.Load() <= calib+flood {
-		own.check()
-		if _, _, rerr := own.snapshot(); rerr != nil {
-			t.Fatalf("the owner's stream ended at seq %d: %v", own.next.Load()-1, rerr)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the owner read only up to seq %d of %d", own.next.Load()-1, calib+flood)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	readThrough(t, own, calib+flood)
 	own.check()
 	gaps, sums, rerr := own.snapshot()
 	if len(gaps) > 0 || len(sums) > 0 || rerr != nil {
@@ -1328,5 +1297,50 @@ func TestStalledBesideReaders(t *testing.T) {
 	}
 	if n := d.metric(t, "agentbridge_closes_total"); n != 0 {
 		t.Fatalf("the daemon closed %v connections", n)
+	}
+}
+
+// halfSpeedOwner opens a session on d for a new owner (envelopes on),
+// measures the agent's speed with a calib-event flood read at full speed,
+// then sets the owner to read at half that. It returns the owner, the
+// session and the answer to its bridge/hello.
+func halfSpeedOwner(t *testing.T, d *daemon, calib int) (*bpPeer, string, []byte) {
+	t.Helper()
+	own := bpDial(t, d.sock, "owner", 1<<16).start()
+	hello := own.call("hello", "bridge/hello", map[string]any{"envelope": true})
+	own.call("init", "initialize", map[string]any{})
+	var nw struct {
+		SessionID string `json:"sessionId"`
+	}
+	if err := json.Unmarshal(own.call("new", "session/new", map[string]any{}), &nw); err != nil || nw.SessionID == "" {
+		t.Fatalf("session/new: %v", err)
+	}
+	sid := nw.SessionID
+	own.watch(sid)
+	start := time.Now()
+	own.send("calib", "stream", map[string]any{"sessionId": sid, "n": calib, "size": 0, "every": 1000})
+	bpWait(t, time.Minute, "the calibration flood", func() bool { return own.next.Load() > uint64(calib) })
+	rate := int64(float64(calib) / time.Since(start).Seconds())
+	bpWait(t, 10*time.Second, "the calibration answered", func() bool { _, ok := own.response("calib"); return ok })
+	own.rate.Store(max(rate/2, 1000))
+	own.setMode(peerRated)
+	t.Logf("agent and reader at full speed: %d events/s; the owner now reads %d events/s", rate, own.rate.Load())
+	return own, sid, hello
+}
+
+// readThrough waits (at most 4 minutes) until p has read every seq up to
+// total, checking its stream as it goes.
+func readThrough(t *testing.T, p *bpPeer, total int) {
+	t.Helper()
+	deadline := time.Now().Add(4 * time.Minute)
+	for p.next.Load() <= uint64(total) {
+		p.check()
+		if _, _, rerr := p.snapshot(); rerr != nil {
+			t.Fatalf("%s's stream ended at seq %d: %v", p.name, p.next.Load()-1, rerr)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s read only up to seq %d of %d", p.name, p.next.Load()-1, total)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -33,39 +33,9 @@ func TestCatchupFromDisk(t *testing.T) {
 		total = calib + flood
 	)
 	d := bpDaemon(t, append([]string{"--state-dir", t.TempDir(), "--replay-memory", "1048576", "--tokens", writeTokens(t)}, fakeAgentCmd()...)...)
-	own := bpDial(t, d.sock, "owner", 1<<16).start()
-	own.call("hello", "bridge/hello", map[string]any{"envelope": true})
-	own.call("init", "initialize", map[string]any{})
-	var nw struct {
-		SessionID string `json:"sessionId"`
-	}
-	if err := json.Unmarshal(own.call("new", "session/new", map[string]any{}), &nw); err != nil || nw.SessionID == "" {
-		t.Fatalf("session/new: %v", err)
-	}
-	sid := nw.SessionID
-	own.watch(sid)
-
-	start := time.Now()
-	own.send("calib", "stream", map[string]any{"sessionId": sid, "n": calib, "size": 0, "every": 1000})
-	bpWait(t, time.Minute, "the calibration flood", func() bool { return own.next.Load() > calib })
-	rate := int64(float64(calib) / time.Since(start).Seconds())
-	bpWait(t, 10*time.Second, "the calibration answered", func() bool { _, ok := own.response("calib"); return ok })
-	own.rate.Store(max(rate/2, 1000))
-	own.setMode(peerRated)
-	t.Logf("agent and reader at full speed: %d events/s; the owner now reads %d events/s", rate, own.rate.Load())
-
+	own, sid, _ := halfSpeedOwner(t, d, calib)
 	own.send("flood", "stream", map[string]any{"sessionId": sid, "n": flood, "size": 0, "every": 1000})
-	deadline := time.Now().Add(4 * time.Minute)
-	for own.next.Load() <= total {
-		own.check()
-		if _, _, rerr := own.snapshot(); rerr != nil {
-			t.Fatalf("the owner's stream ended at seq %d: %v", own.next.Load()-1, rerr)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the owner read only up to seq %d of %d", own.next.Load()-1, total)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	readThrough(t, own, total)
 	own.check()
 	dropped := uint64(d.metric(t, "agentbridge_store_dropped_total"))
 	if dropped > 0 {
