@@ -635,17 +635,7 @@ func TestBackpressureGarbageNetwork(t *testing.T) {
 		"--queue-bytes", strconv.Itoa(queueBytes), "--control-bytes", strconv.Itoa(ctrlBytes)}, fakeAgentCmd()...)...)
 	pid := d.cmd.Process.Pid
 
-	own := bpDial(t, d.sock, "owner", 1<<16).start()
-	own.call("hello", "bridge/hello", map[string]any{"envelope": true})
-	own.call("init", "initialize", map[string]any{})
-	var nw struct {
-		SessionID string `json:"sessionId"`
-	}
-	if err := json.Unmarshal(own.call("new", "session/new", map[string]any{}), &nw); err != nil || nw.SessionID == "" {
-		t.Fatalf("session/new: %v", err)
-	}
-	sid := nw.SessionID
-	own.watch(sid)
+	own, sid, _ := envelopedOwner(t, d)
 
 	fast := make([]*bpPeer, nFast)
 	for i := range fast {
@@ -1236,17 +1226,7 @@ func TestStalledBesideReaders(t *testing.T) {
 		flood    = 20000
 	)
 	d := bpDaemon(t, fakeAgentCmd()...)
-	own := bpDial(t, d.sock, "owner", 1<<16).start()
-	own.call("hello", "bridge/hello", map[string]any{"envelope": true})
-	own.call("init", "initialize", map[string]any{})
-	var nw struct {
-		SessionID string `json:"sessionId"`
-	}
-	if err := json.Unmarshal(own.call("new", "session/new", map[string]any{}), &nw); err != nil || nw.SessionID == "" {
-		t.Fatalf("session/new: %v", err)
-	}
-	sid := nw.SessionID
-	own.watch(sid)
+	own, sid, _ := envelopedOwner(t, d)
 	readers := make([]*bpPeer, nReaders)
 	for i := range readers {
 		readers[i] = bpDial(t, d.sock, fmt.Sprintf("reader%d", i), 1<<16).start()
@@ -1300,11 +1280,10 @@ func TestStalledBesideReaders(t *testing.T) {
 	}
 }
 
-// halfSpeedOwner opens a session on d for a new owner (envelopes on),
-// measures the agent's speed with a calib-event flood read at full speed,
-// then sets the owner to read at half that. It returns the owner, the
-// session and the answer to its bridge/hello.
-func halfSpeedOwner(t *testing.T, d *daemon, calib int) (*bpPeer, string, []byte) {
+// envelopedOwner connects an owner with envelopes on, opens a session for
+// it and watches it. It returns the owner, the session and the answer to
+// its bridge/hello.
+func envelopedOwner(t *testing.T, d *daemon) (*bpPeer, string, []byte) {
 	t.Helper()
 	own := bpDial(t, d.sock, "owner", 1<<16).start()
 	hello := own.call("hello", "bridge/hello", map[string]any{"envelope": true})
@@ -1315,8 +1294,17 @@ func halfSpeedOwner(t *testing.T, d *daemon, calib int) (*bpPeer, string, []byte
 	if err := json.Unmarshal(own.call("new", "session/new", map[string]any{}), &nw); err != nil || nw.SessionID == "" {
 		t.Fatalf("session/new: %v", err)
 	}
-	sid := nw.SessionID
-	own.watch(sid)
+	own.watch(nw.SessionID)
+	return own, nw.SessionID, hello
+}
+
+// halfSpeedOwner opens a session on d for a new owner (envelopes on),
+// measures the agent's speed with a calib-event flood read at full speed,
+// then sets the owner to read at half that. It returns the owner, the
+// session and the answer to its bridge/hello.
+func halfSpeedOwner(t *testing.T, d *daemon, calib int) (*bpPeer, string, []byte) {
+	t.Helper()
+	own, sid, hello := envelopedOwner(t, d)
 	start := time.Now()
 	own.send("calib", "stream", map[string]any{"sessionId": sid, "n": calib, "size": 0, "every": 1000})
 	bpWait(t, time.Minute, "the calibration flood", func() bool { return own.next.Load() > uint64(calib) })
