@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,6 +35,21 @@ type Transport interface {
 	// Endpoint.Final, writes its farewell for Endpoint.Reason and closes
 	// the socket. Called once, from any goroutine; it must not block.
 	Shut()
+}
+
+// PartialWriter is a Transport whose writes the peer may refuse in part (a
+// non-blocking socket). WriteSome writes whole frames, in order, as far as
+// the peer takes them, and reports how many it took; a frame taken in part
+// counts as taken (the transport finishes it, and holds its tail until
+// then). It must arrange to be woken (Transport.Wake) when it refused
+// any. The endpoint keeps the messages of the frames it did not take, not
+// the frames, and writes them first at the next Flush; a catch-up
+// connection whose peer stopped taking anything hands their events back to
+// the hub with what is queued (Hub.Recede), so that what a stalled
+// connection holds is a cursor per session, not a write pass of frames.
+// Writer only.
+type PartialWriter interface {
+	WriteSome(frames [][]byte) (int, error)
 }
 
 // EndpointConfig is shared by every Endpoint of a listener; it is read,
@@ -92,8 +108,35 @@ type Endpoint struct {
 	lim *Limiter
 
 	// Owned by the writer.
+	held *heldMsgs // what a PartialWriter refused; nil while it took everything
+}
+
+// scratch is one Flush's working memory: the messages of a pass and their
+// frames. It is pooled, not kept per endpoint, so that a connection holds
+// none between flushes: a thousand stalled (or idle) ones keep nothing.
+type scratch struct {
 	msgs   []*wire.Msg
 	frames [][]byte
+}
+
+var scratches = sync.Pool{New: func() any { return new(scratch) }}
+
+func getScratch() *scratch { return scratches.Get().(*scratch) }
+
+// put returns sc to the pool, holding no message.
+func (sc *scratch) put() {
+	clear(sc.msgs)
+	clear(sc.frames)
+	sc.msgs, sc.frames = sc.msgs[:0], sc.frames[:0]
+	scratches.Put(sc)
+}
+
+// heldMsgs are the messages whose frames the transport refused, oldest
+// first, ahead of everything queued. An endpoint has them only while its
+// peer is behind, so an idle one carries one pointer.
+type heldMsgs struct {
+	msgs  []*wire.Msg
+	bytes int // their frames' bytes
 }
 
 // closeWhy is why an endpoint closes. It is made by Close, the only time
@@ -123,11 +166,7 @@ func NewEndpoint(cfg *EndpointConfig, t Transport, transport, peer string, m Met
 		Wake:    t.Wake,
 		Close:   func(r wire.CloseReason, detail string) { e.Close(r, detail) },
 		Metrics: m,
-		Recede: func() {
-			if cl := e.cl.Load(); cl != nil {
-				e.cfg.Hub.Recede(cl, e.out.TakeEvents)
-			}
-		},
+		Recede:  e.recede,
 	})
 	if !cfg.Rate.Unlimited() {
 		e.lim = NewLimiter(cfg.Rate, time.Now())
@@ -299,22 +338,23 @@ func (e *Endpoint) Admit(msg []byte, now time.Time) bool {
 func (e *Endpoint) Flush() error {
 	blocked, err := e.flush(false)
 	n, _ := e.t.Backlog()
-	e.out.Observe(blocked, n)
-	if blocked && e.out.stuck.Load() {
-		// Its peer took nothing since the last look: a stalled connection
-		// keeps no scratch (a pass's worth of pointers) while it waits.
-		e.msgs, e.frames = nil, nil
+	if e.held != nil {
+		n += e.held.bytes
 	}
+	e.out.Observe(blocked, n)
 	return err
 }
 
-// Final is the flush before a close: everything queued regardless of the
-// transport's watermark, unless the close is an overload (the client
-// resumes by cursor, and its backlog may be what overloaded it). Replays
-// are not pumped. Writer only.
+// Final is the flush before a close: what the transport refused earlier,
+// then everything queued regardless of the transport's watermark, unless
+// the close is an overload (the client resumes by cursor, and its backlog
+// may be what overloaded it). Replays are not pumped. Writer only.
 func (e *Endpoint) Final() error {
 	if r, _ := e.Reason(); r.Overload() {
-		return nil
+		sc := getScratch()
+		defer sc.put()
+		_, err := e.writeHeld(sc)
+		return err
 	}
 	_, err := e.flush(true)
 	return err
@@ -322,7 +362,16 @@ func (e *Endpoint) Final() error {
 
 func (e *Endpoint) flush(force bool) (blocked bool, err error) {
 	cl := e.cl.Load()
+	sc := getScratch()
+	defer sc.put()
 	for {
+		if e.held != nil {
+			// What the peer refused goes first; while it still refuses,
+			// nothing more is written.
+			if blocked, err := e.writeHeld(sc); blocked || err != nil {
+				return blocked, err
+			}
+		}
 		if !force {
 			n, over := e.t.Backlog()
 			if over {
@@ -336,28 +385,129 @@ func (e *Endpoint) flush(force bool) (blocked bool, err error) {
 				e.out.Taking()
 			}
 		}
-		e.msgs = e.out.Drain(e.msgs[:0], flushBytes)
-		if len(e.msgs) == 0 {
+		sc.msgs = e.out.Drain(sc.msgs[:0], flushBytes)
+		if len(sc.msgs) == 0 {
 			if !force && cl != nil && cl.Catching() && e.cfg.Hub.Pump(cl) {
 				continue
 			}
 			return false, nil
 		}
-		for start := 0; start < len(e.msgs); start += maxIOV {
-			end := min(start+maxIOV, len(e.msgs))
-			e.frames = e.frames[:0]
-			for _, m := range e.msgs[start:end] {
-				e.frames = append(e.frames, e.t.Frame(m))
-			}
-			err = e.t.Write(e.frames)
-			clear(e.frames)
+		for start := 0; start < len(sc.msgs); start += maxIOV {
+			end := min(start+maxIOV, len(sc.msgs))
+			taken, err := e.write(sc, sc.msgs[start:end])
 			if err != nil {
-				clear(e.msgs)
 				return false, err
 			}
+			if taken < end-start {
+				// The peer refused the rest: keep the messages, not
+				// their frames, for the next Flush (or Recede).
+				e.hold(sc.msgs[start+taken:])
+				return true, nil
+			}
 		}
-		clear(e.msgs)
+		clear(sc.msgs)
 	}
+}
+
+// write frames msgs and writes them; it reports how many the transport
+// took (all of them unless it is a PartialWriter). Writer only.
+func (e *Endpoint) write(sc *scratch, msgs []*wire.Msg) (int, error) {
+	sc.frames = sc.frames[:0]
+	for _, m := range msgs {
+		sc.frames = append(sc.frames, e.t.Frame(m))
+	}
+	defer clear(sc.frames)
+	if pw, ok := e.t.(PartialWriter); ok {
+		return pw.WriteSome(sc.frames)
+	}
+	return len(msgs), e.t.Write(sc.frames)
+}
+
+// hold appends msgs to what the transport refused. Writer only.
+func (e *Endpoint) hold(msgs []*wire.Msg) {
+	if e.held == nil {
+		e.held = new(heldMsgs)
+	}
+	for _, m := range msgs {
+		e.held.bytes += len(e.t.Frame(m))
+	}
+	e.held.msgs = append(e.held.msgs, msgs...)
+}
+
+// writeHeld writes what the transport refused earlier, in order, and
+// reports whether it still refuses some. Writer only.
+func (e *Endpoint) writeHeld(sc *scratch) (blocked bool, err error) {
+	for e.held != nil {
+		h := e.held
+		batch := h.msgs[:min(len(h.msgs), maxIOV)]
+		taken, err := e.write(sc, batch)
+		if err != nil {
+			return false, err
+		}
+		for _, m := range batch[:taken] {
+			h.bytes -= len(e.t.Frame(m))
+		}
+		clear(batch[:taken])
+		h.msgs = h.msgs[taken:]
+		if len(h.msgs) == 0 {
+			e.held = nil // a stalled peer's array is not kept
+		}
+		if taken < len(batch) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// recede is the outbox's Recede hook: the peer took nothing since the
+// last drain attempt, so the events held for it (queued, or refused by the
+// transport) go back to the hub, which feeds them from the log once the
+// peer takes again. It takes the hub's lock only when there is something
+// to hand back: a stalled connection that receded already costs a
+// re-wake now and then, not an exclusive lock. Writer only (Observe).
+func (e *Endpoint) recede() {
+	cl := e.cl.Load()
+	if cl == nil || (e.held == nil || len(e.held.msgs) < 2) && !e.out.hasData() {
+		return
+	}
+	e.cfg.Hub.Recede(cl, e.takeEvents)
+}
+
+// takeEvents removes the sequenced data events the endpoint holds and
+// returns the lowest seq removed per session (Hub.Recede's take). The
+// queue gives its own (Outbox.TakeEvents). What the transport refused
+// precedes the queue, so its events are taken only when they all are
+// events and nothing at all is left queued after them: handing one back
+// while a control message or a later event of its session stays would
+// reorder the stream or duplicate events. The first refused message
+// stays: it is what the next attempt writes, so the connection keeps
+// something due (the stall deadline runs on) and learns, when the kernel
+// takes it, that the peer reads again (then the pump feeds it the rest
+// from the log), instead of being fed a chunk from the log and refused
+// again at every re-wake. Writer only, under the hub lock.
+func (e *Endpoint) takeEvents() map[string]uint64 {
+	low := e.out.TakeEvents()
+	h := e.held
+	if h == nil || len(h.msgs) < 2 || e.out.Len() > 0 {
+		return low
+	}
+	for _, m := range h.msgs {
+		if m.Seq == 0 || m.SessionID == "" {
+			return low // a control message among them: all stay, in order
+		}
+	}
+	if low == nil {
+		low = make(map[string]uint64)
+	}
+	rest := h.msgs[1:]
+	for _, m := range rest {
+		if cur, ok := low[m.SessionID]; !ok || m.Seq < cur {
+			low[m.SessionID] = m.Seq
+		}
+		h.bytes -= len(e.t.Frame(m))
+	}
+	h.msgs = []*wire.Msg{h.msgs[0]} // the pass's array goes
+	return low
 }
 
 // Release unregisters the connection from the hub and frees its queue.
@@ -375,11 +525,14 @@ func (e *Endpoint) Release() {
 // HTTP refusal must not be followed by what the hub queued meanwhile).
 // Writer only.
 func (e *Endpoint) Discard() {
+	e.held = nil
+	sc := getScratch()
+	defer sc.put()
 	for {
-		e.msgs = e.out.Drain(e.msgs[:0], flushBytes)
-		if len(e.msgs) == 0 {
+		sc.msgs = e.out.Drain(sc.msgs[:0], flushBytes)
+		if len(sc.msgs) == 0 {
 			return
 		}
-		clear(e.msgs)
+		clear(sc.msgs)
 	}
 }

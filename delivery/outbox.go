@@ -88,7 +88,6 @@ type Outbox struct {
 	closed  bool
 
 	// Owned by the drainer.
-	batch   []ring.Entry[slot]
 	drained bool // Drain handed out messages since the last Observe
 	// The drainer's bookkeeping of a consumer that fell behind, nil until
 	// the first need (lag): embedded so its fields read as the
@@ -549,13 +548,19 @@ func (o *Outbox) summarised(a *acc, now time.Time) {
 	a.owed, a.dropped, a.bytes, a.lastSummary = false, 0, 0, now
 }
 
+// batches are Drain's scratch, shared by every outbox: a connection holds
+// no drain scratch of its own between drains, so a thousand that stalled
+// (or sit idle) keep none.
+var batches = sync.Pool{New: func() any { return new([]ring.Entry[slot]) }}
+
 // Drain appends to dst, in order, up to maxBytes of messages to write:
 // queued messages, one bridge/gap per run of evicted events, and, once the
 // queue is empty, the gaps and final summaries still pending. Drainer only.
 func (o *Outbox) Drain(dst []*wire.Msg, maxBytes int) []*wire.Msg {
-	o.batch = o.q.PopBatch(o.batch[:0], maxBytes)
-	for i := range o.batch {
-		e := &o.batch[i]
+	bp := batches.Get().(*[]ring.Entry[slot])
+	batch := o.q.PopBatch((*bp)[:0], maxBytes)
+	for i := range batch {
+		e := &batch[i]
 		if e.Evicted {
 			if e.V.m == nil {
 				continue // no seq to name; counted by the ring
@@ -580,10 +585,12 @@ func (o *Outbox) Drain(dst []*wire.Msg, maxBytes int) []*wire.Msg {
 		}
 		dst = append(dst, e.V.m)
 	}
-	if len(o.batch) > 0 {
+	if len(batch) > 0 {
 		o.drained = true
 	}
-	clear(o.batch)
+	clear(batch)
+	*bp = batch[:0]
+	batches.Put(bp)
 	if (o.gapOpen() || o.slow.Load()) && o.q.Len() == 0 {
 		if o.gapOpen() {
 			dst = append(dst, o.flushGap())
@@ -653,7 +660,6 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		} else {
 			// The peer took nothing since the previous attempt.
 			stuckNow = true
-			o.batch = nil // a stalled peer keeps no drain scratch
 			if o.hooks.Recede != nil && o.Policy() == Catchup {
 				// Its memory is a cursor, not a backlog: the events
 				// queued for it go back to the log, read again once it
@@ -741,6 +747,12 @@ func (o *Outbox) TakeEvents() map[string]uint64 {
 		return true
 	})
 	return low
+}
+
+// hasData reports whether live data entries are queued. Any goroutine.
+func (o *Outbox) hasData() bool {
+	data, _ := o.q.Bytes()
+	return data > 0
 }
 
 // setBehind records what the last drain attempt saw of the peer: held, the
