@@ -121,6 +121,7 @@ var released = &closeWhy{}
 var (
 	_ session.Conn            = (*Endpoint)(nil)
 	_ session.OptionsListener = (*Endpoint)(nil)
+	_ session.Waker           = (*Endpoint)(nil)
 )
 
 // NewEndpoint makes the endpoint of one connection speaking transport
@@ -136,6 +137,11 @@ func NewEndpoint(cfg *EndpointConfig, t Transport, transport, peer string, m Met
 	}
 	return e
 }
+
+// Wake asks the transport's writer to call Flush soon (session.Waker: a
+// catch-up chunk read from disk off the hub's lock is queued by the next
+// Flush's pump). Any goroutine.
+func (e *Endpoint) Wake() { e.t.Wake() }
 
 // The Endpoint as its Outbox's owner.
 func (e *Endpoint) wake()                                      { e.t.Wake() }
@@ -188,9 +194,6 @@ func (e *Endpoint) Register(r auth.Role, via session.Conn) *session.Client {
 		via = e
 	}
 	cl := e.cfg.Hub.Open(via, session.ConnInfo{Role: r, Transport: e.Transport(), Peer: e.peer})
-	// A catch-up chunk read from disk off the hub's lock is queued by the
-	// next Flush's pump.
-	e.cfg.Hub.SetWake(cl, e.t.Wake)
 	e.cl.Store(cl)
 	return cl
 }

@@ -112,7 +112,7 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 		if ol, ok := cl.conn.(OptionsListener); ok {
 			ol.SetOptions(cl.opts)
 		}
-		h.replyResult(cl, hd.ID, helloResult{Version: h.cfg.Version, ConnectionID: cl.ID, Role: cl.info.Role.String(), Envelope: cl.opts.Envelope, OnSlow: cl.opts.OnSlow, Resume: rr})
+		h.replyResult(cl, hd.ID, &helloResult{Version: h.cfg.Version, ConnectionID: cl.ID, Role: cl.info.Role.String(), Envelope: cl.opts.Envelope, OnSlow: cl.opts.OnSlow, Resume: rr})
 		if deliver != nil {
 			deliver()
 		}
