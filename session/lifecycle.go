@@ -192,7 +192,7 @@ type JournalDeleter interface {
 // The event has no seq (it is not in the log), so it reaches an enveloped
 // connection as the bare message. Precondition: h.mu held.
 func (h *Hub) loaderOnly(s *Session, msg []byte) {
-	m := wire.Own(append(msg, '\n'))
+	m := wire.New(msg) // msg may be borrowed (agentShared)
 	for _, cl := range s.loaders {
 		if !cl.closed {
 			h.send(cl, m, wire.Data)
