@@ -77,13 +77,16 @@ type Reader struct {
 	// RequireMask fails unmasked frames with CloseProtocolError, as a
 	// server must (RFC 6455 §5.1). False accepts masked and unmasked frames.
 	RequireMask bool
+	// The small fields are grouped so that they share words: a Reader is
+	// part of every idle WebSocket connection (80 bytes, not 96).
+	closed bool // a close frame was delivered; later bytes are discarded
 
 	// The message being assembled. msgOp is OpText or OpBinary while a
 	// message is open and OpContinuation between messages.
-	msg       []byte
 	msgOp     Opcode
 	text      utf8Validator
 	delivered bool // msg was returned by the last call and is reset next
+	msg       []byte
 
 	// The data frame whose payload is arriving, once its header is consumed.
 	inFrame bool
@@ -93,8 +96,7 @@ type Reader struct {
 	keyPos  int
 	remain  uint64
 
-	closed bool  // a close frame was delivered; later bytes are discarded
-	err    error // first protocol error, returned by every later call
+	err error // first protocol error, returned by every later call
 }
 
 // Next parses from buf and returns at most one event and the number of
