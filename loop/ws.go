@@ -69,6 +69,11 @@ func newWSProto(f *front, c *conn, w *watch) *wsProto {
 	p := &wsProto{f: f, w: w}
 	p.r.MaxMessage = f.s.cfg.MaxMessage
 	p.r.RequireMask = true
+	// Frames are unmasked in gnet's buffer, which read consumes anyway: no
+	// copy, and no message buffer kept on an idle connection (as a Unix
+	// connection's lines, payloads are borrowed until the bytes are
+	// discarded).
+	p.r.InPlace = true
 	w.seen.Store(f.now())
 	w.deadline.Store(0)
 	w.kind.Store(watchWS)
