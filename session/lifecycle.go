@@ -141,7 +141,7 @@ func (h *Hub) claimNew(c *call, sid string) *Session {
 		if fresh {
 			h.startCatchup(c.cl, s, 0)
 		}
-	} else if p := c.cl.park; p != nil && h.parked[p.key] == p {
+	} else if p := c.cl.parking(); p != nil && h.parked[p.key] == p {
 		// Its successor owns it and gets its events from the start.
 		p.created = append(p.created, s.ID)
 	}

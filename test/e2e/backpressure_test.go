@@ -25,8 +25,9 @@ import (
 // they measure its RSS and push hundreds of megabytes through it, and the
 // race runtime multiplies both memory and CPU several times over, which
 // would measure the detector rather than the bounds. (The race-built
-// binary runs every other e2e test; AGENTBRIDGE_BIN, when set, is used as
-// is.)
+// binary runs every other e2e test.) AGENTBRIDGE_PERF_BIN names a binary
+// built without -race (make test builds both once for both agent stdio
+// modes); otherwise AGENTBRIDGE_BIN, when set, is used as is.
 var (
 	perfBinOnce sync.Once
 	perfBin     string
@@ -35,6 +36,9 @@ var (
 
 func perfBinary(t *testing.T) string {
 	t.Helper()
+	if p := os.Getenv("AGENTBRIDGE_PERF_BIN"); p != "" {
+		return p
+	}
 	if os.Getenv("AGENTBRIDGE_BIN") != "" {
 		return binPath
 	}
@@ -54,10 +58,7 @@ func perfBinary(t *testing.T) string {
 // bpDaemon starts the perf binary with --listen (for /metrics) and args.
 func bpDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
-	saved := binPath
-	binPath = perfBinary(t)
-	defer func() { binPath = saved }()
-	return startDaemon(t, append([]string{"--listen", freeAddr(t)}, args...)...)
+	return startDaemonExe(t, perfBinary(t), nil, append([]string{"--listen", freeAddr(t)}, args...)...)
 }
 
 // metric scrapes /metrics with the generated client token and returns the

@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,7 +23,20 @@ import (
 
 var binPath string
 
+// agentStdio is the daemon's own AGENTBRIDGE_AGENT_STDIO ("socket", the
+// default, or "pipe"): every daemon a test starts inherits the environment,
+// so the whole suite runs with the agent on a socketpair or on pipes (make
+// test runs both). A test that passes --agent-stdio itself keeps its own:
+// the command line beats the environment.
+var agentStdio = os.Getenv("AGENTBRIDGE_AGENT_STDIO")
+
 func TestMain(m *testing.M) {
+	switch agentStdio {
+	case "", "socket", "pipe":
+	default:
+		fmt.Fprintf(os.Stderr, "AGENTBRIDGE_AGENT_STDIO=%q: want socket or pipe\n", agentStdio)
+		os.Exit(2)
+	}
 	dir, err := os.MkdirTemp("", "abe2e")
 	if err != nil {
 		panic(err)
@@ -72,12 +87,19 @@ func (d *daemon) logs() string {
 // agent command, if any) and waits until the socket accepts connections.
 func startDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
-	return startDaemonWrapped(t, nil, args...)
+	return startDaemonExe(t, binPath, nil, args...)
 }
 
 // startDaemonWrapped is startDaemon run under wrap (say prlimit), which
 // must exec the daemon so that d.cmd's pid is the daemon's.
 func startDaemonWrapped(t *testing.T, wrap []string, args ...string) *daemon {
+	t.Helper()
+	return startDaemonExe(t, binPath, wrap, args...)
+}
+
+// startDaemonExe is startDaemonWrapped with the binary exe (the
+// backpressure tests run one built without -race).
+func startDaemonExe(t *testing.T, exe string, wrap []string, args ...string) *daemon {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "ab")
 	if err != nil {
@@ -97,7 +119,7 @@ func startDaemonWrapped(t *testing.T, wrap []string, args ...string) *daemon {
 		full = []string{"serve", "--uds", d.sock, "--log-level", "debug"}
 	}
 	full = append(full, args...)
-	full = append([]string{binPath}, full...)
+	full = append([]string{exe}, full...)
 	full = append(append([]string(nil), wrap...), full...)
 	d.cmd = exec.Command(full[0], full[1:]...)
 	d.cmd.Stdout = logWriter{d}
@@ -109,6 +131,9 @@ func startDaemonWrapped(t *testing.T, wrap []string, args ...string) *daemon {
 	go func() { d.err = d.cmd.Wait(); close(d.exited) }()
 	t.Cleanup(func() {
 		d.stop()
+		if !slices.Contains(args, "--agent-stdio") {
+			checkAgentStdio(t, d.logs())
+		}
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", d.logs())
 		}
@@ -127,6 +152,24 @@ func startDaemonWrapped(t *testing.T, wrap []string, args ...string) *daemon {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("daemon did not listen on %s within 15s\n%s", d.sock, d.logs())
+		}
+	}
+}
+
+// agentStarted finds the stdio mode in the daemon's "agent started" lines.
+var agentStarted = regexp.MustCompile(`msg="agent started".* stdio=(\w+)`)
+
+// checkAgentStdio fails the test if a daemon started its agent in another
+// mode than AGENTBRIDGE_AGENT_STDIO asks for: a pipe-mode run that quietly
+// ran on the socketpair would prove nothing.
+func checkAgentStdio(t *testing.T, logs string) {
+	if agentStdio == "" {
+		return
+	}
+	for _, m := range agentStarted.FindAllStringSubmatch(logs, -1) {
+		if m[1] != agentStdio {
+			t.Errorf("agent started with stdio=%s, but AGENTBRIDGE_AGENT_STDIO=%s", m[1], agentStdio)
+			return
 		}
 	}
 }

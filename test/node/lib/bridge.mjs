@@ -71,6 +71,7 @@ export class Daemon {
     this.log = new Tail();
     this.cleanups = [];
     const args = ["serve", "--uds", this.sock, "--listen", opts.listen ?? "", "--log-level", "debug", ...(opts.args ?? [])];
+    this.ownStdio = args.includes("--agent-stdio");
     if (opts.agent?.length) args.push("--", ...opts.agent);
     this.proc = spawn(binPath(), args, {
       cwd: testDir,
@@ -163,6 +164,18 @@ export class Daemon {
   logs() {
     return this.log.text;
   }
+
+  /**
+   * The stdio modes of the daemon's "agent started" log lines that differ
+   * from $AGENTBRIDGE_AGENT_STDIO (none when it is unset): the daemon reads
+   * that variable itself, so a pipe-mode run (make test runs the suite in
+   * both modes) that quietly ran on the socketpair would show here.
+   */
+  stdioMismatches() {
+    const want = process.env.AGENTBRIDGE_AGENT_STDIO;
+    if (!want || this.ownStdio) return [];
+    return [...this.log.text.matchAll(/msg="agent started".* stdio=(\w+)/g)].map((m) => m[1]).filter((m) => m !== want);
+  }
 }
 
 /**
@@ -183,6 +196,8 @@ export async function withDaemon(opts, fn) {
   } catch (e) {
     failure ??= e;
   }
+  const wrong = d.stdioMismatches();
+  if (wrong.length) failure ??= new Error(`agent started with stdio=${wrong[0]}, but AGENTBRIDGE_AGENT_STDIO=${process.env.AGENTBRIDGE_AGENT_STDIO}`);
   if (failure === undefined) return result;
   if (failure instanceof Error) failure.message += `\n--- daemon log (tail) ---\n${d.logs().slice(-12000)}`;
   throw failure;
