@@ -1009,7 +1009,11 @@ func TestBackpressureWebSocket(t *testing.T) {
 	vw.attach(sid, "")
 	vw.setMode(peerPaused)
 
-	own.send("flood", "stream", map[string]any{"sessionId": sid, "n": flood, "size": 100, "every": 500})
+	// In 100 bursts: the breaker that degrades the viewer counts drain
+	// attempts (three unhealthy in a row), and one burst the loop drains in
+	// a couple of attempts (it did so under load, in either agent stdio
+	// mode) would leave the viewer only evicted from, never degraded.
+	own.send("flood", "stream", map[string]any{"sessionId": sid, "n": flood, "size": 100, "every": 500, "pauseUs": 2000})
 	bpWait(t, 30*time.Second, "the client's close", func() bool {
 		return d.metric(t, `agentbridge_backpressure_closes_total{reason="slow_consumer"}`) == 1
 	})

@@ -1,5 +1,14 @@
 // Package e2e tests the real agentbridge binary as a user runs it: started
 // as a process, spoken to over real Unix sockets and TCP on loopback.
+//
+// Every test runs in parallel with the others (t.Parallel; make test runs
+// -parallel 4) except the ones that measure the daemon's memory, rate or
+// stall bounds under a flood (backpressure_test.go, TestCatchupFromDisk,
+// TestMaxInflight, TestCleanStopPersistsEverySession): Go runs those first,
+// one at a time, and releases the parallel ones after them. A new test that
+// measures memory or time under load belongs with them; one that only waits
+// for what it asserts may run in parallel (each test has its own daemons,
+// temp dirs and ports).
 package e2e
 
 import (

@@ -59,6 +59,7 @@ func probeTCP(c net.Conn, d time.Duration) (outcome, string) {
 }
 
 func TestMaxConnsRefusesCleanly(t *testing.T) {
+	t.Parallel()
 	d := startDaemonWrapped(t, prlimit("512"), "--listen", freeAddr(t), "--max-conns", "40")
 	c := dial(t, d)
 	if r := c.call(1, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}}); field(r, "result") == nil {
@@ -163,6 +164,7 @@ func TestMaxConnsRefusesCleanly(t *testing.T) {
 }
 
 func TestFDExhaustionKeepsServing(t *testing.T) {
+	t.Parallel()
 	// --max-conns far above what 256 descriptors allow: accept itself fails
 	// with EMFILE, which used to stop gnet's engine and the daemon.
 	d := startDaemonWrapped(t, prlimit("256"), "--listen", freeAddr(t), "--max-conns", "100000")
@@ -224,6 +226,7 @@ func TestFDExhaustionKeepsServing(t *testing.T) {
 }
 
 func TestRestartBindsWhileClientsLinger(t *testing.T) {
+	t.Parallel()
 	addr := freeAddr(t)
 	d := startDaemon(t, "--listen", addr)
 	// Keep-alive HTTP clients that never close: once the daemon closes its
@@ -258,6 +261,7 @@ func TestRestartBindsWhileClientsLinger(t *testing.T) {
 }
 
 func TestAgentOutputPolicy(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, append([]string{"--max-message", "65536"}, fakeAgentCmd()...)...)
 	c := dial(t, d)
 	if r := c.call(1, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}}); field(r, "result") == nil {
@@ -301,6 +305,7 @@ func TestAgentOutputPolicy(t *testing.T) {
 }
 
 func TestMaxConnsPerIP(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, "--listen", freeAddr(t), "--max-conns-per-ip", "3")
 	var conns []net.Conn
 	defer func() {
@@ -355,6 +360,7 @@ func TestMaxConnsPerIP(t *testing.T) {
 }
 
 func TestMaxConnsTLSClosesAfterAccept(t *testing.T) {
+	t.Parallel()
 	cert, key, pool := selfSigned(t)
 	d := netDaemon(t, "--tls-cert", cert, "--tls-key", key, "--max-conns", "4")
 	// The Unix socket and TLS share the limit: hold 2 Unix clients, then 2
