@@ -11,9 +11,14 @@ STDIO_MODES ?= socket pipe
 E2E_PARALLEL ?= 4
 NODE_CONCURRENCY ?= 1
 TIMED    := $(CURDIR)/scripts/timed.sh
+# What a test step builds or installs first when run on its own.
+STEP_DEPS ?= build test-deps
+# Lanes pipe their output through sed: a failing step must fail the lane.
+SHELL       := bash
+.SHELLFLAGS := -o pipefail -c
 export GOBIN := $(CURDIR)/bin
 
-.PHONY: all build build-race run test test-deps test-go test-unit test-allocs test-e2e test-fuzz test-node bench lint clean
+.PHONY: all build build-race run test lane-go lane-e2e lane-node test-deps test-go test-unit test-allocs test-e2e test-fuzz test-node bench lint clean
 
 all: build
 
@@ -32,8 +37,22 @@ run: build
 ## test: install what the tests need, then run them all. The e2e and node
 ## suites run twice: with the agent on a socketpair (--agent-stdio socket, the
 ## default) and on pipes (AGENTBRIDGE_AGENT_STDIO=pipe, which every daemon
-## they start reads). Each step prints its wall and CPU time.
-test: test-deps lint test-go test-fuzz test-node
+## they start reads). Three lanes run at once, their lines prefixed with the
+## lane's name: go (unit tests, allocations, fuzz), e2e (both modes) and node
+## (both modes); most of the e2e and node suites' time is spent waiting on
+## processes and timers, not on the CPU. Each step prints its wall and CPU time.
+test: test-deps lint build build-race
+	$(MAKE) --no-print-directory -j3 lane-go lane-e2e lane-node
+
+# A lane runs its steps one after the other (a make of its own, without the
+# jobserver), each line prefixed; what the steps need was built above.
+LANE := MAKEFLAGS= $(MAKE) --no-print-directory STEP_DEPS=
+lane-go:
+	$(LANE) test-unit test-allocs test-fuzz 2>&1 | sed -u 's/^/[go] /'
+lane-e2e:
+	$(LANE) test-e2e 2>&1 | sed -u 's/^/[e2e] /'
+lane-node:
+	$(LANE) test-node 2>&1 | sed -u 's/^/[node] /'
 
 test-deps:
 	./scripts/test-deps.sh
@@ -51,7 +70,7 @@ test-allocs:
 # The e2e suite over the real binary, in both agent stdio modes. Its tests
 # run E2E_PARALLEL at a time, after the few that measure the daemon's memory
 # or throughput under a flood have run alone (see test/e2e/harness_test.go).
-test-e2e: build build-race
+test-e2e: $(if $(STEP_DEPS),build build-race)
 	for mode in $(STDIO_MODES); do \
 	  AGENTBRIDGE_AGENT_STDIO=$$mode AGENTBRIDGE_BIN=$(CURDIR)/$(BIN_RACE) AGENTBRIDGE_PERF_BIN=$(CURDIR)/$(BIN) \
 	    $(TIMED) e2e-$$mode $(GO) test -race -count=1 -timeout 15m -parallel $(E2E_PARALLEL) ./test/e2e || exit 1; \
@@ -61,7 +80,7 @@ test-e2e: build build-race
 test-fuzz:
 	$(TIMED) fuzz ./scripts/fuzz.sh $(FUZZTIME)
 
-test-node: build test-deps
+test-node: $(STEP_DEPS)
 	cd test/node && for mode in $(STDIO_MODES); do \
 	  AGENTBRIDGE_AGENT_STDIO=$$mode AGENTBRIDGE_BIN=$(CURDIR)/$(BIN) \
 	    $(TIMED) node-$$mode node --test --test-concurrency=$(NODE_CONCURRENCY) --test-timeout=180000 . || exit 1; \

@@ -58,7 +58,7 @@ func perfBinary(t *testing.T) string {
 // bpDaemon starts the perf binary with --listen (for /metrics) and args.
 func bpDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
-	return startDaemonExe(t, perfBinary(t), nil, append([]string{"--listen", freeAddr(t)}, args...)...)
+	return startDaemonExe(t, perfBinary(t), nil, append([]string{"--listen", anyPort}, args...)...)
 }
 
 // metric scrapes /metrics with the generated client token and returns the

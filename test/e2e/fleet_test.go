@@ -271,10 +271,10 @@ func TestFleetRemotePrompt(t *testing.T) {
 	if err := os.WriteFile(tokens, []byte("operator "+opToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addrC := freeAddr(t)
 	a := permNode(t, url, fleet, "A")
 	b := permNode(t, url, fleet, "B")
-	c := permNode(t, url, fleet, "C", "--listen", addrC, "--tokens", tokens)
+	c := permNode(t, url, fleet, "C", "--listen", anyPort, "--tokens", tokens)
+	addrC := c.listen
 
 	creator := dial(t, a)
 	acpInit(t, creator, 1)

@@ -247,8 +247,8 @@ func TestRetiredRequestCancelsTheOthers(t *testing.T) {
 	if err := os.WriteFile(tokens, []byte("operator "+opToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
-	d := startDaemon(t, "--listen", addr, "--tokens", tokens, "--", binPath, "demo-agent", "--chunks", "1")
+	d := startDaemon(t, "--listen", anyPort, "--tokens", tokens, "--", binPath, "demo-agent", "--chunks", "1")
+	addr := d.listen
 	owner := dial(t, d)
 	acpInit(t, owner, 1)
 	sid := field(owner.call(1, "session/new", map[string]any{"cwd": "/tmp", "mcpServers": []any{}}), "result", "sessionId").(string)

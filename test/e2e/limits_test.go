@@ -60,7 +60,7 @@ func probeTCP(c net.Conn, d time.Duration) (outcome, string) {
 
 func TestMaxConnsRefusesCleanly(t *testing.T) {
 	t.Parallel()
-	d := startDaemonWrapped(t, prlimit("512"), "--listen", freeAddr(t), "--max-conns", "40")
+	d := startDaemonWrapped(t, prlimit("512"), "--listen", anyPort, "--max-conns", "40")
 	c := dial(t, d)
 	if r := c.call(1, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}}); field(r, "result") == nil {
 		t.Fatalf("initialize: %v", r)
@@ -167,7 +167,7 @@ func TestFDExhaustionKeepsServing(t *testing.T) {
 	t.Parallel()
 	// --max-conns far above what 256 descriptors allow: accept itself fails
 	// with EMFILE, which used to stop gnet's engine and the daemon.
-	d := startDaemonWrapped(t, prlimit("256"), "--listen", freeAddr(t), "--max-conns", "100000")
+	d := startDaemonWrapped(t, prlimit("256"), "--listen", anyPort, "--max-conns", "100000")
 	c := dial(t, d)
 	if r := c.call(1, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}}); field(r, "result") == nil {
 		t.Fatalf("initialize: %v", r)
@@ -227,8 +227,8 @@ func TestFDExhaustionKeepsServing(t *testing.T) {
 
 func TestRestartBindsWhileClientsLinger(t *testing.T) {
 	t.Parallel()
-	addr := freeAddr(t)
-	d := startDaemon(t, "--listen", addr)
+	d := startDaemon(t, "--listen", anyPort)
+	addr := d.listen
 	// Keep-alive HTTP clients that never close: once the daemon closes its
 	// side, its sockets sit in FIN_WAIT_2 on the port.
 	var conns []net.Conn
@@ -306,7 +306,7 @@ func TestAgentOutputPolicy(t *testing.T) {
 
 func TestMaxConnsPerIP(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, "--listen", freeAddr(t), "--max-conns-per-ip", "3")
+	d := startDaemon(t, "--listen", anyPort, "--max-conns-per-ip", "3")
 	var conns []net.Conn
 	defer func() {
 		for _, nc := range conns {

@@ -53,7 +53,7 @@ func netDaemon(t *testing.T, args ...string) *daemon {
 	if err := os.WriteFile(tokens, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return startDaemon(t, append([]string{"--listen", freeAddr(t), "--tokens", tokens}, args...)...)
+	return startDaemon(t, append([]string{"--listen", anyPort, "--tokens", tokens}, args...)...)
 }
 
 // wsPeer is a gws client speaking JSON-RPC over /acp.
