@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -76,10 +77,14 @@ const flushBytes = 64 << 10
 // and Admit belong to the goroutine that reads the connection (the
 // reader); Flush, Final and Observe to the one that writes it (the writer;
 // on gnet both are the connection's event loop).
+//
+// An Endpoint is one allocation with its Outbox and the Outbox's queue,
+// and it is the Outbox's owner itself: an idle connection carries no
+// closures for its hooks.
 type Endpoint struct {
 	cfg       *EndpointConfig
 	t         Transport
-	out       *Outbox
+	out       Outbox
 	transport atomic.Pointer[string] // label for logs and metrics: "unix", "ws", "wss", "sse"
 	peer      string
 
@@ -90,11 +95,17 @@ type Endpoint struct {
 
 	// Owned by the reader.
 	lim *Limiter
+}
 
-	// Owned by the writer.
+// flushScratch is what one Flush needs for a pass: taken from scratches
+// for the length of the call, so an idle (or stalled) connection keeps no
+// scratch between flushes.
+type flushScratch struct {
 	msgs   []*wire.Msg
 	frames [][]byte
 }
+
+var scratches = sync.Pool{New: func() any { return new(flushScratch) }}
 
 // closeWhy is why an endpoint closes. It is made by Close, the only time
 // an endpoint needs it, so an open one carries one pointer, not the reason
@@ -110,6 +121,7 @@ var released = &closeWhy{}
 var (
 	_ session.Conn            = (*Endpoint)(nil)
 	_ session.OptionsListener = (*Endpoint)(nil)
+	_ session.Waker           = (*Endpoint)(nil)
 )
 
 // NewEndpoint makes the endpoint of one connection speaking transport
@@ -119,20 +131,25 @@ var (
 func NewEndpoint(cfg *EndpointConfig, t Transport, transport, peer string, m Metrics) *Endpoint {
 	e := &Endpoint{cfg: cfg, t: t, peer: peer}
 	e.transport.Store(label(transport))
-	e.out = NewOutbox(cfg.Outbox, Hooks{
-		Wake:    t.Wake,
-		Close:   func(r wire.CloseReason, detail string) { e.Close(r, detail) },
-		Metrics: m,
-		Recede: func() {
-			if cl := e.cl.Load(); cl != nil {
-				e.cfg.Hub.Recede(cl, e.out.TakeEvents)
-			}
-		},
-	})
+	e.out.init(cfg.Outbox, e, m)
 	if !cfg.Rate.Unlimited() {
 		e.lim = NewLimiter(cfg.Rate, time.Now())
 	}
 	return e
+}
+
+// Wake asks the transport's writer to call Flush soon (session.Waker: a
+// catch-up chunk read from disk off the hub's lock is queued by the next
+// Flush's pump). Any goroutine.
+func (e *Endpoint) Wake() { e.t.Wake() }
+
+// The Endpoint as its Outbox's owner.
+func (e *Endpoint) wake()                                      { e.t.Wake() }
+func (e *Endpoint) overload(r wire.CloseReason, detail string) { e.Close(r, detail) }
+func (e *Endpoint) recede() {
+	if cl := e.cl.Load(); cl != nil {
+		e.cfg.Hub.Recede(cl, e.out.TakeEvents)
+	}
 }
 
 func (e *Endpoint) log() *slog.Logger {
@@ -177,9 +194,6 @@ func (e *Endpoint) Register(r auth.Role, via session.Conn) *session.Client {
 		via = e
 	}
 	cl := e.cfg.Hub.Open(via, session.ConnInfo{Role: r, Transport: e.Transport(), Peer: e.peer})
-	// A catch-up chunk read from disk off the hub's lock is queued by the
-	// next Flush's pump.
-	e.cfg.Hub.SetWake(cl, e.out.hooks.Wake) // the outbox's: one method value per connection, not two
 	e.cl.Store(cl)
 	return cl
 }
@@ -188,7 +202,7 @@ func (e *Endpoint) Register(r auth.Role, via session.Conn) *session.Client {
 func (e *Endpoint) Client() *session.Client { return e.cl.Load() }
 
 // Outbox is the endpoint's queue, for metrics and tests.
-func (e *Endpoint) Outbox() *Outbox { return e.out }
+func (e *Endpoint) Outbox() *Outbox { return &e.out }
 
 // Send queues m; see session.Conn. Safe from any goroutine.
 func (e *Endpoint) Send(m *wire.Msg, cls wire.Class) bool {
@@ -300,11 +314,6 @@ func (e *Endpoint) Flush() error {
 	blocked, err := e.flush(false)
 	n, _ := e.t.Backlog()
 	e.out.Observe(blocked, n)
-	if blocked && e.out.stuck.Load() {
-		// Its peer took nothing since the last look: a stalled connection
-		// keeps no scratch (a pass's worth of pointers) while it waits.
-		e.msgs, e.frames = nil, nil
-	}
 	return err
 }
 
@@ -321,6 +330,8 @@ func (e *Endpoint) Final() error {
 }
 
 func (e *Endpoint) flush(force bool) (blocked bool, err error) {
+	sc := scratches.Get().(*flushScratch)
+	defer scratches.Put(sc)
 	cl := e.cl.Load()
 	for {
 		if !force {
@@ -336,27 +347,27 @@ func (e *Endpoint) flush(force bool) (blocked bool, err error) {
 				e.out.Taking()
 			}
 		}
-		e.msgs = e.out.Drain(e.msgs[:0], flushBytes)
-		if len(e.msgs) == 0 {
+		sc.msgs = e.out.Drain(sc.msgs[:0], flushBytes)
+		if len(sc.msgs) == 0 {
 			if !force && cl != nil && cl.Catching() && e.cfg.Hub.Pump(cl) {
 				continue
 			}
 			return false, nil
 		}
-		for start := 0; start < len(e.msgs); start += maxIOV {
-			end := min(start+maxIOV, len(e.msgs))
-			e.frames = e.frames[:0]
-			for _, m := range e.msgs[start:end] {
-				e.frames = append(e.frames, e.t.Frame(m))
+		for start := 0; start < len(sc.msgs); start += maxIOV {
+			end := min(start+maxIOV, len(sc.msgs))
+			sc.frames = sc.frames[:0]
+			for _, m := range sc.msgs[start:end] {
+				sc.frames = append(sc.frames, e.t.Frame(m))
 			}
-			err = e.t.Write(e.frames)
-			clear(e.frames)
+			err = e.t.Write(sc.frames)
+			clear(sc.frames)
 			if err != nil {
-				clear(e.msgs)
+				clear(sc.msgs)
 				return false, err
 			}
 		}
-		clear(e.msgs)
+		clear(sc.msgs)
 	}
 }
 
@@ -375,11 +386,13 @@ func (e *Endpoint) Release() {
 // HTTP refusal must not be followed by what the hub queued meanwhile).
 // Writer only.
 func (e *Endpoint) Discard() {
+	sc := scratches.Get().(*flushScratch)
+	defer scratches.Put(sc)
 	for {
-		e.msgs = e.out.Drain(e.msgs[:0], flushBytes)
-		if len(e.msgs) == 0 {
+		sc.msgs = e.out.Drain(sc.msgs[:0], flushBytes)
+		if len(sc.msgs) == 0 {
 			return
 		}
-		clear(e.msgs)
+		clear(sc.msgs)
 	}
 }

@@ -38,8 +38,23 @@ type Metrics interface {
 	Queue(items, dataBytes int)
 }
 
-// Hooks connect an Outbox to its transport. Each must not block and must
-// not call back into the Outbox: they may run under its lock.
+// owner is what an Outbox calls back: its connection. An Endpoint is its
+// own Outbox's owner (one interface in the Outbox, no closures per
+// connection); Hooks adapts functions for an Outbox made on its own. Each
+// method must not block and must not call back into the Outbox: they may
+// run under its lock.
+type owner interface {
+	// wake is Hooks.Wake.
+	wake()
+	// overload is Hooks.Close.
+	overload(reason wire.CloseReason, detail string)
+	// recede is Hooks.Recede.
+	recede()
+}
+
+// Hooks connect an Outbox made by NewOutbox to its transport. Each must not
+// block and must not call back into the Outbox: they may run under its
+// lock.
 type Hooks struct {
 	// Wake asks the transport to drain soon; called on an empty->non-empty
 	// transition from whichever goroutine pushed, and when queued gaps or
@@ -57,19 +72,38 @@ type Hooks struct {
 	Recede func()
 }
 
+func (h *Hooks) wake() {
+	if h.Wake != nil {
+		h.Wake()
+	}
+}
+
+func (h *Hooks) overload(r wire.CloseReason, detail string) {
+	if h.Close != nil {
+		h.Close(r, detail)
+	}
+}
+
+func (h *Hooks) recede() {
+	if h.Recede != nil {
+		h.Recede()
+	}
+}
+
 // Outbox is one connection's outbound queue and delivery policy.
 //
 // Send, SetPolicy, SetDefaultPolicy, Degraded, State, Len, Level and Close
 // are safe from any goroutine. Drain and Observe only from the goroutine
 // that writes the connection's socket (the drainer).
+//
+// An Outbox is usually part of its Endpoint's allocation (and its queue of
+// the Outbox's): an idle connection is a few objects, not one per layer.
 type Outbox struct {
-	cfg       *Config // immutable, defaults filled, shared by every outbox made from the same Config
-	itemsHigh int     // slot watermarks, like the byte ones
-	itemsLow  int
-	q         *ring.Queue[slot]
-	br        atomic.Pointer[breaker.Breaker] // made on first need; written by the drainer
-	hooks     Hooks
-	m         Metrics
+	cfg *outboxConfig // immutable, shared by every outbox made from the same Config
+	q   ring.Queue[slot]
+	br  atomic.Pointer[breaker.Breaker] // made on first need; written by the drainer
+	own owner
+	m   Metrics
 
 	policy   atomic.Uint32 // Policy | explicitPolicy
 	dead     atomic.Bool   // a close was requested: queue nothing more
@@ -87,8 +121,8 @@ type Outbox struct {
 	timer   *time.Timer     // the summary timer; runs only while degraded
 	closed  bool
 
-	// Owned by the drainer.
-	batch   []ring.Entry[slot]
+	// Owned by the drainer. Its scratch for the queue's entries is not
+	// kept between drains (batches): an idle connection holds none.
 	drained bool // Drain handed out messages since the last Observe
 	// The drainer's bookkeeping of a consumer that fell behind, nil until
 	// the first need (lag): embedded so its fields read as the
@@ -186,41 +220,58 @@ const (
 // NewOutbox returns an Outbox configured by cfg. It panics if cfg fails
 // Validate: configuration is checked where it is read.
 func NewOutbox(c Config, hooks Hooks) *Outbox {
-	cfg := normalised(c)
-	o := &Outbox{
-		cfg:       cfg,
-		itemsHigh: (cfg.Queue.MaxItems - cfg.Queue.ControlSlots) / 4 * 3,
-		itemsLow:  max((cfg.Queue.MaxItems-cfg.Queue.ControlSlots)/4, 1),
-		q:         ring.New[slot](cfg.Queue),
-		hooks:     hooks,
-		m:         hooks.Metrics,
-	}
+	o := new(Outbox)
+	o.init(c, &hooks, hooks.Metrics)
+	return o
+}
+
+// init readies a zero Outbox (one inside its Endpoint) as NewOutbox would,
+// calling back own and counting into m (nil for none).
+func (o *Outbox) init(c Config, own owner, m Metrics) {
+	o.cfg = normalised(c)
+	o.q.Init(o.cfg.Queue)
+	o.own, o.m = own, m
 	if o.m == nil {
 		o.m = nopMetrics{}
 	}
 	o.q.SetOnEvict(o.dropPayload)
-	o.policy.Store(uint32(cfg.OnSlow))
+	o.policy.Store(uint32(o.cfg.OnSlow))
 	// The breaker is made on the first unhealthy observation: most
 	// connections never have one, and 10,000 idle ones should not carry it.
-	return o
+}
+
+// outboxConfig is a Config with its defaults filled and what the Outbox
+// derives from it.
+type outboxConfig struct {
+	Config
+	itemsHigh int // slot watermarks, like the byte ones
+	itemsLow  int
 }
 
 // configs interns normalised configurations: a server makes thousands of
 // outboxes from one Config, and each would otherwise carry its own copy
 // (a fifth of an idle connection's footprint). Values are immutable.
-var configs sync.Map // Config -> *Config
+var configs sync.Map // Config -> *outboxConfig
 
-func normalised(c Config) *Config {
+func normalised(c Config) *outboxConfig {
 	if p, ok := configs.Load(c); ok {
-		return p.(*Config)
+		return p.(*outboxConfig)
 	}
 	if err := c.Validate(); err != nil {
 		panic(err)
 	}
-	n := c.WithDefaults()
-	p, _ := configs.LoadOrStore(c, &n)
-	return p.(*Config)
+	n := &outboxConfig{Config: c.WithDefaults()}
+	q := &n.Queue
+	n.itemsHigh = (q.MaxItems - q.ControlSlots) / 4 * 3
+	n.itemsLow = max((q.MaxItems-q.ControlSlots)/4, 1)
+	p, _ := configs.LoadOrStore(c, n)
+	return p.(*outboxConfig)
 }
+
+// batches holds drain scratch for the queue's entries between drains: a
+// connection takes one for the length of a Drain, so only connections
+// being drained at that moment hold any.
+var batches = sync.Pool{New: func() any { return new([]ring.Entry[slot]) }}
 
 // SetOptions applies what the client chose with bridge/hello (its onSlow
 // policy); transports forward session.OptionsListener calls here. Safe from
@@ -364,7 +415,7 @@ func (o *Outbox) pushCatchup(m *wire.Msg) bool {
 		// switch it to the log.
 		return false
 	} else {
-		wasEmpty, err = o.q.PushUnder(s, size, o.itemsHigh)
+		wasEmpty, err = o.q.PushUnder(s, size, o.cfg.itemsHigh)
 	}
 	if err != nil {
 		return err != ring.ErrLagging // a closed queue takes nothing more anyway
@@ -553,9 +604,10 @@ func (o *Outbox) summarised(a *acc, now time.Time) {
 // queued messages, one bridge/gap per run of evicted events, and, once the
 // queue is empty, the gaps and final summaries still pending. Drainer only.
 func (o *Outbox) Drain(dst []*wire.Msg, maxBytes int) []*wire.Msg {
-	o.batch = o.q.PopBatch(o.batch[:0], maxBytes)
-	for i := range o.batch {
-		e := &o.batch[i]
+	bp := batches.Get().(*[]ring.Entry[slot])
+	batch := o.q.PopBatch((*bp)[:0], maxBytes)
+	for i := range batch {
+		e := &batch[i]
 		if e.Evicted {
 			if e.V.m == nil {
 				continue // no seq to name; counted by the ring
@@ -580,10 +632,12 @@ func (o *Outbox) Drain(dst []*wire.Msg, maxBytes int) []*wire.Msg {
 		}
 		dst = append(dst, e.V.m)
 	}
-	if len(o.batch) > 0 {
+	if len(batch) > 0 {
 		o.drained = true
 	}
-	clear(o.batch)
+	clear(batch)
+	*bp = batch[:0]
+	batches.Put(bp)
 	if (o.gapOpen() || o.slow.Load()) && o.q.Len() == 0 {
 		if o.gapOpen() {
 			dst = append(dst, o.flushGap())
@@ -653,12 +707,11 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		} else {
 			// The peer took nothing since the previous attempt.
 			stuckNow = true
-			o.batch = nil // a stalled peer keeps no drain scratch
-			if o.hooks.Recede != nil && o.Policy() == Catchup {
+			if o.Policy() == Catchup {
 				// Its memory is a cursor, not a backlog: the events
 				// queued for it go back to the log, read again once it
 				// takes what gnet holds.
-				o.hooks.Recede()
+				o.own.recede()
 			}
 			missed = blocked && stuck >= o.cfg.DrainDeadline
 		}
@@ -676,7 +729,7 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		if o.lagging != nil {
 			o.unhealthy = 0
 		}
-	case missed || stuckNow && o.degraded.Load() || lvl.DataBytes > qc.HighWater || lvl.Items > o.itemsHigh:
+	case missed || stuckNow && o.degraded.Load() || lvl.DataBytes > qc.HighWater || lvl.Items > o.cfg.itemsHigh:
 		// A degraded connection whose peer still takes nothing stays
 		// degraded: its queue was purged, so only the stall shows, and
 		// without this observation the breaker would half-open and put
@@ -695,7 +748,7 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 			o.br.Store(br)
 		}
 		br.Observe(false)
-	case !blocked && lvl.DataBytes < qc.LowWater && lvl.Items < o.itemsLow:
+	case !blocked && lvl.DataBytes < qc.LowWater && lvl.Items < o.cfg.itemsLow:
 		// A healthy observation in the closed state changes nothing
 		// unless it breaks a run of unhealthy ones.
 		if o.lagging == nil {
@@ -895,16 +948,10 @@ func (o *Outbox) fail(r wire.CloseReason, detail string) {
 		return
 	}
 	o.m.Closed(r)
-	if o.hooks.Close != nil {
-		o.hooks.Close(r, detail)
-	}
+	o.own.overload(r, detail)
 }
 
-func (o *Outbox) wake() {
-	if o.hooks.Wake != nil {
-		o.hooks.Wake()
-	}
-}
+func (o *Outbox) wake() { o.own.wake() }
 
 func (o *Outbox) ceilings() string {
 	q := &o.cfg.Queue
