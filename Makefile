@@ -9,7 +9,7 @@ BIN_RACE := bin/agentbridge-race
 # The agent stdio modes the e2e and node suites run in (issue 12: both).
 STDIO_MODES ?= socket pipe
 E2E_PARALLEL ?= 4
-NODE_CONCURRENCY ?= 1
+NODE_CONCURRENCY ?= 3
 TIMED    := $(CURDIR)/scripts/timed.sh
 # What a test step builds or installs first when run on its own.
 STEP_DEPS ?= build test-deps
@@ -18,7 +18,7 @@ SHELL       := bash
 .SHELLFLAGS := -o pipefail -c
 export GOBIN := $(CURDIR)/bin
 
-.PHONY: all build build-race run test lane-go lane-e2e lane-node test-deps test-go test-unit test-allocs test-e2e test-fuzz test-node bench lint clean
+.PHONY: all build build-race run test lane-deps lane-build lane-go lane-e2e lane-node test-deps test-go test-unit test-allocs test-e2e test-fuzz test-node bench lint clean
 
 all: build
 
@@ -40,13 +40,21 @@ run: build
 ## they start reads). Three lanes run at once, their lines prefixed with the
 ## lane's name: go (unit tests, allocations, fuzz), e2e (both modes) and node
 ## (both modes); most of the e2e and node suites' time is spent waiting on
-## processes and timers, not on the CPU. Each step prints its wall and CPU time.
-test: test-deps lint build build-race
+## processes and timers, not on the CPU. Before them, test-deps runs beside
+## lint and the builds. Each step prints its wall and CPU time.
+test:
+	$(MAKE) --no-print-directory -j2 lane-deps lane-build
 	$(MAKE) --no-print-directory -j3 lane-go lane-e2e lane-node
 
 # A lane runs its steps one after the other (a make of its own, without the
-# jobserver), each line prefixed; what the steps need was built above.
-LANE := MAKEFLAGS= $(MAKE) --no-print-directory STEP_DEPS=
+# jobserver), each line prefixed. The first two make what the others need:
+# the test dependencies (npm, apt, gopls: mostly downloads) beside lint and
+# the two binaries (compiles).
+LANE := env MAKEFLAGS= $(MAKE) --no-print-directory STEP_DEPS=
+lane-deps:
+	$(TIMED) deps $(LANE) test-deps 2>&1 | sed -u 's/^/[deps] /'
+lane-build:
+	$(TIMED) build $(LANE) lint build build-race 2>&1 | sed -u 's/^/[build] /'
 lane-go:
 	$(LANE) test-unit test-allocs test-fuzz 2>&1 | sed -u 's/^/[go] /'
 lane-e2e:
