@@ -267,13 +267,16 @@ test("a session GET with Last-Event-ID takes the stream over and resumes from th
 );
 
 test("--http-idle reaps a connection with no GET and no request", T, () =>
-  withWsDaemon({ args: ["--http-idle", "1s"] }, async (d) => {
+  // 3s, not less: initialize and the first POST must both land within
+  // --http-idle of each other, and on a loaded machine (make test runs
+  // three lanes at once) 1s was once too short for them.
+  withWsDaemon({ args: ["--http-idle", "3s"] }, async (d) => {
     const id = await rawInit(d);
     const post = () => fetch(`${d.origin}/acp`, { method: "POST", headers: { Authorization: `Bearer ${d.token}`, "Content-Type": "application/json", "Acp-Connection-Id": id }, body: JSON.stringify({ jsonrpc: "2.0", method: "x/ping" }) });
     assert.equal((await post()).status, 202);
     // Reaping is the passing of time itself: wait past --http-idle plus a
     // sweep, with no GET open and no request.
-    await new Promise((r) => setTimeout(r, 2500));
+    await new Promise((r) => setTimeout(r, 4500));
     assert.equal((await post()).status, 404);
   }),
 );

@@ -180,16 +180,33 @@ export class Daemon {
 
 /**
  * Starts a daemon, runs fn(daemon), and always stops it. A failure carries
- * the tail of the daemon's log.
+ * the tail of the daemon's log. opts.pickListen, if given, is an async
+ * function returning the --listen address: a daemon that could not bind it
+ * (another process took the port after it was picked: test files run in
+ * parallel, beside the Go suites in make test) is started again on a new one.
  */
 export async function withDaemon(opts, fn) {
-  const d = new Daemon(opts);
-  let result, failure;
-  try {
-    await d.ready();
-    result = await fn(d);
-  } catch (e) {
-    failure = e;
+  let d, result, failure;
+  for (let attempt = 1; ; attempt++) {
+    const o = opts.pickListen ? { ...opts, listen: await opts.pickListen() } : opts;
+    d = new Daemon(o);
+    try {
+      await d.ready();
+      break;
+    } catch (e) {
+      if (!opts.pickListen || attempt >= 5 || !d.logs().includes("address already in use")) {
+        failure = e;
+        break;
+      }
+      await d.stop().catch(() => {}); // it has exited: this removes its dir
+    }
+  }
+  if (failure === undefined) {
+    try {
+      result = await fn(d);
+    } catch (e) {
+      failure = e;
+    }
   }
   try {
     await d.stop();

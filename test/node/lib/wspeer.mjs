@@ -51,9 +51,10 @@ export async function withWsDaemon(opts, fn) {
     const operatorToken = newToken();
     const tokens = path.join(dir, "tokens");
     writeFileSync(tokens, `# written by the node WebSocket tests\nclient ${token}\nviewer ${viewerToken}\noperator ${operatorToken}\n`, { mode: 0o600 });
-    const port = await freePort();
+    let port;
+    const pickListen = async () => `127.0.0.1:${(port = await freePort())}`;
     return await withDaemon(
-      { ...opts, listen: `127.0.0.1:${port}`, args: ["--tokens", tokens, ...(opts.args ?? [])] },
+      { ...opts, pickListen, args: ["--tokens", tokens, ...(opts.args ?? [])] },
       (d) => {
         Object.assign(d, {
           port,
