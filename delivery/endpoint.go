@@ -174,7 +174,10 @@ func label(name string) *string {
 			return &labels[i]
 		}
 	}
-	return &name
+	// A copy: &name itself would move the parameter to the heap on every
+	// call, known labels included.
+	other := name
+	return &other
 }
 
 // Transport is the endpoint's transport label. Any goroutine.
