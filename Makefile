@@ -18,7 +18,7 @@ SHELL       := bash
 .SHELLFLAGS := -o pipefail -c
 export GOBIN := $(CURDIR)/bin
 
-.PHONY: all build build-race run test lane-deps lane-build lane-go lane-e2e lane-node test-deps test-go test-unit test-allocs test-e2e test-fuzz test-node bench lint clean
+.PHONY: all build build-race run test lane-deps lane-build lane-go lane-node test-deps test-go test-unit test-allocs test-benchpkg test-e2e test-fuzz test-node bench lint clean
 
 all: build
 
@@ -37,14 +37,17 @@ run: build
 ## test: install what the tests need, then run them all. The e2e and node
 ## suites run twice: with the agent on a socketpair (--agent-stdio socket, the
 ## default) and on pipes (AGENTBRIDGE_AGENT_STDIO=pipe, which every daemon
-## they start reads). Three lanes run at once, their lines prefixed with the
-## lane's name: go (unit tests, allocations, fuzz), e2e (both modes) and node
-## (both modes); most of the e2e and node suites' time is spent waiting on
-## processes and timers, not on the CPU. Before them, test-deps runs beside
-## lint and the builds. Each step prints its wall and CPU time.
+## they start reads). Four lanes run at once, their lines prefixed with the
+## lane's name: go (unit tests, allocations, fuzz), e2e-socket, e2e-pipe and
+## node (both modes); most of the e2e and node suites' time is spent waiting
+## on processes and timers, not on the CPU. Before them, test-deps runs beside
+## lint and the builds; after them, alone, the bench package's tests (they
+## run every bench scenario in windows of 300ms: a loaded machine starves
+## them). Each step prints its wall and CPU time.
 test:
 	$(MAKE) --no-print-directory -j2 lane-deps lane-build
-	$(MAKE) --no-print-directory -j3 lane-go lane-e2e lane-node
+	$(MAKE) --no-print-directory -j$(words $(STDIO_MODES) go node) lane-go $(addprefix lane-e2e-,$(STDIO_MODES)) lane-node
+	$(LANE) test-benchpkg
 
 # A lane runs its steps one after the other (a make of its own, without the
 # jobserver), each line prefixed. The first two make what the others need:
@@ -57,19 +60,24 @@ lane-build:
 	$(TIMED) build $(LANE) lint build build-race 2>&1 | sed -u 's/^/[build] /'
 lane-go:
 	$(LANE) test-unit test-allocs test-fuzz 2>&1 | sed -u 's/^/[go] /'
-lane-e2e:
-	$(LANE) test-e2e 2>&1 | sed -u 's/^/[e2e] /'
+lane-e2e-%:
+	$(LANE) test-e2e STDIO_MODES=$* 2>&1 | sed -u 's/^/[e2e-$*] /'
 lane-node:
 	$(LANE) test-node 2>&1 | sed -u 's/^/[node] /'
 
 test-deps:
 	./scripts/test-deps.sh
 
-test-go: test-unit test-allocs test-e2e
+test-go: test-unit test-allocs test-benchpkg test-e2e
 
-# Every package but the e2e suite, race detector on.
+# Every package but the e2e suite and bench, race detector on.
 test-unit:
-	$(TIMED) unit $(GO) test -race -count=1 -timeout 15m $$($(GO) list ./... | grep -v '/test/e2e$$')
+	$(TIMED) unit $(GO) test -race -count=1 -timeout 15m $$($(GO) list ./... | grep -v -e '/test/e2e$$' -e '/bench$$')
+
+# The bench package's tests (agentbridge bench itself, every scenario in a
+# tiny configuration), race detector on.
+test-benchpkg:
+	$(TIMED) benchpkg $(GO) test -race -count=1 -timeout 15m ./bench
 
 # Allocation assertions skip under -race (its instrumentation allocates): run them bare.
 test-allocs:

@@ -14,7 +14,7 @@ import http from "node:http";
 import path from "node:path";
 import test from "node:test";
 import WebSocket from "ws";
-import { Inbox, RawClient, testDir, within } from "./lib/bridge.mjs";
+import { Inbox, LIVE_MS, RawClient, testDir, within } from "./lib/bridge.mjs";
 import { plainCapabilities } from "./lib/sdkpeer.mjs";
 import { withWsDaemon } from "./lib/wspeer.mjs";
 import { makeAgentApp } from "./fixtures/sdk-agent-app.mjs";
@@ -42,7 +42,7 @@ function httpClient(url, opts, defer) {
 
 /** The one client script both servers must pass. */
 async function script(c, cwd) {
-  const init = await within(10000, "initialize", c.conn.agent.request(acp.methods.agent.initialize, {
+  const init = await within(LIVE_MS, "initialize", c.conn.agent.request(acp.methods.agent.initialize, {
     protocolVersion: acp.PROTOCOL_VERSION,
     clientCapabilities: plainCapabilities,
     clientInfo: { name: "agentbridge-node-sdk-http", version: "0.0.0" },
@@ -214,7 +214,7 @@ test("one session watched at once by a Unix-socket client, a WebSocket client an
   withWsDaemon({ agent: sdkAgent }, async (d) => {
     const { WsPeer } = await import("./lib/wspeer.mjs");
     const c = httpClient(`${d.origin}/acp`, { headers: { Authorization: `Bearer ${d.token}` } }, (f) => d.defer(f));
-    await within(10000, "initialize", c.conn.agent.request(acp.methods.agent.initialize, { protocolVersion: acp.PROTOCOL_VERSION, clientCapabilities: plainCapabilities }));
+    await within(LIVE_MS, "initialize", c.conn.agent.request(acp.methods.agent.initialize, { protocolVersion: acp.PROTOCOL_VERSION, clientCapabilities: plainCapabilities }));
     const { sessionId } = await within(10000, "session/new", c.conn.agent.request(acp.methods.agent.session.new, { cwd: d.dir, mcpServers: [] }));
     const unix = await RawClient.connect(d);
     await unix.call(1, "bridge/attach", { sessionId });
