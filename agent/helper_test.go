@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -180,7 +181,7 @@ func (r *recorder) put(e event) {
 
 func (r *recorder) AgentStarted(gen uint64) { r.put(event{kind: "started", gen: gen}) }
 func (r *recorder) AgentMessage(gen uint64, msg []byte) {
-	r.put(event{kind: "message", gen: gen, msg: msg})
+	r.put(event{kind: "message", gen: gen, msg: bytes.Clone(msg)}) // msg is lent
 }
 func (r *recorder) AgentDropped(gen uint64, id []byte, size int) {
 	r.put(event{kind: "dropped", gen: gen, msg: id, size: size})

@@ -356,8 +356,8 @@ func (p *proc) readLoop() {
 			p.readFailed(err)
 			return
 		}
-		// One spare byte: the router appends the NDJSON newline in place.
-		p.s.h.AgentMessage(p.gen, append(make([]byte, 0, len(msg)+1), msg...))
+		// Lent from the reader's buffer until the next Read (Handler).
+		p.s.h.AgentMessage(p.gen, msg[:len(msg):len(msg)])
 	}
 }
 

@@ -149,8 +149,8 @@ func (in *sockInput) Feed(buf []byte) int {
 		used += n
 		switch {
 		case err == nil && msg != nil:
-			// One spare byte: the router appends the NDJSON newline in place.
-			in.p.s.h.AgentMessage(in.p.gen, append(make([]byte, 0, len(msg)+1), msg...))
+			// Lent straight from the loop's input buffer (Handler).
+			in.p.s.h.AgentMessage(in.p.gen, msg[:len(msg):len(msg)])
 		case err == nil && n == 0:
 			return used
 		case err != nil:

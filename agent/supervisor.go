@@ -21,8 +21,13 @@ type Handler interface {
 	// restart timer's goroutine after that.
 	AgentStarted(gen uint64)
 	// AgentMessage delivers one complete JSON message from the agent's
-	// stdout; msg is a fresh copy owned by the callee. Called on the
-	// generation's stdout reader goroutine, one message at a time.
+	// stdout. msg is borrowed: it aliases the reader's buffer and is valid
+	// only until AgentMessage returns, so the callee copies whatever it
+	// keeps (an answer is copied anyway, its id spliced in: lending it
+	// saves a copy and an allocation per answer). Its capacity is its
+	// length, so an append reallocates instead of writing over the next
+	// message. Called on the generation's stdout reader (the event loop,
+	// with --agent-stdio socket), one message at a time.
 	AgentMessage(gen uint64, msg []byte)
 	// AgentExited reports that generation gen has exited and every message it
 	// wrote has been delivered; whatever was still queued for its stdin was

@@ -92,10 +92,14 @@ const flushBytes = 64 << 10
 // and Admit belong to the goroutine that reads the connection (the
 // reader); Flush, Final and Observe to the one that writes it (the writer;
 // on gnet both are the connection's event loop).
+//
+// An Endpoint is one allocation with its Outbox and the Outbox's queue,
+// and it is the Outbox's owner itself: an idle connection carries no
+// closures for its hooks.
 type Endpoint struct {
 	cfg       *EndpointConfig
 	t         Transport
-	out       *Outbox
+	out       Outbox
 	transport atomic.Pointer[string] // label for logs and metrics: "unix", "ws", "wss", "sse"
 	peer      string
 
@@ -106,14 +110,35 @@ type Endpoint struct {
 
 	// Owned by the reader.
 	lim *Limiter
+}
 
-	// Owned by the writer.
-	held *heldMsgs // what a PartialWriter refused; nil while it took everything
+// heldMsgs are the messages whose frames the transport refused, oldest
+// first, ahead of everything queued. They live in the Outbox's lagging
+// state (made on first need), since only a peer that is behind has any:
+// an idle endpoint carries nothing for them.
+type heldMsgs struct {
+	msgs  []*wire.Msg
+	bytes int // their frames' bytes
+}
+
+// held is what the transport refused, nil when nothing. Writer only.
+func (e *Endpoint) held() *heldMsgs {
+	if o := &e.out; o.lagging != nil && len(o.held.msgs) > 0 {
+		return &o.held
+	}
+	return nil
+}
+
+// dropHeld forgets what the transport refused. Writer only.
+func (e *Endpoint) dropHeld() {
+	if o := &e.out; o.lagging != nil {
+		o.held = heldMsgs{} // a stalled peer's array is not kept
+	}
 }
 
 // scratch is one Flush's working memory: the messages of a pass and their
 // frames. It is pooled, not kept per endpoint, so that a connection holds
-// none between flushes: a thousand stalled (or idle) ones keep nothing.
+// none between flushes: idle (or stalled) ones keep nothing.
 type scratch struct {
 	msgs   []*wire.Msg
 	frames [][]byte
@@ -131,14 +156,6 @@ func (sc *scratch) put() {
 	scratches.Put(sc)
 }
 
-// heldMsgs are the messages whose frames the transport refused, oldest
-// first, ahead of everything queued. An endpoint has them only while its
-// peer is behind, so an idle one carries one pointer.
-type heldMsgs struct {
-	msgs  []*wire.Msg
-	bytes int // their frames' bytes
-}
-
 // closeWhy is why an endpoint closes. It is made by Close, the only time
 // an endpoint needs it, so an open one carries one pointer, not the reason
 // and its detail.
@@ -153,6 +170,7 @@ var released = &closeWhy{}
 var (
 	_ session.Conn            = (*Endpoint)(nil)
 	_ session.OptionsListener = (*Endpoint)(nil)
+	_ session.Waker           = (*Endpoint)(nil)
 )
 
 // NewEndpoint makes the endpoint of one connection speaking transport
@@ -162,16 +180,70 @@ var (
 func NewEndpoint(cfg *EndpointConfig, t Transport, transport, peer string, m Metrics) *Endpoint {
 	e := &Endpoint{cfg: cfg, t: t, peer: peer}
 	e.transport.Store(label(transport))
-	e.out = NewOutbox(cfg.Outbox, Hooks{
-		Wake:    t.Wake,
-		Close:   func(r wire.CloseReason, detail string) { e.Close(r, detail) },
-		Metrics: m,
-		Recede:  e.recede,
-	})
+	e.out.init(cfg.Outbox, e, m)
 	if !cfg.Rate.Unlimited() {
 		e.lim = NewLimiter(cfg.Rate, time.Now())
 	}
 	return e
+}
+
+// Wake asks the transport's writer to call Flush soon (session.Waker: a
+// catch-up chunk read from disk off the hub's lock is queued by the next
+// Flush's pump). Any goroutine.
+func (e *Endpoint) Wake() { e.t.Wake() }
+
+// The Endpoint as its Outbox's owner.
+func (e *Endpoint) wake()                                      { e.t.Wake() }
+func (e *Endpoint) overload(r wire.CloseReason, detail string) { e.Close(r, detail) }
+
+// recede is the outbox's Recede hook: the peer took nothing since the
+// last drain attempt, so the events held for it (queued, or refused by the
+// transport) go back to the hub, which feeds them from the log once the
+// peer takes again. It takes the hub's lock only when there is something
+// to hand back: a stalled connection that receded already costs a
+// re-wake now and then, not an exclusive lock. Writer only (Observe).
+func (e *Endpoint) recede() {
+	cl := e.cl.Load()
+	if h := e.held(); cl == nil || (h == nil || len(h.msgs) < 2) && !e.out.hasData() {
+		return
+	}
+	e.cfg.Hub.Recede(cl, e.takeEvents)
+}
+
+// takeEvents removes the sequenced data events the endpoint holds and
+// returns the lowest seq removed per session (Hub.Recede's take). The
+// queue gives its own (Outbox.TakeEvents). What the transport refused
+// precedes the queue, so its events are taken only when they all are
+// events and nothing at all is left queued after them: handing one back
+// while a control message or a later event of its session stays would
+// reorder the stream or duplicate events. The first refused message
+// stays: it is what the next attempt writes, so the connection keeps
+// something due (the stall deadline runs on) and learns, when the kernel
+// takes it, that the peer reads again (then the pump feeds it the rest
+// from the log), instead of being fed a chunk from the log and refused
+// again at every re-wake. Writer only, under the hub lock.
+func (e *Endpoint) takeEvents() map[string]uint64 {
+	low := e.out.TakeEvents()
+	h := e.held()
+	if h == nil || len(h.msgs) < 2 || e.out.Len() > 0 {
+		return low
+	}
+	for _, m := range h.msgs {
+		if m.Seq == 0 || m.SessionID == "" {
+			return low // a control message among them: all stay, in order
+		}
+	}
+	if low == nil {
+		low = make(map[string]uint64)
+	}
+	for _, m := range h.msgs[1:] {
+		if cur, ok := low[m.SessionID]; !ok || m.Seq < cur {
+			low[m.SessionID] = m.Seq
+		}
+		h.bytes -= len(e.t.Frame(m))
+	}
+	h.msgs = []*wire.Msg{h.msgs[0]} // the pass's array goes
+	return low
 }
 
 func (e *Endpoint) log() *slog.Logger {
@@ -196,7 +268,10 @@ func label(name string) *string {
 			return &labels[i]
 		}
 	}
-	return &name
+	// A copy: &name itself would move the parameter to the heap on every
+	// call, known labels included.
+	other := name
+	return &other
 }
 
 // Transport is the endpoint's transport label. Any goroutine.
@@ -216,9 +291,6 @@ func (e *Endpoint) Register(r auth.Role, via session.Conn) *session.Client {
 		via = e
 	}
 	cl := e.cfg.Hub.Open(via, session.ConnInfo{Role: r, Transport: e.Transport(), Peer: e.peer})
-	// A catch-up chunk read from disk off the hub's lock is queued by the
-	// next Flush's pump.
-	e.cfg.Hub.SetWake(cl, e.out.hooks.Wake) // the outbox's: one method value per connection, not two
 	e.cl.Store(cl)
 	return cl
 }
@@ -227,7 +299,7 @@ func (e *Endpoint) Register(r auth.Role, via session.Conn) *session.Client {
 func (e *Endpoint) Client() *session.Client { return e.cl.Load() }
 
 // Outbox is the endpoint's queue, for metrics and tests.
-func (e *Endpoint) Outbox() *Outbox { return e.out }
+func (e *Endpoint) Outbox() *Outbox { return &e.out }
 
 // Send queues m; see session.Conn. Safe from any goroutine.
 func (e *Endpoint) Send(m *wire.Msg, cls wire.Class) bool {
@@ -338,8 +410,8 @@ func (e *Endpoint) Admit(msg []byte, now time.Time) bool {
 func (e *Endpoint) Flush() error {
 	blocked, err := e.flush(false)
 	n, _ := e.t.Backlog()
-	if e.held != nil {
-		n += e.held.bytes
+	if h := e.held(); h != nil {
+		n += h.bytes
 	}
 	e.out.Observe(blocked, n)
 	return err
@@ -361,11 +433,11 @@ func (e *Endpoint) Final() error {
 }
 
 func (e *Endpoint) flush(force bool) (blocked bool, err error) {
-	cl := e.cl.Load()
 	sc := getScratch()
 	defer sc.put()
+	cl := e.cl.Load()
 	for {
-		if e.held != nil {
+		if e.held() != nil {
 			// What the peer refused goes first; while it still refuses,
 			// nothing more is written.
 			if blocked, err := e.writeHeld(sc); blocked || err != nil {
@@ -425,20 +497,18 @@ func (e *Endpoint) write(sc *scratch, msgs []*wire.Msg) (int, error) {
 
 // hold appends msgs to what the transport refused. Writer only.
 func (e *Endpoint) hold(msgs []*wire.Msg) {
-	if e.held == nil {
-		e.held = new(heldMsgs)
-	}
+	e.out.lag()
+	h := &e.out.held
 	for _, m := range msgs {
-		e.held.bytes += len(e.t.Frame(m))
+		h.bytes += len(e.t.Frame(m))
 	}
-	e.held.msgs = append(e.held.msgs, msgs...)
+	h.msgs = append(h.msgs, msgs...)
 }
 
 // writeHeld writes what the transport refused earlier, in order, and
 // reports whether it still refuses some. Writer only.
 func (e *Endpoint) writeHeld(sc *scratch) (blocked bool, err error) {
-	for e.held != nil {
-		h := e.held
+	for h := e.held(); h != nil; h = e.held() {
 		batch := h.msgs[:min(len(h.msgs), maxIOV)]
 		taken, err := e.write(sc, batch)
 		if err != nil {
@@ -450,64 +520,13 @@ func (e *Endpoint) writeHeld(sc *scratch) (blocked bool, err error) {
 		clear(batch[:taken])
 		h.msgs = h.msgs[taken:]
 		if len(h.msgs) == 0 {
-			e.held = nil // a stalled peer's array is not kept
+			e.dropHeld()
 		}
 		if taken < len(batch) {
 			return true, nil
 		}
 	}
 	return false, nil
-}
-
-// recede is the outbox's Recede hook: the peer took nothing since the
-// last drain attempt, so the events held for it (queued, or refused by the
-// transport) go back to the hub, which feeds them from the log once the
-// peer takes again. It takes the hub's lock only when there is something
-// to hand back: a stalled connection that receded already costs a
-// re-wake now and then, not an exclusive lock. Writer only (Observe).
-func (e *Endpoint) recede() {
-	cl := e.cl.Load()
-	if cl == nil || (e.held == nil || len(e.held.msgs) < 2) && !e.out.hasData() {
-		return
-	}
-	e.cfg.Hub.Recede(cl, e.takeEvents)
-}
-
-// takeEvents removes the sequenced data events the endpoint holds and
-// returns the lowest seq removed per session (Hub.Recede's take). The
-// queue gives its own (Outbox.TakeEvents). What the transport refused
-// precedes the queue, so its events are taken only when they all are
-// events and nothing at all is left queued after them: handing one back
-// while a control message or a later event of its session stays would
-// reorder the stream or duplicate events. The first refused message
-// stays: it is what the next attempt writes, so the connection keeps
-// something due (the stall deadline runs on) and learns, when the kernel
-// takes it, that the peer reads again (then the pump feeds it the rest
-// from the log), instead of being fed a chunk from the log and refused
-// again at every re-wake. Writer only, under the hub lock.
-func (e *Endpoint) takeEvents() map[string]uint64 {
-	low := e.out.TakeEvents()
-	h := e.held
-	if h == nil || len(h.msgs) < 2 || e.out.Len() > 0 {
-		return low
-	}
-	for _, m := range h.msgs {
-		if m.Seq == 0 || m.SessionID == "" {
-			return low // a control message among them: all stay, in order
-		}
-	}
-	if low == nil {
-		low = make(map[string]uint64)
-	}
-	rest := h.msgs[1:]
-	for _, m := range rest {
-		if cur, ok := low[m.SessionID]; !ok || m.Seq < cur {
-			low[m.SessionID] = m.Seq
-		}
-		h.bytes -= len(e.t.Frame(m))
-	}
-	h.msgs = []*wire.Msg{h.msgs[0]} // the pass's array goes
-	return low
 }
 
 // Release unregisters the connection from the hub and frees its queue.
@@ -525,7 +544,7 @@ func (e *Endpoint) Release() {
 // HTTP refusal must not be followed by what the hub queued meanwhile).
 // Writer only.
 func (e *Endpoint) Discard() {
-	e.held = nil
+	e.dropHeld()
 	sc := getScratch()
 	defer sc.put()
 	for {

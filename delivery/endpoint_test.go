@@ -102,8 +102,8 @@ func TestEndpointStalledPeerHoldsACursor(t *testing.T) {
 	flush() // writes what fits, holds the rest
 	flush() // no progress: stuck, the held events recede
 	flush()
-	if e.held == nil || len(e.held.msgs) != 1 {
-		t.Fatalf("a stalled connection holds %v refused messages, want 1", e.held)
+	if h := e.held(); h == nil || len(h.msgs) != 1 {
+		t.Fatalf("a stalled connection holds %v refused messages, want 1", h)
 	}
 	if e.Outbox().Len() != 0 || !cl.Catching() {
 		t.Fatalf("queue %d entries, catching %v: want a cursor, not a queue", e.Outbox().Len(), cl.Catching())
@@ -113,14 +113,14 @@ func TestEndpointStalledPeerHoldsACursor(t *testing.T) {
 		t.Fatalf("events were queued for a stalled connection: %d", e.Outbox().Len())
 	}
 	flush()
-	if len(e.held.msgs) != 1 {
-		t.Fatalf("held %d after a re-wake", len(e.held.msgs))
+	if h := e.held(); h == nil || len(h.msgs) != 1 {
+		t.Fatalf("held %v after a re-wake", h)
 	}
 	// It reads again.
 	tr.room = 1 << 30
 	for range 100 {
 		flush()
-		if !cl.Catching() && e.Outbox().Len() == 0 && e.held == nil {
+		if !cl.Catching() && e.Outbox().Len() == 0 && e.held() == nil {
 			break
 		}
 	}

@@ -38,8 +38,23 @@ type Metrics interface {
 	Queue(items, dataBytes int)
 }
 
-// Hooks connect an Outbox to its transport. Each must not block and must
-// not call back into the Outbox: they may run under its lock.
+// owner is what an Outbox calls back: its connection. An Endpoint is its
+// own Outbox's owner (one interface in the Outbox, no closures per
+// connection); Hooks adapts functions for an Outbox made on its own. Each
+// method must not block and must not call back into the Outbox: they may
+// run under its lock.
+type owner interface {
+	// wake is Hooks.Wake.
+	wake()
+	// overload is Hooks.Close.
+	overload(reason wire.CloseReason, detail string)
+	// recede is Hooks.Recede.
+	recede()
+}
+
+// Hooks connect an Outbox made by NewOutbox to its transport. Each must not
+// block and must not call back into the Outbox: they may run under its
+// lock.
 type Hooks struct {
 	// Wake asks the transport to drain soon; called on an empty->non-empty
 	// transition from whichever goroutine pushed, and when queued gaps or
@@ -57,19 +72,37 @@ type Hooks struct {
 	Recede func()
 }
 
+func (h *Hooks) wake() {
+	if h.Wake != nil {
+		h.Wake()
+	}
+}
+
+func (h *Hooks) overload(r wire.CloseReason, detail string) {
+	if h.Close != nil {
+		h.Close(r, detail)
+	}
+}
+
+func (h *Hooks) recede() {
+	if h.Recede != nil {
+		h.Recede()
+	}
+}
+
 // Outbox is one connection's outbound queue and delivery policy.
 //
 // Send, SetPolicy, SetDefaultPolicy, Degraded, State, Len, Level and Close
 // are safe from any goroutine. Drain and Observe only from the goroutine
 // that writes the connection's socket (the drainer).
+//
+// An Outbox is usually part of its Endpoint's allocation (and its queue of
+// the Outbox's): an idle connection is a few objects, not one per layer.
 type Outbox struct {
-	cfg       *Config // immutable, defaults filled, shared by every outbox made from the same Config
-	itemsHigh int     // slot watermarks, like the byte ones
-	itemsLow  int
-	q         *ring.Queue[slot]
-	br        atomic.Pointer[breaker.Breaker] // made on first need; written by the drainer
-	hooks     Hooks
-	m         Metrics
+	cfg *outboxConfig // immutable, shared by every outbox made from the same Config
+	q   ring.Queue[slot]
+	own owner
+	m   Metrics
 
 	policy   atomic.Uint32 // Policy | explicitPolicy
 	dead     atomic.Bool   // a close was requested: queue nothing more
@@ -77,18 +110,16 @@ type Outbox struct {
 	degraded atomic.Bool   // written under mu; read anywhere
 	behind   atomic.Bool   // the transport held bytes at the last drain attempt (written by the drainer)
 	stuck    atomic.Bool   // ... and its peer had taken nothing since the attempt before (written by the drainer)
-	skipped  atomic.Uint64 // events not sent while degraded, not yet reported
+	closed   bool          // guarded by mu
+	// Owned by the drainer. Its scratch for the queue's entries is not
+	// kept between drains (batches): an idle connection holds none.
+	drained bool // Drain handed out messages since the last Observe
 
-	markers map[string]*wire.Msg // per session: what a tombstone keeps; under the ring's lock
+	// What only a connection that lost events or was degraded needs; nil
+	// until then (strain).
+	st atomic.Pointer[strained]
 
 	mu sync.Mutex // lock order: mu, then the ring's lock
-	// Guarded by mu.
-	pending map[string]*acc // per session: skipped events not yet reported
-	timer   *time.Timer     // the summary timer; runs only while degraded
-	closed  bool
-
-	// Owned by the drainer.
-	drained bool // Drain handed out messages since the last Observe
 	// The drainer's bookkeeping of a consumer that fell behind, nil until
 	// the first need (lag): embedded so its fields read as the
 	// Outbox's, every use is where it is known to exist or checks for nil.
@@ -97,8 +128,8 @@ type Outbox struct {
 
 // lagging is what the drainer keeps about a connection that fell behind:
 // the gap run being collected, the stall and breaker observations, the
-// losses already reported. Most connections never need it, and 10,000
-// idle ones should not carry it (136 bytes each), so it is made on the
+// losses already reported, the messages its transport refused. Most connections never need it, and 10,000
+// idle ones should not carry it (184 bytes each), so it is made on the
 // first eviction, blocked attempt, unhealthy observation or loss.
 type lagging struct {
 	gap          gapRun    // the run of tombstones being collected
@@ -107,6 +138,40 @@ type lagging struct {
 	unhealthy    int       // unhealthy observations since the last healthy one
 	why          string    // what the last unhealthy observation saw, for the close reason
 	reported     [ring.NumReasons]uint64
+	held         heldMsgs // what the transport refused (Endpoint.hold); the endpoint is the drainer
+}
+
+// strained is what only a connection that lost events or was degraded
+// needs: its breaker, the events it was not sent, the markers its
+// tombstones keep, its pending gaps and summaries and their timer. Most
+// connections never need it, and 10,000 idle ones should not carry it
+// (five words each), so it is made on first need and kept until the
+// connection closes. Each field keeps its own guard.
+type strained struct {
+	br      atomic.Pointer[breaker.Breaker] // written by the drainer
+	skipped atomic.Uint64                   // events not sent while degraded, not yet reported
+	markers map[string]*wire.Msg            // per session: what a tombstone keeps; under the ring's lock
+	pending map[string]*acc                 // per session: skipped events not yet reported; under mu
+	timer   *time.Timer                     // the summary timer, runs only while degraded; under mu
+}
+
+// strain returns the connection's strained state, making it on first
+// need. Any goroutine.
+func (o *Outbox) strain() *strained {
+	if st := o.st.Load(); st != nil {
+		return st
+	}
+	o.st.CompareAndSwap(nil, new(strained))
+	return o.st.Load()
+}
+
+// pending is the per-session skipped events not yet reported (nil while
+// there were none). Precondition: mu held.
+func (o *Outbox) pending() map[string]*acc {
+	if st := o.st.Load(); st != nil {
+		return st.pending
+	}
+	return nil
 }
 
 // lag makes the lagging state on first need. Drainer only.
@@ -153,18 +218,19 @@ func (o *Outbox) dropPayload(s *slot) {
 		return
 	}
 	sid := s.m.SessionID
-	if o.markers == nil {
-		o.markers = make(map[string]*wire.Msg) // first eviction: idle connections stay small
+	st := o.strain()
+	if st.markers == nil {
+		st.markers = make(map[string]*wire.Msg) // first eviction: idle connections stay small
 	}
-	mk := o.markers[sid]
+	mk := st.markers[sid]
 	if mk == nil {
-		if len(o.markers) >= maxMarkers {
-			clear(o.markers)
+		if len(st.markers) >= maxMarkers {
+			clear(st.markers)
 		}
 		// A marker is never written to a socket: only its SessionID is
 		// read, by Drain, for the gap.
 		mk = &wire.Msg{SessionID: sid}
-		o.markers[sid] = mk
+		st.markers[sid] = mk
 	}
 	s.m = mk
 }
@@ -185,41 +251,58 @@ const (
 // NewOutbox returns an Outbox configured by cfg. It panics if cfg fails
 // Validate: configuration is checked where it is read.
 func NewOutbox(c Config, hooks Hooks) *Outbox {
-	cfg := normalised(c)
-	o := &Outbox{
-		cfg:       cfg,
-		itemsHigh: (cfg.Queue.MaxItems - cfg.Queue.ControlSlots) / 4 * 3,
-		itemsLow:  max((cfg.Queue.MaxItems-cfg.Queue.ControlSlots)/4, 1),
-		q:         ring.New[slot](cfg.Queue),
-		hooks:     hooks,
-		m:         hooks.Metrics,
-	}
+	o := new(Outbox)
+	o.init(c, &hooks, hooks.Metrics)
+	return o
+}
+
+// init readies a zero Outbox (one inside its Endpoint) as NewOutbox would,
+// calling back own and counting into m (nil for none).
+func (o *Outbox) init(c Config, own owner, m Metrics) {
+	o.cfg = normalised(c)
+	o.q.Init(o.cfg.Queue)
+	o.own, o.m = own, m
 	if o.m == nil {
 		o.m = nopMetrics{}
 	}
 	o.q.SetOnEvict(o.dropPayload)
-	o.policy.Store(uint32(cfg.OnSlow))
+	o.policy.Store(uint32(o.cfg.OnSlow))
 	// The breaker is made on the first unhealthy observation: most
 	// connections never have one, and 10,000 idle ones should not carry it.
-	return o
+}
+
+// outboxConfig is a Config with its defaults filled and what the Outbox
+// derives from it.
+type outboxConfig struct {
+	Config
+	itemsHigh int // slot watermarks, like the byte ones
+	itemsLow  int
 }
 
 // configs interns normalised configurations: a server makes thousands of
 // outboxes from one Config, and each would otherwise carry its own copy
 // (a fifth of an idle connection's footprint). Values are immutable.
-var configs sync.Map // Config -> *Config
+var configs sync.Map // Config -> *outboxConfig
 
-func normalised(c Config) *Config {
+func normalised(c Config) *outboxConfig {
 	if p, ok := configs.Load(c); ok {
-		return p.(*Config)
+		return p.(*outboxConfig)
 	}
 	if err := c.Validate(); err != nil {
 		panic(err)
 	}
-	n := c.WithDefaults()
-	p, _ := configs.LoadOrStore(c, &n)
-	return p.(*Config)
+	n := &outboxConfig{Config: c.WithDefaults()}
+	q := &n.Queue
+	n.itemsHigh = (q.MaxItems - q.ControlSlots) / 4 * 3
+	n.itemsLow = max((q.MaxItems-q.ControlSlots)/4, 1)
+	p, _ := configs.LoadOrStore(c, n)
+	return p.(*outboxConfig)
 }
+
+// batches holds drain scratch for the queue's entries between drains: a
+// connection takes one for the length of a Drain, so only connections
+// being drained at that moment hold any.
+var batches = sync.Pool{New: func() any { return new([]ring.Entry[slot]) }}
 
 // SetOptions applies what the client chose with bridge/hello (its onSlow
 // policy); transports forward session.OptionsListener calls here. Safe from
@@ -265,7 +348,12 @@ func (o *Outbox) State() breaker.State {
 
 // breaker returns the connection's breaker, nil while it never needed one.
 // Safe from any goroutine.
-func (o *Outbox) breaker() *breaker.Breaker { return o.br.Load() }
+func (o *Outbox) breaker() *breaker.Breaker {
+	if st := o.st.Load(); st != nil {
+		return st.br.Load()
+	}
+	return nil
+}
 
 // Send queues m. It reports false when a control message could not be
 // queued: the connection is then being closed through the hooks. For data
@@ -363,7 +451,7 @@ func (o *Outbox) pushCatchup(m *wire.Msg) bool {
 		// switch it to the log.
 		return false
 	} else {
-		wasEmpty, err = o.q.PushUnder(s, size, o.itemsHigh)
+		wasEmpty, err = o.q.PushUnder(s, size, o.cfg.itemsHigh)
 	}
 	if err != nil {
 		return err != ring.ErrLagging // a closed queue takes nothing more anyway
@@ -384,20 +472,20 @@ func (o *Outbox) sendSlow(m *wire.Msg, full bool) (wake bool) {
 	sid, seq := m.SessionID, m.Seq
 	sequenced := sid != "" && seq != 0
 	if o.degraded.Load() {
-		o.skipped.Add(1)
+		o.strain().skipped.Add(1)
 		if sequenced {
 			o.skip(m)
 		}
 		return false
 	}
 	if !full && sequenced {
-		if a := o.pending[sid]; a != nil {
+		if a := o.pending()[sid]; a != nil {
 			// The session's earlier gap must precede this event; without
 			// room for both, this event joins the gap.
 			if !o.flushToRing(a, time.Now()) {
 				full = true
 			} else {
-				delete(o.pending, sid)
+				delete(o.pending(), sid)
 			}
 		}
 	}
@@ -474,20 +562,21 @@ func (o *Outbox) pushReport(m *wire.Msg) bool {
 }
 
 func (o *Outbox) accFor(sid string) *acc {
-	a := o.pending[sid]
+	a := o.pending()[sid]
 	if a == nil {
-		if o.pending == nil {
-			o.pending = make(map[string]*acc)
+		st := o.strain()
+		if st.pending == nil {
+			st.pending = make(map[string]*acc)
 		}
 		a = &acc{sid: sid}
-		o.pending[sid] = a
+		st.pending[sid] = a
 	}
 	return a
 }
 
 // updateSlow recomputes the slow-path flag. Precondition: mu held.
 func (o *Outbox) updateSlow() {
-	o.slow.Store(o.degraded.Load() || len(o.pending) > 0)
+	o.slow.Store(o.degraded.Load() || len(o.pending()) > 0)
 }
 
 // pushControl queues a gap or summary; one that does not fit closes the
@@ -548,11 +637,6 @@ func (o *Outbox) summarised(a *acc, now time.Time) {
 	a.owed, a.dropped, a.bytes, a.lastSummary = false, 0, 0, now
 }
 
-// batches are Drain's scratch, shared by every outbox: a connection holds
-// no drain scratch of its own between drains, so a thousand that stalled
-// (or sit idle) keep none.
-var batches = sync.Pool{New: func() any { return new([]ring.Entry[slot]) }}
-
 // Drain appends to dst, in order, up to maxBytes of messages to write:
 // queued messages, one bridge/gap per run of evicted events, and, once the
 // queue is empty, the gaps and final summaries still pending. Drainer only.
@@ -611,9 +695,10 @@ func (o *Outbox) drainPending(dst []*wire.Msg) []*wire.Msg {
 		return dst
 	}
 	now := time.Now()
-	for sid, a := range o.pending {
+	pending := o.pending()
+	for sid, a := range pending {
 		dst = o.accMsgs(a, now, dst)
-		delete(o.pending, sid)
+		delete(pending, sid)
 	}
 	o.updateSlow()
 	return dst
@@ -660,11 +745,11 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		} else {
 			// The peer took nothing since the previous attempt.
 			stuckNow = true
-			if o.hooks.Recede != nil && o.Policy() == Catchup {
+			if o.Policy() == Catchup {
 				// Its memory is a cursor, not a backlog: the events
 				// queued for it go back to the log, read again once it
 				// takes what gnet holds.
-				o.hooks.Recede()
+				o.own.recede()
 			}
 			missed = blocked && stuck >= o.cfg.DrainDeadline
 		}
@@ -682,7 +767,7 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		if o.lagging != nil {
 			o.unhealthy = 0
 		}
-	case missed || stuckNow && o.degraded.Load() || lvl.DataBytes > qc.HighWater || lvl.Items > o.itemsHigh:
+	case missed || stuckNow && o.degraded.Load() || lvl.DataBytes > qc.HighWater || lvl.Items > o.cfg.itemsHigh:
 		// A degraded connection whose peer still takes nothing stays
 		// degraded: its queue was purged, so only the stall shows, and
 		// without this observation the breaker would half-open and put
@@ -698,10 +783,10 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		br := o.breaker()
 		if br == nil {
 			br = breaker.New("outbox", o.cfg.Breaker, o.m.Transition)
-			o.br.Store(br)
+			o.strain().br.Store(br)
 		}
 		br.Observe(false)
-	case !blocked && lvl.DataBytes < qc.LowWater && lvl.Items < o.itemsLow:
+	case !blocked && lvl.DataBytes < qc.LowWater && lvl.Items < o.cfg.itemsLow:
 		// A healthy observation in the closed state changes nothing
 		// unless it breaks a run of unhealthy ones.
 		if o.lagging == nil {
@@ -787,8 +872,16 @@ func (o *Outbox) report(lvl ring.Level) {
 			o.m.Lost(r.String(), d)
 		}
 	}
-	if n := o.skipped.Swap(0); n > 0 {
-		o.m.Lost(LostDegraded, n)
+	o.reportSkipped()
+}
+
+// reportSkipped counts the events a degraded connection was not sent
+// since the last report. Any goroutine.
+func (o *Outbox) reportSkipped() {
+	if st := o.st.Load(); st != nil {
+		if n := st.skipped.Swap(0); n > 0 {
+			o.m.Lost(LostDegraded, n)
+		}
 	}
 }
 
@@ -826,10 +919,10 @@ func (o *Outbox) enter() {
 	o.slow.Store(true)
 	o.q.EvictData()
 	o.m.Degraded(true)
-	if o.timer == nil {
-		o.timer = time.AfterFunc(o.cfg.tickEvery(), o.tick)
+	if st := o.strain(); st.timer == nil {
+		st.timer = time.AfterFunc(o.cfg.tickEvery(), o.tick)
 	} else {
-		o.timer.Reset(o.cfg.tickEvery())
+		st.timer.Reset(o.cfg.tickEvery())
 	}
 	// The drainer turns the purged backlog into gaps at once.
 	o.wake()
@@ -840,11 +933,11 @@ func (o *Outbox) enter() {
 func (o *Outbox) leave() {
 	o.degraded.Store(false)
 	o.m.Degraded(false)
-	if o.timer != nil {
-		o.timer.Stop()
+	if st := o.st.Load(); st != nil && st.timer != nil {
+		st.timer.Stop()
 	}
 	o.updateSlow()
-	if len(o.pending) > 0 {
+	if len(o.pending()) > 0 {
 		o.wake()
 	}
 }
@@ -854,9 +947,7 @@ func (o *Outbox) leave() {
 // gobreaker does lazily, and no drain may come to ask). It runs on the
 // timer's goroutine.
 func (o *Outbox) tick() {
-	if n := o.skipped.Swap(0); n > 0 {
-		o.m.Lost(LostDegraded, n)
-	}
+	o.reportSkipped()
 	if o.Policy() == Disconnect && o.degraded.Load() {
 		o.apply("it was degraded when it chose onSlow=disconnect")
 		return
@@ -882,7 +973,7 @@ func (o *Outbox) tick() {
 		// degrade it again.
 	}
 	now := time.Now()
-	for _, a := range o.pending {
+	for _, a := range o.pending() {
 		if len(a.runs) == 0 && !a.owed {
 			continue
 		}
@@ -898,7 +989,7 @@ func (o *Outbox) tick() {
 			return // closed: the control ceiling
 		}
 	}
-	o.timer.Reset(o.cfg.tickEvery())
+	o.strain().timer.Reset(o.cfg.tickEvery())
 }
 
 // fail asks the transport, once, to close the connection.
@@ -907,16 +998,10 @@ func (o *Outbox) fail(r wire.CloseReason, detail string) {
 		return
 	}
 	o.m.Closed(r)
-	if o.hooks.Close != nil {
-		o.hooks.Close(r, detail)
-	}
+	o.own.overload(r, detail)
 }
 
-func (o *Outbox) wake() {
-	if o.hooks.Wake != nil {
-		o.hooks.Wake()
-	}
-}
+func (o *Outbox) wake() { o.own.wake() }
 
 func (o *Outbox) ceilings() string {
 	q := &o.cfg.Queue
@@ -947,14 +1032,17 @@ func (o *Outbox) Close() {
 	o.mu.Lock()
 	if !o.closed {
 		o.closed = true
-		if o.timer != nil {
-			o.timer.Stop()
+		st := o.st.Load()
+		if st != nil && st.timer != nil {
+			st.timer.Stop()
 		}
 		if o.degraded.Load() {
 			o.degraded.Store(false)
 			o.m.Degraded(false)
 		}
-		o.pending = nil
+		if st != nil {
+			st.pending = nil
+		}
 		o.slow.Store(false)
 	}
 	o.mu.Unlock()

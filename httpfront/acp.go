@@ -252,13 +252,21 @@ var _ delivery.Transport = (*acpConn)(nil)
 
 // NewConnID is a random connection id (a UUID v4), as the ACP SDK makes
 // them; it also names a WebSocket connection on its 101.
-func NewConnID() string {
+func NewConnID() string { return string(appendConnID(make([]byte, 0, 36))) }
+
+// appendConnID appends a fresh NewConnID to dst.
+func appendConnID(dst []byte) []byte {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+	for i, part := range [...][2]int{{0, 4}, {4, 6}, {6, 8}, {8, 10}, {10, 16}} {
+		if i > 0 {
+			dst = append(dst, '-')
+		}
+		dst = hex.AppendEncode(dst, b[part[0]:part[1]])
+	}
+	return dst
 }
 
 // Wake asks the writer goroutine to flush. Any goroutine.

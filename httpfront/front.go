@@ -453,7 +453,14 @@ func (f *Front) Authorize(w http.ResponseWriter, r *http.Request) (auth.Role, st
 // UpgradeHeader is the header line a WebSocket 101 on /acp carries on either
 // listener: a fresh Acp-Connection-Id, as the ACP SDK's Node upgrade handler
 // sends it (the id names the connection in logs).
-func UpgradeHeader() string { return "Acp-Connection-Id: " + NewConnID() + "\r\n" }
+func UpgradeHeader() string { return string(AppendUpgradeHeader(nil)) }
+
+// AppendUpgradeHeader appends UpgradeHeader's line to dst without garbage
+// of its own (every WebSocket handshake on the gnet listener makes one).
+func AppendUpgradeHeader(dst []byte) []byte {
+	dst = append(dst, "Acp-Connection-Id: "...)
+	return append(appendConnID(dst), "\r\n"...)
+}
 
 // ServeHTTP implements tlsserve.Front for every path but /acp.
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {

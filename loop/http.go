@@ -287,8 +287,7 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 		if end > limit {
 			return len(buf), p.refuse(c, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request header block is over the limit of %d bytes", limit))
 		}
-		block := rest[:end]
-		req, err := http.ReadRequest(bufio.NewReaderSize(bytes.NewReader(block), len(block)))
+		req, err := readRequest(rest[:end])
 		if err != nil {
 			return len(buf), p.refuse(c, http.StatusBadRequest, "malformed request: "+err.Error())
 		}
@@ -329,6 +328,40 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 	}
 	return used, nil
 }
+
+// headerReader is what a header block is parsed through. Reused (pooled):
+// a fresh pair per request was a third of the garbage a WebSocket
+// handshake left behind.
+type headerReader struct {
+	r bytes.Reader
+	b *bufio.Reader
+}
+
+var headerReaders = sync.Pool{New: func() any {
+	h := new(headerReader)
+	h.b = bufio.NewReaderSize(&h.r, 1024)
+	return h
+}}
+
+// readRequest parses one complete header block (borrowed).
+func readRequest(block []byte) (*http.Request, error) {
+	h := headerReaders.Get().(*headerReader)
+	h.r.Reset(block)
+	h.b.Reset(&h.r)
+	req, err := http.ReadRequest(h.b)
+	if err == nil && req.Body != http.NoBody {
+		// The request's body reads through h (nothing: the block ends
+		// with the headers), so h is not reused while req may be read.
+		return req, nil
+	}
+	h.r.Reset(nil)
+	headerReaders.Put(h)
+	return req, err
+}
+
+// handshakes are scratch for a 101 response: gnet copies what it does not
+// write at once, so the buffer is free again when Write returns.
+var handshakes = sync.Pool{New: func() any { return new([]byte) }}
 
 // refuse answers a request the listener cannot parse and closes.
 func (p *httpProto) refuse(c *conn, status int, why string) error {
@@ -428,9 +461,12 @@ func (p *httpProto) upgrade(c *conn, req *http.Request, after []byte) (int, bool
 		c.Close(session.ClosePolicy, "websocket handshake refused")
 		return 0, true, nil
 	}
-	hs := ws.AppendHandshakeResponse(nil, req.Header.Get("Sec-WebSocket-Key"), sub)
-	hs = append(append(hs[:len(hs)-2], httpfront.UpgradeHeader()...), crlf...)
+	bp := handshakes.Get().(*[]byte)
+	hs := ws.AppendHandshakeResponse((*bp)[:0], req.Header.Get("Sec-WebSocket-Key"), sub)
+	hs = append(httpfront.AppendUpgradeHeader(hs[:len(hs)-2]), crlf...)
 	_, _ = c.gc.Write(hs)
+	*bp = hs[:0]
+	handshakes.Put(bp)
 	p.f.m.request("/acp", http.StatusSwitchingProtocols)
 	wp := newWSProto(p.f, c, p.w)
 	c.proto = wp

@@ -129,7 +129,10 @@ func newSession(t *testing.T, e *env, n int) (*wsc, string) {
 }
 
 func TestSSE(t *testing.T) {
-	e := startEnv(t, HTTPConfig{Heartbeat: 200 * time.Millisecond})
+	// The default heartbeat: the owner below reads (and so answers pings)
+	// only inside its calls, and a short heartbeat would drop it as
+	// half-open whenever a subtest takes longer than two of them.
+	e := startEnv(t, HTTPConfig{})
 	owner, sid := newSession(t, e, 5)
 	base := "http://" + e.addr + "/events?session=" + sid
 	auth := []string{"Authorization", "Bearer " + viewerToken}
@@ -161,7 +164,11 @@ func TestSSE(t *testing.T) {
 		s.expectSeqs(6, 7)
 	})
 	t.Run("keep-alive comments", func(t *testing.T) {
-		s, _ := openSSE(t, http.DefaultClient, base, auth...)
+		// Its own daemon with a short heartbeat: keep-alives come one a
+		// heartbeat. Its session's owner is not needed after it made it.
+		e := startEnv(t, HTTPConfig{Heartbeat: 200 * time.Millisecond})
+		_, sid := newSession(t, e, 1)
+		s, _ := openSSE(t, http.DefaultClient, "http://"+e.addr+"/events?session="+sid, auth...)
 		comments := 0
 		for comments < 3 {
 			select {

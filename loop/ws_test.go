@@ -282,11 +282,16 @@ func TestWebSocketServerClose(t *testing.T) {
 }
 
 func TestWebSocketHeartbeat(t *testing.T) {
-	e := startEnv(t, HTTPConfig{Heartbeat: 200 * time.Millisecond})
+	// A peer that answers is dropped only if its pong takes longer than a
+	// heartbeat to reach the daemon: 500ms leaves this test's reader (and
+	// the daemon's loop) that long to be scheduled on a loaded machine,
+	// where 200ms did not.
+	const heartbeat = 500 * time.Millisecond
+	e := startEnv(t, HTTPConfig{Heartbeat: heartbeat})
 	t.Run("answering peer stays", func(t *testing.T) {
 		w := dialWS(t, e.addr)
-		for pings := 0; pings < 6; {
-			g := w.mustNext(time.Second)
+		for pings := 0; pings < 4; {
+			g := w.mustNext(wait)
 			if g.kind == ws.EventPing {
 				pings++
 				w.write(w.frame(true, ws.OpPong, []byte(g.payload)))
@@ -303,7 +308,7 @@ func TestWebSocketHeartbeat(t *testing.T) {
 		w := dialWS(t, e.addr)
 		// Read (and ignore) pings without answering until the close.
 		for {
-			g, err := w.next(3 * time.Second)
+			g, err := w.next(wait)
 			if err != nil {
 				t.Fatalf("no close for a silent peer: %v", err)
 			}
@@ -315,7 +320,7 @@ func TestWebSocketHeartbeat(t *testing.T) {
 			}
 		}
 		w.expectEOF()
-		if d := time.Since(start); d < 400*time.Millisecond {
+		if d := time.Since(start); d < 2*heartbeat {
 			t.Fatalf("dropped after %s, before two heartbeats", d)
 		}
 		if got := metricValue(t, e.m, "agentbridge_half_open_total", "transport", "ws"); got != before+1 {

@@ -111,8 +111,10 @@ const (
 	defaultMaxDataBytes    = 1 << 20
 	defaultMaxControlBytes = 4 << 20
 
-	// initialSlots is the slot array a queue starts with on its first Push.
-	initialSlots = 2
+	// initialSlots is the slot array a queue starts with on its first Push:
+	// one, which an idle connection keeps after its last answer (a
+	// request/response connection rarely holds two at once; more double).
+	initialSlots = 1
 	// releaseAbove: an array larger than this is released when the queue
 	// drains to empty. Small enough that idle connections stay cheap, large
 	// enough that a connection streaming one message at a time never
@@ -199,7 +201,31 @@ type Queue[T any] struct {
 	ctrlBytes int
 	congested bool // hysteresis latch between HighWater and LowWater
 	closed    bool
-	stats     Stats
+	// The counters of Stats. The losses are made on the first one: most
+	// queues never lose anything, and an idle connection's queue should
+	// not carry seven words for it.
+	pushed, popped uint64
+	lost           *[NumReasons]uint64
+}
+
+// lose counts n items lost for reason r. Precondition: q.mu held.
+func (q *Queue[T]) lose(r Reason, n uint64) {
+	if n == 0 {
+		return
+	}
+	if q.lost == nil {
+		q.lost = new([NumReasons]uint64)
+	}
+	q.lost[r] += n
+}
+
+// statsLocked is the snapshot of the counters. Precondition: q.mu held.
+func (q *Queue[T]) statsLocked() Stats {
+	st := Stats{Pushed: q.pushed, Popped: q.popped}
+	if q.lost != nil {
+		st.Lost = *q.lost
+	}
+	return st
 }
 
 // New returns an empty queue bounded by cfg (zero fields take their
@@ -209,7 +235,19 @@ func New[T any](cfg Config) *Queue[T] {
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
-	return &Queue[T]{cfg: interned(cfg)}
+	q := new(Queue[T])
+	q.Init(cfg)
+	return q
+}
+
+// Init readies q, a zero Queue that is part of a larger value (so that one
+// allocation holds both), as New would. Call it once, before any other
+// method; it panics if cfg fails Validate.
+func (q *Queue[T]) Init(cfg Config) {
+	if err := cfg.Validate(); err != nil {
+		panic(err)
+	}
+	q.cfg = interned(cfg)
 }
 
 // configs interns configurations with their defaults filled in: a server
@@ -274,31 +312,31 @@ func (q *Queue[T]) Push(v T, size int, c Class) (wasEmpty bool, err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
-		q.stats.Lost[ReasonClosed]++
+		q.lose(ReasonClosed, 1)
 		return false, ErrClosed
 	}
 	if c == Control {
 		if q.n >= q.cfg.MaxItems || size > q.cfg.MaxControlBytes-q.ctrlBytes {
-			q.stats.Lost[ReasonControl]++
+			q.lose(ReasonControl, 1)
 			return false, ErrControlOverflow
 		}
 		wasEmpty = q.n == 0
 		q.append(Entry[T]{V: v, Size: size, Class: Control})
 		q.ctrlBytes += size
-		q.stats.Pushed++
+		q.pushed++
 		return wasEmpty, nil
 	}
 	if q.n >= q.cfg.MaxItems-q.cfg.ControlSlots {
 		// Tombstones keep their slots, so evicting cannot make room here.
-		q.stats.Lost[ReasonFull]++
+		q.lose(ReasonFull, 1)
 		return false, ErrFull
 	}
 	wasEmpty = q.n == 0
 	if size > q.cfg.MaxDataBytes {
 		q.append(Entry[T]{V: v, Size: size, Class: Data})
 		q.tombstoneTail()
-		q.stats.Lost[ReasonTooLarge]++
-		q.stats.Pushed++
+		q.lose(ReasonTooLarge, 1)
+		q.pushed++
 		return wasEmpty, nil
 	}
 	for size > q.cfg.MaxDataBytes-q.dataBytes {
@@ -306,7 +344,7 @@ func (q *Queue[T]) Push(v T, size int, c Class) (wasEmpty bool, err error) {
 	}
 	q.append(Entry[T]{V: v, Size: size, Class: Data})
 	q.dataBytes += size
-	q.stats.Pushed++
+	q.pushed++
 	q.updateLatch()
 	return wasEmpty, nil
 }
@@ -326,17 +364,17 @@ func (q *Queue[T]) PushNoEvict(v T, size int, c Class) (wasEmpty bool, err error
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
-		q.stats.Lost[ReasonClosed]++
+		q.lose(ReasonClosed, 1)
 		return false, ErrClosed
 	}
 	if q.n >= q.cfg.MaxItems-q.cfg.ControlSlots || size > q.cfg.MaxDataBytes-q.dataBytes {
-		q.stats.Lost[ReasonWouldEvict]++
+		q.lose(ReasonWouldEvict, 1)
 		return false, ErrWouldEvict
 	}
 	wasEmpty = q.n == 0
 	q.append(Entry[T]{V: v, Size: size, Class: Data})
 	q.dataBytes += size
-	q.stats.Pushed++
+	q.pushed++
 	q.updateLatch()
 	return wasEmpty, nil
 }
@@ -354,7 +392,7 @@ func (q *Queue[T]) PushUnder(v T, size, maxItems int) (wasEmpty bool, err error)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
-		q.stats.Lost[ReasonClosed]++
+		q.lose(ReasonClosed, 1)
 		return false, ErrClosed
 	}
 	if q.n > 0 && (q.dataBytes > q.cfg.HighWater || q.n > maxItems) ||
@@ -364,7 +402,7 @@ func (q *Queue[T]) PushUnder(v T, size, maxItems int) (wasEmpty bool, err error)
 	wasEmpty = q.n == 0
 	q.append(Entry[T]{V: v, Size: size, Class: Data})
 	q.dataBytes += size
-	q.stats.Pushed++
+	q.pushed++
 	q.updateLatch()
 	return wasEmpty, nil
 }
@@ -392,7 +430,7 @@ func (q *Queue[T]) EvictData() int {
 		k++
 	}
 	q.scan = q.n
-	q.stats.Lost[ReasonPurged] += uint64(k)
+	q.lose(ReasonPurged, uint64(k))
 	q.updateLatch()
 	return k
 }
@@ -499,7 +537,7 @@ func (q *Queue[T]) evictOldest() {
 		q.tombstone(e)
 		q.dataBytes -= e.Size
 		q.scan = i + 1
-		q.stats.Lost[ReasonCeiling]++
+		q.lose(ReasonCeiling, 1)
 		return
 	}
 	panic("ring: data bytes accounted but no live data entry queued")
@@ -578,7 +616,7 @@ func (q *Queue[T]) release(e *Entry[T]) {
 // afterPop finishes a pop of taken entries. Precondition: q.mu held.
 func (q *Queue[T]) afterPop(taken int) {
 	q.scan = max(0, q.scan-taken)
-	q.stats.Popped += uint64(taken)
+	q.popped += uint64(taken)
 	if q.n == 0 {
 		q.head = 0
 		if len(q.buf) > releaseAbove {
@@ -620,7 +658,7 @@ type Level struct {
 func (q *Queue[T]) Level() Level {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return Level{Items: q.n, DataBytes: q.dataBytes, ControlBytes: q.ctrlBytes, Stats: q.stats}
+	return Level{Items: q.n, DataBytes: q.dataBytes, ControlBytes: q.ctrlBytes, Stats: q.statsLocked()}
 }
 
 // AboveHigh reports whether live data bytes exceed HighWater right now.
@@ -655,7 +693,7 @@ func (q *Queue[T]) Congested() bool {
 func (q *Queue[T]) Stats() Stats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.stats
+	return q.statsLocked()
 }
 
 // Close discards every queued entry (dropping the queue's references so the

@@ -119,8 +119,12 @@ func (h *Hub) failCalls(match func(*call) bool, why string) {
 	}
 }
 
-// AgentMessage routes one message from the agent (owned by the hub from now
-// on). Safe from any goroutine; messages must arrive in the agent's order.
+// AgentMessage routes one message from the agent. msg is borrowed, valid
+// only during the call (agent.Handler): the shared paths copy what they
+// send (an answer into its id-spliced copy, an event into its wire.Msg),
+// and the exclusive path works on a copy of its own, since it may keep the
+// message or parts of its header (an agent request waiting for a client).
+// Safe from any goroutine; messages must arrive in the agent's order.
 // Answers to plain calls and events go out with the routing lock held
 // shared (fastpath.go); everything else is routed exclusively.
 func (h *Hub) AgentMessage(gen uint64, msg []byte) {
@@ -140,6 +144,13 @@ func (h *Hub) AgentMessage(gen uint64, msg []byte) {
 	h.mu.RUnlock()
 	if done {
 		return
+	}
+	// One spare byte: the exclusive paths append the NDJSON newline in
+	// place. The header is read again from the copy, so that nothing kept
+	// aliases the caller's buffer.
+	msg = append(make([]byte, 0, len(msg)+1), msg...)
+	if hd, err = jsonrpc.Peek(msg); err != nil {
+		return // it parsed a moment ago, from the same bytes
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()

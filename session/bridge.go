@@ -60,15 +60,14 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 		h.replyError(cl, hd.ID, codeNotAllowed, fmt.Sprintf("method %q is not allowed for role %s", method, cl.info.Role))
 		return
 	}
-	var env struct {
-		Params json.RawMessage `json:"params"`
-	}
-	if err := jsonrpc.Unmarshal(msg, &env); err != nil {
-		h.replyError(cl, hd.ID, codeInvalidParams, "params: "+err.Error())
-		return
+	// params, borrowed: Peek accepted msg (valid JSON, no duplicated
+	// params), so finding the member needs no decoding and no copy.
+	var params []byte
+	if start, end, _ := jsonrpc.Member(msg, "params"); start >= 0 {
+		params = msg[start:end]
 	}
 	decode := func(v any) bool {
-		p := env.Params
+		p := params
 		if len(p) == 0 || string(p) == "null" {
 			return true
 		}
@@ -112,7 +111,7 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 		if ol, ok := cl.conn.(OptionsListener); ok {
 			ol.SetOptions(cl.opts)
 		}
-		h.replyResult(cl, hd.ID, helloResult{Version: h.cfg.Version, ConnectionID: cl.ID, Role: cl.info.Role.String(), Envelope: cl.opts.Envelope, OnSlow: cl.opts.OnSlow, Resume: rr})
+		h.replyResult(cl, hd.ID, &helloResult{Version: h.cfg.Version, ConnectionID: cl.ID, Role: cl.info.Role.String(), Envelope: cl.opts.Envelope, OnSlow: cl.opts.OnSlow, Resume: rr})
 		if deliver != nil {
 			deliver()
 		}

@@ -24,6 +24,14 @@ type Conn interface {
 	Close(code CloseCode, reason string)
 }
 
+// Waker is implemented by connections that the hub can ask to flush (and
+// so to Pump) soon: a catch-up chunk read from disk off the hub's lock is
+// queued by the next Pump. Wake must not block nor call back into the hub;
+// any goroutine. A connection without it is pumped at its next flush.
+type Waker interface {
+	Wake()
+}
+
 // CloseCode classifies why a connection is closed: wire.CloseReason, the
 // one close vocabulary (transports map it to their codes).
 type CloseCode = wire.CloseReason

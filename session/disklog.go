@@ -40,16 +40,6 @@ type diskRead struct {
 	err         error
 }
 
-// SetWake gives the hub the way to ask cl's transport to flush (and so
-// to Pump) soon: a chunk read from disk off the hub's lock is queued by
-// the next Pump. Call it once, right after Open; f must not block nor call
-// back into the hub. Safe from any goroutine.
-func (h *Hub) SetWake(cl *Client, f func()) {
-	h.mu.Lock()
-	cl.wake = f
-	h.mu.Unlock()
-}
-
 // logReader is what feeds s's catching-up clients from disk, nil when
 // nothing can: no journal that reads, or a session it never persisted.
 // Precondition: h.mu held.
@@ -145,7 +135,8 @@ func (h *Hub) readDisk(cl *Client, s *Session, cur, upto uint64, r LogReader) {
 	}
 	cl.disk[s] = d
 	cl.cmu.Unlock()
-	sid, wake := s.ID, cl.wake
+	sid := s.ID
+	wake, _ := cl.conn.(Waker)
 	go func() {
 		var events []*wire.Msg
 		covered, err := r.ReadLog(sid, cur, upto, pumpEvents, pumpBytes, func(seq uint64, body []byte) {
@@ -160,7 +151,7 @@ func (h *Hub) readDisk(cl *Client, s *Session, cur, upto uint64, r LogReader) {
 		cl.cmu.Unlock()
 		h.mu.Unlock()
 		if current && wake != nil {
-			wake()
+			wake.Wake()
 		}
 	}()
 }

@@ -41,15 +41,11 @@ func pumpAll(t *testing.T, h *Hub, cl *Client, fc *lagConn, woken chan struct{})
 	}
 }
 
-func wakeChan(h *Hub, cl *Client) chan struct{} {
-	ch := make(chan struct{}, 1)
-	h.SetWake(cl, func() {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	})
-	return ch
+// wakeChan returns the channel cl's lagConn signals on Wake.
+func wakeChan(cl *Client) chan struct{} {
+	fc := cl.conn.(*lagConn)
+	fc.woken = make(chan struct{}, 1)
+	return fc.woken
 }
 
 // checkSeqs asserts fc saw the events from..to in order and nothing else
@@ -86,7 +82,7 @@ func TestLagCatchesUpFromDisk(t *testing.T) {
 	r, _, _ := diskRig(t, t.TempDir(), store.Options{})
 	fc := &lagConn{limit: 10}
 	cl := r.hub.Open(fc, ConnInfo{Role: auth.RoleClient, Transport: "test"})
-	woken := wakeChan(r.hub, cl)
+	woken := wakeChan(cl)
 	r.from(cl, `{"jsonrpc":"2.0","id":"new","method":"session/new","params":{}}`)
 	f := r.forwarded()
 	r.agentSays(`{"jsonrpc":"2.0","id":%v,"result":{"sessionId":"s1"}}`, f["id"])
@@ -125,7 +121,7 @@ func TestAttachSinceFromDisk(t *testing.T) {
 	attach := func(h *Hub, since int) *lagConn {
 		fc := &lagConn{limit: 50}
 		cl := h.Open(fc, ConnInfo{Role: auth.RoleViewer, Transport: "test"})
-		woken := wakeChan(h, cl)
+		woken := wakeChan(cl)
 		h.Handle(cl, []byte(fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"bridge/attach","params":{"sessionId":"s1","since":%d}}`, since)))
 		fc.drain()
 		want := fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"result":{"sessionId":"s1","seq":%d,"status":"`, n)

@@ -125,7 +125,7 @@ func (h *Hub) agentShared(msg []byte, hd jsonrpc.Header) bool {
 			if len(hd.Method) > 0 && (hd.Method[0] == '$' || hd.Method[0] == 'n') {
 				return false // agentCancel, agentProgress
 			}
-			m := wire.Own(append(msg, '\n'))
+			m := wire.New(msg) // msg is borrowed (AgentMessage)
 			for _, cl := range h.conns {
 				h.send(cl, m, wire.Data)
 			}
@@ -140,7 +140,7 @@ func (h *Hub) agentShared(msg []byte, hd jsonrpc.Header) bool {
 			h.loaderOnly(s, msg)
 		} else {
 			stateChanged := h.trackState(s, msg)
-			h.publish(s, wire.Own(append(msg, '\n')))
+			h.publish(s, wire.New(msg))
 			if stateChanged {
 				h.refreshStatus(s)
 			}

@@ -245,10 +245,9 @@ type Client struct {
 	// attached sessions
 	attached map[string]*Session
 	// owned sessions (attached or not)
-	owns      map[string]*Session
-	closed    bool
-	resumeKey string
-	park      *park // set once closed with a resume key, until resumed or expired
+	owns map[string]*Session
+	// res is made by bridge/hello {resume}: most connections never say it.
+	res *resumption
 
 	received atomic.Uint64 // messages handled, reported to a resuming successor
 	inflight atomic.Int64  // requests awaiting the agent (limits.go)
@@ -263,8 +262,33 @@ type Client struct {
 	// exclusively) held as well, so s's fan-out and pump agree on it.
 	catchup  map[*Session]uint64
 	catching atomic.Bool            // len(catchup) > 0, readable without any lock
+	closed   bool                   // guarded by h.mu; beside catching, so the two share a word
 	disk     map[*Session]*diskRead // chunks of catchup read from disk (disklog.go); guarded by cmu
-	wake     func()                 // asks the transport to flush (SetWake)
+}
+
+// resumption is a connection's resume key and, once it closed, its park.
+// Guarded by h.mu.
+type resumption struct {
+	key  string
+	park *park // set once closed, until resumed or expired
+}
+
+// resumeKey is the key cl said in bridge/hello {resume}, "" for none.
+// Precondition: h.mu held.
+func (c *Client) resumeKey() string {
+	if c.res == nil {
+		return ""
+	}
+	return c.res.key
+}
+
+// parking is cl's park while it is parked, nil otherwise. Precondition:
+// h.mu held.
+func (c *Client) parking() *park {
+	if c.res == nil {
+		return nil
+	}
+	return c.res.park
 }
 
 // Catching reports whether a replay is still being paced out to this
@@ -421,8 +445,8 @@ func (h *Hub) closeLocked(cl *Client) {
 	for _, ar := range h.requests {
 		delete(ar.sentTo, cl)
 	}
-	if cl.resumeKey != "" && h.resumeKeys[cl.resumeKey] == cl {
-		delete(h.resumeKeys, cl.resumeKey)
+	if k := cl.resumeKey(); k != "" && h.resumeKeys[k] == cl {
+		delete(h.resumeKeys, k)
 		if !h.stopping {
 			h.parkClient(cl, owned)
 		}
@@ -538,7 +562,7 @@ func (h *Hub) reply(cl *Client, id []byte, m *wire.Msg) {
 		h.send(cl, m, wire.Control)
 		return
 	}
-	if p := cl.park; p != nil && h.parked[p.key] == p {
+	if p := cl.parking(); p != nil && h.parked[p.key] == p {
 		h.buffer(p, id, m)
 	}
 }

@@ -141,7 +141,7 @@ func (h *Hub) claimNew(c *call, sid string) *Session {
 		if fresh {
 			h.startCatchup(c.cl, s, 0)
 		}
-	} else if p := c.cl.park; p != nil && h.parked[p.key] == p {
+	} else if p := c.cl.parking(); p != nil && h.parked[p.key] == p {
 		// Its successor owns it and gets its events from the start.
 		p.created = append(p.created, s.ID)
 	}
@@ -192,7 +192,7 @@ type JournalDeleter interface {
 // The event has no seq (it is not in the log), so it reaches an enveloped
 // connection as the bare message. Precondition: h.mu held.
 func (h *Hub) loaderOnly(s *Session, msg []byte) {
-	m := wire.Own(append(msg, '\n'))
+	m := wire.New(msg) // msg may be borrowed (agentShared)
 	for _, cl := range s.loaders {
 		if !cl.closed {
 			h.send(cl, m, wire.Data)

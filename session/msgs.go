@@ -33,8 +33,15 @@ func (h *Hub) replyError(cl *Client, id []byte, code int, msg string) {
 }
 
 func (h *Hub) replyResult(cl *Client, id []byte, result any) {
-	h.reply(cl, id, lineOf(jsonrpc.AppendResponse(nil, id, result)))
+	// Encoded into room for a typical answer and its newline (bridge/hello
+	// on every connection): from nil, the envelope, sonic's buffer, the
+	// copy and the newline each took an allocation of their own.
+	h.reply(cl, id, lineOf(jsonrpc.AppendResponse(make([]byte, 0, replyRoom), id, result)))
 }
+
+// replyRoom is the buffer a bridge answer starts with: bridge/hello's
+// (~130 bytes with its envelope) fits in one allocation of this size class.
+const replyRoom = 192
 
 func (h *Hub) statusMsg(sessionID string, st Status) *wire.Msg {
 	return wire.StatusMsg(sessionID, string(st))

@@ -16,7 +16,15 @@ type lagConn struct {
 	mu    sync.Mutex
 	limit int
 	queue []*wire.Msg
-	seen  []*wire.Msg // everything drained, in order
+	seen  []*wire.Msg   // everything drained, in order
+	woken chan struct{} // signalled by Wake when set (wakeChan)
+}
+
+func (c *lagConn) Wake() {
+	select {
+	case c.woken <- struct{}{}:
+	default:
+	}
 }
 
 func (c *lagConn) Send(m *wire.Msg, cls wire.Class) bool {

@@ -66,8 +66,8 @@ func (h *Hub) parkClient(cl *Client, owned []string) {
 		h.log.Warn("too many dropped connections kept for resuming; forgetting the oldest", "key_conn", oldest.cl.ID, "limit", h.cfg.ResumeKeys)
 		h.discardPark(oldest)
 	}
-	p := &park{key: cl.resumeKey, cl: cl, owned: owned, at: time.Now()}
-	cl.park = p
+	p := &park{key: cl.res.key, cl: cl, owned: owned, at: time.Now()}
+	cl.res.park = p
 	h.parked[p.key] = p
 	h.st.parked.Add(1)
 	p.timer = time.AfterFunc(h.cfg.ResumeWindow, func() {
@@ -91,7 +91,7 @@ func (h *Hub) discardPark(p *park) {
 	p.timer.Stop()
 	h.parkedBytes -= p.bytes
 	p.answers = nil
-	p.cl.park = nil
+	p.cl.res.park = nil
 }
 
 // buffer keeps an answer for a parked connection; over the caps it keeps a
@@ -116,8 +116,8 @@ func (h *Hub) resume(cl *Client, key string) (*resumeResult, func(), *jsonrpc.Er
 	if len(key) < minResumeKey || len(key) > maxResumeKey {
 		return nil, nil, &jsonrpc.Error{Code: codeInvalidParams, Message: fmt.Sprintf("bridge/hello: resume must be an opaque random string of %d to %d bytes, got %d", minResumeKey, maxResumeKey, len(key))}
 	}
-	if cl.resumeKey != "" {
-		if cl.resumeKey == key {
+	if k := cl.resumeKey(); k != "" {
+		if k == key {
 			return &resumeResult{Key: key, Pending: []json.RawMessage{}}, nil, nil
 		}
 		return nil, nil, &jsonrpc.Error{Code: codeInvalidParams, Message: "bridge/hello: this connection already has a different resume key"}
@@ -140,7 +140,7 @@ func (h *Hub) resume(cl *Client, key string) (*resumeResult, func(), *jsonrpc.Er
 		holder.conn.Close(ClosePolicy, fmt.Sprintf("resume key taken over by connection %d", cl.ID))
 		p = h.parked[key]
 	}
-	cl.resumeKey = key
+	cl.res = &resumption{key: key}
 	h.resumeKeys[key] = cl
 	rr := &resumeResult{Key: key, Pending: []json.RawMessage{}}
 	if p == nil {

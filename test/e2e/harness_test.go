@@ -1,5 +1,14 @@
 // Package e2e tests the real agentbridge binary as a user runs it: started
 // as a process, spoken to over real Unix sockets and TCP on loopback.
+//
+// Every test runs in parallel with the others (t.Parallel; make test runs
+// -parallel 4) except the ones that measure the daemon's memory, rate or
+// stall bounds under a flood (backpressure_test.go, TestCatchupFromDisk,
+// TestMaxInflight, TestCleanStopPersistsEverySession): Go runs those first,
+// one at a time, and releases the parallel ones after them. A new test that
+// measures memory or time under load belongs with them; one that only waits
+// for what it asserts may run in parallel (each test has its own daemons,
+// temp dirs and ports).
 package e2e
 
 import (
@@ -12,6 +21,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,7 +32,20 @@ import (
 
 var binPath string
 
+// agentStdio is the daemon's own AGENTBRIDGE_AGENT_STDIO ("socket", the
+// default, or "pipe"): every daemon a test starts inherits the environment,
+// so the whole suite runs with the agent on a socketpair or on pipes (make
+// test runs both). A test that passes --agent-stdio itself keeps its own:
+// the command line beats the environment.
+var agentStdio = os.Getenv("AGENTBRIDGE_AGENT_STDIO")
+
 func TestMain(m *testing.M) {
+	switch agentStdio {
+	case "", "socket", "pipe":
+	default:
+		fmt.Fprintf(os.Stderr, "AGENTBRIDGE_AGENT_STDIO=%q: want socket or pipe\n", agentStdio)
+		os.Exit(2)
+	}
 	dir, err := os.MkdirTemp("", "abe2e")
 	if err != nil {
 		panic(err)
@@ -72,12 +96,48 @@ func (d *daemon) logs() string {
 // agent command, if any) and waits until the socket accepts connections.
 func startDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
-	return startDaemonWrapped(t, nil, args...)
+	return startDaemonExe(t, binPath, nil, args...)
 }
 
 // startDaemonWrapped is startDaemon run under wrap (say prlimit), which
 // must exec the daemon so that d.cmd's pid is the daemon's.
 func startDaemonWrapped(t *testing.T, wrap []string, args ...string) *daemon {
+	t.Helper()
+	return startDaemonExe(t, binPath, wrap, args...)
+}
+
+// startDaemonExe is startDaemonWrapped with the binary exe (the
+// backpressure tests run one built without -race). A --listen of anyPort
+// is replaced by a free port, picked again if the daemon could not bind it.
+func startDaemonExe(t *testing.T, exe string, wrap []string, args ...string) *daemon {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		picked := slices.Clone(args)
+		i := slices.Index(picked, anyPort)
+		if i >= 0 {
+			picked[i] = freeAddr(t)
+		}
+		d, err := launchDaemon(t, exe, wrap, picked)
+		if err == nil {
+			return d
+		}
+		if i >= 0 && attempt < 5 && strings.Contains(d.logs(), "address already in use") {
+			t.Logf("%s was taken between its pick and the daemon's bind; picking another", picked[i])
+			continue
+		}
+		t.Fatalf("%v\n%s", err, d.logs())
+	}
+}
+
+// anyPort as the value of --listen asks startDaemon for a free loopback
+// port. freeAddr's port is free when picked, but tests run in parallel
+// (and beside the node suite in make test): another process may bind it
+// before the daemon does, and then the daemon is started on another.
+const anyPort = "127.0.0.1:any"
+
+// launchDaemon starts the daemon and waits until its socket accepts; the
+// error says why not if it exited first.
+func launchDaemon(t *testing.T, exe string, wrap []string, args []string) (*daemon, error) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "ab")
 	if err != nil {
@@ -97,7 +157,7 @@ func startDaemonWrapped(t *testing.T, wrap []string, args ...string) *daemon {
 		full = []string{"serve", "--uds", d.sock, "--log-level", "debug"}
 	}
 	full = append(full, args...)
-	full = append([]string{binPath}, full...)
+	full = append([]string{exe}, full...)
 	full = append(append([]string(nil), wrap...), full...)
 	d.cmd = exec.Command(full[0], full[1:]...)
 	d.cmd.Stdout = logWriter{d}
@@ -109,6 +169,9 @@ func startDaemonWrapped(t *testing.T, wrap []string, args ...string) *daemon {
 	go func() { d.err = d.cmd.Wait(); close(d.exited) }()
 	t.Cleanup(func() {
 		d.stop()
+		if !slices.Contains(args, "--agent-stdio") {
+			checkAgentStdio(t, d.logs())
+		}
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", d.logs())
 		}
@@ -118,15 +181,33 @@ func startDaemonWrapped(t *testing.T, wrap []string, args ...string) *daemon {
 		c, err := net.Dial("unix", d.sock)
 		if err == nil {
 			c.Close()
-			return d
+			return d, nil
 		}
 		select {
 		case <-d.exited:
-			t.Fatalf("daemon exited during start: %v\n%s", d.err, d.logs())
+			return d, fmt.Errorf("daemon exited during start: %v", d.err)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("daemon did not listen on %s within 15s\n%s", d.sock, d.logs())
+		}
+	}
+}
+
+// agentStarted finds the stdio mode in the daemon's "agent started" lines.
+var agentStarted = regexp.MustCompile(`msg="agent started".* stdio=(\w+)`)
+
+// checkAgentStdio fails the test if a daemon started its agent in another
+// mode than AGENTBRIDGE_AGENT_STDIO asks for: a pipe-mode run that quietly
+// ran on the socketpair would prove nothing.
+func checkAgentStdio(t *testing.T, logs string) {
+	if agentStdio == "" {
+		return
+	}
+	for _, m := range agentStarted.FindAllStringSubmatch(logs, -1) {
+		if m[1] != agentStdio {
+			t.Errorf("agent started with stdio=%s, but AGENTBRIDGE_AGENT_STDIO=%s", m[1], agentStdio)
+			return
 		}
 	}
 }
