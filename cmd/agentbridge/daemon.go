@@ -89,12 +89,8 @@ func build(c *serveConfig) (_ *daemon, err error) {
 	if loops <= 0 {
 		loops = max(1, runtime.NumCPU()/2)
 	}
-	// Each gnet loop's thread keeps its P while it waits in epoll_wait, so
-	// with GOMAXPROCS equal to the loop count the agent's reader goroutine
-	// can wait for the scheduler to take a P back (up to milliseconds when
-	// pinned to one CPU). Two spare Ps keep the agent path responsive.
-	if runtime.GOMAXPROCS(0) < loops+2 {
-		runtime.GOMAXPROCS(loops + 2)
+	if n := procsFor(c, loops); runtime.GOMAXPROCS(0) < n {
+		runtime.GOMAXPROCS(n)
 	}
 	if err := d.servePprof(); err != nil {
 		return nil, err
@@ -350,4 +346,27 @@ func (d *daemon) close() {
 		d.closers[i]()
 	}
 	d.closers = nil
+}
+
+// procsFor is the fewest Ps serve runs with. Each gnet loop's thread keeps
+// its P while it waits in epoll_wait, so a goroutine that Go's netpoller
+// wakes (the agent's reader with --agent-stdio pipe, TLS connections, the
+// terminal's PTY, the fleet's NATS client) can wait for the scheduler to
+// take a P back: up to milliseconds when pinned to one CPU (measured in
+// pipe mode: pinned p50 196 µs → 52 µs with two spare Ps). So with any of
+// those there are two Ps beyond the loops. Without them (the agent on a
+// socket, clients on the Unix socket and plain WebSocket: everything on
+// the loops) a spare P costs the round trip: after every wake-up gnet's
+// loop polls epoll_wait(0) and calls runtime.Gosched, which wakes an idle
+// P's thread that finds nothing to do (a futex wake and two context
+// switches on the loop's CPU per wake-up, two wake-ups per round trip);
+// pinned to one CPU, the WebSocket round trip was 2.79–2.85× gws's with
+// the spare Ps and 2.33–2.37× without (bench rtt --pin, same run). Then
+// the runtime's own count (the CPUs it may use) stands, raised to the
+// loop count.
+func procsFor(c *serveConfig, loops int) int {
+	if c.stdio != agent.StdioSocket || c.tlsCert != "" || strings.TrimSpace(c.terminal) != "" || c.nats != "" {
+		return loops + 2
+	}
+	return loops
 }
