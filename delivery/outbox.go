@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"fmt"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,15 +143,13 @@ type lagging struct {
 }
 
 // strained is what only a connection that lost events or was degraded
-// needs: its breaker, the events it was not sent, the markers its
-// tombstones keep, its pending gaps and summaries and their timer. Most
-// connections never need it, and 10,000 idle ones should not carry it
-// (five words each), so it is made on first need and kept until the
+// needs: its breaker, the events it was not sent, its pending gaps and
+// summaries and their timer. Most connections never need it, and 10,000
+// idle ones should not carry it (four words each), so it is made on first need and kept until the
 // connection closes. Each field keeps its own guard.
 type strained struct {
 	br      atomic.Pointer[breaker.Breaker] // written by the drainer
 	skipped atomic.Uint64                   // events not sent while degraded, not yet reported
-	markers map[string]*wire.Msg            // per session: what a tombstone keeps; under the ring's lock
 	pending map[string]*acc                 // per session: skipped events not yet reported; under mu
 	timer   *time.Timer                     // the summary timer, runs only while degraded; under mu
 }
@@ -206,34 +205,31 @@ type slot struct {
 	seq uint64
 }
 
-// maxMarkers bounds the marker cache; sessions a connection no longer
-// follows are forgotten when it fills.
-const maxMarkers = 64
+// markers caches the marker of recently evicted sessions, shared by every
+// outbox: a marker is never written to a socket (only its SessionID is
+// read, by Drain, for the gap), so one per session does for all, and a
+// miss only makes a new one. Shared rather than per outbox so that the
+// eviction hook is a plain function: no closure per connection.
+var markers [256]atomic.Pointer[wire.Msg]
 
-// dropPayload is the ring's eviction hook: it runs under the ring's lock,
-// which is also what guards markers.
-func (o *Outbox) dropPayload(s *slot) {
+// dropPayload is the ring's eviction hook (under the ring's lock): the
+// tombstone keeps its session's marker instead of the message.
+func dropPayload(s *slot) {
 	if s.m == nil || s.m.SessionID == "" || s.seq == 0 {
 		s.m = nil // nothing to name in a gap
 		return
 	}
 	sid := s.m.SessionID
-	st := o.strain()
-	if st.markers == nil {
-		st.markers = make(map[string]*wire.Msg) // first eviction: idle connections stay small
-	}
-	mk := st.markers[sid]
-	if mk == nil {
-		if len(st.markers) >= maxMarkers {
-			clear(st.markers)
-		}
-		// A marker is never written to a socket: only its SessionID is
-		// read, by Drain, for the gap.
+	b := &markers[maphash.String(markerSeed, sid)%uint64(len(markers))]
+	mk := b.Load()
+	if mk == nil || mk.SessionID != sid {
 		mk = &wire.Msg{SessionID: sid}
-		st.markers[sid] = mk
+		b.Store(mk)
 	}
 	s.m = mk
 }
+
+var markerSeed = maphash.MakeSeed()
 
 type gapRun struct {
 	session  string
@@ -265,7 +261,7 @@ func (o *Outbox) init(c Config, own owner, m Metrics) {
 	if o.m == nil {
 		o.m = nopMetrics{}
 	}
-	o.q.SetOnEvict(o.dropPayload)
+	o.q.SetOnEvict(dropPayload)
 	o.policy.Store(uint32(o.cfg.OnSlow))
 	// The breaker is made on the first unhealthy observation: most
 	// connections never have one, and 10,000 idle ones should not carry it.
