@@ -5,36 +5,102 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 FUZZTIME ?= 3s
+BIN_RACE := bin/agentbridge-race
+# The agent stdio modes the e2e and node suites run in (issue 12: both).
+STDIO_MODES ?= socket pipe
+E2E_PARALLEL ?= 4
+NODE_CONCURRENCY ?= 3
+TIMED    := $(CURDIR)/scripts/timed.sh
+# What a test step builds or installs first when run on its own.
+STEP_DEPS ?= build test-deps
+# Lanes pipe their output through sed: a failing step must fail the lane.
+SHELL       := bash
+.SHELLFLAGS := -o pipefail -c
 export GOBIN := $(CURDIR)/bin
 
-.PHONY: all build run test test-deps test-go test-fuzz test-node bench lint clean
+.PHONY: all build build-race run test lane-deps lane-build lane-go lane-node test-deps test-go test-unit test-allocs test-benchpkg test-e2e test-fuzz test-node bench lint clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/agentbridge
 
+# The daemon the e2e suite runs (race detector on), built once for both
+# agent stdio modes.
+build-race:
+	$(GO) build -race -ldflags "$(LDFLAGS)" -o $(BIN_RACE) ./cmd/agentbridge
+
 ## run: serve the built-in demo agent on the default socket and port.
 run: build
 	./$(BIN) serve
 
-## test: install what the tests need, then run them all.
-test: test-deps lint test-go test-fuzz test-node
+## test: install what the tests need, then run them all. The e2e and node
+## suites run twice: with the agent on a socketpair (--agent-stdio socket, the
+## default) and on pipes (AGENTBRIDGE_AGENT_STDIO=pipe, which every daemon
+## they start reads). Four lanes run at once, their lines prefixed with the
+## lane's name: go (unit tests, allocations, fuzz), e2e-socket, e2e-pipe and
+## node (both modes); most of the e2e and node suites' time is spent waiting
+## on processes and timers, not on the CPU. Before them, test-deps runs beside
+## lint and the builds; after them, alone, the bench package's tests (they
+## run every bench scenario in windows of 300ms: a loaded machine starves
+## them). Each step prints its wall and CPU time.
+test:
+	$(MAKE) --no-print-directory -j2 lane-deps lane-build
+	$(MAKE) --no-print-directory -j$(words $(STDIO_MODES) go node) lane-go $(addprefix lane-e2e-,$(STDIO_MODES)) lane-node
+	$(LANE) test-benchpkg
+
+# A lane runs its steps one after the other (a make of its own, without the
+# jobserver), each line prefixed. The first two make what the others need:
+# the test dependencies (npm, apt, gopls: mostly downloads) beside lint and
+# the two binaries (compiles).
+LANE := env MAKEFLAGS= $(MAKE) --no-print-directory STEP_DEPS=
+lane-deps:
+	$(TIMED) deps $(LANE) test-deps 2>&1 | sed -u 's/^/[deps] /'
+lane-build:
+	$(TIMED) build $(LANE) lint build build-race 2>&1 | sed -u 's/^/[build] /'
+lane-go:
+	$(LANE) test-unit test-allocs test-fuzz 2>&1 | sed -u 's/^/[go] /'
+lane-e2e-%:
+	$(LANE) test-e2e STDIO_MODES=$* 2>&1 | sed -u 's/^/[e2e-$*] /'
+lane-node:
+	$(LANE) test-node 2>&1 | sed -u 's/^/[node] /'
 
 test-deps:
 	./scripts/test-deps.sh
 
-test-go: build
-	$(GO) test -race -count=1 -timeout 15m ./...
-	# Allocation assertions skip under -race (its instrumentation allocates): run them bare.
-	$(GO) test -count=1 -run 'TestAllocs' ./...
+test-go: test-unit test-allocs test-benchpkg test-e2e
 
-# Each fuzz target runs its seed corpus (in test-go) plus a few seconds of fuzzing.
+# Every package but the e2e suite and bench, race detector on.
+test-unit:
+	$(TIMED) unit $(GO) test -race -count=1 -timeout 15m $$($(GO) list ./... | grep -v -e '/test/e2e$$' -e '/bench$$')
+
+# The bench package's tests (agentbridge bench itself, every scenario in a
+# tiny configuration), race detector on.
+test-benchpkg:
+	$(TIMED) benchpkg $(GO) test -race -count=1 -timeout 15m ./bench
+
+# Allocation assertions skip under -race (its instrumentation allocates): run them bare.
+test-allocs:
+	$(TIMED) allocs $(GO) test -count=1 -run 'TestAllocs' $$(grep -rl --include='*_test.go' '^func TestAllocs' . | xargs -n1 dirname | sort -u)
+
+# The e2e suite over the real binary, in both agent stdio modes. Its tests
+# run E2E_PARALLEL at a time, after the few that measure the daemon's memory
+# or throughput under a flood have run alone (see test/e2e/harness_test.go).
+test-e2e: $(if $(STEP_DEPS),build build-race)
+	for mode in $(STDIO_MODES); do \
+	  AGENTBRIDGE_AGENT_STDIO=$$mode AGENTBRIDGE_BIN=$(CURDIR)/$(BIN_RACE) AGENTBRIDGE_PERF_BIN=$(CURDIR)/$(BIN) \
+	    $(TIMED) e2e-$$mode $(GO) test -race -count=1 -timeout 15m -parallel $(E2E_PARALLEL) ./test/e2e || exit 1; \
+	done
+
+# Each fuzz target runs its seed corpus (in test-unit) plus a few seconds of fuzzing.
 test-fuzz:
-	./scripts/fuzz.sh $(FUZZTIME)
+	$(TIMED) fuzz ./scripts/fuzz.sh $(FUZZTIME)
 
-test-node: build test-deps
-	cd test/node && AGENTBRIDGE_BIN=$(CURDIR)/$(BIN) node --test --test-concurrency=1 --test-timeout=180000 .
+test-node: $(STEP_DEPS)
+	cd test/node && for mode in $(STDIO_MODES); do \
+	  AGENTBRIDGE_AGENT_STDIO=$$mode AGENTBRIDGE_BIN=$(CURDIR)/$(BIN) \
+	    $(TIMED) node-$$mode node --test --test-concurrency=$(NODE_CONCURRENCY) --test-timeout=180000 . || exit 1; \
+	done
 
 bench: build
 	./scripts/bench.sh

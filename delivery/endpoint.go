@@ -97,15 +97,25 @@ type Endpoint struct {
 	lim *Limiter
 }
 
-// flushScratch is what one Flush needs for a pass: taken from scratches
-// for the length of the call, so an idle (or stalled) connection keeps no
-// scratch between flushes.
-type flushScratch struct {
+// scratch is one Flush's working memory: the messages of a pass and their
+// frames. It is pooled, not kept per endpoint, so that a connection holds
+// none between flushes: idle (or stalled) ones keep nothing.
+type scratch struct {
 	msgs   []*wire.Msg
 	frames [][]byte
 }
 
-var scratches = sync.Pool{New: func() any { return new(flushScratch) }}
+var scratches = sync.Pool{New: func() any { return new(scratch) }}
+
+func getScratch() *scratch { return scratches.Get().(*scratch) }
+
+// put returns sc to the pool, holding no message.
+func (sc *scratch) put() {
+	clear(sc.msgs)
+	clear(sc.frames)
+	sc.msgs, sc.frames = sc.msgs[:0], sc.frames[:0]
+	scratches.Put(sc)
+}
 
 // closeWhy is why an endpoint closes. It is made by Close, the only time
 // an endpoint needs it, so an open one carries one pointer, not the reason
@@ -174,7 +184,10 @@ func label(name string) *string {
 			return &labels[i]
 		}
 	}
-	return &name
+	// A copy: &name itself would move the parameter to the heap on every
+	// call, known labels included.
+	other := name
+	return &other
 }
 
 // Transport is the endpoint's transport label. Any goroutine.
@@ -330,8 +343,8 @@ func (e *Endpoint) Final() error {
 }
 
 func (e *Endpoint) flush(force bool) (blocked bool, err error) {
-	sc := scratches.Get().(*flushScratch)
-	defer scratches.Put(sc)
+	sc := getScratch()
+	defer sc.put()
 	cl := e.cl.Load()
 	for {
 		if !force {
@@ -386,8 +399,8 @@ func (e *Endpoint) Release() {
 // HTTP refusal must not be followed by what the hub queued meanwhile).
 // Writer only.
 func (e *Endpoint) Discard() {
-	sc := scratches.Get().(*flushScratch)
-	defer scratches.Put(sc)
+	sc := getScratch()
+	defer sc.put()
 	for {
 		sc.msgs = e.out.Drain(sc.msgs[:0], flushBytes)
 		if len(sc.msgs) == 0 {

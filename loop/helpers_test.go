@@ -7,6 +7,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
@@ -242,6 +243,12 @@ func handshake(t *testing.T, addr, path string, hdr ...string) (net.Conn, *bufio
 	if err != nil {
 		t.Fatal(err)
 	}
+	return handshakeOn(t, c, addr, path, hdr...)
+}
+
+// handshakeOn is handshake over a connection already made (say TLS).
+func handshakeOn(t *testing.T, c net.Conn, addr, path string, hdr ...string) (net.Conn, *bufio.Reader, *http.Response) {
+	t.Helper()
 	t.Cleanup(func() { c.Close() })
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\n", path, addr)
@@ -273,6 +280,23 @@ func dialWS(t *testing.T, addr string, extra ...string) *wsc {
 		extra = []string{"Authorization", "Bearer " + clientToken}
 	}
 	c, br, resp := handshake(t, addr, "/acp", hdrs(extra...)...)
+	return upgraded(t, c, br, resp)
+}
+
+// dialWSS is dialWS over TLS, with the client token.
+func dialWSS(t *testing.T, addr string, pool *x509.CertPool) *wsc {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: wait}, "tcp", addr, &tls.Config{RootCAs: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, br, resp := handshakeOn(t, c, addr, "/acp", hdrs("Authorization", "Bearer "+clientToken)...)
+	return upgraded(t, tc, br, resp)
+}
+
+// upgraded checks a handshake's 101 and wraps its connection.
+func upgraded(t *testing.T, c net.Conn, br *bufio.Reader, resp *http.Response) *wsc {
+	t.Helper()
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		body, _ := io.ReadAll(resp.Body)
 		t.Fatalf("handshake: %s %s", resp.Status, body)

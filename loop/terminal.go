@@ -206,8 +206,7 @@ func (p *termProto) read(c *conn, buf []byte) (int, error) {
 				}
 			}
 		case ws.EventPing:
-			p.pong = ws.AppendFrame(p.pong[:0], true, ws.OpPong, ev.Payload)
-			_, _ = c.gc.Write(p.pong)
+			_, _ = c.gc.Write(ws.AppendFrame(nil, true, ws.OpPong, ev.Payload))
 		case ws.EventPong:
 		case ws.EventClose:
 			p.peerClosed, p.peerCode = true, ev.CloseCode

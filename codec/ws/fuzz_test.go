@@ -53,12 +53,16 @@ func FuzzReader(f *testing.F) {
 			if c == 0 {
 				continue
 			}
-			events, err, _ := feedChunked(t, mk(), data, c)
-			if !slices.Equal(events, wantEvents) {
-				t.Fatalf("chunk %d: events %s, whole feeding gave %s", c, brief(events), brief(wantEvents))
-			}
-			if errCode(err) != errCode(wantErr) {
-				t.Fatalf("chunk %d: error %v, whole feeding gave %v", c, err, wantErr)
+			for _, inPlace := range []bool{false, true} {
+				r := mk()
+				r.InPlace = inPlace
+				events, err, _ := feedChunked(t, r, data, c)
+				if !slices.Equal(events, wantEvents) {
+					t.Fatalf("chunk %d (in place %v): events %s, whole feeding gave %s", c, inPlace, brief(events), brief(wantEvents))
+				}
+				if errCode(err) != errCode(wantErr) {
+					t.Fatalf("chunk %d (in place %v): error %v, whole feeding gave %v", c, inPlace, err, wantErr)
+				}
 			}
 		}
 	})

@@ -120,6 +120,11 @@ func feedChunked(tb testing.TB, r *Reader, in []byte, chunk int) (events []got, 
 			if n < 0 || n > len(view) {
 				tb.Fatalf("Next consumed %d of %d bytes", n, len(view))
 			}
+			if err == nil && ev.Kind != EventNone {
+				// Before the consumed bytes are discarded: an InPlace
+				// payload lies in them.
+				events = append(events, record(ev))
+			}
 			pending = append(pending[:0], pending[n:]...)
 			if err != nil {
 				return events, err, maxPending
@@ -127,7 +132,6 @@ func feedChunked(tb testing.TB, r *Reader, in []byte, chunk int) (events []got, 
 			if ev.Kind == EventNone {
 				break
 			}
-			events = append(events, record(ev))
 		}
 		maxPending = max(maxPending, len(pending))
 	}

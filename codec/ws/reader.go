@@ -77,13 +77,24 @@ type Reader struct {
 	// RequireMask fails unmasked frames with CloseProtocolError, as a
 	// server must (RFC 6455 §5.1). False accepts masked and unmasked frames.
 	RequireMask bool
+	// InPlace lets Next unmask a frame that is whole in buf (a control
+	// frame, or a data frame that is a message by itself) in buf and
+	// return its payload there, instead of copying it into the Reader's
+	// own buffer: no copy, and a connection that only ever gets such
+	// messages keeps no buffer between them. Next then modifies the bytes
+	// it consumes, and such a payload is valid until the caller discards
+	// them; the caller must not parse them again.
+	InPlace bool
+	// The small fields are grouped so that they share words: a Reader is
+	// part of every idle WebSocket connection (80 bytes, not 96).
+	closed bool // a close frame was delivered; later bytes are discarded
 
 	// The message being assembled. msgOp is OpText or OpBinary while a
 	// message is open and OpContinuation between messages.
-	msg       []byte
 	msgOp     Opcode
 	text      utf8Validator
 	delivered bool // msg was returned by the last call and is reset next
+	msg       []byte
 
 	// The data frame whose payload is arriving, once its header is consumed.
 	inFrame bool
@@ -93,14 +104,13 @@ type Reader struct {
 	keyPos  int
 	remain  uint64
 
-	closed bool  // a close frame was delivered; later bytes are discarded
-	err    error // first protocol error, returned by every later call
+	err error // first protocol error, returned by every later call
 }
 
 // Next parses from buf and returns at most one event and the number of
 // bytes of buf it consumed, which the caller discards before the next call.
-// buf is borrowed: Next neither keeps nor modifies it, and never looks past
-// len(buf). Call Next again with the remaining bytes until it returns
+// buf is borrowed: Next does not keep it, never looks past len(buf), and
+// modifies it only with InPlace (the bytes it consumed). Call Next again with the remaining bytes until it returns
 // EventNone; n may be positive even then, when it consumed a frame header,
 // a non-final fragment or part of a payload.
 //
@@ -138,6 +148,16 @@ func (r *Reader) Next(buf []byte) (ev Event, n int, err error) {
 		if uint64(k) > r.remain {
 			k = int(r.remain)
 		}
+		if r.InPlace && r.fin && len(r.msg) == 0 && uint64(k) == r.remain {
+			// A message whole in buf: unmasked and returned where it lies.
+			p := buf[n : n+k]
+			if r.masked {
+				maskBytes(r.key, r.keyPos, p)
+			}
+			n += k
+			r.remain, r.inFrame = 0, false
+			return r.deliver(p, n, true)
+		}
 		if k > 0 {
 			start := len(r.msg)
 			r.msg = append(r.msg, buf[n:n+k]...)
@@ -158,17 +178,27 @@ func (r *Reader) Next(buf []byte) (ev Event, n int, err error) {
 		if !r.fin {
 			continue
 		}
-		ev := Event{Kind: EventBinary, Payload: r.msg}
-		if r.msgOp == OpText {
-			if !r.text.complete() {
-				return Event{}, n, r.fail(CloseInvalidPayload, "text message ends inside a UTF-8 sequence")
-			}
-			ev.Kind = EventText
-		}
-		r.msgOp = OpContinuation
 		r.delivered = true
-		return ev, n, nil
+		return r.deliver(r.msg, n, false)
 	}
+}
+
+// deliver returns the message that just ended, payload p, having consumed
+// n bytes; unchecked says p has not been through the UTF-8 check yet (it
+// was unmasked in place rather than written chunk by chunk).
+func (r *Reader) deliver(p []byte, n int, unchecked bool) (Event, int, error) {
+	ev := Event{Kind: EventBinary, Payload: p}
+	if r.msgOp == OpText {
+		if unchecked && !r.text.write(p) {
+			return Event{}, n, r.fail(CloseInvalidPayload, "text message is not valid UTF-8")
+		}
+		if !r.text.complete() {
+			return Event{}, n, r.fail(CloseInvalidPayload, "text message ends inside a UTF-8 sequence")
+		}
+		ev.Kind = EventText
+	}
+	r.msgOp = OpContinuation
+	return ev, n, nil
 }
 
 // Buffered is the size of the message being assembled (or, right after
@@ -254,10 +284,13 @@ func (r *Reader) header(b []byte) (Event, int, error) {
 		// message being assembled, and msg keeps its length: no buffer of
 		// its own on every idle connection, and no allocation once msg has
 		// grown past a control frame.
-		start := len(r.msg)
-		r.msg = append(r.msg, b[hlen:total]...)
-		p := r.msg[start:]
-		r.msg = r.msg[:start]
+		p := b[hlen:total]
+		if !r.InPlace {
+			start := len(r.msg)
+			r.msg = append(r.msg, p...)
+			p = r.msg[start:]
+			r.msg = r.msg[:start]
+		}
 		if masked {
 			maskBytes(key, 0, p)
 		}

@@ -53,6 +53,14 @@ func runCases(t *testing.T, cases []readCase) {
 			check("byte by byte", events, err)
 			events, err, _ = feedChunked(t, c.reader(), c.in, 7)
 			check("7-byte chunks", events, err)
+			// InPlace: the same events, whatever the chunking (feedChunked
+			// hands the Reader its own copy of the bytes, as gnet does).
+			for _, chunk := range []int{max(len(c.in), 1), 1, 7} {
+				r := c.reader()
+				r.InPlace = true
+				events, err, _ = feedChunked(t, r, c.in, chunk)
+				check(fmt.Sprintf("in place, %d-byte chunks", chunk), events, err)
+			}
 		})
 	}
 }
@@ -576,5 +584,36 @@ func TestReaderErrorText(t *testing.T) {
 	}
 	if !errors.Is(err, CloseProtocolError) || errors.Is(err, CloseTooBig) {
 		t.Fatalf("errors.Is does not match the close code: %v", err)
+	}
+}
+
+// TestReaderInPlaceKeepsNoBuffer: with InPlace, a message whole in the
+// input is unmasked where it lies and returned from there, so a connection
+// that gets only such messages holds no buffer between them; a message
+// that arrives in pieces still goes through the Reader's buffer.
+func TestReaderInPlaceKeepsNoBuffer(t *testing.T) {
+	r := &Reader{RequireMask: true, InPlace: true}
+	in := cat(mf(true, OpText, "hello"), mf(true, OpPing, "p"))
+	ev, n, err := r.Next(in)
+	if err != nil || ev.Kind != EventText || string(ev.Payload) != "hello" {
+		t.Fatalf("first event %v %q err %v", ev.Kind, ev.Payload, err)
+	}
+	if &ev.Payload[0] != &in[n-len("hello")] {
+		t.Fatal("the payload was copied, not unmasked in place")
+	}
+	ev, _, err = r.Next(in[n:])
+	if err != nil || ev.Kind != EventPing || string(ev.Payload) != "p" {
+		t.Fatalf("second event %v %q err %v", ev.Kind, ev.Payload, err)
+	}
+	if cap(r.msg) != 0 {
+		t.Fatalf("the Reader holds a %d-byte buffer after whole messages", cap(r.msg))
+	}
+	frame := mf(true, OpText, "split")
+	if _, n, _ := r.Next(frame[:len(frame)-2]); n != len(frame)-2 {
+		t.Fatalf("partial frame: consumed %d of %d", n, len(frame)-2)
+	}
+	ev, _, err = r.Next(frame[len(frame)-2:])
+	if err != nil || ev.Kind != EventText || string(ev.Payload) != "split" {
+		t.Fatalf("split message: %v %q err %v", ev.Kind, ev.Payload, err)
 	}
 }

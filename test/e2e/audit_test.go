@@ -11,6 +11,7 @@ import (
 // TestAuditRecordsAuthFailures: refused credentials and origins reach the
 // audit log as one JSON line each, naming the problem but never the token.
 func TestAuditRecordsAuthFailures(t *testing.T) {
+	t.Parallel()
 	auditFile := filepath.Join(t.TempDir(), "audit.jsonl")
 	d := netDaemon(t, append([]string{"--audit", auditFile}, fakeAgentCmd()...)...)
 	const wrong = "not-the-right-token-0123456789"

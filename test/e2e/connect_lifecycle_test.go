@@ -117,6 +117,7 @@ func waitReconnected(t *testing.T, sh *shimProc, n int) {
 // created); the connection is cut before the new session's first event;
 // the next turn on it reaches stdout whole, each chunk once, in order.
 func TestConnectResumesForkedAndResumedSessions(t *testing.T) {
+	t.Parallel()
 	for _, tr := range demoTransports {
 		for _, how := range []string{"fork", "resume"} {
 			t.Run(tr.name+"/"+how, func(t *testing.T) {

@@ -210,6 +210,7 @@ var shimTransports = []shimTransport{
 // must carry every event exactly once, in order, byte for byte as the
 // agent wrote it, and every request must be answered (none failed).
 func TestConnectResumesAcrossCuts(t *testing.T) {
+	t.Parallel()
 	const n, size, cuts = 5000, 80, 10
 	for _, tr := range shimTransports {
 		t.Run(tr.name, func(t *testing.T) {
@@ -314,6 +315,7 @@ func TestConnectResumesAcrossCuts(t *testing.T) {
 // TestConnectGivesUp: with the daemon gone for longer than --retry-for,
 // connect fails the request in flight with -32003 and exits 1 saying why.
 func TestConnectGivesUp(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, fakeAgentCmd()...)
 	proxy := newCutProxy(t, "unix", filepath.Join(d.dir, "proxy.sock"), d.sock)
 	sh := startShim(t, nil, "--retry-for", "500ms", "unix://"+proxy.ln.Addr().String())

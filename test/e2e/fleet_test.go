@@ -128,6 +128,7 @@ func events(cl *client, sid string, from, upto uint64) map[uint64]string {
 // prompt sent on B to A's session by a client not attached to it reaches A
 // and is refused by A's own gate (-32002), as a local one would be.
 func TestFleetRemoteAttach(t *testing.T) {
+	t.Parallel()
 	url := startNATS(t)
 	fleet := fmt.Sprintf("t%d", time.Now().UnixNano())
 	a := fleetNode(t, url, fleet, "A")
@@ -262,6 +263,7 @@ func TestFleetRemoteAttach(t *testing.T) {
 // $/cancel_request naming B's own request id. C's operator, detached on
 // C, is detached on A too.
 func TestFleetRemotePrompt(t *testing.T) {
+	t.Parallel()
 	url := startNATS(t)
 	fleet := fmt.Sprintf("t%d", time.Now().UnixNano())
 	tokens := filepath.Join(t.TempDir(), "tokens")
@@ -269,10 +271,10 @@ func TestFleetRemotePrompt(t *testing.T) {
 	if err := os.WriteFile(tokens, []byte("operator "+opToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addrC := freeAddr(t)
 	a := permNode(t, url, fleet, "A")
 	b := permNode(t, url, fleet, "B")
-	c := permNode(t, url, fleet, "C", "--listen", addrC, "--tokens", tokens)
+	c := permNode(t, url, fleet, "C", "--listen", anyPort, "--tokens", tokens)
+	addrC := c.listen
 
 	creator := dial(t, a)
 	acpInit(t, creator, 1)
@@ -387,6 +389,7 @@ func TestFleetRemotePrompt(t *testing.T) {
 // turns blocked for C's attached viewer within the KV TTL (3 x 2 s), and
 // C keeps its history: a new attach with since 0 still replays it.
 func TestFleetNodeDeath(t *testing.T) {
+	t.Parallel()
 	url := startNATS(t)
 	fleet := fmt.Sprintf("t%d", time.Now().UnixNano())
 	a := fleetNode(t, url, fleet, "A")
@@ -436,6 +439,7 @@ func TestFleetNodeDeath(t *testing.T) {
 // request, and it gets every event of the new turn, numbered on from the
 // first turn's, exactly once and before the answer.
 func TestFleetNodeRestart(t *testing.T) {
+	t.Parallel()
 	url := startNATS(t)
 	fleet := fmt.Sprintf("t%d", time.Now().UnixNano())
 	kept := t.TempDir()
@@ -534,6 +538,7 @@ func TestFleetNodeRestart(t *testing.T) {
 // viewers get every event of the turn exactly once, in order, with no gap,
 // and the owner's prompt on A completes.
 func TestFleetNATSCut(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ns := runNATS(t, dir, -1)
 	url := ns.ClientURL()
@@ -580,6 +585,7 @@ func TestFleetNATSCut(t *testing.T) {
 
 // TestSingleNodeNoFleet: without --nats nothing names a node.
 func TestSingleNodeNoFleet(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t)
 	cl := dial(t, d)
 	cl.call(1, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}})

@@ -21,6 +21,7 @@ import (
 // permission answered by POST, the prompt's answer — every request and both
 // SSE streams multiplexed on one TCP connection.
 func TestStreamableHTTPOverH2(t *testing.T) {
+	t.Parallel()
 	cert, key, pool := selfSigned(t)
 	d := netDaemon(t, "--tls-cert", cert, "--tls-key", key)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}

@@ -31,6 +31,7 @@ func waitUntil(timeout time.Duration, cond func() bool) bool {
 // with one line naming the field and the value (finding 8: the decoder's
 // multi-line dump, with part of the input).
 func TestActionableParamErrors(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, fakeAgentCmd()...)
 	c := dial(t, d)
 	c.call(1, "initialize", map[string]any{"protocolVersion": 1})
@@ -56,6 +57,7 @@ func TestActionableParamErrors(t *testing.T) {
 // TestBindErrorNamesAddress: a port in use fails serve with one line that
 // names the address (finding 8: "listen: bind: address already in use").
 func TestBindErrorNamesAddress(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -96,6 +98,7 @@ func createSessions(t *testing.T, c *client, n, firstID int) []string {
 // under the control ceiling (finding 4: the whole list in one answer
 // closed the asker with 1013 once it passed the ceiling).
 func TestSessionsPaginated(t *testing.T) {
+	t.Parallel()
 	const n = 3000
 	// A control ceiling of 128 KiB: the unpaginated list of 3,000 sessions
 	// (~200 KB) used to close the connection asking for it.
@@ -171,6 +174,7 @@ func TestSessionsPaginated(t *testing.T) {
 // first (counted in agentbridge_sessions_evicted_total) and persists none
 // until a client attaches (finding 4: 20,000 sessions, 25,000 directories).
 func TestAgentNamedSessionsBounded(t *testing.T) {
+	t.Parallel()
 	state := t.TempDir()
 	d := netDaemon(t, append([]string{"--max-sessions", "100", "--state-dir", state}, fakeAgentCmd()...)...)
 	c := dial(t, d)
@@ -297,6 +301,7 @@ func TestMaxInflight(t *testing.T) {
 // is answered -32005 naming the flag, and its --max-inflight slot is free
 // again (finding 5: a hung agent held the slots for ever).
 func TestCallTimeout(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, append([]string{"--call-timeout", "300ms", "--max-inflight", "1"}, fakeAgentCmd()...)...)
 	c := dial(t, d)
 	c.call(1, "initialize", map[string]any{"protocolVersion": 1})
@@ -326,6 +331,7 @@ func TestCallTimeout(t *testing.T) {
 // TestMetricsCollectors: /metrics carries Go's runtime and process
 // collectors and the store's and audit log's dropped writes (finding 6).
 func TestMetricsCollectors(t *testing.T) {
+	t.Parallel()
 	d := netDaemon(t, append([]string{"--state-dir", t.TempDir(), "--audit", filepath.Join(t.TempDir(), "audit.jsonl")}, fakeAgentCmd()...)...)
 	body := httpGet(t, "http://"+d.listen+"/metrics", nil, e2eClientToken, 200)
 	for _, name := range []string{"go_goroutines ", "go_memstats_heap_inuse_bytes ", "process_resident_memory_bytes ", "process_open_fds ", "process_max_fds ",
@@ -386,6 +392,7 @@ func tail(s string, n int) string {
 // directory is reported at start with what was lost, beside what was
 // restored (finding 7: no log line said what a restart lost).
 func TestRestartReportsWhatItCouldNotRestore(t *testing.T) {
+	t.Parallel()
 	state := t.TempDir()
 	d := startDaemon(t, append([]string{"--state-dir", state}, fakeAgentCmd()...)...)
 	c := dial(t, d)

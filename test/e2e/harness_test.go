@@ -1,5 +1,14 @@
 // Package e2e tests the real agentbridge binary as a user runs it: started
 // as a process, spoken to over real Unix sockets and TCP on loopback.
+//
+// Every test runs in parallel with the others (t.Parallel; make test runs
+// -parallel 4) except the ones that measure the daemon's memory, rate or
+// stall bounds under a flood (backpressure_test.go, TestCatchupFromDisk,
+// TestMaxInflight, TestCleanStopPersistsEverySession): Go runs those first,
+// one at a time, and releases the parallel ones after them. A new test that
+// measures memory or time under load belongs with them; one that only waits
+// for what it asserts may run in parallel (each test has its own daemons,
+// temp dirs and ports).
 package e2e
 
 import (
@@ -98,8 +107,37 @@ func startDaemonWrapped(t *testing.T, wrap []string, args ...string) *daemon {
 }
 
 // startDaemonExe is startDaemonWrapped with the binary exe (the
-// backpressure tests run one built without -race).
+// backpressure tests run one built without -race). A --listen of anyPort
+// is replaced by a free port, picked again if the daemon could not bind it.
 func startDaemonExe(t *testing.T, exe string, wrap []string, args ...string) *daemon {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		picked := slices.Clone(args)
+		i := slices.Index(picked, anyPort)
+		if i >= 0 {
+			picked[i] = freeAddr(t)
+		}
+		d, err := launchDaemon(t, exe, wrap, picked)
+		if err == nil {
+			return d
+		}
+		if i >= 0 && attempt < 5 && strings.Contains(d.logs(), "address already in use") {
+			t.Logf("%s was taken between its pick and the daemon's bind; picking another", picked[i])
+			continue
+		}
+		t.Fatalf("%v\n%s", err, d.logs())
+	}
+}
+
+// anyPort as the value of --listen asks startDaemon for a free loopback
+// port. freeAddr's port is free when picked, but tests run in parallel
+// (and beside the node suite in make test): another process may bind it
+// before the daemon does, and then the daemon is started on another.
+const anyPort = "127.0.0.1:any"
+
+// launchDaemon starts the daemon and waits until its socket accepts; the
+// error says why not if it exited first.
+func launchDaemon(t *testing.T, exe string, wrap []string, args []string) (*daemon, error) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "ab")
 	if err != nil {
@@ -143,11 +181,11 @@ func startDaemonExe(t *testing.T, exe string, wrap []string, args ...string) *da
 		c, err := net.Dial("unix", d.sock)
 		if err == nil {
 			c.Close()
-			return d
+			return d, nil
 		}
 		select {
 		case <-d.exited:
-			t.Fatalf("daemon exited during start: %v\n%s", d.err, d.logs())
+			return d, fmt.Errorf("daemon exited during start: %v", d.err)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {

@@ -82,6 +82,7 @@ func checkChunks(t *testing.T, what string, chunks []string, n int) {
 }
 
 func TestLifecyclePlainClient(t *testing.T) {
+	t.Parallel()
 	for _, v := range []int{1, 2} {
 		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
 			d := startDaemon(t, "--", binPath, "demo-agent", "--protocol", fmt.Sprint(v), "--chunks", "5")
@@ -195,6 +196,7 @@ func sessionStatus(t *testing.T, c *client, sid string) string {
 // Two clients each have a prompt in flight under the same id, 77; one
 // cancels "its 77": only its own turn is cancelled.
 func TestCancelRemappedPerClient(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, "--", binPath, "demo-agent", "--chunks", "40", "--pace", "25ms", "--tool-calls", "0")
 	a, b := dial(t, d), dial(t, d)
 	acpInit(t, a, 1)
@@ -239,13 +241,14 @@ func TestCancelRemappedPerClient(t *testing.T) {
 // $/cancel_request naming the request it was sent, so an ACP client closes
 // its prompt.
 func TestRetiredRequestCancelsTheOthers(t *testing.T) {
+	t.Parallel()
 	tokens := filepath.Join(t.TempDir(), "tokens")
 	const opToken = "e2e-operator-token-0123456789"
 	if err := os.WriteFile(tokens, []byte("operator "+opToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
-	d := startDaemon(t, "--listen", addr, "--tokens", tokens, "--", binPath, "demo-agent", "--chunks", "1")
+	d := startDaemon(t, "--listen", anyPort, "--tokens", tokens, "--", binPath, "demo-agent", "--chunks", "1")
+	addr := d.listen
 	owner := dial(t, d)
 	acpInit(t, owner, 1)
 	sid := field(owner.call(1, "session/new", map[string]any{"cwd": "/tmp", "mcpServers": []any{}}), "result", "sessionId").(string)

@@ -59,7 +59,8 @@ func probeTCP(c net.Conn, d time.Duration) (outcome, string) {
 }
 
 func TestMaxConnsRefusesCleanly(t *testing.T) {
-	d := startDaemonWrapped(t, prlimit("512"), "--listen", freeAddr(t), "--max-conns", "40")
+	t.Parallel()
+	d := startDaemonWrapped(t, prlimit("512"), "--listen", anyPort, "--max-conns", "40")
 	c := dial(t, d)
 	if r := c.call(1, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}}); field(r, "result") == nil {
 		t.Fatalf("initialize: %v", r)
@@ -163,9 +164,10 @@ func TestMaxConnsRefusesCleanly(t *testing.T) {
 }
 
 func TestFDExhaustionKeepsServing(t *testing.T) {
+	t.Parallel()
 	// --max-conns far above what 256 descriptors allow: accept itself fails
 	// with EMFILE, which used to stop gnet's engine and the daemon.
-	d := startDaemonWrapped(t, prlimit("256"), "--listen", freeAddr(t), "--max-conns", "100000")
+	d := startDaemonWrapped(t, prlimit("256"), "--listen", anyPort, "--max-conns", "100000")
 	c := dial(t, d)
 	if r := c.call(1, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}}); field(r, "result") == nil {
 		t.Fatalf("initialize: %v", r)
@@ -224,8 +226,9 @@ func TestFDExhaustionKeepsServing(t *testing.T) {
 }
 
 func TestRestartBindsWhileClientsLinger(t *testing.T) {
-	addr := freeAddr(t)
-	d := startDaemon(t, "--listen", addr)
+	t.Parallel()
+	d := startDaemon(t, "--listen", anyPort)
+	addr := d.listen
 	// Keep-alive HTTP clients that never close: once the daemon closes its
 	// side, its sockets sit in FIN_WAIT_2 on the port.
 	var conns []net.Conn
@@ -258,6 +261,7 @@ func TestRestartBindsWhileClientsLinger(t *testing.T) {
 }
 
 func TestAgentOutputPolicy(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, append([]string{"--max-message", "65536"}, fakeAgentCmd()...)...)
 	c := dial(t, d)
 	if r := c.call(1, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}}); field(r, "result") == nil {
@@ -301,7 +305,8 @@ func TestAgentOutputPolicy(t *testing.T) {
 }
 
 func TestMaxConnsPerIP(t *testing.T) {
-	d := startDaemon(t, "--listen", freeAddr(t), "--max-conns-per-ip", "3")
+	t.Parallel()
+	d := startDaemon(t, "--listen", anyPort, "--max-conns-per-ip", "3")
 	var conns []net.Conn
 	defer func() {
 		for _, nc := range conns {
@@ -355,6 +360,7 @@ func TestMaxConnsPerIP(t *testing.T) {
 }
 
 func TestMaxConnsTLSClosesAfterAccept(t *testing.T) {
+	t.Parallel()
 	cert, key, pool := selfSigned(t)
 	d := netDaemon(t, "--tls-cert", cert, "--tls-key", key, "--max-conns", "4")
 	// The Unix socket and TLS share the limit: hold 2 Unix clients, then 2

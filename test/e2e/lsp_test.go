@@ -150,6 +150,7 @@ func hoverText(t *testing.T, m map[string]any) string {
 // shutdown and exit are answered by the bridge without stopping the shared
 // gopls, which still answers the other client.
 func TestGoplsBehindLSPFraming(t *testing.T) {
+	t.Parallel()
 	gopls := goplsPath(t)
 	if out, err := exec.Command(gopls, "version").CombinedOutput(); err == nil {
 		t.Logf("%s: %s", gopls, strings.TrimSpace(string(out)))

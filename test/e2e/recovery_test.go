@@ -163,6 +163,7 @@ func ownSession(t *testing.T, c *client) string {
 // seq it received. The stream it reassembles must equal what the agent
 // wrote, byte for byte, with no duplicate and no hole.
 func TestRecoveryRandomCuts(t *testing.T) {
+	t.Parallel()
 	const rounds, n, size = 20, 10000, 80
 	for _, tr := range recoveryTransports {
 		t.Run(tr.name, func(t *testing.T) {
@@ -228,6 +229,7 @@ func TestRecoveryRandomCuts(t *testing.T) {
 }
 
 func TestRecoverySinceOlderThanLogAndUnknownSession(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, append([]string{"--replay", "100"}, fakeAgentCmd()...)...)
 	owner := dial(t, d)
 	sid := ownSession(t, owner)
@@ -258,6 +260,7 @@ func TestRecoverySinceOlderThanLogAndUnknownSession(t *testing.T) {
 }
 
 func TestRecoveryMalformedBridgeParams(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, fakeAgentCmd()...)
 	c := dial(t, d)
 	sid := ownSession(t, c)
@@ -287,6 +290,7 @@ func TestRecoveryMalformedBridgeParams(t *testing.T) {
 // the audit log. (Over the Unix socket every peer is a client; the
 // operator variant is in the session tests until WebSocket rounds exist.)
 func TestRecoveryPermissionWhileOwnerAway(t *testing.T) {
+	t.Parallel()
 	auditPath := filepath.Join(t.TempDir(), "audit.log")
 	d := startDaemon(t, append([]string{"--audit", auditPath}, fakeAgentCmd()...)...)
 	a := dial(t, d)
@@ -378,6 +382,7 @@ func attachAll(t *testing.T, d *daemon, sid string) (seq uint64, status string, 
 }
 
 func TestRecoveryRestartKeepsHistory(t *testing.T) {
+	t.Parallel()
 	const n, size = 3000, 40
 	state := t.TempDir()
 	args := append([]string{"--state-dir", state}, bigQueues()...)
@@ -421,6 +426,7 @@ func TestRecoveryRestartKeepsHistory(t *testing.T) {
 }
 
 func TestRecoveryKill9KeepsAPrefix(t *testing.T) {
+	t.Parallel()
 	const n, size = 20000, 40
 	state := t.TempDir()
 	args := append([]string{"--state-dir", state, "--replay", "100000"}, bigQueues()...)
@@ -464,6 +470,7 @@ func TestRecoveryKill9KeepsAPrefix(t *testing.T) {
 // TestRecoveryResumeKey: a request in flight when the connection drops is
 // answered on the next connection that says hello with the same key.
 func TestRecoveryResumeKey(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, fakeAgentCmd()...)
 	const key = "e2e-resume-key-0123456789abcdef"
 	a := dialUnixRaw(t, d)

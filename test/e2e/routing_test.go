@@ -17,6 +17,7 @@ import (
 const wait = 10 * time.Second
 
 func TestDemoAgentPromptWithPermission(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t)
 	c := dial(t, d)
 	init := c.call(1, "initialize", map[string]any{"protocolVersion": 1, "clientCapabilities": map[string]any{}})
@@ -71,6 +72,7 @@ func TestDemoAgentPromptWithPermission(t *testing.T) {
 }
 
 func TestCollidingIDsAndSessionIsolation(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, fakeAgentCmd()...)
 	a, b := dial(t, d), dial(t, d)
 	a.call(1, "initialize", map[string]any{})
@@ -132,6 +134,7 @@ func TestCollidingIDsAndSessionIsolation(t *testing.T) {
 }
 
 func TestInitializeReachesAgentOnce(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, fakeAgentCmd()...)
 	var results []string
 	for i := 0; i < 3; i++ {
@@ -151,6 +154,7 @@ func TestInitializeReachesAgentOnce(t *testing.T) {
 }
 
 func TestBrokenInput(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, fakeAgentCmd()...)
 	c := dial(t, d)
 	cases := []struct {
@@ -199,6 +203,7 @@ func TestBrokenInput(t *testing.T) {
 }
 
 func TestMessageOverLimitClosesConnection(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, append([]string{"--max-message", "1024"}, fakeAgentCmd()...)...)
 	c := dial(t, d)
 	c.sendRaw(`{"jsonrpc":"2.0","id":1,"method":"echo","params":{"x":"` + strings.Repeat("y", 2000) + `"}}` + "\n")
@@ -220,6 +225,7 @@ func TestMessageOverLimitClosesConnection(t *testing.T) {
 }
 
 func TestAgentCrashFailsPendingAndRestarts(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, fakeAgentCmd()...)
 	c := dial(t, d)
 	first := c.call(1, "initialize", map[string]any{})
@@ -269,6 +275,7 @@ func TestAgentCrashFailsPendingAndRestarts(t *testing.T) {
 }
 
 func TestSocketModeStaleAndLiveDaemon(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, fakeAgentCmd()...)
 	fi, err := os.Stat(d.sock)
 	if err != nil {
@@ -322,6 +329,7 @@ func TestSocketModeStaleAndLiveDaemon(t *testing.T) {
 }
 
 func TestForeignUIDRefused(t *testing.T) {
+	t.Parallel()
 	if os.Getuid() != 0 {
 		t.Skip("needs root to act as another uid") // not counted: reported as skipped
 	}
@@ -353,6 +361,7 @@ func TestForeignUIDRefused(t *testing.T) {
 }
 
 func TestSIGTERMWithRequestsInFlight(t *testing.T) {
+	t.Parallel()
 	d := startDaemon(t, fakeAgentCmd()...)
 	c := dial(t, d)
 	c.call(1, "initialize", map[string]any{})
@@ -381,6 +390,7 @@ func TestSIGTERMWithRequestsInFlight(t *testing.T) {
 }
 
 func TestConnectErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cmd := exec.Command(binPath, "connect", "unix://"+dir+"/none.sock")
 	cmd.Stdin = strings.NewReader("")
@@ -395,6 +405,7 @@ func TestConnectErrors(t *testing.T) {
 }
 
 func TestBadFlagsExitWithOneLine(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{
 		{"serve", "--framing", "xml"},
 		{"serve", "--replay", "-1"},

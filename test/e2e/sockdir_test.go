@@ -220,6 +220,7 @@ func requireRoot(t *testing.T) {
 // bridge/hello with the resume key and the prompt); with --allow-uid for
 // that uid the same shim does talk to it, so the refusal is the uid check.
 func TestConnectRefusesSquatter(t *testing.T) {
+	t.Parallel()
 	requireRoot(t)
 	self, err := os.Executable()
 	if err != nil {
@@ -276,6 +277,7 @@ func TestConnectRefusesSquatter(t *testing.T) {
 // else $TMPDIR/agentbridge-$UID (finding 3: /tmp/agentbridge-$UID.sock and
 // a shared /tmp/agentbridge.token).
 func TestDefaultSocketDir(t *testing.T) {
+	t.Parallel()
 	xdg := t.TempDir()
 	tmp := sharedDir(t)
 	for _, tc := range []struct {
@@ -312,6 +314,7 @@ func TestDefaultSocketDir(t *testing.T) {
 // TestSocketDirRefused: a default directory that another uid owns, or that
 // others may write, is refused with one line naming it and what to do.
 func TestSocketDirRefused(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		setup func(dir string) error
@@ -358,6 +361,7 @@ func TestSocketDirRefused(t *testing.T) {
 // (finding 3: the second failed on the shared /tmp/agentbridge.token), each
 // with its own directory, socket and token file.
 func TestTwoUsersDefaultSocket(t *testing.T) {
+	t.Parallel()
 	requireRoot(t)
 	exe := publicBinary(t, binPath)
 	tmp := sharedDir(t)
@@ -401,6 +405,7 @@ func TestTwoUsersDefaultSocket(t *testing.T) {
 // token file over the first's (finding 3: they overwrote and deleted each
 // other's agentbridge.token).
 func TestTwoDaemonsOneDir(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	start := func(name string) *proc {
 		p := startProc(t, binPath, nil, 0, nil, "serve", "--listen", "", "--uds", filepath.Join(dir, name+".sock"))
@@ -446,6 +451,7 @@ func TestTwoDaemonsOneDir(t *testing.T) {
 // TestTokensFileReadableWarns: a tokens file others may read is served but
 // warned about, naming the file, its mode and the fix (finding 8).
 func TestTokensFileReadableWarns(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	tokens := filepath.Join(dir, "tokens")
 	if err := os.WriteFile(tokens, []byte("client "+e2eClientToken+"\n"), 0o644); err != nil {

@@ -15,6 +15,7 @@ import (
 // request is 202 and its answer arrives on the stream; an MCP request is
 // answered as an SSE stream that ends with its response; DELETE.
 func TestStreamableHTTPOverTLS(t *testing.T) {
+	t.Parallel()
 	cert, key, pool := selfSigned(t)
 	d := netDaemon(t, append([]string{"--tls-cert", cert, "--tls-key", key}, fakeAgentCmd()...)...)
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 20 * time.Second}

@@ -53,7 +53,7 @@ func netDaemon(t *testing.T, args ...string) *daemon {
 	if err := os.WriteFile(tokens, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return startDaemon(t, append([]string{"--listen", freeAddr(t), "--tokens", tokens}, args...)...)
+	return startDaemon(t, append([]string{"--listen", anyPort, "--tokens", tokens}, args...)...)
 }
 
 // wsPeer is a gws client speaking JSON-RPC over /acp.
@@ -134,6 +134,7 @@ func (p *wsPeer) call(id any, method string, params any) (map[string]any, []map[
 }
 
 func TestWSDemoAgentPromptOverGWS(t *testing.T) {
+	t.Parallel()
 	d := netDaemon(t)
 	p, _, err := dialPeer(t, "ws://"+d.listen+"/acp", nil, "Authorization", "Bearer "+e2eClientToken)
 	if err != nil {
@@ -173,6 +174,7 @@ func TestWSDemoAgentPromptOverGWS(t *testing.T) {
 }
 
 func TestWSAuth(t *testing.T) {
+	t.Parallel()
 	d := netDaemon(t, fakeAgentCmd()...)
 	url := "ws://" + d.listen + "/acp"
 	for _, tc := range []struct {
@@ -271,6 +273,7 @@ func serverFrame(br *bufio.Reader) (byte, []byte, error) {
 }
 
 func TestWSHeartbeatDropsSilentPeer(t *testing.T) {
+	t.Parallel()
 	d := netDaemon(t, append([]string{"--heartbeat", "200ms"}, fakeAgentCmd()...)...)
 	start := time.Now() // before the upgrade: silence starts no earlier
 	c, br := rawUpgrade(t, d.listen)
@@ -337,6 +340,7 @@ func grepLines(s, sub string) string {
 }
 
 func TestHTTPHealthzAndMetrics(t *testing.T) {
+	t.Parallel()
 	d := netDaemon(t, fakeAgentCmd()...)
 	var h struct {
 		Status string `json:"status"`
@@ -367,6 +371,7 @@ func TestHTTPHealthzAndMetrics(t *testing.T) {
 }
 
 func TestSSEResumeWithLastEventID(t *testing.T) {
+	t.Parallel()
 	d := netDaemon(t, fakeAgentCmd()...)
 	p, _, err := dialPeer(t, "ws://"+d.listen+"/acp", nil, "Authorization", "Bearer "+e2eClientToken)
 	if err != nil {
@@ -512,6 +517,7 @@ func checkShimAnswers(t *testing.T, lines []map[string]any, stderr string, err e
 }
 
 func TestWSConnectShim(t *testing.T) {
+	t.Parallel()
 	d := netDaemon(t, fakeAgentCmd()...)
 	url := "ws://" + d.listen + "/acp"
 	lines, stderr, err := connectShim(t, []string{"AGENTBRIDGE_TOKEN=" + e2eClientToken}, shimInput, url)
@@ -528,6 +534,7 @@ func TestWSConnectShim(t *testing.T) {
 }
 
 func TestTLSConnectShimAndHTTPS(t *testing.T) {
+	t.Parallel()
 	cert, key, pool := selfSigned(t)
 	d := netDaemon(t, append([]string{"--tls-cert", cert, "--tls-key", key}, fakeAgentCmd()...)...)
 	url := "wss://" + d.listen + "/acp"

@@ -14,7 +14,7 @@ import http from "node:http";
 import path from "node:path";
 import test from "node:test";
 import WebSocket from "ws";
-import { Inbox, RawClient, testDir, within } from "./lib/bridge.mjs";
+import { Inbox, LIVE_MS, RawClient, testDir, within } from "./lib/bridge.mjs";
 import { plainCapabilities } from "./lib/sdkpeer.mjs";
 import { withWsDaemon } from "./lib/wspeer.mjs";
 import { makeAgentApp } from "./fixtures/sdk-agent-app.mjs";
@@ -42,7 +42,7 @@ function httpClient(url, opts, defer) {
 
 /** The one client script both servers must pass. */
 async function script(c, cwd) {
-  const init = await within(10000, "initialize", c.conn.agent.request(acp.methods.agent.initialize, {
+  const init = await within(LIVE_MS, "initialize", c.conn.agent.request(acp.methods.agent.initialize, {
     protocolVersion: acp.PROTOCOL_VERSION,
     clientCapabilities: plainCapabilities,
     clientInfo: { name: "agentbridge-node-sdk-http", version: "0.0.0" },
@@ -214,7 +214,7 @@ test("one session watched at once by a Unix-socket client, a WebSocket client an
   withWsDaemon({ agent: sdkAgent }, async (d) => {
     const { WsPeer } = await import("./lib/wspeer.mjs");
     const c = httpClient(`${d.origin}/acp`, { headers: { Authorization: `Bearer ${d.token}` } }, (f) => d.defer(f));
-    await within(10000, "initialize", c.conn.agent.request(acp.methods.agent.initialize, { protocolVersion: acp.PROTOCOL_VERSION, clientCapabilities: plainCapabilities }));
+    await within(LIVE_MS, "initialize", c.conn.agent.request(acp.methods.agent.initialize, { protocolVersion: acp.PROTOCOL_VERSION, clientCapabilities: plainCapabilities }));
     const { sessionId } = await within(10000, "session/new", c.conn.agent.request(acp.methods.agent.session.new, { cwd: d.dir, mcpServers: [] }));
     const unix = await RawClient.connect(d);
     await unix.call(1, "bridge/attach", { sessionId });
@@ -267,13 +267,16 @@ test("a session GET with Last-Event-ID takes the stream over and resumes from th
 );
 
 test("--http-idle reaps a connection with no GET and no request", T, () =>
-  withWsDaemon({ args: ["--http-idle", "1s"] }, async (d) => {
+  // 3s, not less: initialize and the first POST must both land within
+  // --http-idle of each other, and on a loaded machine (make test runs
+  // three lanes at once) 1s was once too short for them.
+  withWsDaemon({ args: ["--http-idle", "3s"] }, async (d) => {
     const id = await rawInit(d);
     const post = () => fetch(`${d.origin}/acp`, { method: "POST", headers: { Authorization: `Bearer ${d.token}`, "Content-Type": "application/json", "Acp-Connection-Id": id }, body: JSON.stringify({ jsonrpc: "2.0", method: "x/ping" }) });
     assert.equal((await post()).status, 202);
     // Reaping is the passing of time itself: wait past --http-idle plus a
     // sweep, with no GET open and no request.
-    await new Promise((r) => setTimeout(r, 2500));
+    await new Promise((r) => setTimeout(r, 4500));
     assert.equal((await post()).status, 404);
   }),
 );

@@ -12,7 +12,7 @@ import { createWebSocketStream } from "@agentclientprotocol/sdk/experimental/ws-
 import assert from "node:assert/strict";
 import test from "node:test";
 import WebSocket from "ws";
-import { Inbox, spawnConnect, within, withDaemon } from "./lib/bridge.mjs";
+import { Inbox, LIVE_MS, spawnConnect, within, withDaemon } from "./lib/bridge.mjs";
 import { withWsDaemon } from "./lib/wspeer.mjs";
 
 const T = { timeout: 90000 };
@@ -86,7 +86,7 @@ for (const version of [1, 2]) {
     test(`v${version} over ${transport}: resume after a drop, fork from its first event, list, close`, T, () =>
       run({ agent: agentCmd(version) }, async (d) => {
         const a = lcClient(d, transport, version, "editor-before-restart");
-        const init = await within(10000, "initialize", a.initialize());
+        const init = await within(LIVE_MS, "initialize", a.initialize());
         assert.equal(init.protocolVersion, version);
         const { sessionId } = await within(10000, "session/new", a.newSession(d.dir));
         await a.turn(sessionId, "one");
@@ -94,7 +94,7 @@ for (const version of [1, 2]) {
 
         // The editor restarts and resumes its session with ACP alone.
         const b = lcClient(d, transport, version, "editor-after-restart");
-        await within(10000, "initialize", b.initialize());
+        await within(LIVE_MS, "initialize", b.initialize());
         await within(10000, "session/resume", b.req("session/resume", { sessionId, cwd: d.dir }));
         await b.turn(sessionId, "two");
 
@@ -119,7 +119,7 @@ for (const version of [1, 2]) {
     test(`v${version} over ${transport}: a cancel reaches only the sender's own request with a colliding id`, T, () =>
       run({ agent: agentCmd(version) }, async (d) => {
         const [c, e] = [lcClient(d, transport, version, "canceller"), lcClient(d, transport, version, "bystander")];
-        await within(10000, "initialize", Promise.all([c.initialize(), e.initialize()]));
+        await within(LIVE_MS, "initialize", Promise.all([c.initialize(), e.initialize()]));
         // Both SDK clients number their requests alike: these two waits share an id.
         const ac = new AbortController();
         const ae = new AbortController();

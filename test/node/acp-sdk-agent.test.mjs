@@ -6,7 +6,7 @@ import * as acp from "@agentclientprotocol/sdk";
 import assert from "node:assert/strict";
 import path from "node:path";
 import test from "node:test";
-import { deferred, RawClient, testDir, within, withDaemon } from "./lib/bridge.mjs";
+import { deferred, LIVE_MS, RawClient, testDir, within, withDaemon } from "./lib/bridge.mjs";
 import { isUpdate, plainCapabilities, sdkClient } from "./lib/sdkpeer.mjs";
 
 const T = { timeout: 60000 };
@@ -118,7 +118,7 @@ test("two raw clients with colliding ids each get their own answers from the SDK
 test("SDK client through connect and SDK agent behind serve complete a turn", T, () =>
   withDaemon(sdkAgent, async (d) => {
     const c = sdkClient(d, { onPermission: () => selected("allow") });
-    const init = await within(10000, "initialize", c.initialize());
+    const init = await within(LIVE_MS, "initialize", c.initialize());
     assert.equal(init.agentInfo?.name, "sdk-fixture-agent");
     const { sessionId } = await within(10000, "session/new", c.newSession(d.dir));
     const res = await within(20000, "session/prompt", c.prompt(sessionId, "both ends are the SDK"));

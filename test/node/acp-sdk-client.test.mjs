@@ -5,7 +5,7 @@
 import * as acp from "@agentclientprotocol/sdk";
 import assert from "node:assert/strict";
 import test from "node:test";
-import { binPath, deferred, optionOfKind, within, withDaemon } from "./lib/bridge.mjs";
+import { binPath, deferred, LIVE_MS, optionOfKind, within, withDaemon } from "./lib/bridge.mjs";
 import { isUpdate, sdkClient } from "./lib/sdkpeer.mjs";
 
 const T = { timeout: 60000 };
@@ -47,7 +47,7 @@ async function checkTurn(c, sessionId, want) {
 test("SDK client through connect: initialize, session/new, prompt with the permission allowed", T, () =>
   withDaemon({}, async (d) => {
     const c = sdkClient(d, { onPermission: choose("allow") });
-    const init = await within(10000, "initialize", c.initialize());
+    const init = await within(LIVE_MS, "initialize", c.initialize());
     assert.equal(init.protocolVersion, acp.PROTOCOL_VERSION);
     const { sessionId } = await within(10000, "session/new", c.newSession(d.dir));
     assert.equal(typeof sessionId, "string");
@@ -60,7 +60,7 @@ test("SDK client through connect: initialize, session/new, prompt with the permi
 test("SDK client through connect: a rejected permission fails the tool call", T, () =>
   withDaemon({}, async (d) => {
     const c = sdkClient(d, { onPermission: choose("reject") });
-    await within(10000, "initialize", c.initialize());
+    await within(LIVE_MS, "initialize", c.initialize());
     const { sessionId } = await within(10000, "session/new", c.newSession(d.dir));
     const res = await within(30000, "session/prompt", c.prompt(sessionId, "try the tool"));
     assert.equal(res.stopReason, "end_turn");
@@ -117,7 +117,7 @@ test("SDK ActiveSession.readText through connect gets every chunk before the tur
   // update the bridge let the response overtake would be missing here.
   withDaemon({ agent: [binPath(), "demo-agent", "--chunks", "2000", "--chunk-size", "200"] }, async (d) => {
     const c = sdkClient(d, { onPermission: choose("allow") });
-    await within(10000, "initialize", c.initialize());
+    await within(LIVE_MS, "initialize", c.initialize());
     const text = await within(60000, "a session's whole turn", (async () => {
       const session = await c.agent.buildSession(d.dir).start();
       try {

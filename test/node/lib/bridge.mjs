@@ -25,6 +25,15 @@ export function binPath() {
   return p;
 }
 
+/**
+ * How long a harness wait (a message, a response, a close) gives its event
+ * before failing the test. A liveness bound, not a measure: the wait ends
+ * when the event comes. make test runs the node suite beside the Go and e2e
+ * suites, and on a loaded machine an SDK agent's node process once took 12s
+ * to answer initialize.
+ */
+export const LIVE_MS = 30000;
+
 /** Rejects with a message naming what did not happen when p does not settle within ms. */
 export function within(ms, what, p) {
   let timer;
@@ -180,16 +189,33 @@ export class Daemon {
 
 /**
  * Starts a daemon, runs fn(daemon), and always stops it. A failure carries
- * the tail of the daemon's log.
+ * the tail of the daemon's log. opts.pickListen, if given, is an async
+ * function returning the --listen address: a daemon that could not bind it
+ * (another process took the port after it was picked: test files run in
+ * parallel, beside the Go suites in make test) is started again on a new one.
  */
 export async function withDaemon(opts, fn) {
-  const d = new Daemon(opts);
-  let result, failure;
-  try {
-    await d.ready();
-    result = await fn(d);
-  } catch (e) {
-    failure = e;
+  let d, result, failure;
+  for (let attempt = 1; ; attempt++) {
+    const o = opts.pickListen ? { ...opts, listen: await opts.pickListen() } : opts;
+    d = new Daemon(o);
+    try {
+      await d.ready();
+      break;
+    } catch (e) {
+      if (!opts.pickListen || attempt >= 5 || !d.logs().includes("address already in use")) {
+        failure = e;
+        break;
+      }
+      await d.stop().catch(() => {}); // it has exited: this removes its dir
+    }
+  }
+  if (failure === undefined) {
+    try {
+      result = await fn(d);
+    } catch (e) {
+      failure = e;
+    }
   }
   try {
     await d.stop();
@@ -226,7 +252,7 @@ export function spawnConnect(d) {
       return (this._input ??= Readable.toWeb(child.stdout));
     },
     /** Closes stdin and resolves with the exit status; kills it after ms. */
-    async close(ms = 10000) {
+    async close(ms = LIVE_MS) {
       child.stdin.end();
       try {
         return await within(ms, "agentbridge connect to exit after stdin closed", exit);
@@ -285,7 +311,7 @@ export class Inbox {
     }
   }
 
-  waitFor(what, match, ms = 10000) {
+  waitFor(what, match, ms = LIVE_MS) {
     const i = this.pending.findIndex(match);
     if (i >= 0) return Promise.resolve(this.pending.splice(i, 1)[0]);
     if (this.closedWhy) return Promise.reject(new Error(`${this.closedWhy} while waiting for ${what}`));
@@ -350,17 +376,17 @@ export class RawClient {
     this.send(params === undefined ? { id, method } : { id, method, params });
   }
 
-  waitFor(what, match, ms = 10000) {
+  waitFor(what, match, ms = LIVE_MS) {
     return this.inbox.waitFor(what, match, ms);
   }
 
   /** The response to this client's request id (its own id, as sent). */
-  response(id, ms = 10000) {
+  response(id, ms = LIVE_MS) {
     return this.waitFor(`response ${JSON.stringify(id)}`, (m) => m.method === undefined && JSON.stringify(m.id) === JSON.stringify(id), ms);
   }
 
   /** Sends a request and returns its result; an error response throws. */
-  async call(id, method, params, ms = 10000) {
+  async call(id, method, params, ms = LIVE_MS) {
     this.request(id, method, params);
     const m = await this.response(id, ms);
     if (m.error) throw new Error(`${method}: error ${JSON.stringify(m.error)}`);

@@ -9,7 +9,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import WebSocket from "ws";
-import { Inbox, optionOfKind, within, withDaemon } from "./bridge.mjs";
+import { Inbox, LIVE_MS, optionOfKind, within, withDaemon } from "./bridge.mjs";
 
 /** A token the daemon accepts: 24 base64url characters (144 random bits). */
 export function newToken() {
@@ -51,9 +51,10 @@ export async function withWsDaemon(opts, fn) {
     const operatorToken = newToken();
     const tokens = path.join(dir, "tokens");
     writeFileSync(tokens, `# written by the node WebSocket tests\nclient ${token}\nviewer ${viewerToken}\noperator ${operatorToken}\n`, { mode: 0o600 });
-    const port = await freePort();
+    let port;
+    const pickListen = async () => `127.0.0.1:${(port = await freePort())}`;
     return await withDaemon(
-      { ...opts, listen: `127.0.0.1:${port}`, args: ["--tokens", tokens, ...(opts.args ?? [])] },
+      { ...opts, pickListen, args: ["--tokens", tokens, ...(opts.args ?? [])] },
       (d) => {
         Object.assign(d, {
           port,
@@ -80,7 +81,7 @@ export async function withWsDaemon(opts, fn) {
  * @param {string[]|undefined} protocols
  * @param {import("ws").ClientOptions} options
  */
-export function refusedStatus(url, protocols, options = {}, ms = 10000) {
+export function refusedStatus(url, protocols, options = {}, ms = LIVE_MS) {
   return within(
     ms,
     `the handshake with ${url} to be refused`,
@@ -167,7 +168,7 @@ export class WsPeer {
   static async open(d, url, protocols, options = {}) {
     const p = new WsPeer(url, protocols, options);
     d.defer(() => p.terminate());
-    await within(10000, `the WebSocket handshake with ${url}`, p.opened);
+    await within(LIVE_MS, `the WebSocket handshake with ${url}`, p.opened);
     return p;
   }
 
@@ -192,17 +193,17 @@ export class WsPeer {
     this.send(params === undefined ? { id, method } : { id, method, params });
   }
 
-  waitFor(what, match, ms = 10000) {
+  waitFor(what, match, ms = LIVE_MS) {
     return this.inbox.waitFor(what, match, ms);
   }
 
   /** The response to this peer's request id. */
-  response(id, ms = 10000) {
+  response(id, ms = LIVE_MS) {
     return this.waitFor(`response ${JSON.stringify(id)}`, (m) => m.method === undefined && JSON.stringify(m.id) === JSON.stringify(id), ms);
   }
 
   /** Sends a request and returns its result; an error response throws. */
-  async call(id, method, params, ms = 10000) {
+  async call(id, method, params, ms = LIVE_MS) {
     this.request(id, method, params);
     const m = await this.response(id, ms);
     if (m.error) throw new Error(`${method}: error ${JSON.stringify(m.error)}`);
@@ -210,7 +211,7 @@ export class WsPeer {
   }
 
   /** Starts the close handshake and resolves with the close the peer saw. */
-  close(code, reason, ms = 10000) {
+  close(code, reason, ms = LIVE_MS) {
     this.ws.close(code, reason);
     return within(ms, "the close handshake to finish", this.closed);
   }
