@@ -65,10 +65,12 @@
 // shared by every recipient); an evicted one keeps its slot until drained
 // but not its payload. Per session with something to report, a few hundred
 // bytes of accounting and the text tail. A "catchup" connection whose peer
-// took nothing since the last drain attempt keeps no queued events: they
-// are handed back to the hub (Hooks.Recede, TakeEvents, Hub.Recede), which
-// feeds them from the session log again once the peer reads; nor does it
-// keep drain scratch.
+// took nothing since the last drain attempt keeps no queued events, and of
+// the messages its transport refused (PartialWriter) only the one the next
+// attempt writes: the rest are handed back to the hub (Hooks.Recede,
+// Endpoint.takeEvents, Hub.Recede), which feeds them from the session log
+// again once the peer reads. No connection keeps drain or write scratch
+// between flushes (they are pooled).
 //
 // # Concurrency
 //

@@ -37,6 +37,21 @@ type Transport interface {
 	Shut()
 }
 
+// PartialWriter is a Transport whose writes the peer may refuse in part (a
+// non-blocking socket). WriteSome writes whole frames, in order, as far as
+// the peer takes them, and reports how many it took; a frame taken in part
+// counts as taken (the transport finishes it, and holds its tail until
+// then). It must arrange to be woken (Transport.Wake) when it refused
+// any. The endpoint keeps the messages of the frames it did not take, not
+// the frames, and writes them first at the next Flush; a catch-up
+// connection whose peer stopped taking anything hands their events back to
+// the hub with what is queued (Hub.Recede), so that what a stalled
+// connection holds is a cursor per session, not a write pass of frames.
+// Writer only.
+type PartialWriter interface {
+	WriteSome(frames [][]byte) (int, error)
+}
+
 // EndpointConfig is shared by every Endpoint of a listener; it is read,
 // never written, once the first Endpoint exists.
 type EndpointConfig struct {
@@ -97,15 +112,49 @@ type Endpoint struct {
 	lim *Limiter
 }
 
-// flushScratch is what one Flush needs for a pass: taken from scratches
-// for the length of the call, so an idle (or stalled) connection keeps no
-// scratch between flushes.
-type flushScratch struct {
+// heldMsgs are the messages whose frames the transport refused, oldest
+// first, ahead of everything queued. They live in the Outbox's lagging
+// state (made on first need), since only a peer that is behind has any:
+// an idle endpoint carries nothing for them.
+type heldMsgs struct {
+	msgs  []*wire.Msg
+	bytes int // their frames' bytes
+}
+
+// held is what the transport refused, nil when nothing. Writer only.
+func (e *Endpoint) held() *heldMsgs {
+	if o := &e.out; o.lagging != nil && len(o.held.msgs) > 0 {
+		return &o.held
+	}
+	return nil
+}
+
+// dropHeld forgets what the transport refused. Writer only.
+func (e *Endpoint) dropHeld() {
+	if o := &e.out; o.lagging != nil {
+		o.held = heldMsgs{} // a stalled peer's array is not kept
+	}
+}
+
+// scratch is one Flush's working memory: the messages of a pass and their
+// frames. It is pooled, not kept per endpoint, so that a connection holds
+// none between flushes: idle (or stalled) ones keep nothing.
+type scratch struct {
 	msgs   []*wire.Msg
 	frames [][]byte
 }
 
-var scratches = sync.Pool{New: func() any { return new(flushScratch) }}
+var scratches = sync.Pool{New: func() any { return new(scratch) }}
+
+func getScratch() *scratch { return scratches.Get().(*scratch) }
+
+// put returns sc to the pool, holding no message.
+func (sc *scratch) put() {
+	clear(sc.msgs)
+	clear(sc.frames)
+	sc.msgs, sc.frames = sc.msgs[:0], sc.frames[:0]
+	scratches.Put(sc)
+}
 
 // closeWhy is why an endpoint closes. It is made by Close, the only time
 // an endpoint needs it, so an open one carries one pointer, not the reason
@@ -146,10 +195,55 @@ func (e *Endpoint) Wake() { e.t.Wake() }
 // The Endpoint as its Outbox's owner.
 func (e *Endpoint) wake()                                      { e.t.Wake() }
 func (e *Endpoint) overload(r wire.CloseReason, detail string) { e.Close(r, detail) }
+
+// recede is the outbox's Recede hook: the peer took nothing since the
+// last drain attempt, so the events held for it (queued, or refused by the
+// transport) go back to the hub, which feeds them from the log once the
+// peer takes again. It takes the hub's lock only when there is something
+// to hand back: a stalled connection that receded already costs a
+// re-wake now and then, not an exclusive lock. Writer only (Observe).
 func (e *Endpoint) recede() {
-	if cl := e.cl.Load(); cl != nil {
-		e.cfg.Hub.Recede(cl, e.out.TakeEvents)
+	cl := e.cl.Load()
+	if h := e.held(); cl == nil || (h == nil || len(h.msgs) < 2) && !e.out.hasData() {
+		return
 	}
+	e.cfg.Hub.Recede(cl, e.takeEvents)
+}
+
+// takeEvents removes the sequenced data events the endpoint holds and
+// returns the lowest seq removed per session (Hub.Recede's take). The
+// queue gives its own (Outbox.TakeEvents). What the transport refused
+// precedes the queue, so its events are taken only when they all are
+// events and nothing at all is left queued after them: handing one back
+// while a control message or a later event of its session stays would
+// reorder the stream or duplicate events. The first refused message
+// stays: it is what the next attempt writes, so the connection keeps
+// something due (the stall deadline runs on) and learns, when the kernel
+// takes it, that the peer reads again (then the pump feeds it the rest
+// from the log), instead of being fed a chunk from the log and refused
+// again at every re-wake. Writer only, under the hub lock.
+func (e *Endpoint) takeEvents() map[string]uint64 {
+	low := e.out.TakeEvents()
+	h := e.held()
+	if h == nil || len(h.msgs) < 2 || e.out.Len() > 0 {
+		return low
+	}
+	for _, m := range h.msgs {
+		if m.Seq == 0 || m.SessionID == "" {
+			return low // a control message among them: all stay, in order
+		}
+	}
+	if low == nil {
+		low = make(map[string]uint64)
+	}
+	for _, m := range h.msgs[1:] {
+		if cur, ok := low[m.SessionID]; !ok || m.Seq < cur {
+			low[m.SessionID] = m.Seq
+		}
+		h.bytes -= len(e.t.Frame(m))
+	}
+	h.msgs = []*wire.Msg{h.msgs[0]} // the pass's array goes
+	return low
 }
 
 func (e *Endpoint) log() *slog.Logger {
@@ -316,27 +410,40 @@ func (e *Endpoint) Admit(msg []byte, now time.Time) bool {
 func (e *Endpoint) Flush() error {
 	blocked, err := e.flush(false)
 	n, _ := e.t.Backlog()
+	if h := e.held(); h != nil {
+		n += h.bytes
+	}
 	e.out.Observe(blocked, n)
 	return err
 }
 
-// Final is the flush before a close: everything queued regardless of the
-// transport's watermark, unless the close is an overload (the client
-// resumes by cursor, and its backlog may be what overloaded it). Replays
-// are not pumped. Writer only.
+// Final is the flush before a close: what the transport refused earlier,
+// then everything queued regardless of the transport's watermark, unless
+// the close is an overload (the client resumes by cursor, and its backlog
+// may be what overloaded it). Replays are not pumped. Writer only.
 func (e *Endpoint) Final() error {
 	if r, _ := e.Reason(); r.Overload() {
-		return nil
+		sc := getScratch()
+		defer sc.put()
+		_, err := e.writeHeld(sc)
+		return err
 	}
 	_, err := e.flush(true)
 	return err
 }
 
 func (e *Endpoint) flush(force bool) (blocked bool, err error) {
-	sc := scratches.Get().(*flushScratch)
-	defer scratches.Put(sc)
+	sc := getScratch()
+	defer sc.put()
 	cl := e.cl.Load()
 	for {
+		if e.held() != nil {
+			// What the peer refused goes first; while it still refuses,
+			// nothing more is written.
+			if blocked, err := e.writeHeld(sc); blocked || err != nil {
+				return blocked, err
+			}
+		}
 		if !force {
 			n, over := e.t.Backlog()
 			if over {
@@ -359,19 +466,67 @@ func (e *Endpoint) flush(force bool) (blocked bool, err error) {
 		}
 		for start := 0; start < len(sc.msgs); start += maxIOV {
 			end := min(start+maxIOV, len(sc.msgs))
-			sc.frames = sc.frames[:0]
-			for _, m := range sc.msgs[start:end] {
-				sc.frames = append(sc.frames, e.t.Frame(m))
-			}
-			err = e.t.Write(sc.frames)
-			clear(sc.frames)
+			taken, err := e.write(sc, sc.msgs[start:end])
 			if err != nil {
-				clear(sc.msgs)
 				return false, err
+			}
+			if taken < end-start {
+				// The peer refused the rest: keep the messages, not
+				// their frames, for the next Flush (or Recede).
+				e.hold(sc.msgs[start+taken:])
+				return true, nil
 			}
 		}
 		clear(sc.msgs)
 	}
+}
+
+// write frames msgs and writes them; it reports how many the transport
+// took (all of them unless it is a PartialWriter). Writer only.
+func (e *Endpoint) write(sc *scratch, msgs []*wire.Msg) (int, error) {
+	sc.frames = sc.frames[:0]
+	for _, m := range msgs {
+		sc.frames = append(sc.frames, e.t.Frame(m))
+	}
+	defer clear(sc.frames)
+	if pw, ok := e.t.(PartialWriter); ok {
+		return pw.WriteSome(sc.frames)
+	}
+	return len(msgs), e.t.Write(sc.frames)
+}
+
+// hold appends msgs to what the transport refused. Writer only.
+func (e *Endpoint) hold(msgs []*wire.Msg) {
+	e.out.lag()
+	h := &e.out.held
+	for _, m := range msgs {
+		h.bytes += len(e.t.Frame(m))
+	}
+	h.msgs = append(h.msgs, msgs...)
+}
+
+// writeHeld writes what the transport refused earlier, in order, and
+// reports whether it still refuses some. Writer only.
+func (e *Endpoint) writeHeld(sc *scratch) (blocked bool, err error) {
+	for h := e.held(); h != nil; h = e.held() {
+		batch := h.msgs[:min(len(h.msgs), maxIOV)]
+		taken, err := e.write(sc, batch)
+		if err != nil {
+			return false, err
+		}
+		for _, m := range batch[:taken] {
+			h.bytes -= len(e.t.Frame(m))
+		}
+		clear(batch[:taken])
+		h.msgs = h.msgs[taken:]
+		if len(h.msgs) == 0 {
+			e.dropHeld()
+		}
+		if taken < len(batch) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // Release unregisters the connection from the hub and frees its queue.
@@ -389,8 +544,9 @@ func (e *Endpoint) Release() {
 // HTTP refusal must not be followed by what the hub queued meanwhile).
 // Writer only.
 func (e *Endpoint) Discard() {
-	sc := scratches.Get().(*flushScratch)
-	defer scratches.Put(sc)
+	e.dropHeld()
+	sc := getScratch()
+	defer sc.put()
 	for {
 		sc.msgs = e.out.Drain(sc.msgs[:0], flushBytes)
 		if len(sc.msgs) == 0 {

@@ -101,7 +101,6 @@ func (h *Hooks) recede() {
 type Outbox struct {
 	cfg *outboxConfig // immutable, shared by every outbox made from the same Config
 	q   ring.Queue[slot]
-	br  atomic.Pointer[breaker.Breaker] // made on first need; written by the drainer
 	own owner
 	m   Metrics
 
@@ -111,19 +110,16 @@ type Outbox struct {
 	degraded atomic.Bool   // written under mu; read anywhere
 	behind   atomic.Bool   // the transport held bytes at the last drain attempt (written by the drainer)
 	stuck    atomic.Bool   // ... and its peer had taken nothing since the attempt before (written by the drainer)
-	skipped  atomic.Uint64 // events not sent while degraded, not yet reported
-
-	markers map[string]*wire.Msg // per session: what a tombstone keeps; under the ring's lock
-
-	mu sync.Mutex // lock order: mu, then the ring's lock
-	// Guarded by mu.
-	pending map[string]*acc // per session: skipped events not yet reported
-	timer   *time.Timer     // the summary timer; runs only while degraded
-	closed  bool
-
+	closed   bool          // guarded by mu
 	// Owned by the drainer. Its scratch for the queue's entries is not
 	// kept between drains (batches): an idle connection holds none.
 	drained bool // Drain handed out messages since the last Observe
+
+	// What only a connection that lost events or was degraded needs; nil
+	// until then (strain).
+	st atomic.Pointer[strained]
+
+	mu sync.Mutex // lock order: mu, then the ring's lock
 	// The drainer's bookkeeping of a consumer that fell behind, nil until
 	// the first need (lag): embedded so its fields read as the
 	// Outbox's, every use is where it is known to exist or checks for nil.
@@ -132,8 +128,8 @@ type Outbox struct {
 
 // lagging is what the drainer keeps about a connection that fell behind:
 // the gap run being collected, the stall and breaker observations, the
-// losses already reported. Most connections never need it, and 10,000
-// idle ones should not carry it (136 bytes each), so it is made on the
+// losses already reported, the messages its transport refused. Most connections never need it, and 10,000
+// idle ones should not carry it (184 bytes each), so it is made on the
 // first eviction, blocked attempt, unhealthy observation or loss.
 type lagging struct {
 	gap          gapRun    // the run of tombstones being collected
@@ -142,6 +138,40 @@ type lagging struct {
 	unhealthy    int       // unhealthy observations since the last healthy one
 	why          string    // what the last unhealthy observation saw, for the close reason
 	reported     [ring.NumReasons]uint64
+	held         heldMsgs // what the transport refused (Endpoint.hold); the endpoint is the drainer
+}
+
+// strained is what only a connection that lost events or was degraded
+// needs: its breaker, the events it was not sent, the markers its
+// tombstones keep, its pending gaps and summaries and their timer. Most
+// connections never need it, and 10,000 idle ones should not carry it
+// (five words each), so it is made on first need and kept until the
+// connection closes. Each field keeps its own guard.
+type strained struct {
+	br      atomic.Pointer[breaker.Breaker] // written by the drainer
+	skipped atomic.Uint64                   // events not sent while degraded, not yet reported
+	markers map[string]*wire.Msg            // per session: what a tombstone keeps; under the ring's lock
+	pending map[string]*acc                 // per session: skipped events not yet reported; under mu
+	timer   *time.Timer                     // the summary timer, runs only while degraded; under mu
+}
+
+// strain returns the connection's strained state, making it on first
+// need. Any goroutine.
+func (o *Outbox) strain() *strained {
+	if st := o.st.Load(); st != nil {
+		return st
+	}
+	o.st.CompareAndSwap(nil, new(strained))
+	return o.st.Load()
+}
+
+// pending is the per-session skipped events not yet reported (nil while
+// there were none). Precondition: mu held.
+func (o *Outbox) pending() map[string]*acc {
+	if st := o.st.Load(); st != nil {
+		return st.pending
+	}
+	return nil
 }
 
 // lag makes the lagging state on first need. Drainer only.
@@ -188,18 +218,19 @@ func (o *Outbox) dropPayload(s *slot) {
 		return
 	}
 	sid := s.m.SessionID
-	if o.markers == nil {
-		o.markers = make(map[string]*wire.Msg) // first eviction: idle connections stay small
+	st := o.strain()
+	if st.markers == nil {
+		st.markers = make(map[string]*wire.Msg) // first eviction: idle connections stay small
 	}
-	mk := o.markers[sid]
+	mk := st.markers[sid]
 	if mk == nil {
-		if len(o.markers) >= maxMarkers {
-			clear(o.markers)
+		if len(st.markers) >= maxMarkers {
+			clear(st.markers)
 		}
 		// A marker is never written to a socket: only its SessionID is
 		// read, by Drain, for the gap.
 		mk = &wire.Msg{SessionID: sid}
-		o.markers[sid] = mk
+		st.markers[sid] = mk
 	}
 	s.m = mk
 }
@@ -317,7 +348,12 @@ func (o *Outbox) State() breaker.State {
 
 // breaker returns the connection's breaker, nil while it never needed one.
 // Safe from any goroutine.
-func (o *Outbox) breaker() *breaker.Breaker { return o.br.Load() }
+func (o *Outbox) breaker() *breaker.Breaker {
+	if st := o.st.Load(); st != nil {
+		return st.br.Load()
+	}
+	return nil
+}
 
 // Send queues m. It reports false when a control message could not be
 // queued: the connection is then being closed through the hooks. For data
@@ -436,20 +472,20 @@ func (o *Outbox) sendSlow(m *wire.Msg, full bool) (wake bool) {
 	sid, seq := m.SessionID, m.Seq
 	sequenced := sid != "" && seq != 0
 	if o.degraded.Load() {
-		o.skipped.Add(1)
+		o.strain().skipped.Add(1)
 		if sequenced {
 			o.skip(m)
 		}
 		return false
 	}
 	if !full && sequenced {
-		if a := o.pending[sid]; a != nil {
+		if a := o.pending()[sid]; a != nil {
 			// The session's earlier gap must precede this event; without
 			// room for both, this event joins the gap.
 			if !o.flushToRing(a, time.Now()) {
 				full = true
 			} else {
-				delete(o.pending, sid)
+				delete(o.pending(), sid)
 			}
 		}
 	}
@@ -526,20 +562,21 @@ func (o *Outbox) pushReport(m *wire.Msg) bool {
 }
 
 func (o *Outbox) accFor(sid string) *acc {
-	a := o.pending[sid]
+	a := o.pending()[sid]
 	if a == nil {
-		if o.pending == nil {
-			o.pending = make(map[string]*acc)
+		st := o.strain()
+		if st.pending == nil {
+			st.pending = make(map[string]*acc)
 		}
 		a = &acc{sid: sid}
-		o.pending[sid] = a
+		st.pending[sid] = a
 	}
 	return a
 }
 
 // updateSlow recomputes the slow-path flag. Precondition: mu held.
 func (o *Outbox) updateSlow() {
-	o.slow.Store(o.degraded.Load() || len(o.pending) > 0)
+	o.slow.Store(o.degraded.Load() || len(o.pending()) > 0)
 }
 
 // pushControl queues a gap or summary; one that does not fit closes the
@@ -658,9 +695,10 @@ func (o *Outbox) drainPending(dst []*wire.Msg) []*wire.Msg {
 		return dst
 	}
 	now := time.Now()
-	for sid, a := range o.pending {
+	pending := o.pending()
+	for sid, a := range pending {
 		dst = o.accMsgs(a, now, dst)
-		delete(o.pending, sid)
+		delete(pending, sid)
 	}
 	o.updateSlow()
 	return dst
@@ -745,7 +783,7 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		br := o.breaker()
 		if br == nil {
 			br = breaker.New("outbox", o.cfg.Breaker, o.m.Transition)
-			o.br.Store(br)
+			o.strain().br.Store(br)
 		}
 		br.Observe(false)
 	case !blocked && lvl.DataBytes < qc.LowWater && lvl.Items < o.cfg.itemsLow:
@@ -796,6 +834,12 @@ func (o *Outbox) TakeEvents() map[string]uint64 {
 	return low
 }
 
+// hasData reports whether live data entries are queued. Any goroutine.
+func (o *Outbox) hasData() bool {
+	data, _ := o.q.Bytes()
+	return data > 0
+}
+
 // setBehind records what the last drain attempt saw of the peer: held, the
 // transport still holds bytes for it; stuck, it took nothing since the
 // attempt before. Drainer only.
@@ -828,8 +872,16 @@ func (o *Outbox) report(lvl ring.Level) {
 			o.m.Lost(r.String(), d)
 		}
 	}
-	if n := o.skipped.Swap(0); n > 0 {
-		o.m.Lost(LostDegraded, n)
+	o.reportSkipped()
+}
+
+// reportSkipped counts the events a degraded connection was not sent
+// since the last report. Any goroutine.
+func (o *Outbox) reportSkipped() {
+	if st := o.st.Load(); st != nil {
+		if n := st.skipped.Swap(0); n > 0 {
+			o.m.Lost(LostDegraded, n)
+		}
 	}
 }
 
@@ -867,10 +919,10 @@ func (o *Outbox) enter() {
 	o.slow.Store(true)
 	o.q.EvictData()
 	o.m.Degraded(true)
-	if o.timer == nil {
-		o.timer = time.AfterFunc(o.cfg.tickEvery(), o.tick)
+	if st := o.strain(); st.timer == nil {
+		st.timer = time.AfterFunc(o.cfg.tickEvery(), o.tick)
 	} else {
-		o.timer.Reset(o.cfg.tickEvery())
+		st.timer.Reset(o.cfg.tickEvery())
 	}
 	// The drainer turns the purged backlog into gaps at once.
 	o.wake()
@@ -881,11 +933,11 @@ func (o *Outbox) enter() {
 func (o *Outbox) leave() {
 	o.degraded.Store(false)
 	o.m.Degraded(false)
-	if o.timer != nil {
-		o.timer.Stop()
+	if st := o.st.Load(); st != nil && st.timer != nil {
+		st.timer.Stop()
 	}
 	o.updateSlow()
-	if len(o.pending) > 0 {
+	if len(o.pending()) > 0 {
 		o.wake()
 	}
 }
@@ -895,9 +947,7 @@ func (o *Outbox) leave() {
 // gobreaker does lazily, and no drain may come to ask). It runs on the
 // timer's goroutine.
 func (o *Outbox) tick() {
-	if n := o.skipped.Swap(0); n > 0 {
-		o.m.Lost(LostDegraded, n)
-	}
+	o.reportSkipped()
 	if o.Policy() == Disconnect && o.degraded.Load() {
 		o.apply("it was degraded when it chose onSlow=disconnect")
 		return
@@ -923,7 +973,7 @@ func (o *Outbox) tick() {
 		// degrade it again.
 	}
 	now := time.Now()
-	for _, a := range o.pending {
+	for _, a := range o.pending() {
 		if len(a.runs) == 0 && !a.owed {
 			continue
 		}
@@ -939,7 +989,7 @@ func (o *Outbox) tick() {
 			return // closed: the control ceiling
 		}
 	}
-	o.timer.Reset(o.cfg.tickEvery())
+	o.strain().timer.Reset(o.cfg.tickEvery())
 }
 
 // fail asks the transport, once, to close the connection.
@@ -982,14 +1032,17 @@ func (o *Outbox) Close() {
 	o.mu.Lock()
 	if !o.closed {
 		o.closed = true
-		if o.timer != nil {
-			o.timer.Stop()
+		st := o.st.Load()
+		if st != nil && st.timer != nil {
+			st.timer.Stop()
 		}
 		if o.degraded.Load() {
 			o.degraded.Store(false)
 			o.m.Degraded(false)
 		}
-		o.pending = nil
+		if st != nil {
+			st.pending = nil
+		}
 		o.slow.Store(false)
 	}
 	o.mu.Unlock()

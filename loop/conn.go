@@ -56,37 +56,20 @@ type conn struct {
 	proto protocol
 
 	// Owned by the event loop.
-	closeBy int64    // UnixNano: a close waiting for gnet's buffer to drain; 0 when none
-	lastOut int      // what was held for the peer at the previous Backlog
-	pending *backlog // what the kernel did not take; nil while it took everything
-	held    bool     // the reader stopped handing input over: answers pile up (holdInput)
-	toGnet  bool     // closing: everything goes through gnet's buffer
-	// Re-wake backoff while gnet's buffer stays over its watermark; see
+	closeBy int64 // UnixNano: a close waiting for gnet's buffer to drain; 0 when none
+	lastOut int   // what gnet held for the peer at the previous Backlog
+	held    bool  // the reader stopped handing input over: answers pile up (holdInput)
+	toGnet  bool  // closing: everything goes through gnet's buffer
+	// Re-wake backoff while the peer refuses what is written; see
 	// Server.rewake.
 	wakeAt   int64        // UnixNano; guarded by srv.mu
 	wakeStep atomic.Int64 // nanoseconds; 0 after progress
 }
 
-var _ delivery.Transport = (*conn)(nil)
-
-// backlog are whole frames the kernel did not take, kept by reference
-// (the shared frame bytes, not a copy) instead of in gnet's buffer, which
-// would copy them: a peer that stops reading holds at most the tail of one
-// frame in gnet. A connection has one only while it holds frames, so an
-// idle one does not carry the fields.
-type backlog struct {
-	frames [][]byte
-	n      int // their bytes
-}
-
-// hold appends frames (n bytes) to what is pending. Event loop only.
-func (c *conn) hold(frames [][]byte, n int) {
-	if c.pending == nil {
-		c.pending = new(backlog)
-	}
-	c.pending.frames = append(c.pending.frames, frames...)
-	c.pending.n += n
-}
+var (
+	_ delivery.Transport     = (*conn)(nil)
+	_ delivery.PartialWriter = (*conn)(nil)
+)
 
 // Wake asks the loop to drain soon (or, while the agent's output is routed
 // on this loop, right after it: agentconn.go). Any goroutine.
@@ -95,60 +78,81 @@ func (c *conn) Wake() { c.srv.wake(c) }
 // Frame is the protocol's framing of m. Event loop only.
 func (c *conn) Frame(m *wire.Msg) []byte { return c.proto.frame(m) }
 
-// Write writes whole frames with one writev. While gnet holds nothing
-// for the peer the socket is written directly; what the kernel does not
-// take stays pending by reference, and only the tail of a frame it took
-// in part goes to gnet's buffer (a copy), so the frame is finished in
-// order and gnet wakes for the socket's space. Otherwise (gnet holds
-// bytes, or the connection is closing) the frames queue behind. The
-// frames must therefore stay valid after Write returns (shared message
-// encodings, or SSE events built per write); a terminal's, which are not,
-// go to gnet as before. Event loop only.
-func (c *conn) Write(frames [][]byte) error {
+// WriteSome writes whole frames with one writev, straight to the socket
+// while gnet holds nothing for the peer, and reports how many the kernel
+// took. Only the tail of a frame it took in part goes to gnet's buffer (a
+// copy), so the frame is finished in order and gnet writes it when the
+// socket has room; the frames it refused are left to the endpoint, which
+// keeps their messages, not the frames (delivery.PartialWriter), and the
+// connection is re-woken later, with backoff, to write them. While gnet
+// holds anything nothing is written. So a peer that stops reading costs
+// gnet at most one frame's tail. A terminal's frames are scratch, and a
+// closing connection writes everything through gnet. Event loop only.
+func (c *conn) WriteSome(frames [][]byte) (int, error) {
+	if _, term := c.proto.(*termProto); c.toGnet || term {
+		c.count(frames)
+		_, err := c.gc.Writev(frames)
+		return len(frames), err
+	}
+	if c.gc.OutboundBuffered() > 0 {
+		c.markBlocked()
+		return 0, nil
+	}
 	total := 0
 	for _, f := range frames {
 		total += len(f)
 	}
-	c.srv.cfg.Metrics.out(c.proto.name(), len(frames), total)
-	if _, term := c.proto.(*termProto); c.toGnet || term {
-		// A terminal's frames are scratch, reused once Write returns:
-		// they cannot be kept by reference.
-		_, err := c.gc.Writev(frames)
-		return err
-	}
-	if c.pending != nil || c.gc.OutboundBuffered() > 0 {
-		c.hold(frames, total)
-		return nil
-	}
-	rest, err := c.writeDirect(frames, total)
+	taken, err := c.writeDirect(frames, total)
 	if err != nil {
-		return err
+		return taken, err
 	}
-	if len(rest) > 0 {
-		n := 0
-		for _, f := range rest {
-			n += len(f)
-		}
-		c.hold(rest, n)
+	c.count(frames[:taken])
+	if taken < len(frames) {
+		c.markBlocked()
 	}
-	return nil
+	return taken, nil
 }
 
-// writeDirect writes frames (total bytes) to the socket and returns the
-// whole frames it did not take; the tail of one taken in part is handed to
-// gnet. A write error closes the connection. Event loop only, while gnet
-// holds nothing for the peer.
-func (c *conn) writeDirect(frames [][]byte, total int) ([][]byte, error) {
+// Write writes frames whole and in order: what the kernel refuses goes to
+// gnet's buffer (a copy). The endpoint writes through WriteSome; this is
+// delivery.Transport's contract for other callers. Event loop only.
+func (c *conn) Write(frames [][]byte) error {
+	taken, err := c.WriteSome(frames)
+	if err != nil || taken == len(frames) {
+		return err
+	}
+	c.count(frames[taken:])
+	_, err = c.gc.Writev(frames[taken:])
+	return err
+}
+
+// count adds frames to the outbound metrics. Event loop only.
+func (c *conn) count(frames [][]byte) {
+	if len(frames) == 0 {
+		return
+	}
+	n := 0
+	for _, f := range frames {
+		n += len(f)
+	}
+	c.srv.cfg.Metrics.out(c.proto.name(), len(frames), n)
+}
+
+// writeDirect writes frames (total bytes) to the socket and returns how
+// many it took; the tail of one taken in part is handed to gnet. A write
+// error closes the connection. Event loop only, while gnet holds nothing
+// for the peer.
+func (c *conn) writeDirect(frames [][]byte, total int) (int, error) {
 	n, err := writev(c.gc.Fd(), frames)
 	if err != nil && err != unix.EAGAIN && err != unix.EINTR {
 		_ = c.gc.Close()
-		return nil, err
+		return 0, err
 	}
 	if n > 0 && c.wakeStep.Load() != 0 {
 		c.wakeStep.Store(0) // the peer takes again: no backoff
 	}
 	if n >= total {
-		return nil, nil
+		return len(frames), nil
 	}
 	n = max(n, 0)
 	i := 0
@@ -158,69 +162,25 @@ func (c *conn) writeDirect(frames [][]byte, total int) ([][]byte, error) {
 	if n > 0 {
 		// gnet copies the tail and writes it when the socket has room.
 		if _, err := c.gc.Write(frames[i][n:]); err != nil {
-			return nil, err
+			return i, err
 		}
 		i++
 	}
-	return frames[i:], nil
+	return i, nil
 }
 
-// writePending writes what is pending, once gnet holds nothing. Event
-// loop only.
-func (c *conn) writePending() error {
-	for c.pending != nil && c.gc.OutboundBuffered() == 0 {
-		p := c.pending
-		batch := p.frames[:min(len(p.frames), 512)]
-		size := 0
-		for _, f := range batch {
-			size += len(f)
-		}
-		rest, err := c.writeDirect(batch, size)
-		if err != nil {
-			return err
-		}
-		taken := len(batch) - len(rest)
-		for _, f := range p.frames[:taken] {
-			p.n -= len(f)
-		}
-		clear(p.frames[:taken])
-		p.frames = p.frames[taken:]
-		if len(p.frames) == 0 {
-			c.pending = nil // a stalled peer's array is not kept
-		}
-		if len(rest) > 0 {
-			break
-		}
-	}
-	return nil
-}
+// toGnetAll routes every later write through gnet's buffer: a close
+// writes what the endpoint holds, then its farewell after everything
+// (gnet's buffer is where closeAtBoundary waits for the peer). Event loop
+// only.
+func (c *conn) toGnetAll() { c.toGnet = true }
 
-// toGnetAll hands what is pending to gnet and routes every later write
-// through it: a close writes its farewell after everything (gnet's buffer
-// is where closeAtBoundary waits for the peer). Event loop only.
-func (c *conn) toGnetAll() {
-	c.toGnet = true
-	if c.pending != nil {
-		_, _ = c.gc.Writev(c.pending.frames)
-		c.pending = nil
-	}
-}
-
-// Backlog is what is held for the peer: in gnet's buffer and pending.
-// Both keep only what the kernel did not take, so anything held means the
-// peer is not keeping up: nothing more is written (what a connection that
-// stops draining costs is one write pass, held by reference, not a
-// watermark's worth), and the connection is re-woken later, with
-// backoff, to write again (what is pending first) or to notice the stall
-// deadline. Event loop only.
+// Backlog is what gnet holds for the peer: only what the kernel did not
+// take, so anything held means the peer is not keeping up: nothing more is
+// written, and the connection is re-woken later, with backoff, to write
+// again or to notice the stall deadline. Event loop only.
 func (c *conn) Backlog() (int, bool) {
-	if c.pending != nil {
-		_ = c.writePending() // an error closed the connection
-	}
 	n := c.gc.OutboundBuffered()
-	if c.pending != nil { // what writePending left
-		n += c.pending.n
-	}
 	if n > 0 {
 		if n < c.lastOut {
 			// The peer is reading: come back soon, no backoff. Only a

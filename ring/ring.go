@@ -111,8 +111,10 @@ const (
 	defaultMaxDataBytes    = 1 << 20
 	defaultMaxControlBytes = 4 << 20
 
-	// initialSlots is the slot array a queue starts with on its first Push.
-	initialSlots = 2
+	// initialSlots is the slot array a queue starts with on its first Push:
+	// one, which an idle connection keeps after its last answer (a
+	// request/response connection rarely holds two at once; more double).
+	initialSlots = 1
 	// releaseAbove: an array larger than this is released when the queue
 	// drains to empty. Small enough that idle connections stay cheap, large
 	// enough that a connection streaming one message at a time never

@@ -72,24 +72,36 @@ func (cl *Client) cursor(s *Session) (uint64, bool) {
 	return cur, ok
 }
 
+// setCursor sets cl's cursor of s; a new one takes cl out of s's
+// fan-out (Session.live).
 func (cl *Client) setCursor(s *Session, after uint64) {
 	cl.cmu.Lock()
 	if cl.catchup == nil {
 		cl.catchup = make(map[*Session]uint64)
 	}
+	_, had := cl.catchup[s]
 	cl.catchup[s] = after
 	cl.catching.Store(true)
 	cl.cmu.Unlock()
+	if !had {
+		s.leaveLive(cl)
+	}
 }
 
+// endCursor ends cl's cursor of s; cl rejoins s's fan-out if still
+// attached.
 func (cl *Client) endCursor(s *Session) {
 	cl.cmu.Lock()
+	_, had := cl.catchup[s]
 	delete(cl.catchup, s)
 	delete(cl.disk, s)
 	if len(cl.catchup) == 0 {
 		cl.catching.Store(false)
 	}
 	cl.cmu.Unlock()
+	if had {
+		s.joinLive(cl)
+	}
 }
 
 // cursorSessions lists the sessions being paced out to cl.

@@ -1,7 +1,9 @@
 package session
 
 import (
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/agentbridge/agentbridge/auth"
@@ -247,5 +249,71 @@ func TestRecedeFeedsFromLog(t *testing.T) {
 	}
 	if next != 202 {
 		t.Fatalf("got %d events, want 201", next-1)
+	}
+}
+
+// refuseConn refuses every data event (its connection lags) and counts
+// the attempts.
+type refuseConn struct{ sends atomic.Int64 }
+
+func (c *refuseConn) Send(m *wire.Msg, cls wire.Class) bool {
+	if cls != wire.Data {
+		return true
+	}
+	c.sends.Add(1)
+	return false
+}
+
+func (c *refuseConn) Close(CloseCode, string) {}
+
+// stalledRig is s1 with one fast attached client and k attached ones that
+// refuse events (stalled): after one event each of those has a cursor.
+func stalledRig(tb testing.TB, k int) (*Hub, []*refuseConn) {
+	tb.Helper()
+	h, _, _ := forwardRig(tb)
+	conns := make([]*refuseConn, k)
+	clients := make([]*Client, k)
+	for i := range conns {
+		conns[i] = &refuseConn{}
+		clients[i] = h.Open(conns[i], ConnInfo{Role: auth.RoleClient, Transport: "test"})
+	}
+	h.mu.Lock()
+	for _, cl := range clients {
+		h.sessions["s1"].attach(cl)
+	}
+	h.mu.Unlock()
+	h.AgentMessage(1, update("s1", 0))
+	return h, conns
+}
+
+// TestStalledCostNothingPerEvent: a client that refused an event is fed
+// from the log; the fan-out does not try it again for later events.
+func TestStalledCostNothingPerEvent(t *testing.T) {
+	h, conns := stalledRig(t, 10)
+	for i := 1; i <= 100; i++ {
+		h.AgentMessage(1, update("s1", i))
+	}
+	for i, c := range conns {
+		if n := c.sends.Load(); n != 1 {
+			t.Fatalf("stalled client %d was offered %d events, want 1 (then a cursor)", i, n)
+		}
+	}
+}
+
+// BenchmarkFanoutBesideStalled is one event published to a session with
+// one fast client beside 0 or 1,000 stalled ones (with cursors).
+func BenchmarkFanoutBesideStalled(b *testing.B) {
+	for _, k := range []int{0, 1000} {
+		b.Run(fmt.Sprintf("stalled=%d", k), func(b *testing.B) {
+			h, _ := stalledRig(b, k)
+			msgs := make([][]byte, 64)
+			for i := range msgs {
+				msgs[i] = update("s1", i)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				h.AgentMessage(1, msgs[i%len(msgs)])
+			}
+		})
 	}
 }

@@ -37,6 +37,13 @@ type Session struct {
 	// Guarded by h.mu (written exclusively, read under either mode).
 	owner    *Client // nil while the owner is away
 	attached []*Client
+	// live are the attached clients the fan-out pushes to: those not
+	// being fed from the log (no Client.catchup entry for s). A client
+	// that lags leaves it and rejoins once caught up, so the fan-out does
+	// no work per event for a connection that stopped reading. Changed
+	// with h.mu held exclusively, or shared with mu held (what guards a
+	// client's cursor of s too).
+	live     []*Client
 	pending  []*agentRequest // agent requests awaiting an answer, oldest first
 	gen      uint64          // agent generation that knows the session
 	closed   bool
@@ -132,6 +139,9 @@ func (s *Session) attach(cl *Client) {
 		}
 		s.attached = append(s.attached, cl)
 		cl.attached[s.ID] = s
+		if _, paced := cl.cursor(s); !paced {
+			s.live = append(s.live, cl)
+		}
 	}
 }
 
@@ -141,6 +151,31 @@ func (s *Session) detach(cl *Client) {
 			s.attached = append(s.attached[:i], s.attached[i+1:]...)
 			break
 		}
+	}
+	s.leaveLive(cl)
+}
+
+// leaveLive takes cl out of the fan-out's recipients by swapping the last
+// one into its place: the fan-out walks them backwards, so one that
+// leaves while it is being served (it lagged) skips nobody. Precondition:
+// as Session.live.
+func (s *Session) leaveLive(cl *Client) {
+	for i, c := range s.live {
+		if c == cl {
+			last := len(s.live) - 1
+			s.live[i] = s.live[last]
+			s.live[last] = nil
+			s.live = s.live[:last]
+			return
+		}
+	}
+}
+
+// joinLive makes cl a recipient of the fan-out again, if it is still
+// attached (its catch-up ended). Precondition: as Session.live.
+func (s *Session) joinLive(cl *Client) {
+	if cl.attached[s.ID] == s && !cl.closed {
+		s.live = append(s.live, cl)
 	}
 }
 
@@ -205,16 +240,14 @@ func (h *Hub) publish(s *Session, m *wire.Msg) {
 }
 
 // fanout delivers a logged event to every attached client not being fed
-// from the log. Precondition: as publish.
+// from the log (s.live: the pump reads the event from the log for the
+// others, in order). It walks them backwards: a client that refuses the
+// event leaves s.live (queueEvent, lag) by a swap with the last one, which
+// was served already. Precondition: as publish.
 func (h *Hub) fanout(s *Session, m *wire.Msg) {
 	delivered := 0
-	for _, cl := range s.attached {
-		if cl.catching.Load() {
-			if _, ok := cl.cursor(s); ok {
-				continue // the pump reads it from the log, in order
-			}
-		}
-		if h.queueEvent(cl, s, m) {
+	for i := len(s.live) - 1; i >= 0; i-- {
+		if h.queueEvent(s.live[i], s, m) {
 			delivered++
 		}
 	}
