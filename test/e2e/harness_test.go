@@ -5,10 +5,13 @@
 // -parallel 4) except the ones that measure the daemon's memory, rate or
 // stall bounds under a flood (backpressure_test.go, TestCatchupFromDisk,
 // TestMaxInflight, TestCleanStopPersistsEverySession): Go runs those first,
-// one at a time, and releases the parallel ones after them. A new test that
-// measures memory or time under load belongs with them; one that only waits
-// for what it asserts may run in parallel (each test has its own daemons,
-// temp dirs and ports).
+// one at a time, and releases the parallel ones after them. make test runs
+// them in a go test of their own (E2E_FLOOD in the Makefile names them), at
+// a time when the other agent stdio mode runs its parallel tests, so two
+// floods never share the machine. A new test that measures memory or time
+// under load belongs with them (in both places); one that only waits for
+// what it asserts may run in parallel (each test has its own daemons, temp
+// dirs and ports).
 package e2e
 
 import (
