@@ -100,8 +100,21 @@ func (r *rig) from(cl *Client, format string, a ...any) {
 	r.hub.Handle(cl, []byte(fmt.Sprintf(format, a...)))
 }
 
+// agentSays delivers one message from the agent as the agent package does:
+// lent from a reader's buffer (agent.Handler), valid only during the call.
+// The buffer is scribbled over when the call returns, so anything the hub
+// kept without copying shows up as 'X's in what a test reads later.
 func (r *rig) agentSays(format string, a ...any) {
-	r.hub.AgentMessage(1, []byte(fmt.Sprintf(format, a...)))
+	lend(r.hub, 1, []byte(fmt.Sprintf(format, a...)))
+}
+
+// lend passes msg to h.AgentMessage with its capacity cut to its length
+// (as the readers do), then overwrites it with 'X'.
+func lend(h *Hub, gen uint64, msg []byte) {
+	h.AgentMessage(gen, msg[:len(msg):len(msg)])
+	for i := range msg {
+		msg[i] = 'X'
+	}
 }
 
 // forwarded returns the single message the agent got.
