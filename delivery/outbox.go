@@ -105,13 +105,9 @@ type Outbox struct {
 	own owner
 	m   Metrics
 
-	policy   atomic.Uint32 // Policy | explicitPolicy
-	dead     atomic.Bool   // a close was requested: queue nothing more
-	slow     atomic.Bool   // degraded or gaps pending: Send takes mu
-	degraded atomic.Bool   // written under mu; read anywhere
-	behind   atomic.Bool   // the transport held bytes at the last drain attempt (written by the drainer)
-	stuck    atomic.Bool   // ... and its peer had taken nothing since the attempt before (written by the drainer)
-	closed   bool          // guarded by mu
+	policy atomic.Uint32 // Policy | explicitPolicy
+	flags  atomic.Uint32 // the flag bits below (dead, slow, degraded, behind, stuck): one word, not five
+	closed bool          // guarded by mu
 	// Owned by the drainer. Its scratch for the queue's entries is not
 	// kept between drains (batches): an idle connection holds none.
 	drained bool // Drain handed out messages since the last Observe
@@ -141,6 +137,53 @@ type lagging struct {
 	reported     [ring.NumReasons]uint64
 	held         heldMsgs // what the transport refused (Endpoint.hold); the endpoint is the drainer
 }
+
+// The Outbox's flags, each read and written atomically (flag).
+const (
+	flagDead     uint32 = 1 << iota // a close was requested: queue nothing more
+	flagSlow                        // degraded or gaps pending: Send takes mu
+	flagDegraded                    // written under mu; read anywhere
+	flagBehind                      // the transport held bytes at the last drain attempt (written by the drainer)
+	flagStuck                       // ... and its peer had taken nothing since the attempt before (written by the drainer)
+)
+
+// flag is one bit of a flags word, used as an atomic.Bool would be.
+type flag struct {
+	w *atomic.Uint32
+	m uint32
+}
+
+func (f flag) Load() bool { return f.w.Load()&f.m != 0 }
+
+func (f flag) Store(on bool) {
+	if on {
+		f.w.Or(f.m)
+	} else {
+		f.w.And(^f.m)
+	}
+}
+
+func (f flag) CompareAndSwap(old, new bool) bool {
+	for {
+		v := f.w.Load()
+		if (v&f.m != 0) != old {
+			return false
+		}
+		n := v &^ f.m
+		if new {
+			n |= f.m
+		}
+		if f.w.CompareAndSwap(v, n) {
+			return true
+		}
+	}
+}
+
+func (o *Outbox) dead() flag     { return flag{&o.flags, flagDead} }
+func (o *Outbox) slow() flag     { return flag{&o.flags, flagSlow} }
+func (o *Outbox) degraded() flag { return flag{&o.flags, flagDegraded} }
+func (o *Outbox) behind() flag   { return flag{&o.flags, flagBehind} }
+func (o *Outbox) stuck() flag    { return flag{&o.flags, flagStuck} }
 
 // strained is what only a connection that lost events or was degraded
 // needs: its breaker, the events it was not sent, its pending gaps and
@@ -332,7 +375,7 @@ func (o *Outbox) SetDefaultPolicy(p Policy) {
 
 // Degraded reports whether the connection is getting summaries instead of
 // the data plane. Safe from any goroutine.
-func (o *Outbox) Degraded() bool { return o.degraded.Load() }
+func (o *Outbox) Degraded() bool { return o.degraded().Load() }
 
 // State is the connection's breaker state. Safe from any goroutine.
 func (o *Outbox) State() breaker.State {
@@ -359,7 +402,7 @@ func (o *Outbox) breaker() *breaker.Breaker {
 // Safe from any goroutine; one connection's messages must be sent in order
 // (the hub serialises them).
 func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
-	if o.dead.Load() {
+	if o.dead().Load() {
 		return c == wire.Data
 	}
 	if c == wire.Control {
@@ -376,7 +419,7 @@ func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
 		return true
 	}
 	full := false
-	if !o.slow.Load() {
+	if !o.slow().Load() {
 		if m.Seq != 0 && m.SessionID != "" && o.Policy() == Catchup {
 			return o.pushCatchup(m)
 		}
@@ -437,7 +480,7 @@ func (o *Outbox) pushCatchup(m *wire.Msg) bool {
 	)
 	if size > o.cfg.Queue.MaxDataBytes {
 		wasEmpty, err = o.q.Push(s, size, ring.Data)
-	} else if o.stuck.Load() && o.q.Len() > 0 {
+	} else if o.stuck().Load() && o.q.Len() > 0 {
 		// The peer took nothing since the drainer last looked: rather
 		// than queue more for it, let it read the log at its own pace. A
 		// peer that merely has bytes in flight (the transport held some
@@ -467,7 +510,7 @@ func (o *Outbox) sendSlow(m *wire.Msg, full bool) (wake bool) {
 	}
 	sid, seq := m.SessionID, m.Seq
 	sequenced := sid != "" && seq != 0
-	if o.degraded.Load() {
+	if o.degraded().Load() {
 		o.strain().skipped.Add(1)
 		if sequenced {
 			o.skip(m)
@@ -572,7 +615,7 @@ func (o *Outbox) accFor(sid string) *acc {
 
 // updateSlow recomputes the slow-path flag. Precondition: mu held.
 func (o *Outbox) updateSlow() {
-	o.slow.Store(o.degraded.Load() || len(o.pending()) > 0)
+	o.slow().Store(o.degraded().Load() || len(o.pending()) > 0)
 }
 
 // pushControl queues a gap or summary; one that does not fit closes the
@@ -671,11 +714,11 @@ func (o *Outbox) Drain(dst []*wire.Msg, maxBytes int) []*wire.Msg {
 	clear(batch)
 	*bp = batch[:0]
 	batches.Put(bp)
-	if (o.gapOpen() || o.slow.Load()) && o.q.Len() == 0 {
+	if (o.gapOpen() || o.slow().Load()) && o.q.Len() == 0 {
 		if o.gapOpen() {
 			dst = append(dst, o.flushGap())
 		}
-		if o.slow.Load() {
+		if o.slow().Load() {
 			dst = o.drainPending(dst)
 		}
 	}
@@ -687,7 +730,7 @@ func (o *Outbox) Drain(dst []*wire.Msg, maxBytes int) []*wire.Msg {
 func (o *Outbox) drainPending(dst []*wire.Msg) []*wire.Msg {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.closed || o.degraded.Load() || o.q.Len() != 0 {
+	if o.closed || o.degraded().Load() || o.q.Len() != 0 {
 		return dst
 	}
 	now := time.Now()
@@ -718,7 +761,7 @@ func (o *Outbox) flushGap() *wire.Msg {
 // disconnect. Drainer only; call it once per drain attempt, not per Drain
 // call.
 func (o *Outbox) Observe(blocked bool, buffered int) {
-	if o.dead.Load() {
+	if o.dead().Load() {
 		return
 	}
 	lvl := o.q.Level()
@@ -763,7 +806,7 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		if o.lagging != nil {
 			o.unhealthy = 0
 		}
-	case missed || stuckNow && o.degraded.Load() || lvl.DataBytes > qc.HighWater || lvl.Items > o.cfg.itemsHigh:
+	case missed || stuckNow && o.degraded().Load() || lvl.DataBytes > qc.HighWater || lvl.Items > o.cfg.itemsHigh:
 		// A degraded connection whose peer still takes nothing stays
 		// degraded: its queue was purged, so only the stall shows, and
 		// without this observation the breaker would half-open and put
@@ -793,7 +836,7 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		}
 		o.unhealthy = 0
 	}
-	if held && o.degraded.Load() && o.State() == breaker.HalfOpen {
+	if held && o.degraded().Load() && o.State() == breaker.HalfOpen {
 		// The probe waits until the peer took what the transport holds
 		// (the tick leaves then) or the breaker closes on healthy
 		// observations: "progress" here may be nothing but Drain handing
@@ -840,11 +883,11 @@ func (o *Outbox) hasData() bool {
 // transport still holds bytes for it; stuck, it took nothing since the
 // attempt before. Drainer only.
 func (o *Outbox) setBehind(held, stuck bool) {
-	if held != o.behind.Load() {
-		o.behind.Store(held)
+	if held != o.behind().Load() {
+		o.behind().Store(held)
 	}
-	if stuck != o.stuck.Load() {
-		o.stuck.Store(stuck)
+	if stuck != o.stuck().Load() {
+		o.stuck().Store(stuck)
 	}
 }
 
@@ -887,7 +930,7 @@ func (o *Outbox) reportSkipped() {
 func (o *Outbox) apply(why string) {
 	pol := o.Policy()
 	open := o.State() == breaker.Open && pol != Catchup
-	deg := o.degraded.Load()
+	deg := o.degraded().Load()
 	switch {
 	case open && pol == Disconnect:
 		o.fail(wire.CloseSlowConsumer, "slow consumer (onSlow=disconnect): "+why+"; resume by cursor")
@@ -901,9 +944,9 @@ func (o *Outbox) apply(why string) {
 		return
 	}
 	switch {
-	case open && !o.degraded.Load():
+	case open && !o.degraded().Load():
 		o.enter()
-	case !open && o.degraded.Load():
+	case !open && o.degraded().Load():
 		o.leave()
 	}
 }
@@ -911,8 +954,8 @@ func (o *Outbox) apply(why string) {
 // enter starts degraded delivery: the backlog is purged (the drainer
 // reports it as gaps) and the summary timer starts. Precondition: mu held.
 func (o *Outbox) enter() {
-	o.degraded.Store(true)
-	o.slow.Store(true)
+	o.degraded().Store(true)
+	o.slow().Store(true)
 	o.q.EvictData()
 	o.m.Degraded(true)
 	if st := o.strain(); st.timer == nil {
@@ -927,7 +970,7 @@ func (o *Outbox) enter() {
 // leave ends degraded delivery; what is pending goes out before each
 // session's next event or when the queue empties. Precondition: mu held.
 func (o *Outbox) leave() {
-	o.degraded.Store(false)
+	o.degraded().Store(false)
 	o.m.Degraded(false)
 	if st := o.st.Load(); st != nil && st.timer != nil {
 		st.timer.Stop()
@@ -944,17 +987,17 @@ func (o *Outbox) leave() {
 // timer's goroutine.
 func (o *Outbox) tick() {
 	o.reportSkipped()
-	if o.Policy() == Disconnect && o.degraded.Load() {
+	if o.Policy() == Disconnect && o.degraded().Load() {
 		o.apply("it was degraded when it chose onSlow=disconnect")
 		return
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.closed || !o.degraded.Load() || o.dead.Load() {
+	if o.closed || !o.degraded().Load() || o.dead().Load() {
 		return
 	}
 	if o.State() != breaker.Open {
-		if !o.behind.Load() {
+		if !o.behind().Load() {
 			o.leave()
 			return
 		}
@@ -981,7 +1024,7 @@ func (o *Outbox) tick() {
 		if o.queueGaps(a) && a.owed && o.pushReport(summaryOf(a)) {
 			o.summarised(a, now)
 		}
-		if o.dead.Load() {
+		if o.dead().Load() {
 			return // closed: the control ceiling
 		}
 	}
@@ -990,7 +1033,7 @@ func (o *Outbox) tick() {
 
 // fail asks the transport, once, to close the connection.
 func (o *Outbox) fail(r wire.CloseReason, detail string) {
-	if !o.dead.CompareAndSwap(false, true) {
+	if !o.dead().CompareAndSwap(false, true) {
 		return
 	}
 	o.m.Closed(r)
@@ -1032,17 +1075,17 @@ func (o *Outbox) Close() {
 		if st != nil && st.timer != nil {
 			st.timer.Stop()
 		}
-		if o.degraded.Load() {
-			o.degraded.Store(false)
+		if o.degraded().Load() {
+			o.degraded().Store(false)
 			o.m.Degraded(false)
 		}
 		if st != nil {
 			st.pending = nil
 		}
-		o.slow.Store(false)
+		o.slow().Store(false)
 	}
 	o.mu.Unlock()
-	o.dead.Store(true)
+	o.dead().Store(true)
 	o.q.Close()
 }
 
