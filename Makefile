@@ -22,7 +22,7 @@ SHELL       := bash
 .SHELLFLAGS := -o pipefail -c
 export GOBIN := $(CURDIR)/bin
 
-.PHONY: all build build-race run test lane-deps lane-build lane-go lane-node test-deps test-go test-unit test-allocs test-benchpkg test-e2e test-fuzz test-node bench lint clean
+.PHONY: all build build-race run test lane-deps lane-build lane-go lane-node test-deps test-go test-unit test-loop test-allocs test-benchpkg test-e2e test-fuzz test-node bench lint clean
 
 all: build
 
@@ -41,17 +41,22 @@ run: build
 ## test: install what the tests need, then run them all. The e2e and node
 ## suites run twice: with the agent on a socketpair (--agent-stdio socket, the
 ## default) and on pipes (AGENTBRIDGE_AGENT_STDIO=pipe, which every daemon
-## they start reads). Four lanes run at once, their lines prefixed with the
-## lane's name: go (unit tests, allocations, fuzz), e2e-socket, e2e-pipe and
-## node (both modes); most of the e2e and node suites' time is spent waiting
-## on processes and timers, not on the CPU. Before them, test-deps runs beside
-## lint and the builds; after them, alone, the bench package's tests (they
-## run every bench scenario in windows of 300ms: a loaded machine starves
-## them). Each step prints its wall and CPU time.
+## they start reads). First test-deps runs beside lint and the builds. Then
+## four lanes run at once, their lines prefixed with the lane's name: go (unit
+## tests but the loop package's, allocations, fuzz), e2e-socket and e2e-pipe
+## (each mode's parallel e2e tests) and node (both modes); most of their time
+## is spent waiting on processes and timers, not on the CPU. Last, alone, what
+## measures time or memory under load, which a machine four lanes share
+## starves (CI runs saw floods take 15 times as long and a terminal's writer
+## wait past its 30s bound): each mode's flood tests (E2E_FLOOD), the loop
+## package's tests (heartbeats, TLS, terminal backpressure over real gnet
+## connections) and the bench package's tests. Each step prints its wall and
+## CPU time.
 test:
 	$(MAKE) --no-print-directory -j2 lane-deps lane-build
 	$(MAKE) --no-print-directory -j$(words $(STDIO_MODES) go node) lane-go $(addprefix lane-e2e-,$(STDIO_MODES)) lane-node
-	$(LANE) test-benchpkg
+	$(LANE) test-e2e E2E_ORDER=flood
+	$(LANE) test-loop test-benchpkg
 
 # A lane runs its steps one after the other (a make of its own, without the
 # jobserver), each line prefixed. The first two make what the others need:
@@ -65,18 +70,24 @@ lane-build:
 lane-go:
 	$(LANE) test-unit test-allocs test-fuzz 2>&1 | sed -u 's/^/[go] /'
 lane-e2e-%:
-	$(LANE) test-e2e STDIO_MODES=$* E2E_ORDER="$(if $(filter $*,$(firstword $(STDIO_MODES))),flood rest,rest flood)" 2>&1 | sed -u 's/^/[e2e-$*] /'
+	$(LANE) test-e2e STDIO_MODES=$* E2E_ORDER=rest 2>&1 | sed -u 's/^/[e2e-$*] /'
 lane-node:
 	$(LANE) test-node 2>&1 | sed -u 's/^/[node] /'
 
 test-deps:
 	./scripts/test-deps.sh
 
-test-go: test-unit test-allocs test-benchpkg test-e2e
+test-go: test-unit test-loop test-allocs test-benchpkg test-e2e
 
-# Every package but the e2e suite and bench, race detector on.
+# Every package but the e2e suite, loop and bench, race detector on.
 test-unit:
-	$(TIMED) unit $(GO) test -race -count=1 -timeout 15m $$($(GO) list ./... | grep -v -e '/test/e2e$$' -e '/bench$$')
+	$(TIMED) unit $(GO) test -race -count=1 -timeout 15m $$($(GO) list ./... | grep -v -e '/test/e2e$$' -e '/bench$$' -e '/loop$$')
+
+# The loop package's tests (real gnet connections: heartbeats, TLS, a
+# terminal's writer backpressure), race detector on; make test runs them
+# alone.
+test-loop:
+	$(TIMED) loop $(GO) test -race -count=1 -timeout 15m ./loop
 
 # The bench package's tests (agentbridge bench itself, every scenario in a
 # tiny configuration), race detector on.
@@ -91,9 +102,9 @@ test-allocs:
 # run E2E_PARALLEL at a time, except the ones that measure the daemon's
 # memory, rates or stall bounds under a flood (E2E_FLOOD, see
 # test/e2e/harness_test.go), which run one at a time in a go test of their
-# own. E2E_ORDER says which of the two runs first: make test runs the
-# floods of one mode while the other mode runs its parallel tests, so that
-# two floods never share the machine.
+# own. E2E_ORDER says which parts run (flood, rest) and in what order:
+# make test runs each mode's rest in a lane and the floods of both modes
+# after the lanes, alone.
 E2E_FLOOD := ^(TestBackpressure|TestRateLimit|TestCatchup|TestStallTimeout|TestWSRequestsBeforeReading|TestStalledBesideReaders|TestMaxInflight|TestCleanStopPersistsEverySession)
 E2E_ORDER ?= flood rest
 test-e2e: $(if $(STEP_DEPS),build build-race)

@@ -6,9 +6,8 @@
 // stall bounds under a flood (backpressure_test.go, TestCatchupFromDisk,
 // TestMaxInflight, TestCleanStopPersistsEverySession): Go runs those first,
 // one at a time, and releases the parallel ones after them. make test runs
-// them in a go test of their own (E2E_FLOOD in the Makefile names them), at
-// a time when the other agent stdio mode runs its parallel tests, so two
-// floods never share the machine. A new test that measures memory or time
+// them in a go test of their own (E2E_FLOOD in the Makefile names them),
+// after its parallel lanes, alone, so a flood never shares the machine. A new test that measures memory or time
 // under load belongs with them (in both places); one that only waits for
 // what it asserts may run in parallel (each test has its own daemons, temp
 // dirs and ports).
