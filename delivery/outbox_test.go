@@ -582,18 +582,7 @@ func TestDegradedStallHoldsItsAccounting(t *testing.T) {
 	if ctrl := h.o.Level().ControlBytes; ctrl > cfg.Queue.MaxControlBytes/2 {
 		t.Fatalf("control queue holds %d bytes after the stall", ctrl)
 	}
-	// The peer reads again.
-	h.drain()
-	h.o.Observe(false, 0)
-	h.until("the summary of the whole stall", func() bool {
-		for _, it := range h.items {
-			if it.kind == "summary" && it.seq == seq {
-				return true
-			}
-		}
-		return false
-	})
-	checkExact(t, h.items, "s1", seq)
+	h.readsAgain(t, seq)
 	if n := h.count("summary"); n > 3 {
 		t.Fatalf("%d summaries for one stalled stretch", n)
 	}
@@ -837,7 +826,18 @@ func TestStalledDegradedPeerIsNotProbed(t *testing.T) {
 	if n := h.o.Level().Stats.Lost[ring.ReasonPurged]; n != 56 {
 		t.Fatalf("%d events purged, want the 56 of the first backlog: the stalled peer was probed with full delivery", n)
 	}
-	// The peer reads again.
+	h.readsAgain(t, seq)
+	// One gap for the purged backlog, then one per summary: a stretch
+	// split into runs would show more.
+	if g, s := h.count("gap"), h.count("summary"); g > s+1 {
+		t.Fatalf("the stall came out as %d gaps for %d summaries: %+v", g, s, h.items)
+	}
+}
+
+// readsAgain is the stalled peer reading again: it drains, and the
+// stall's summary up to seq arrives with an exact account of s1.
+func (h *harness) readsAgain(t *testing.T, seq uint64) {
+	t.Helper()
 	h.drain()
 	h.o.Observe(false, 0)
 	h.until("the summary of the whole stall", func() bool {
@@ -849,9 +849,4 @@ func TestStalledDegradedPeerIsNotProbed(t *testing.T) {
 		return false
 	})
 	checkExact(t, h.items, "s1", seq)
-	// One gap for the purged backlog, then one per summary: a stretch
-	// split into runs would show more.
-	if g, s := h.count("gap"), h.count("summary"); g > s+1 {
-		t.Fatalf("the stall came out as %d gaps for %d summaries: %+v", g, s, h.items)
-	}
 }
