@@ -739,20 +739,7 @@ func TestDrainDeadlineCountsOnlyNoProgress(t *testing.T) {
 // ceiling after ControlSlots/2 intervals.
 func TestDegradedStallWithFullQueueKeepsControlSlots(t *testing.T) {
 	const interval = 2 * time.Millisecond
-	cfg := degradeConfig(time.Hour, interval)
-	cfg.Queue.MaxItems = 64 // 8 control slots
-	cfg.Queue.MaxDataBytes, cfg.Queue.HighWater, cfg.Queue.LowWater = 1<<20, 1<<19, 1<<10
-	h := newHarness(t, cfg)
-	seq := uint64(0)
-	for h.o.Len() < 56 {
-		seq++
-		h.o.Send(event("s1", seq, "x", 0), wire.Data)
-	}
-	h.o.Observe(true, 100)
-	h.o.Observe(true, 100)
-	if !h.o.Degraded() {
-		t.Fatal("not degraded after a missed deadline")
-	}
+	h, seq := degradedFullQueue(t, degradeConfig(time.Hour, interval))
 	for end := time.Now().Add(100 * interval); time.Now().Before(end); {
 		seq++
 		h.o.Send(event("s1", seq, "x", 0), wire.Data)
@@ -788,19 +775,7 @@ func TestDegradedStallWithFullQueueKeepsControlSlots(t *testing.T) {
 // reasons until the control queue, which nobody reads, overflowed.
 func TestStalledDegradedPeerIsNotProbed(t *testing.T) {
 	cfg := degradeConfig(2*time.Millisecond, time.Millisecond)
-	cfg.Queue.MaxItems = 64 // 8 control slots
-	cfg.Queue.MaxDataBytes, cfg.Queue.HighWater, cfg.Queue.LowWater = 1<<20, 1<<19, 1<<10
-	h := newHarness(t, cfg)
-	seq := uint64(0)
-	for h.o.Len() < 56 {
-		seq++
-		h.o.Send(event("s1", seq, "x", 0), wire.Data)
-	}
-	h.o.Observe(true, 100)
-	h.o.Observe(true, 100)
-	if !h.o.Degraded() {
-		t.Fatal("not degraded after a missed deadline")
-	}
+	h, seq := degradedFullQueue(t, cfg)
 	h.drain() // the purged backlog's gap, taken by the kernel
 	h.o.Observe(true, 100)
 	// 100 open periods of a peer that takes nothing more; the transport
@@ -849,4 +824,25 @@ func (h *harness) readsAgain(t *testing.T, seq uint64) {
 		return false
 	})
 	checkExact(t, h.items, "s1", seq)
+}
+
+// degradedFullQueue is a connection with 8 control slots whose peer stopped
+// reading: 56 events fill its queue, two missed deadlines degrade it. It
+// returns the harness and the last seq sent.
+func degradedFullQueue(t *testing.T, cfg Config) (*harness, uint64) {
+	t.Helper()
+	cfg.Queue.MaxItems = 64 // 8 control slots
+	cfg.Queue.MaxDataBytes, cfg.Queue.HighWater, cfg.Queue.LowWater = 1<<20, 1<<19, 1<<10
+	h := newHarness(t, cfg)
+	seq := uint64(0)
+	for h.o.Len() < 56 {
+		seq++
+		h.o.Send(event("s1", seq, "x", 0), wire.Data)
+	}
+	h.o.Observe(true, 100)
+	h.o.Observe(true, 100)
+	if !h.o.Degraded() {
+		t.Fatal("not degraded after a missed deadline")
+	}
+	return h, seq
 }
