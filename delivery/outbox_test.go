@@ -753,17 +753,7 @@ func TestDegradedStallWithFullQueueKeepsControlSlots(t *testing.T) {
 	if !h.o.Send(control(1), wire.Control) {
 		t.Fatalf("no slot left for an answer: %d queued", h.o.Len())
 	}
-	h.drain()
-	h.o.Observe(false, 0)
-	h.until("the summary of the whole stall", func() bool {
-		for _, it := range h.items {
-			if it.kind == "summary" && it.seq == seq {
-				return true
-			}
-		}
-		return false
-	})
-	checkExact(t, h.items, "s1", seq)
+	h.readsAgain(t, seq)
 }
 
 // A stalled degraded peer whose drainer handed out the purged backlog's
