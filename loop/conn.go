@@ -350,6 +350,14 @@ type unixConn struct {
 // OnOpen accepts a connection: Unix-socket peers are checked by uid and
 // registered with the hub at once; TCP peers speak HTTP first.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	// gnet's Register dups the descriptor, and dup(2) drops close-on-exec:
+	// a child started later (the agent after a restart, a --terminal
+	// shell) would inherit the socket and keep it open after the daemon
+	// closes it, so the peer would never see the close while the child
+	// lives (a terminal's writer, dropped as half-open, waited on a silent
+	// socket). The first callback to see the descriptor sets it again; an
+	// exec between gnet's dup and this callback can still inherit it.
+	unix.CloseOnExec(gc.Fd())
 	if _, ok := gc.Context().(*agentConn); ok {
 		return nil, gnet.None // the agent's socket (agentconn.go)
 	}
