@@ -169,3 +169,37 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+// TestClosedClientNotHeldByRestartedAgent: a Unix-socket client that was
+// connected when the agent restarted is closed for real when the daemon
+// closes it. The restarted agent used to inherit every client socket open
+// at its start (gnet dups descriptors without close-on-exec), so the
+// client saw silence instead of the end of the stream while that agent
+// lived.
+func TestClosedClientNotHeldByRestartedAgent(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, append([]string{"--max-message", "1024"}, fakeAgentCmd()...)...)
+	c := dial(t, d)
+	c.call(1, "initialize", map[string]any{})
+	k := dial(t, d)
+	k.request(1, "crash", nil)
+	deadline := time.Now().Add(wait)
+	for strings.Count(d.logs(), `msg="agent started"`) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent did not restart within %s", wait)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// An oversized message: the daemon answers -32600 and closes c.
+	c.sendRaw(`{"jsonrpc":"2.0","id":2,"method":"echo","params":{"x":"` + strings.Repeat("y", 2000) + `"}}` + "\n")
+	for {
+		select {
+		case _, ok := <-c.msgs:
+			if !ok {
+				return // end of stream
+			}
+		case <-time.After(wait):
+			t.Fatalf("the daemon closed the connection but its peer never saw the end of the stream (the restarted agent holds the socket?)")
+		}
+	}
+}
