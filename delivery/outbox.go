@@ -140,12 +140,12 @@ type lagging struct {
 
 // The Outbox's flags, each read and written atomically (flag).
 const (
-	flagDead     uint32 = 1 << iota // a close was requested: queue nothing more
-	flagSlow                        // degraded or gaps pending: Send takes mu
-	flagDegraded                    // written under mu; read anywhere
-	flagBehind                      // the transport held bytes at the last drain attempt (written by the drainer)
-	flagStuck                       // ... and its peer had taken nothing since the attempt before (written by the drainer)
-	flagPushedOver                  // a push observed the queue over its high watermark since the last healthy drain (pushedOver)
+	flagDead       uint32 = 1 << iota // a close was requested: queue nothing more
+	flagSlow                          // degraded or gaps pending: Send takes mu
+	flagDegraded                      // written under mu; read anywhere
+	flagBehind                        // the transport held bytes at the last drain attempt (written by the drainer)
+	flagStuck                         // ... and its peer had taken nothing since the attempt before (written by the drainer)
+	flagPushedOver                    // a push observed the queue over its high watermark since the last healthy drain (pushedOver)
 )
 
 // flag is one bit of a flags word, used as an atomic.Bool would be.
