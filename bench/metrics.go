@@ -74,7 +74,7 @@ func (d *daemon) waitBehind(ctx context.Context, k int, bound time.Duration) (st
 	for {
 		n, err = d.metric(ctx, behindGauge)
 		if err == nil && n >= float64(k) {
-			return fmt.Sprintf("the %d stalled clients were behind %v after the stream started; the warm-up began then", k, time.Since(start).Round(time.Millisecond)), nil
+			return fmt.Sprintf("the %d stalled clients were behind %v after the stream started", k, time.Since(start).Round(time.Millisecond)), nil
 		}
 		if time.Now().After(deadline) {
 			break

@@ -129,7 +129,9 @@ type Options struct {
 	// Each run's measured window starts a warm-up after every stalled
 	// client has fallen behind (the daemon's
 	// agentbridge_connections_catching_up), not while their socket
-	// buffers still take writes like a reader's. Defaults 1000, 10,
+	// buffers still take writes like a reader's, and at least 1s after the
+	// stream started in every run, so that the runs compare at the same
+	// stream age (the session logs grow with it). Defaults 1000, 10,
 	// [0 1 100 1000], 0 (half the paced capacity), 512, 65536.
 	StallFast       int           `json:"stallFast"`
 	StallSessions   int           `json:"stallSessions"`
@@ -347,7 +349,7 @@ Scenarios (default: all, in this order):
               printed): delivery latency p50/p99 of the fast clients, from
               a warm-up after every stalled client fell behind, and the
               daemon's RSS growth from before the stream to the end of the
-              window; per stalled client (from 100 of them) the growth
+              window; per stalled client (from 1,000 of them) the growth
               beyond the baseline's. The baseline is the first count (no
               stalled client). Then the lag case: one client reading at
               half the agent's speed through a 200,000-event flood.

@@ -82,7 +82,7 @@ func (r *runner) stallOver(ctx context.Context, transport string) error {
 // minPerStalled is the fewest stalled clients the per-client RSS figure
 // is given for: the daemon's RSS moves by pages and by the heap's growth
 // steps (hundreds of KB), so growth divided by one client says nothing.
-const minPerStalled = 100
+const minPerStalled = 1000
 
 // perStalledKB is what one stalled client costs beyond its idle
 // connection: the run's RSS growth with k more stalled clients than the
@@ -231,7 +231,15 @@ type stallResult struct {
 
 // settleBound bounds how long stallRun waits for the stalled clients to
 // fall behind before it starts the warm-up anyway (and says so).
-const settleBound = 15 * time.Second
+// settleMin is how long every recorded run streams before its warm-up,
+// stalled clients or not, so that the runs compare at the same stream
+// age: the session logs, and the heap they make the daemon keep, grow
+// with it, and the RSS figures would otherwise charge that growth to the
+// stalled clients.
+const (
+	settleBound = 15 * time.Second
+	settleMin   = time.Second
+)
 
 // stallRun streams at pace (0: as fast as the agent can) to the fast
 // clients beside k stalled ones; record adds the run to the results.
@@ -250,7 +258,7 @@ func (r *runner) stallRun(ctx context.Context, transport string, k int, pace tim
 		return stallResult{}, err
 	}
 	defer d.stop()
-	ctx, cancel := context.WithTimeout(ctx, settleBound+o.Warmup+o.Duration+o.Timeout+drainTime)
+	ctx, cancel := context.WithTimeout(ctx, settleBound+settleMin+o.Warmup+o.Duration+o.Timeout+drainTime)
 	defer cancel()
 	s := d.bridge(transport)
 	kase := stallCase(k)
@@ -306,12 +314,20 @@ func (r *runner) stallRun(ctx context.Context, transport string, k int, pace tim
 		after   int64
 		settled string
 	)
-	if k > 0 {
+	if k > 0 || record {
 		f.settle = func(ctx context.Context) error {
-			r.prog.set(label+" waiting for the stalled clients to fall behind", func() string { return fmt.Sprintf("%d clients", joined.Load()) })
-			var err error
-			settled, err = d.waitBehind(ctx, k, settleBound)
-			return err
+			start := time.Now()
+			if k > 0 {
+				r.prog.set(label+" waiting for the stalled clients to fall behind", func() string { return fmt.Sprintf("%d clients", joined.Load()) })
+				var err error
+				if settled, err = d.waitBehind(ctx, k, settleBound); err != nil {
+					return err
+				}
+			}
+			if !record {
+				return nil
+			}
+			return sleepCtx(ctx, settleMin-time.Since(start))
 		}
 	}
 	f.atEnd = func() { after, _ = rssKB(d.pid) }

@@ -372,6 +372,9 @@ func TestPerStalledKB(t *testing.T) {
 	if _, ok := perStalledKB(1, 6.6, 6.2); ok {
 		t.Error("a per-client figure from one stalled client")
 	}
+	if _, ok := perStalledKB(100, 6.6, 6.2); ok {
+		t.Error("a per-client figure from 100 stalled clients (RSS moves by more than 400 KB on its own)")
+	}
 	if per, ok := perStalledKB(1000, 5, 3); !ok || per != 2.048 {
 		t.Errorf("1000 stalled, 5 MB vs 3 MB: %v KB (ok %v), want 2.048", per, ok)
 	}
