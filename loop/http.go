@@ -39,6 +39,10 @@ type front struct {
 	mu      sync.Mutex
 	watches map[*watch]struct{}
 
+	// draining is set by closeIdle (the daemon is stopping): no connection
+	// is kept alive after its current response.
+	draining atomic.Bool
+
 	// Owned by the ticker goroutine.
 	lastSweep time.Time
 	lastBeat  time.Time
@@ -85,6 +89,42 @@ func (f *front) unwatch(w *watch) {
 	f.mu.Lock()
 	delete(f.watches, w)
 	f.mu.Unlock()
+}
+
+// closeIdle ends keep-alive, as net/http's Shutdown does: connections
+// waiting for a request are closed now, the others after the response to
+// the request they are in (the daemon waits for them, bounded). Any
+// goroutine.
+func (f *front) closeIdle() {
+	f.draining.Store(true)
+	var idle []*watch
+	f.mu.Lock()
+	for w := range f.watches {
+		if w.kind.Load() == watchHTTP {
+			idle = append(idle, w)
+		}
+	}
+	f.mu.Unlock()
+	for _, w := range idle {
+		_ = w.c.gc.Wake(closeIfIdle)
+	}
+}
+
+// closeIfIdle runs on the connection's loop, woken by closeIdle: an HTTP
+// connection between requests is closed; one in a request is left to
+// serve's Connection: close.
+func closeIfIdle(gc gnet.Conn, err error) error {
+	if err != nil {
+		return nil
+	}
+	c, ok := gc.Context().(*conn)
+	if !ok || c.closing() {
+		return nil
+	}
+	if p, ok := c.proto.(*httpProto); ok && !p.started && !p.parked && p.skip == 0 && gc.InboundBuffered() == 0 {
+		c.Close(session.CloseGoingAway, "shutting down")
+	}
+	return nil
 }
 
 // sweepEvery is how often deadlines are checked; heartbeats run on their
@@ -378,7 +418,7 @@ func (p *httpProto) refuse(c *conn, status int, why string) error {
 func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done bool, err error) {
 	head := req.Method == http.MethodHead
 	chunked := len(req.TransferEncoding) > 0
-	closeAfter := req.Close || chunked || req.ContentLength > maxSkipBody
+	closeAfter := req.Close || chunked || req.ContentLength > maxSkipBody || p.f.draining.Load()
 	if !closeAfter && req.ContentLength > 0 {
 		p.skip = req.ContentLength
 	}
