@@ -104,6 +104,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	blocked map[*conn]struct{} // connections waiting for gnet's outbound buffer to drain
+	wakes   wakeHeap           // their due times (conn.go)
 	nconns  atomic.Int64
 	stopped atomic.Bool
 	ticks   []func(now time.Time)
