@@ -287,9 +287,15 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 		if end > limit {
 			return len(buf), p.refuse(c, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request header block is over the limit of %d bytes", limit))
 		}
-		req, err := readRequest(rest[:end])
-		if err != nil {
-			return len(buf), p.refuse(c, http.StatusBadRequest, "malformed request: "+err.Error())
+		var req *http.Request
+		up := parseUpgrade(rest[:end])
+		if up != nil {
+			req = &up.req
+		} else {
+			var err error
+			if req, err = readRequest(rest[:end]); err != nil {
+				return len(buf), p.refuse(c, http.StatusBadRequest, "malformed request: "+err.Error())
+			}
 		}
 		p.body = nil
 		if messageBody(req) {
@@ -321,6 +327,11 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 		p.scanned, p.started = 0, false
 		used += end
 		n, done, err := p.serve(c, req, buf[used:])
+		if up != nil {
+			// A handshake on /acp: serve went to upgrade, which keeps
+			// nothing of the request.
+			up.release()
+		}
 		used += n
 		if err != nil || done || c.closing() {
 			return used, err
@@ -437,7 +448,9 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 // handshake (refused as one when it is not a valid one) rather than a
 // Streamable HTTP message or stream.
 func wsAttempt(r *http.Request) bool {
-	return r.Method == http.MethodGet && (r.Header.Get("Upgrade") != "" || r.Header.Get("Sec-WebSocket-Key") != "")
+	// "Sec-Websocket-Key" is the canonical form: Get canonicalises
+	// anything else into a fresh string.
+	return r.Method == http.MethodGet && (r.Header.Get("Upgrade") != "" || r.Header.Get("Sec-Websocket-Key") != "")
 }
 
 // upgrade completes a WebSocket handshake on /acp: Origin and token first
