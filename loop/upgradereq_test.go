@@ -2,10 +2,15 @@ package loop
 
 import (
 	"bufio"
+	"bytes"
+	"net"
 	"net/http"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/lxzan/gws"
 )
 
 // handshakesSeen are WebSocket handshakes as real clients send them: each
@@ -15,20 +20,26 @@ var handshakesSeen = map[string]string{
 	"bench": "GET /acp HTTP/1.1\r\nHost: 127.0.0.1:7777\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer client-token-0123456789abcdef\r\n\r\n",
 	// gws v1.8.9's client (its request is written from a Header map, so
-	// the order varies; the set does not).
+	// the order varies; the set does not; TestParseUpgradeGWSClient
+	// checks what it sends today).
 	"gws": "GET /acp HTTP/1.1\r\nHost: 127.0.0.1:7777\r\nAuthorization: Bearer client-token-0123456789abcdef\r\n" +
 		"Connection: Upgrade\r\nSec-Websocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n" +
 		"Sec-Websocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-Websocket-Version: 13\r\nUpgrade: websocket\r\n\r\n",
-	// The ws npm package (test/node), token as a subprotocol.
+	// The ws npm package (test/node), token as a subprotocol, as captured.
 	"node ws": "GET /acp HTTP/1.1\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
 		"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: agentbridge.token.client-token-0123456789abcdef\r\n" +
 		"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nHost: 127.0.0.1:7777\r\n\r\n",
-	// Chromium, token in the query (a page served by the daemon).
-	"chromium": "GET /acp?token=client-token-0123456789abcdef HTTP/1.1\r\nHost: localhost:7777\r\nConnection: Upgrade\r\n" +
-		"Pragma: no-cache\r\nCache-Control: no-cache\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36\r\n" +
-		"Upgrade: websocket\r\nOrigin: http://localhost:7777\r\nSec-WebSocket-Version: 13\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n" +
-		"Accept-Language: en-US,en;q=0.9\r\nCookie: agentbridge_token=client-token-0123456789abcdef\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+	// Debian's chromium 156 through playwright-core (test/node's
+	// browsers), token as a subprotocol.
+	"chromium": "GET /acp HTTP/1.1\r\nHost: 127.0.0.1:36949\r\nConnection: Upgrade\r\nPragma: no-cache\r\nCache-Control: no-cache\r\n" +
+		"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36\r\n" +
+		"Upgrade: websocket\r\nOrigin: null\r\nSec-WebSocket-Version: 13\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n" +
+		"Accept-Language: en-US,en;q=0.9\r\nSec-WebSocket-Key: luR0X5/4vqgBgeXstiNgOg==\r\n" +
+		"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nSec-WebSocket-Protocol: agentbridge.token.abc\r\n\r\n",
+	// A page served by the daemon: token in the query and the cookie.
+	"page": "GET /acp?token=client-token-0123456789abcdef HTTP/1.1\r\nHost: localhost:7777\r\nConnection: Upgrade\r\n" +
+		"Upgrade: websocket\r\nOrigin: http://localhost:7777\r\nSec-WebSocket-Version: 13\r\n" +
+		"Cookie: agentbridge_token=client-token-0123456789abcdef\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
 	// Firefox: Connection carries keep-alive too, and Pragma alone.
 	"firefox": "GET /acp HTTP/1.1\r\nHost: localhost:7777\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0\r\n" +
 		"Accept: */*\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br, zstd\r\nSec-WebSocket-Version: 13\r\n" +
@@ -162,4 +173,34 @@ func sameAsNetHTTP(t *testing.T, block string, got *http.Request) {
 			t.Errorf("%q: %s is %#v; net/http reads %#v", block, c.field, c.got, c.want)
 		}
 	}
+}
+
+// TestParseUpgradeGWSClient: the handshake gws's client writes (what
+// agentbridge connect sends) takes the pooled path.
+func TestParseUpgradeGWSClient(t *testing.T) {
+	srv, cli := net.Pipe()
+	defer srv.Close()
+	go func() {
+		h := http.Header{}
+		h.Set("Authorization", "Bearer "+clientToken)
+		_, _, _ = gws.NewClientFromConn(gws.BuiltinEventHandler{}, &gws.ClientOption{
+			Addr: "ws://127.0.0.1:7777/acp", RequestHeader: h, HandshakeTimeout: wait}, cli)
+		cli.Close()
+	}()
+	_ = srv.SetReadDeadline(time.Now().Add(wait))
+	var block []byte
+	buf := make([]byte, 4096)
+	for !bytes.HasSuffix(block, headerEnd) {
+		n, err := srv.Read(buf)
+		if err != nil {
+			t.Fatalf("reading gws's handshake (%q so far): %v", block, err)
+		}
+		block = append(block, buf[:n]...)
+	}
+	u := parseUpgrade(block)
+	if u == nil {
+		t.Fatalf("declined gws's handshake %q", block)
+	}
+	defer u.release()
+	sameAsNetHTTP(t, string(block), &u.req)
 }
