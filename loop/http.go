@@ -3,8 +3,10 @@ package loop
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
@@ -475,7 +477,7 @@ func (p *httpProto) upgrade(c *conn, req *http.Request, after []byte) (int, bool
 		return 0, true, nil
 	}
 	bp := handshakes.Get().(*[]byte)
-	hs := ws.AppendHandshakeResponse((*bp)[:0], req.Header.Get("Sec-WebSocket-Key"), sub)
+	hs := ws.AppendHandshakeResponse((*bp)[:0], req.Header.Get("Sec-Websocket-Key"), sub) // canonical: no copy of the name
 	hs = append(httpfront.AppendUpgradeHeader(hs[:len(hs)-2]), crlf...)
 	_, _ = c.gc.Write(hs)
 	*bp = hs[:0]
@@ -487,7 +489,11 @@ func (p *httpProto) upgrade(c *conn, req *http.Request, after []byte) (int, bool
 	p.f.m.opened("ws")
 	c.ep.SetTransport("ws")
 	c.ep.Register(role, nil)
-	p.f.s.log.Debug("websocket open", "peer", c.ep.Peer(), "transport", "ws", "role", role.String())
+	if p.f.s.log.Enabled(context.Background(), slog.LevelDebug) {
+		// Guarded: the arguments alone are two allocations per handshake
+		// when debug logging is off.
+		p.f.s.log.Debug("websocket open", "peer", c.ep.Peer(), "transport", "ws", "role", role.String())
+	}
 	if len(after) == 0 || c.closing() {
 		return 0, true, nil
 	}
