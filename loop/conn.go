@@ -2,7 +2,6 @@ package loop
 
 import (
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -436,14 +435,14 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		u := &unixConn{conn: conn{srv: s, gc: gc}}
 		c := &u.conn
 		c.proto = &u.p
-		s.newEndpoint(c, "unix", "uid:"+strconv.FormatUint(uint64(uid), 10)+" pid:"+strconv.Itoa(int(pid)))
+		s.newEndpoint(c, "unix", unixPeer(uid, pid))
 		gc.SetContext(c)
 		s.nconns.Add(1)
 		c.ep.Register(s.cfg.UDSRole, nil)
 		s.cfg.Metrics.opened(c.proto.name())
 	default:
 		c := &conn{srv: s, gc: gc}
-		s.newEndpoint(c, "http", gc.RemoteAddr().String())
+		s.newEndpoint(c, "http", tcpPeer(gc.RemoteAddr()))
 		c.proto = newHTTPProto(s, c)
 		gc.SetContext(c)
 		s.nconns.Add(1)
