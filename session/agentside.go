@@ -239,8 +239,7 @@ func (h *Hub) agentResponse(msg []byte, hd jsonrpc.Header) {
 	case "session/close", "session/delete", "session/archive":
 		closed = s != nil && !hd.IsError
 	}
-	out := jsonrpc.ReplaceID(make([]byte, 0, len(msg)+len(c.id)+1), msg, hd, c.id)
-	h.reply(c.cl, c.id, lineOf(out))
+	h.reply(c.cl, c.id, wire.Spliced(msg, hd.IDStart, hd.IDEnd, c.id))
 	if claim != "" {
 		// After the answer, so the client knows the session before its
 		// first event arrives.

@@ -102,14 +102,24 @@ func (h *Hub) forwardShared(cl *Client, msg []byte, hd jsonrpc.Header) bool {
 	return true
 }
 
-// hasToken reports whether msg may carry a progress token (remap.go).
+// hasToken reports whether msg may carry a progress token (remap.go): one
+// search for the ending the three token keys share, rather than one pass
+// per key (three passes over every forwarded request were ~3% of the
+// daemon's CPU under pipelined load).
 func hasToken(msg []byte) bool {
-	for _, k := range tokenHints {
-		if bytes.Contains(msg, k) {
-			return true
+	for i := 0; ; {
+		j := bytes.Index(msg[i:], tokenTail)
+		if j < 0 {
+			return false
 		}
+		j += i
+		for _, k := range tokenHints {
+			if bytes.HasSuffix(msg[:j+len(tokenTail)], k) {
+				return true
+			}
+		}
+		i = j + len(tokenTail)
 	}
-	return false
 }
 
 // agentShared routes the agent's message when it is an answer to a plain
@@ -175,7 +185,7 @@ func (h *Hub) answerShared(msg []byte, hd jsonrpc.Header) bool {
 		return false
 	}
 	h.callDone(c)
-	out := lineOf(jsonrpc.ReplaceID(make([]byte, 0, len(msg)+len(c.id)+1), msg, hd, c.id))
+	out := wire.Spliced(msg, hd.IDStart, hd.IDEnd, c.id) // one allocation
 	var s *Session
 	if c.method == "session/prompt" {
 		s = h.sessions[c.sessionID]

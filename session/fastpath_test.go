@@ -154,3 +154,23 @@ func TestSharedPathsConcurrent(t *testing.T) {
 		}
 	}
 }
+
+func TestHasToken(t *testing.T) {
+	for _, tc := range []struct {
+		msg  string
+		want bool
+	}{
+		{`{"jsonrpc":"2.0","id":1,"method":"m","params":{"x":1}}`, false},
+		{`{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"progressToken":1}}}`, true},
+		{`{"jsonrpc":"2.0","id":1,"method":"m","params":{"workDoneToken":"w"}}`, true},
+		{`{"jsonrpc":"2.0","id":1,"method":"m","params":{"partialResultToken":"p"}}`, true},
+		// Another key ending in Token first, then a progress token.
+		{`{"jsonrpc":"2.0","id":1,"method":"m","params":{"accessToken":"a","_meta":{"progressToken":2}}}`, true},
+		{`{"jsonrpc":"2.0","id":1,"method":"m","params":{"accessToken":"a","Token":"b"}}`, false},
+		{`Token"`, false},
+	} {
+		if got := hasToken([]byte(tc.msg)); got != tc.want {
+			t.Errorf("hasToken(%s) = %v, want %v", tc.msg, got, tc.want)
+		}
+	}
+}

@@ -166,6 +166,9 @@ var tokenPrefix = []byte(`"agentbridge-progress-`)
 
 var tokenHints = [...][]byte{[]byte(`progressToken"`), []byte(`workDoneToken"`), []byte(`partialResultToken"`)}
 
+// tokenTail is what every one of tokenHints ends with (hasToken).
+var tokenTail = []byte(`Token"`)
+
 // remapTokens replaces the progress tokens of a client request with bridge
 // tokens, recorded on c so they are forgotten when the call ends. It
 // returns msg unchanged when it has none, and ok false when a token key is

@@ -12,10 +12,6 @@
 // caller's message and are valid only as long as those bytes are.
 package jsonrpc
 
-import (
-	"bytes"
-)
-
 // Kind is what a message is, by which members it carries.
 type Kind uint8
 
@@ -74,8 +70,8 @@ const (
 	keyError
 )
 
-func topKey(raw []byte) int {
-	if bytes.IndexByte(raw, '\\') >= 0 {
+func topKey(raw []byte, esc bool) int {
+	if esc {
 		if len(raw) > 6*len("jsonrpc") {
 			return keyOther
 		}
@@ -99,10 +95,14 @@ func topKey(raw []byte) int {
 	return keyOther
 }
 
-// span is a value's byte range in the message; start < 0 means absent.
-type span struct{ start, end int }
+// span is a value's byte range in the message; start < 0 means absent. esc
+// reports that a string value holds an escape.
+type span struct {
+	start, end int
+	esc        bool
+}
 
-var absent = span{-1, -1}
+var absent = span{-1, -1, false}
 
 // topScan is one validating pass over a message that remembers, for each
 // top-level member routing needs, the span of its last occurrence, and the
@@ -121,11 +121,11 @@ type topScan struct {
 }
 
 func (t *topScan) visitInner(ks, ke, vs, ve int) {
-	if keyIs(t.b[ks:ke], "sessionId") {
+	if keyIs(t.b[ks:ke], t.keyEsc, "sessionId") {
 		if t.inner.start >= 0 {
 			t.innerDup = true
 		}
-		t.inner = span{vs, ve}
+		t.inner = span{vs, ve, t.esc}
 	}
 }
 
@@ -181,7 +181,7 @@ func (t *topScan) top(i int) int {
 		if vs < 0 {
 			return -1
 		}
-		k := topKey(b[ks:ke])
+		k := topKey(b[ks:ke], t.keyEsc)
 		var ve int
 		t.inner, t.innerDup = absent, false
 		if (k == keyParams || k == keyResult) && vs < len(b) && b[vs] == '{' {
@@ -192,7 +192,7 @@ func (t *topScan) top(i int) int {
 		if ve < 0 {
 			return -1
 		}
-		sp := span{vs, ve}
+		sp := span{vs, ve, t.esc} // esc: the value's, if it is a string
 		switch k {
 		case keyJSONRPC:
 			t.noteDup(t.jsonrpc, keyNames[k])
@@ -276,7 +276,7 @@ func Peek(msg []byte) (Header, error) {
 		}
 		h.ID, h.IDStart, h.IDEnd = msg[t.id.start:t.id.end], t.id.start, t.id.end
 	}
-	if !isString(msg, t.jsonrpc) || string(unquote(msg, t.jsonrpc.start, t.jsonrpc.end)) != "2.0" {
+	if !isString(msg, t.jsonrpc) || string(unquote(msg, t.jsonrpc.start, t.jsonrpc.end, t.jsonrpc.esc)) != "2.0" {
 		return h, invalid(`"jsonrpc" must be "2.0"`)
 	}
 	hasMethod, hasResult, hasError := t.method.start >= 0, t.result.start >= 0, t.er.start >= 0
@@ -296,9 +296,9 @@ func Peek(msg []byte) (Header, error) {
 		if h.ID != nil {
 			h.Kind = KindRequest
 		}
-		h.Method = unquote(msg, t.method.start, t.method.end)
+		h.Method = unquote(msg, t.method.start, t.method.end, t.method.esc)
 		if isString(msg, t.paramsSID) {
-			h.SessionID = unquote(msg, t.paramsSID.start, t.paramsSID.end)
+			h.SessionID = unquote(msg, t.paramsSID.start, t.paramsSID.end, t.paramsSID.esc)
 		}
 	case hasResult && hasError:
 		return h, invalid(`a response cannot have both "result" and "error"`)
@@ -352,7 +352,7 @@ func ResultSessionID(msg []byte) []byte {
 	if !t.run() || !t.isObject || !isString(msg, t.resultSID) {
 		return nil
 	}
-	return unquote(msg, t.resultSID.start, t.resultSID.end)
+	return unquote(msg, t.resultSID.start, t.resultSID.end, t.resultSID.esc)
 }
 
 // Member finds the value at path, a chain of object keys from the top level
@@ -372,7 +372,7 @@ func Member(msg []byte, path ...string) (start, end int, dup bool) {
 		}
 		vs, ve := -1, -1
 		if s.object(i, 0, func(ks, ke, a, b int) {
-			if keyIs(msg[ks:ke], key) {
+			if keyIs(msg[ks:ke], s.keyEsc, key) {
 				if vs >= 0 {
 					dup = true
 				}

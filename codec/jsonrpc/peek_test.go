@@ -539,3 +539,23 @@ func TestMember(t *testing.T) {
 		t.Fatalf("duplicate key: start %d dup %v", s, dup)
 	}
 }
+
+// The shapes bench's throughput and rtt scenarios send through the bridge:
+// a 100-byte request and the echo agent's answer to it.
+var (
+	benchEchoRequest = []byte(`{"jsonrpc":"2.0","id":1234567,"method":"bench/echo","params":{"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}`)
+	benchEchoAnswer  = []byte(`{"jsonrpc":"2.0","id":1234567,"result":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`)
+)
+
+func BenchmarkPeekEchoRequest(b *testing.B) { benchPeek(b, benchEchoRequest) }
+func BenchmarkPeekEchoAnswer(b *testing.B)  { benchPeek(b, benchEchoAnswer) }
+
+func benchPeek(b *testing.B, msg []byte) {
+	b.ReportAllocs()
+	b.SetBytes(int64(len(msg)))
+	for b.Loop() {
+		if _, err := Peek(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -35,6 +35,11 @@ type scanner struct {
 	b      []byte
 	errAt  int
 	reason string
+	// esc reports that the string str scanned last holds an escape, and
+	// keyEsc the same of the key memberKey scanned last (object restores
+	// it for visit): without one, a key or value is compared and returned
+	// as it lies, with no second look for a backslash.
+	esc, keyEsc bool
 }
 
 // fail records the first failure and returns -1, the "no end" index every
@@ -98,6 +103,7 @@ func special(w uint64) uint64 {
 func (s *scanner) str(i int) int {
 	b := s.b
 	j := i + 1
+	s.esc = false
 	for {
 		for j+8 <= len(b) {
 			m := special(binary.LittleEndian.Uint64(b[j:]))
@@ -115,6 +121,7 @@ func (s *scanner) str(i int) int {
 		case c == '"':
 			return j + 1
 		case c == '\\':
+			s.esc = true
 			if j+1 >= len(b) {
 				return s.fail(j+1, failEnd)
 			}
@@ -259,6 +266,7 @@ func (s *scanner) memberKey(i int) (ks, ke, vi int) {
 	if e < 0 {
 		return 0, 0, -1
 	}
+	s.keyEsc = s.esc
 	j := skipWS(b, e)
 	if j >= len(b) || b[j] != ':' {
 		return 0, 0, s.failAt(j)
@@ -350,8 +358,9 @@ func (s *scanner) container(i, depth int) int {
 
 // object walks the object opening at b[i] (inside depth containers) one
 // level deep, validating all of it, and calls visit for every member with the
-// key's content span and the value's span. visit does not escape, so a method
-// value passed here stays on the stack.
+// key's content span and the value's span; during visit, s.keyEsc is the
+// key's escape flag and s.esc the value's when it is a string. visit does
+// not escape, so a method value passed here stays on the stack.
 func (s *scanner) object(i, depth int, visit func(ks, ke, vs, ve int)) int {
 	b := s.b
 	i = skipWS(b, i+1)
@@ -363,10 +372,12 @@ func (s *scanner) object(i, depth int, visit func(ks, ke, vs, ve int)) int {
 		if vs < 0 {
 			return -1
 		}
+		kesc := s.keyEsc
 		ve := s.value(vs, depth+1)
 		if ve < 0 {
 			return -1
 		}
+		s.keyEsc = kesc // the value's own members moved it
 		visit(ks, ke, vs, ve)
 		i = skipWS(b, ve)
 		if i >= len(b) {
@@ -383,11 +394,12 @@ func (s *scanner) object(i, depth int, visit func(ks, ke, vs, ve int)) int {
 	}
 }
 
-// keyIs reports whether the key content raw (escapes not decoded) names want.
-// Escaped keys are decoded into a stack buffer: a peer must not be able to
-// hide "id" from the router as "\u0069d" while the agent still sees an id.
-func keyIs(raw []byte, want string) bool {
-	if bytes.IndexByte(raw, '\\') < 0 {
+// keyIs reports whether the key content raw (escapes not decoded) names want;
+// esc says whether raw holds an escape. Escaped keys are decoded into a
+// stack buffer: a peer must not be able to hide "id" from the router as
+// "\u0069d" while the agent still sees an id.
+func keyIs(raw []byte, esc bool, want string) bool {
+	if !esc {
 		return string(raw) == want
 	}
 	if len(raw) > 6*len(want) { // every decoded byte costs at most \uXXXX
@@ -398,10 +410,11 @@ func keyIs(raw []byte, want string) bool {
 }
 
 // unquote returns the decoded content of the string value spanning b[vs:ve]
-// (quotes included): borrowed from b when it has no escapes, else a copy.
-func unquote(b []byte, vs, ve int) []byte {
+// (quotes included): borrowed from b when it has no escapes (esc false),
+// else a copy.
+func unquote(b []byte, vs, ve int, esc bool) []byte {
 	raw := b[vs+1 : ve-1]
-	if bytes.IndexByte(raw, '\\') < 0 {
+	if !esc {
 		return raw
 	}
 	return appendUnquoted(make([]byte, 0, len(raw)), raw)
