@@ -328,6 +328,13 @@ func (r *runner) stallRun(ctx context.Context, transport string, k int, pace tim
 	}
 	stop := context.AfterFunc(ctx, f.close)
 	defer stop()
+	if k > 0 || record {
+		// One scrape of /metrics before the idle reading, in every run:
+		// the first one sets up the daemon's HTTP path and its registry's
+		// output (a few MB of RSS, once), which the stalled runs' waits
+		// on the gauge would otherwise charge to the stalled clients.
+		_, _ = d.metric(ctx, behindGauge)
+	}
 	before, err := rssKB(d.pid)
 	if err != nil && d.pid != 0 {
 		return stallResult{}, fmt.Errorf("daemon RSS: %v", err)
@@ -336,20 +343,21 @@ func (r *runner) stallRun(ctx context.Context, transport string, k int, pace tim
 		after   int64
 		settled string
 	)
-	if k > 0 || record {
+	switch {
+	case record:
+		// Every recorded run waits the same way, stalled clients or not
+		// (see waitBehind), at least settleMin.
 		f.settle = func(ctx context.Context) error {
-			start := time.Now()
-			if k > 0 {
-				r.prog.set(label+" waiting for the stalled clients to fall behind", func() string { return fmt.Sprintf("%d clients", joined.Load()) })
-				var err error
-				if settled, err = d.waitBehind(ctx, k, settleBound); err != nil {
-					return err
-				}
-			}
-			if !record {
-				return nil
-			}
-			return sleepCtx(ctx, settleMin-time.Since(start))
+			r.prog.set(label+" waiting for the stalled clients to fall behind", func() string { return fmt.Sprintf("%d clients", joined.Load()) })
+			var err error
+			settled, err = d.waitBehind(ctx, k, settleMin, settleBound)
+			return err
+		}
+	case k > 0:
+		f.settle = func(ctx context.Context) error {
+			var err error
+			settled, err = d.waitBehind(ctx, k, 0, settleBound)
+			return err
 		}
 	}
 	f.atEnd = func() { after, _ = rssKB(d.pid) }
