@@ -185,6 +185,7 @@ type fleetClient struct {
 
 	recv     atomic.Int64 // stamped chunks received
 	measured atomic.Int64 // of which received in the measured window
+	stamped  atomic.Int64 // of which the agent sent in the measured window
 	gapped   atomic.Int64 // chunks bridge/gap said this client will not get
 
 	expected atomic.Int64 // chunks the stream sent; MaxInt64 until known
@@ -212,6 +213,12 @@ type fleet struct {
 	hist    *shardedHist
 	// The measured window, unix ns: chunks received in [from, to) count.
 	from, to atomic.Int64
+	// settle, when set, is waited for once the streams have started and
+	// before the warm-up: the state the window must measure (stalled
+	// clients that have stopped looking like readers). atEnd, when set,
+	// runs as the window closes, the streams still running.
+	settle func(context.Context) error
+	atEnd  func()
 }
 
 // buildFleet connects perStream clients to each of streams streams (the
@@ -283,9 +290,13 @@ func (f *fleet) read(fc *fleetClient, lb *latBatch) {
 		}
 		if ts := stampOf(m); ts > 0 {
 			fc.recv.Add(1)
-			if now := time.Now().UnixNano(); now >= f.from.Load() && now < f.to.Load() {
+			from, to := f.from.Load(), f.to.Load()
+			if now := time.Now().UnixNano(); now >= from && now < to {
 				lb.add(now - ts)
 				fc.measured.Add(1)
+			}
+			if ts >= from && ts < to {
+				fc.stamped.Add(1)
 			}
 			fc.checkComplete()
 			continue
@@ -313,6 +324,7 @@ func (f *fleet) read(fc *fleetClient, lb *latBatch) {
 // fleetStats is what one streaming run delivered.
 type fleetStats struct {
 	delivered int64   // chunks received in the measured window, all clients
+	offered   int64   // chunks the agent sent in the window, times their recipients: exact once drained
 	seconds   float64 // the window's length
 	dropped   int64   // announced by bridge/gap
 	missing   int64   // neither received nor announced once the stream ended
@@ -323,24 +335,32 @@ type fleetStats struct {
 }
 
 // stream starts every stream and counts what the clients receive during
-// [start+warmup, start+warmup+duration): chunks and their delivery latency
-// (receive time minus the agent's stamp). Then it stops the streams and
+// [start+warmup, start+warmup+duration) (start: once f.settle returned):
+// chunks and their delivery latency (receive time minus the agent's
+// stamp), and the chunks stamped in the window. Then it stops the streams and
 // waits, up to drain, until every client has everything that was sent, to
 // account for drops. A stream at full speed may have queued more than can
 // be delivered in drain; then the accounting is left out, not the figures.
 func (f *fleet) stream(ctx context.Context, warmup, duration, drain time.Duration) (fleetStats, error) {
 	owners := f.clients[:len(f.ids)]
-	start := time.Now()
-	from := start.Add(warmup)
-	f.from.Store(from.UnixNano())
-	f.to.Store(from.Add(duration).UnixNano())
 	for i, fc := range owners {
 		if err := f.proto.start(fc.c, f.ids[i]); err != nil {
 			return fleetStats{}, fmt.Errorf("start stream: %v", err)
 		}
 	}
+	if f.settle != nil {
+		if err := f.settle(ctx); err != nil {
+			return fleetStats{}, err
+		}
+	}
+	from := time.Now().Add(warmup)
+	f.to.Store(from.Add(duration).UnixNano())
+	f.from.Store(from.UnixNano())
 	if err := sleepCtx(ctx, warmup+duration); err != nil {
 		return fleetStats{}, err
+	}
+	if f.atEnd != nil {
+		f.atEnd()
 	}
 	for i, fc := range owners {
 		if err := f.proto.stop(fc.c, f.ids[i]); err != nil {
@@ -403,6 +423,7 @@ func (f *fleet) stream(ctx context.Context, warmup, duration, drain time.Duratio
 	for _, fc := range f.clients {
 		<-fc.done
 		st.delivered += fc.measured.Load()
+		st.offered += fc.stamped.Load()
 		st.dropped += fc.gapped.Load()
 		if !st.drained {
 			continue

@@ -120,10 +120,19 @@ type Options struct {
 	// the daemon runs with --queue-bytes StallQueueBytes so a stalled
 	// client reaches its ceiling within the run (0 keeps the daemon's
 	// default). Stalled clients attach to every session, with their role's
-	// default onSlow. StallPace 0 measures the fan-out capacity first (the
-	// same fleet, the agent as fast as it can) and streams at half of it,
-	// so the runs measure isolation, not saturation. Defaults 1000, 10,
-	// [0 1 100 1000], 0 (half the capacity), 512, 65536.
+	// default onSlow. StallPace 0 calibrates first, on the same fleet: the
+	// fan-out capacity with the agent as fast as it can (printed; one write
+	// then carries many chunks, which a paced stream never gets), then
+	// paced probes for the highest rate the fleet takes in full, judged
+	// against what the agent sent (printed, each probe too), and streams
+	// at half of that, so the runs measure isolation, not saturation.
+	// Each run's measured window starts a warm-up after every stalled
+	// client has fallen behind (the daemon's
+	// agentbridge_connections_catching_up), not while their socket
+	// buffers still take writes like a reader's, and at least 1s after the
+	// stream started in every run, so that the runs compare at the same
+	// stream age (the session logs grow with it). Defaults 1000, 10,
+	// [0 1 100 1000], 0 (half the paced capacity), 512, 65536.
 	StallFast       int           `json:"stallFast"`
 	StallSessions   int           `json:"stallSessions"`
 	StallCounts     []int         `json:"stallCounts"`
@@ -334,10 +343,16 @@ Scenarios (default: all, in this order):
               the daemon persisting to a fresh directory, against the
               memory-only run. Bounded by 3 × --timeout per run.
   stall       --stall-fast reading clients over --stall-sessions sessions
-              beside 0, 1, 100 (--stall-counts) clients that attach to every
-              session and never read, at a fixed rate: delivery latency
-              p50/p99 of the fast clients and the daemon's RSS growth; the
-              baseline is the first count (no stalled client).
+              beside 0, 1, 100, 1000 (--stall-counts) clients that attach to
+              every session and never read, at a fixed rate (--stall-pace,
+              or half the paced fan-out capacity, measured first and
+              printed): delivery latency p50/p99 of the fast clients, from
+              a warm-up after every stalled client fell behind, and the
+              daemon's RSS growth from before the stream to the end of the
+              window; per stalled client (from 1,000 of them) the growth
+              beyond the baseline's. The baseline is the first count (no
+              stalled client). Then the lag case: one client reading at
+              half the agent's speed through a 200,000-event flood.
   reconnect   --reconnect-clients enveloped clients drop at once while the
               agent streams and re-attach with since=<last seq>: time until
               all are live again, events lost and duplicated (target 0, 0).

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -285,5 +286,106 @@ func TestRoundsMedian(t *testing.T) {
 	}
 	if m := median([]float64{3, 1, 2, 10}); m != 2.5 {
 		t.Errorf("median of 1,2,3,10 = %v", m)
+	}
+}
+
+// fleetModel is a fleet that takes at most capacity deliveries a second,
+// fed by an agent that sends at most agentMax, for calibrate's tests.
+type fleetModel struct {
+	capacity, agentMax float64
+	asked              []float64
+}
+
+func (m *fleetModel) probe(rate float64) (stallProbe, error) {
+	m.asked = append(m.asked, rate)
+	sent := min(rate, m.agentMax)
+	got := min(sent, m.capacity)
+	return stallProbe{offered: sent, delivered: got, kept: got == sent}, nil
+}
+
+// TestCalibrate: the search ends at the highest rate the fleet took in
+// full as the agent sent it, within 25% of the capacity, in a few probes,
+// whether the first probe (half the burst) is over or under it.
+func TestCalibrate(t *testing.T) {
+	for _, tc := range []struct{ burst, capacity float64 }{
+		{1.5e6, 221e3}, // the paced capacity far below the burst
+		{1.0e6, 450e3}, // half the burst just over it
+		{1.0e6, 900e3}, // half the burst under it: search upwards
+	} {
+		m := &fleetModel{capacity: tc.capacity, agentMax: math.Inf(1)}
+		got, probes, err := calibrate(tc.burst, m.probe)
+		if err != nil {
+			t.Fatalf("burst %v capacity %v: %v", tc.burst, tc.capacity, err)
+		}
+		if got > tc.capacity || got < tc.capacity/1.25/1.25 || len(probes) > maxProbes {
+			t.Errorf("burst %v capacity %v: calibrated %v after %v", tc.burst, tc.capacity, got, m.asked)
+		}
+		if m.asked[0] != tc.burst/2 {
+			t.Errorf("first probe asked %v, want half the burst", m.asked[0])
+		}
+	}
+}
+
+// TestCalibrateJudgesWhatWasSent: an agent that falls short of the rate it
+// was asked for is judged on what it sent (everything arrived, so the
+// fleet kept up), and the capacity is what it sent, not what was asked.
+func TestCalibrateJudgesWhatWasSent(t *testing.T) {
+	m := &fleetModel{capacity: 500e3, agentMax: 300e3}
+	got, probes, err := calibrate(1e6, m.probe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 300e3 || !probes[0].sustained() {
+		t.Errorf("calibrated %v (probes %+v), want the 300k/s the agent sent", got, probes)
+	}
+	// A fleet that never takes what is sent has no paced capacity.
+	m = &fleetModel{capacity: 0, agentMax: math.Inf(1)}
+	if _, probes, err := calibrate(1e6, m.probe); err == nil || len(probes) != maxProbes {
+		t.Errorf("a fleet that takes nothing calibrated (%d probes, err %v)", len(probes), err)
+	}
+	if _, _, err := calibrate(0, m.probe); err == nil {
+		t.Error("a burst of 0 calibrated")
+	}
+}
+
+// TestProbeSustained: a probe is sustained only when everything sent
+// arrived and the window received at least 95% of what it sent.
+func TestProbeSustained(t *testing.T) {
+	for _, tc := range []struct {
+		p    stallProbe
+		want bool
+	}{
+		{stallProbe{offered: 100, delivered: 96, kept: true}, true},
+		{stallProbe{offered: 100, delivered: 94, kept: true}, false},
+		{stallProbe{offered: 100, delivered: 100, kept: false}, false},
+		{stallProbe{offered: 0, delivered: 0, kept: true}, false},
+	} {
+		if got := tc.p.sustained(); got != tc.want {
+			t.Errorf("%+v sustained %v, want %v", tc.p, got, tc.want)
+		}
+	}
+}
+
+// TestPerStalledKB: the per-client figure is the growth beyond the
+// baseline's, per stalled client, and only where there are enough of them.
+func TestPerStalledKB(t *testing.T) {
+	if _, ok := perStalledKB(1, 6.6, 6.2); ok {
+		t.Error("a per-client figure from one stalled client")
+	}
+	if _, ok := perStalledKB(100, 6.6, 6.2); ok {
+		t.Error("a per-client figure from 100 stalled clients (RSS moves by more than 400 KB on its own)")
+	}
+	if per, ok := perStalledKB(1000, 5, 3); !ok || per != 2.048 {
+		t.Errorf("1000 stalled, 5 MB vs 3 MB: %v KB (ok %v), want 2.048", per, ok)
+	}
+}
+
+func TestSampleOf(t *testing.T) {
+	text := "# HELP agentbridge_connections_catching_up x\n# TYPE agentbridge_connections_catching_up gauge\nagentbridge_connections_catching_up_total 9\nagentbridge_connections_catching_up 1000\n"
+	if v, err := sampleOf(bufio.NewScanner(strings.NewReader(text)), behindGauge); err != nil || v != 1000 {
+		t.Errorf("got %v, %v; want 1000", v, err)
+	}
+	if _, err := sampleOf(bufio.NewScanner(strings.NewReader("other 1\n")), behindGauge); err == nil || !strings.Contains(err.Error(), behindGauge) {
+		t.Errorf("a missing metric: %v", err)
 	}
 }

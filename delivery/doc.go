@@ -33,7 +33,10 @@
 // drain attempt): unhealthy when the queue is over its high watermark (in
 // bytes or slots) or the transport stayed blocked, its peer taking
 // nothing, past DrainDeadline,
-// healthy when it is under its low watermark and not blocked. When the
+// healthy when it is under its low watermark and not blocked. Pushes feed
+// it too (Send, any goroutine): each data push that finds the queue over
+// its high watermark in bytes is unhealthy, so a flood the drainer takes
+// in few attempts still trips it. When the
 // breaker opens, a "degrade" connection stops receiving the data plane: its
 // queued backlog is purged to gaps and, per session, the outbox accumulates
 // what it skips and queues, at most once per SummaryInterval, a bridge/gap

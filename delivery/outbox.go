@@ -140,11 +140,12 @@ type lagging struct {
 
 // The Outbox's flags, each read and written atomically (flag).
 const (
-	flagDead     uint32 = 1 << iota // a close was requested: queue nothing more
-	flagSlow                        // degraded or gaps pending: Send takes mu
-	flagDegraded                    // written under mu; read anywhere
-	flagBehind                      // the transport held bytes at the last drain attempt (written by the drainer)
-	flagStuck                       // ... and its peer had taken nothing since the attempt before (written by the drainer)
+	flagDead       uint32 = 1 << iota // a close was requested: queue nothing more
+	flagSlow                          // degraded or gaps pending: Send takes mu
+	flagDegraded                      // written under mu; read anywhere
+	flagBehind                        // the transport held bytes at the last drain attempt (written by the drainer)
+	flagStuck                         // ... and its peer had taken nothing since the attempt before (written by the drainer)
+	flagPushedOver                    // a push observed the queue over its high watermark since the last healthy drain (pushedOver)
 )
 
 // flag is one bit of a flags word, used as an atomic.Bool would be.
@@ -184,6 +185,7 @@ func (o *Outbox) slow() flag     { return flag{&o.flags, flagSlow} }
 func (o *Outbox) degraded() flag { return flag{&o.flags, flagDegraded} }
 func (o *Outbox) behind() flag   { return flag{&o.flags, flagBehind} }
 func (o *Outbox) stuck() flag    { return flag{&o.flags, flagStuck} }
+func (o *Outbox) pushed() flag   { return flag{&o.flags, flagPushedOver} }
 
 // strained is what only a connection that lost events or was degraded
 // needs: its breaker, the events it was not sent, its pending gaps and
@@ -385,6 +387,18 @@ func (o *Outbox) State() breaker.State {
 	return breaker.Closed
 }
 
+// ensureBreaker returns the connection's breaker, making it on the first
+// unhealthy observation (the drainer's or a pusher's, whichever comes
+// first). Safe from any goroutine.
+func (o *Outbox) ensureBreaker() *breaker.Breaker {
+	st := o.strain()
+	if br := st.br.Load(); br != nil {
+		return br
+	}
+	st.br.CompareAndSwap(nil, breaker.New("outbox", o.cfg.Breaker, o.m.Transition))
+	return st.br.Load()
+}
+
 // breaker returns the connection's breaker, nil while it never needed one.
 // Safe from any goroutine.
 func (o *Outbox) breaker() *breaker.Breaker {
@@ -424,6 +438,9 @@ func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
 			return o.pushCatchup(m)
 		}
 		if o.pushData(m) {
+			if o.q.Over() {
+				o.pushedOver()
+			}
 			return true
 		}
 		full = true
@@ -434,7 +451,34 @@ func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
 	if wake {
 		o.wake()
 	}
+	if (full || o.q.Over()) && !o.degraded().Load() {
+		o.pushedOver()
+	}
 	return true
+}
+
+// pushedOver is the push side's observation of a consumer under degrade
+// or disconnect: a data push found its queue over the high watermark (or
+// without a free slot). Each such push is an unhealthy observation, as a
+// drain attempt over the watermark is, so the breaker trips on the
+// events themselves, not on how many attempts the drainer happened to
+// make: a flood the loop drains in one or two attempts, or a peer that
+// stopped reading (re-woken less and less often), still degrades (or, for
+// disconnect, closes) the connection. Only the next healthy drain (under
+// the low watermark) ends the run. Once the breaker is open the pushes
+// stop observing: a degraded connection's events skip the queue. Any
+// goroutine.
+func (o *Outbox) pushedOver() {
+	br := o.ensureBreaker()
+	if br.State() == breaker.Open {
+		return
+	}
+	o.pushed().Store(true)
+	br.Observe(false)
+	if br.State() == breaker.Open {
+		data, _ := o.q.Bytes()
+		o.apply(fmt.Sprintf("its queue went over the high watermark as events were pushed (%d messages, %d data bytes queued)", o.q.Len(), data))
+	}
 }
 
 // pushData queues a data message by the connection's policy. It reports
@@ -819,22 +863,23 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 		} else {
 			o.why = fmt.Sprintf("its queue stayed over the high watermark (%d messages, %d data bytes queued)", lvl.Items, lvl.DataBytes)
 		}
-		br := o.breaker()
-		if br == nil {
-			br = breaker.New("outbox", o.cfg.Breaker, o.m.Transition)
-			o.strain().br.Store(br)
-		}
-		br.Observe(false)
+		o.ensureBreaker().Observe(false)
 	case !blocked && lvl.DataBytes < qc.LowWater && lvl.Items < o.cfg.itemsLow:
 		// A healthy observation in the closed state changes nothing
 		// unless it breaks a run of unhealthy ones.
-		if o.lagging == nil {
+		pushed := o.pushed().Load()
+		if o.lagging == nil && !pushed {
 			break // never unhealthy, so no breaker either
 		}
-		if br := o.breaker(); br != nil && (o.unhealthy > 0 || br.State() != breaker.Closed) {
+		if br := o.breaker(); br != nil && (pushed || o.lagging != nil && o.unhealthy > 0 || br.State() != breaker.Closed) {
 			br.Observe(true)
 		}
-		o.unhealthy = 0
+		if pushed {
+			o.pushed().Store(false)
+		}
+		if o.lagging != nil {
+			o.unhealthy = 0
+		}
 	}
 	if held && o.degraded().Load() && o.State() == breaker.HalfOpen {
 		// The probe waits until the peer took what the transport holds

@@ -793,18 +793,25 @@ func (a *agent) stream(ctx context.Context, s *session, text string, said *strin
 	if strings.Contains(text, "crash") {
 		crashAt = o.Chunks / 2
 	}
-	var pace *time.Timer
+	// Chunk i is due (i-1)·Pace after the first was sent: paced against
+	// that schedule, not by a delay after each send, so the rate is
+	// Pace's whatever a send and the timer's wake-up cost (a delay per
+	// chunk falls behind by both, every chunk). A late chunk goes at once.
+	var (
+		pace  *time.Timer
+		start time.Time // when the first chunk was sent
+	)
 	for i := 1; i <= o.Chunks; i++ {
 		if i-1 == crashAt {
 			a.crashNow()
 			return false
 		}
-		if i > 1 && o.Pace > 0 {
+		if wait := time.Until(start.Add(time.Duration(i-1) * o.Pace)); i > 1 && o.Pace > 0 && wait > 0 {
 			if pace == nil {
-				pace = time.NewTimer(o.Pace)
+				pace = time.NewTimer(wait)
 				defer pace.Stop()
 			} else {
-				pace.Reset(o.Pace)
+				pace.Reset(wait)
 			}
 			select {
 			case <-pace.C:
@@ -821,6 +828,9 @@ func (a *agent) stream(ctx context.Context, s *session, text string, said *strin
 		}
 		if a.chunk(s.id, t, msgID) != nil {
 			return false
+		}
+		if i == 1 {
+			start = time.Now()
 		}
 	}
 	if crashAt >= 0 {

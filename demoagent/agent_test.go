@@ -232,6 +232,32 @@ func TestKnobs(t *testing.T) {
 	}
 }
 
+// TestPaceKeepsItsRate: chunks go on a schedule of one per Pace, so the
+// rate is Pace's on average (a delay after each send would fall behind by
+// the send and the timer's wake-up every chunk), and none goes early.
+func TestPaceKeepsItsRate(t *testing.T) {
+	const n = 400
+	opts := Options{Chunks: n, ChunkSize: 8, Pace: time.Millisecond, Stamp: true}
+	c := startAgent(t, opts)
+	sid := c.newSession()
+	updates, resp := c.turn(c.call("session/prompt", promptParams(sid, "go")), nil)
+	if stopReason(t, resp) != "end_turn" || len(updates) != n {
+		t.Fatalf("%d updates, want %d chunks: %s", len(updates), n, resp.raw)
+	}
+	first := updates[0].Update.Meta.SentAt
+	for i, u := range updates {
+		// The schedule starts once the first chunk is sent; a timer
+		// never fires early.
+		if due := first + int64(i)*int64(opts.Pace); u.Update.Meta.SentAt < due {
+			t.Fatalf("chunk %d went %v ahead of its schedule", i+1, time.Duration(due-u.Update.Meta.SentAt))
+		}
+	}
+	want := time.Duration(n-1) * opts.Pace
+	if span := time.Duration(updates[n-1].Update.Meta.SentAt - first); span > want+want/10 {
+		t.Fatalf("%d chunks %v apart took %v, more than 10%% over %v", n, opts.Pace, span, want)
+	}
+}
+
 func TestPermissionOff(t *testing.T) {
 	opts := DefaultOptions()
 	opts.Permission, opts.Chunks, opts.ToolCalls = false, 2, 2

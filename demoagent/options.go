@@ -16,8 +16,9 @@ type Options struct {
 	// ChunkSize is the bytes of text per chunk. Default 64; zero or less
 	// means the default.
 	ChunkSize int
-	// Pace is the delay between chunks. Default 0: as fast as the output
-	// takes them.
+	// Pace is the time between chunks, kept on average: chunk i is due
+	// (i-1)·Pace after the first, and one that is late goes at once.
+	// Default 0: as fast as the output takes them.
 	Pace time.Duration
 	// Permission makes each tool call ask session/request_permission first.
 	// Default true.

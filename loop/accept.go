@@ -96,6 +96,30 @@ func addrIP(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
+// unixPeer is a Unix peer's label, "uid:U pid:P", in one allocation (it
+// stays with the connection; the pieces concatenated were two more).
+func unixPeer(uid uint32, pid int32) string {
+	var b [48]byte
+	l := strconv.AppendUint(append(b[:0], "uid:"...), uint64(uid), 10)
+	l = strconv.AppendInt(append(l, " pid:"...), int64(pid), 10)
+	return string(l)
+}
+
+// tcpPeer is a TCP peer's label, as net.TCPAddr.String writes it ("1.2.3.4:5",
+// "[::1]:5"), in one allocation rather than the three String makes.
+func tcpPeer(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	ap := ta.AddrPort()
+	if !ap.Addr().IsValid() {
+		return ta.String()
+	}
+	var b [64]byte
+	return string(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).AppendTo(b[:0]))
+}
+
 // isFDExhausted recognises accept failing for want of a descriptor.
 func isFDExhausted(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||

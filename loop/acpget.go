@@ -46,12 +46,19 @@ func (f *front) resume(c *conn, rp *httpfront.Reply) {
 		if err != nil {
 			return nil
 		}
+		draining := f.draining.Load()
+		rp.Close = rp.Close || draining
 		_, _ = gc.Write(rp.AppendTo(nil, false))
 		p, ok := c.proto.(*httpProto)
 		if !ok {
 			return nil
 		}
 		p.parked = false
+		if rp.Close {
+			f.m.request(p.path, rp.Status)
+			c.Close(wire.ClosePolicy, "http: connection close")
+			return nil
+		}
 		p.w.deadline.Store(f.now() + int64(f.cfg.IdleTimeout))
 		f.m.request(p.path, rp.Status)
 		// Requests pipelined behind the parked one.

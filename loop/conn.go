@@ -2,7 +2,6 @@ package loop
 
 import (
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -326,25 +325,83 @@ func (s *Server) markBlocked(c *conn) {
 			step = int64(rewakeMin)
 		}
 		c.wakeAt = time.Now().UnixNano() + step
+		s.wakes.push(wakeEntry{at: c.wakeAt, c: c})
 	}
 	s.mu.Unlock()
 }
 
 // rewake wakes the blocked connections that are due, doubling the wait of
 // each one whose buffer has not shrunk since it was last woken. Called
-// from the engine's tick.
+// from the engine's tick. It looks only at the due ones (Server.wakes is
+// ordered by time), so a thousand stalled connections woken once a second
+// cost nothing on the ticks in between.
 func (s *Server) rewake(now time.Time) {
 	t := now.UnixNano()
 	s.mu.Lock()
-	for c := range s.blocked {
-		if c.wakeAt > t {
-			continue
+	for len(s.wakes) > 0 && s.wakes[0].at <= t {
+		e := s.wakes.pop()
+		if _, ok := s.blocked[e.c]; !ok || e.c.wakeAt != e.at {
+			continue // closed since, or blocked again later
 		}
+		c := e.c
 		delete(s.blocked, c)
 		c.wakeStep.Store(min(max(c.wakeStep.Load(), int64(rewakeMin))*2, int64(rewakeMax)))
 		_ = c.gc.Wake(nil)
 	}
 	s.mu.Unlock()
+}
+
+// wakeEntry is a blocked connection's due time.
+type wakeEntry struct {
+	at int64 // UnixNano, the conn's wakeAt when it was queued
+	c  *conn
+}
+
+// wakeHeap orders blocked connections by due time (a binary min-heap).
+// An entry whose connection closed (it left Server.blocked) or was
+// re-queued stays until popped and is skipped then: no index per
+// connection. Guarded by Server.mu.
+type wakeHeap []wakeEntry
+
+func (h *wakeHeap) push(e wakeEntry) {
+	*h = append(*h, e)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		p := (i - 1) / 2
+		if q[p].at <= q[i].at {
+			break
+		}
+		q[p], q[i] = q[i], q[p]
+		i = p
+	}
+}
+
+func (h *wakeHeap) pop() wakeEntry {
+	q := *h
+	top := q[0]
+	last := len(q) - 1
+	q[0] = q[last]
+	q[last] = wakeEntry{}
+	q = q[:last]
+	for i := 0; ; {
+		l, m := 2*i+1, i
+		if l < len(q) && q[l].at < q[m].at {
+			m = l
+		}
+		if r := l + 1; r < len(q) && q[r].at < q[m].at {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		q[i], q[m] = q[m], q[i]
+		i = m
+	}
+	if cap(q) > 64 && len(q) < cap(q)/4 {
+		q = append(wakeHeap(nil), q...) // a burst of blocked connections is over
+	}
+	*h = q
+	return top
 }
 
 // unixConn is a Unix-socket connection and its protocol in one allocation
@@ -357,6 +414,14 @@ type unixConn struct {
 // OnOpen accepts a connection: Unix-socket peers are checked by uid and
 // registered with the hub at once; TCP peers speak HTTP first.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	// gnet's Register dups the descriptor, and dup(2) drops close-on-exec:
+	// a child started later (the agent after a restart, a --terminal
+	// shell) would inherit the socket and keep it open after the daemon
+	// closes it, so the peer would never see the close while the child
+	// lives (a terminal's writer, dropped as half-open, waited on a silent
+	// socket). The first callback to see the descriptor sets it again; an
+	// exec between gnet's dup and this callback can still inherit it.
+	unix.CloseOnExec(gc.Fd())
 	if _, ok := gc.Context().(*agentConn); ok {
 		return nil, gnet.None // the agent's socket (agentconn.go)
 	}
@@ -377,14 +442,14 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		u := &unixConn{conn: conn{srv: s, gc: gc}}
 		c := &u.conn
 		c.proto = &u.p
-		s.newEndpoint(c, "unix", "uid:"+strconv.FormatUint(uint64(uid), 10)+" pid:"+strconv.Itoa(int(pid)))
+		s.newEndpoint(c, "unix", unixPeer(uid, pid))
 		gc.SetContext(c)
 		s.nconns.Add(1)
 		c.ep.Register(s.cfg.UDSRole, nil)
 		s.cfg.Metrics.opened(c.proto.name())
 	default:
 		c := &conn{srv: s, gc: gc}
-		s.newEndpoint(c, "http", gc.RemoteAddr().String())
+		s.newEndpoint(c, "http", tcpPeer(gc.RemoteAddr()))
 		c.proto = newHTTPProto(s, c)
 		gc.SetContext(c)
 		s.nconns.Add(1)

@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"net"
 	"testing"
 	"unsafe"
 )
@@ -23,5 +24,40 @@ func TestConnFootprint(t *testing.T) {
 		if c.size > c.max {
 			t.Errorf("%s is %d bytes, over the %d-byte size class an idle connection pays for it", c.what, c.size, c.max)
 		}
+	}
+}
+
+// TestPeerLabels: the labels built in one allocation read as the ones net
+// and the concatenation wrote.
+func TestPeerLabels(t *testing.T) {
+	if got, want := unixPeer(1000, 4242), "uid:1000 pid:4242"; got != want {
+		t.Errorf("unixPeer = %q, want %q", got, want)
+	}
+	for _, a := range []*net.TCPAddr{
+		{IP: net.IPv4(127, 0, 0, 1), Port: 5},
+		{IP: net.ParseIP("::1"), Port: 65535},
+		{IP: net.ParseIP("::ffff:10.1.2.3"), Port: 80},
+		{IP: net.ParseIP("fe80::1"), Port: 8, Zone: "eth0"},
+		{IP: net.ParseIP("2001:db8::ff00:42:8329"), Port: 443},
+		{Port: 9},
+	} {
+		if got, want := tcpPeer(a), a.String(); got != want {
+			t.Errorf("tcpPeer(%#v) = %q, want %q", a, got, want)
+		}
+	}
+}
+
+// TestAllocsPeerLabels: each label, which stays with its connection, is
+// its one allocation.
+func TestAllocsPeerLabels(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates; make test-allocs runs TestAllocs without -race")
+	}
+	a := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 54321}
+	if n := testing.AllocsPerRun(100, func() { _ = unixPeer(1000, 123456) }); n != 1 {
+		t.Errorf("unixPeer: %v allocations, want 1", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = tcpPeer(a) }); n != 1 {
+		t.Errorf("tcpPeer: %v allocations, want 1", n)
 	}
 }

@@ -3,8 +3,10 @@ package loop
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
@@ -38,6 +40,10 @@ type front struct {
 
 	mu      sync.Mutex
 	watches map[*watch]struct{}
+
+	// draining is set by closeIdle (the daemon is stopping): no connection
+	// is kept alive after its current response.
+	draining atomic.Bool
 
 	// Owned by the ticker goroutine.
 	lastSweep time.Time
@@ -85,6 +91,42 @@ func (f *front) unwatch(w *watch) {
 	f.mu.Lock()
 	delete(f.watches, w)
 	f.mu.Unlock()
+}
+
+// closeIdle ends keep-alive, as net/http's Shutdown does: connections
+// waiting for a request are closed now, the others after the response to
+// the request they are in (the daemon waits for them, bounded). Any
+// goroutine.
+func (f *front) closeIdle() {
+	f.draining.Store(true)
+	var idle []*watch
+	f.mu.Lock()
+	for w := range f.watches {
+		if w.kind.Load() == watchHTTP {
+			idle = append(idle, w)
+		}
+	}
+	f.mu.Unlock()
+	for _, w := range idle {
+		_ = w.c.gc.Wake(closeIfIdle)
+	}
+}
+
+// closeIfIdle runs on the connection's loop, woken by closeIdle: an HTTP
+// connection between requests is closed; one in a request is left to
+// serve's Connection: close.
+func closeIfIdle(gc gnet.Conn, err error) error {
+	if err != nil {
+		return nil
+	}
+	c, ok := gc.Context().(*conn)
+	if !ok || c.closing() {
+		return nil
+	}
+	if p, ok := c.proto.(*httpProto); ok && !p.started && !p.parked && p.skip == 0 && gc.InboundBuffered() == 0 {
+		c.Close(session.CloseGoingAway, "shutting down")
+	}
+	return nil
 }
 
 // sweepEvery is how often deadlines are checked; heartbeats run on their
@@ -287,9 +329,15 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 		if end > limit {
 			return len(buf), p.refuse(c, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request header block is over the limit of %d bytes", limit))
 		}
-		req, err := readRequest(rest[:end])
-		if err != nil {
-			return len(buf), p.refuse(c, http.StatusBadRequest, "malformed request: "+err.Error())
+		var req *http.Request
+		up := parseUpgrade(rest[:end])
+		if up != nil {
+			req = &up.req
+		} else {
+			var err error
+			if req, err = readRequest(rest[:end]); err != nil {
+				return len(buf), p.refuse(c, http.StatusBadRequest, "malformed request: "+err.Error())
+			}
 		}
 		p.body = nil
 		if messageBody(req) {
@@ -321,6 +369,11 @@ func (p *httpProto) read(c *conn, buf []byte) (int, error) {
 		p.scanned, p.started = 0, false
 		used += end
 		n, done, err := p.serve(c, req, buf[used:])
+		if up != nil {
+			// A handshake on /acp: serve went to upgrade, which keeps
+			// nothing of the request.
+			up.release()
+		}
 		used += n
 		if err != nil || done || c.closing() {
 			return used, err
@@ -378,7 +431,7 @@ func (p *httpProto) refuse(c *conn, status int, why string) error {
 func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done bool, err error) {
 	head := req.Method == http.MethodHead
 	chunked := len(req.TransferEncoding) > 0
-	closeAfter := req.Close || chunked || req.ContentLength > maxSkipBody
+	closeAfter := req.Close || chunked || req.ContentLength > maxSkipBody || p.f.draining.Load()
 	if !closeAfter && req.ContentLength > 0 {
 		p.skip = req.ContentLength
 	}
@@ -437,7 +490,9 @@ func (p *httpProto) serve(c *conn, req *http.Request, after []byte) (n int, done
 // handshake (refused as one when it is not a valid one) rather than a
 // Streamable HTTP message or stream.
 func wsAttempt(r *http.Request) bool {
-	return r.Method == http.MethodGet && (r.Header.Get("Upgrade") != "" || r.Header.Get("Sec-WebSocket-Key") != "")
+	// "Sec-Websocket-Key" is the canonical form: Get canonicalises
+	// anything else into a fresh string.
+	return r.Method == http.MethodGet && (r.Header.Get("Upgrade") != "" || r.Header.Get("Sec-Websocket-Key") != "")
 }
 
 // upgrade completes a WebSocket handshake on /acp: Origin and token first
@@ -462,7 +517,7 @@ func (p *httpProto) upgrade(c *conn, req *http.Request, after []byte) (int, bool
 		return 0, true, nil
 	}
 	bp := handshakes.Get().(*[]byte)
-	hs := ws.AppendHandshakeResponse((*bp)[:0], req.Header.Get("Sec-WebSocket-Key"), sub)
+	hs := ws.AppendHandshakeResponse((*bp)[:0], req.Header.Get("Sec-Websocket-Key"), sub) // canonical: no copy of the name
 	hs = append(httpfront.AppendUpgradeHeader(hs[:len(hs)-2]), crlf...)
 	_, _ = c.gc.Write(hs)
 	*bp = hs[:0]
@@ -474,7 +529,11 @@ func (p *httpProto) upgrade(c *conn, req *http.Request, after []byte) (int, bool
 	p.f.m.opened("ws")
 	c.ep.SetTransport("ws")
 	c.ep.Register(role, nil)
-	p.f.s.log.Debug("websocket open", "peer", c.ep.Peer(), "transport", "ws", "role", role.String())
+	if p.f.s.log.Enabled(context.Background(), slog.LevelDebug) {
+		// Guarded: the arguments alone are two allocations per handshake
+		// when debug logging is off.
+		p.f.s.log.Debug("websocket open", "peer", c.ep.Peer(), "transport", "ws", "role", role.String())
+	}
 	if len(after) == 0 || c.closing() {
 		return 0, true, nil
 	}

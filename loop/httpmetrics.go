@@ -70,11 +70,12 @@ var (
 	descEvicted      = prometheus.NewDesc("agentbridge_sessions_evicted_total", "Sessions only the agent named, forgotten past --max-sessions (oldest idle first).", nil, nil)
 	descTimedOut     = prometheus.NewDesc("agentbridge_calls_timed_out_total", "Client requests answered -32005 because the agent did not answer within --call-timeout.", nil, nil)
 	descLagged       = prometheus.NewDesc("agentbridge_hub_lagged_total", "Times a connection fell behind (onSlow catchup) and was fed from the session log instead.", nil, nil)
+	descCatchingUp   = prometheus.NewDesc("agentbridge_connections_catching_up", "Connections fed from the session log instead of live delivery: catchup connections that fell behind or stopped reading, and replays.", nil, nil)
 	descReplayBytes  = prometheus.NewDesc("agentbridge_replay_bytes", "Bytes all session logs hold (bounded by --replay-memory).", nil, nil)
 )
 
 func (hc *hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descClients, descPendingCalls, descPendingReqs, descAgentUp, descRestarts, descClientMsgs, descAgentMsgs, descDeliveries, descErrors, descDenied, descEvicted, descTimedOut, descLagged, descReplayBytes} {
+	for _, d := range []*prometheus.Desc{descSessions, descClients, descPendingCalls, descPendingReqs, descAgentUp, descRestarts, descClientMsgs, descAgentMsgs, descDeliveries, descErrors, descDenied, descEvicted, descTimedOut, descLagged, descCatchingUp, descReplayBytes} {
 		ch <- d
 	}
 }
@@ -103,6 +104,7 @@ func (hc *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descEvicted, st.SessionsEvicted)
 	counter(descTimedOut, st.CallsTimedOut)
 	counter(descLagged, st.Lagged)
+	gauge(descCatchingUp, float64(st.CatchingUp))
 	gauge(descReplayBytes, float64(st.ReplayBytes))
 }
 

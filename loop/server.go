@@ -104,6 +104,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	blocked map[*conn]struct{} // connections waiting for gnet's outbound buffer to drain
+	wakes   wakeHeap           // their due times (conn.go)
 	nconns  atomic.Int64
 	stopped atomic.Bool
 	ticks   []func(now time.Time)
@@ -126,9 +127,10 @@ type Server struct {
 	drainAfter []*conn        // guarded by amu
 	spareDrain []*conn        // guarded by amu: drainAfter's other buffer
 
-	engineOnce sync.Once
-	engineErr  error
-	engineUp   atomic.Bool
+	engineOnce  sync.Once
+	engineErr   error
+	engineUp    atomic.Bool
+	engineEnded chan struct{} // closed when gnet.Run returns
 }
 
 // New validates the configuration and prepares the listeners' paths; it
@@ -149,7 +151,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, hub: cfg.Hub, uid: uint32(os.Getuid()),
-		ready: make(chan struct{}), done: make(chan error, 2), stopping: make(chan struct{}),
+		ready: make(chan struct{}), done: make(chan error, 2), stopping: make(chan struct{}), engineEnded: make(chan struct{}),
 		adm:     admission{max: int64(max(cfg.MaxConns, 0)), perIP: max(cfg.MaxConnsPerIP, 0), byIP: make(map[netip.Addr]int)},
 		blocked: make(map[*conn]struct{})}
 	s.epc = s.endpointConfig()
@@ -200,6 +202,7 @@ func (s *Server) startEngine() error {
 		return fmt.Errorf("engine socket: %w", err)
 	}
 	go func() {
+		defer close(s.engineEnded)
 		s.done <- gnet.Run(s, "unix://"+filepath.Join(dir, "e.sock"),
 			gnet.WithNumEventLoop(s.loops()),
 			gnet.WithLoadBalancing(gnet.LeastConnections),
@@ -305,6 +308,17 @@ func (s *Server) Connections() int { return int(s.nconns.Load()) }
 // listener, so the limits count every listener. Any goroutine.
 func (s *Server) Limit(ln net.Listener) net.Listener { return limitListener{Listener: ln, s: s} }
 
+// CloseIdle ends HTTP keep-alive on the TCP listener, as net/http's
+// Shutdown does: connections waiting for their next request are closed
+// now, those in a request after its response. For a daemon that is
+// stopping, after Hub.Shutdown (which closes the hub's own connections:
+// Unix socket, WebSocket, SSE). Any goroutine.
+func (s *Server) CloseIdle() {
+	if s.front != nil {
+		s.front.closeIdle()
+	}
+}
+
 // Stop stops accepting and closes the engine; connections still open are
 // closed. Call Hub.Shutdown first so clients get their answers and a reason.
 func (s *Server) Stop(ctx context.Context) error {
@@ -314,10 +328,23 @@ func (s *Server) Stop(ctx context.Context) error {
 	close(s.stopping)
 	s.closeListeners()
 	s.acceptors.Wait()
-	if s.engineUp.Load() {
-		return s.eng.Stop(ctx)
+	if !s.engineUp.Load() {
+		return nil
 	}
-	return nil
+	// gnet's Stop polls for the engine's end every 500 ms; gnet.Run
+	// returns the moment it ends. So Stop only starts the shutdown (its
+	// context already done) and the wait is for engineEnded.
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := s.eng.Stop(done); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	select {
+	case <-s.engineEnded:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // OnBoot records the engine.

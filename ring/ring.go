@@ -3,6 +3,7 @@ package ring
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // Class is the delivery class of an entry. It only decides eviction; order
@@ -201,6 +202,9 @@ type Queue[T any] struct {
 	ctrlBytes int
 	congested bool // hysteresis latch between HighWater and LowWater
 	closed    bool
+	// over mirrors dataBytes > HighWater for Over, which takes no lock:
+	// written under mu (updateLatch), in the padding after the two bools.
+	over atomic.Bool
 	// The counters of Stats. The losses are made on the first one: most
 	// queues never lose anything, and an idle connection's queue should
 	// not carry seven words for it.
@@ -545,6 +549,9 @@ func (q *Queue[T]) evictOldest() {
 
 // updateLatch moves the hysteresis latch. Precondition: q.mu held.
 func (q *Queue[T]) updateLatch() {
+	if o := q.dataBytes > q.cfg.HighWater; o != q.over.Load() {
+		q.over.Store(o)
+	}
 	if q.dataBytes > q.cfg.HighWater {
 		q.congested = true
 	} else if q.dataBytes < q.cfg.LowWater {
@@ -660,6 +667,11 @@ func (q *Queue[T]) Level() Level {
 	defer q.mu.Unlock()
 	return Level{Items: q.n, DataBytes: q.dataBytes, ControlBytes: q.ctrlBytes, Stats: q.statsLocked()}
 }
+
+// Over reports whether live data bytes exceeded HighWater after the last
+// change, without taking the queue's lock: a pusher asks it after each
+// push at no cost to the others. Safe from any goroutine.
+func (q *Queue[T]) Over() bool { return q.over.Load() }
 
 // AboveHigh reports whether live data bytes exceed HighWater right now.
 // Safe from any goroutine.

@@ -97,7 +97,7 @@ func (h *Hub) pumpDisk(cl *Client, s *Session, cur, upto uint64, r LogReader) bo
 		if !h.queueEvent(cl, s, m) {
 			// The queue is full again: the rest waits for the next pump.
 			d.after = m.Seq - 1
-			cl.setCursor(s, d.after)
+			h.setCursor(cl, s, d.after)
 			return queued || m.Seq > next
 		}
 		h.st.deliveries.Add(1)
@@ -117,7 +117,7 @@ func (h *Hub) pumpDisk(cl *Client, s *Session, cur, upto uint64, r LogReader) bo
 	cl.cmu.Lock()
 	delete(cl.disk, s)
 	cl.cmu.Unlock()
-	cl.setCursor(s, next-1)
+	h.setCursor(cl, s, next-1)
 	if next > s.seq {
 		h.endCatchup(cl, s)
 	}

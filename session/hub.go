@@ -145,6 +145,7 @@ type Stats struct {
 	AgentMessages   uint64 // messages received from the agent
 	Deliveries      uint64 // messages queued to connections (per recipient)
 	Lagged          uint64 // times a connection fell behind and was fed from the log instead
+	CatchingUp      int    // connections being fed from the log now (behind, stalled, or replaying)
 	ReplayBytes     int    // what all session logs hold (--replay-memory bounds it)
 	Errors          uint64 // error responses the bridge produced itself
 	Denied          uint64 // role denials
@@ -231,6 +232,7 @@ type counters struct {
 	deliveries, lagged, errors, denied, restarts atomic.Uint64
 	evicted, timedOut                            atomic.Uint64
 	sessions, conns, requests, parked            atomic.Int64 // len of the maps of the same names
+	catching                                     atomic.Int64 // clients with Client.catching set
 }
 
 // Client is a registered connection.
@@ -425,6 +427,7 @@ func (h *Hub) Closed(cl *Client) {
 // ownerships and, with a resume key, parks it. Precondition: h.mu held.
 func (h *Hub) closeLocked(cl *Client) {
 	cl.closed = true
+	h.dropCursors(cl)
 	if h.cfg.Remote != nil {
 		h.cfg.Remote.Closed(cl.ID)
 	}
@@ -481,6 +484,7 @@ func (h *Hub) Stats() Stats {
 		AgentMessages:   c.agentMessages.Load(),
 		Deliveries:      c.deliveries.Load(),
 		Lagged:          c.lagged.Load(),
+		CatchingUp:      int(c.catching.Load()),
 		ReplayBytes:     int(h.logs.used.Load()),
 		Errors:          c.errors.Load(),
 		Denied:          c.denied.Load(),

@@ -73,15 +73,19 @@ func (cl *Client) cursor(s *Session) (uint64, bool) {
 }
 
 // setCursor sets cl's cursor of s; a new one takes cl out of s's
-// fan-out (Session.live).
-func (cl *Client) setCursor(s *Session, after uint64) {
+// fan-out (Session.live). A client's first cursor counts it in
+// Stats.CatchingUp.
+func (h *Hub) setCursor(cl *Client, s *Session, after uint64) {
 	cl.cmu.Lock()
 	if cl.catchup == nil {
 		cl.catchup = make(map[*Session]uint64)
 	}
 	_, had := cl.catchup[s]
 	cl.catchup[s] = after
-	cl.catching.Store(true)
+	if !cl.catching.Load() {
+		cl.catching.Store(true)
+		h.st.catching.Add(1)
+	}
 	cl.cmu.Unlock()
 	if !had {
 		s.leaveLive(cl)
@@ -90,18 +94,31 @@ func (cl *Client) setCursor(s *Session, after uint64) {
 
 // endCursor ends cl's cursor of s; cl rejoins s's fan-out if still
 // attached.
-func (cl *Client) endCursor(s *Session) {
+func (h *Hub) endCursor(cl *Client, s *Session) {
 	cl.cmu.Lock()
 	_, had := cl.catchup[s]
 	delete(cl.catchup, s)
 	delete(cl.disk, s)
-	if len(cl.catchup) == 0 {
+	if len(cl.catchup) == 0 && cl.catching.Load() {
 		cl.catching.Store(false)
+		h.st.catching.Add(-1)
 	}
 	cl.cmu.Unlock()
 	if had {
 		s.joinLive(cl)
 	}
+}
+
+// dropCursors forgets cl's cursors as it closes: it no longer counts in
+// Stats.CatchingUp. Precondition: h.mu held exclusively (nothing pumps).
+func (h *Hub) dropCursors(cl *Client) {
+	cl.cmu.Lock()
+	if cl.catching.Load() {
+		cl.catching.Store(false)
+		h.st.catching.Add(-1)
+	}
+	cl.catchup, cl.disk = nil, nil
+	cl.cmu.Unlock()
 }
 
 // cursorSessions lists the sessions being paced out to cl.
@@ -121,7 +138,7 @@ func (h *Hub) startCatchup(cl *Client, s *Session, after uint64) {
 	if after >= s.seq {
 		return
 	}
-	cl.setCursor(s, after)
+	h.setCursor(cl, s, after)
 	h.pumpSession(cl, s)
 }
 
@@ -175,7 +192,7 @@ func (h *Hub) pumpSession(cl *Client, s *Session) bool {
 		h.endCatchup(cl, s) // caught up: live delivery from the next event
 		return true
 	}
-	cl.setCursor(s, last)
+	h.setCursor(cl, s, last)
 	return last > cur
 }
 
@@ -185,12 +202,12 @@ func (h *Hub) pumpSession(cl *Client, s *Session) bool {
 // rejoins live delivery once it has caught up. Its cost while behind is
 // this cursor. Precondition: h.mu held exclusively, or shared with s.mu.
 func (h *Hub) lag(cl *Client, s *Session, after uint64) {
-	cl.setCursor(s, after)
+	h.setCursor(cl, s, after)
 	h.st.lagged.Add(1)
 }
 
 // endCatchup ends the pacing of s to cl. Precondition: as lag.
-func (h *Hub) endCatchup(cl *Client, s *Session) { cl.endCursor(s) }
+func (h *Hub) endCatchup(cl *Client, s *Session) { h.endCursor(cl, s) }
 
 // queueEvent queues a data-plane event of s in the form cl asked for
 // (enveloped or not) and reports whether it did; callers count deliveries
@@ -243,7 +260,7 @@ func (h *Hub) Recede(cl *Client, take func() map[string]uint64) {
 			continue // detached: what was queued is not owed any more
 		}
 		if cur, paced := cl.cursor(s); paced {
-			cl.setCursor(s, min(cur, low-1))
+			h.setCursor(cl, s, min(cur, low-1))
 		} else {
 			h.lag(cl, s, low-1)
 		}

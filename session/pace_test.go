@@ -74,13 +74,16 @@ func TestLagCatchesUpFromLog(t *testing.T) {
 	if !cl.Catching() {
 		t.Fatal("the connection never fell behind")
 	}
-	if st := r.hub.Stats(); st.Lagged == 0 {
-		t.Fatal("Stats.Lagged not counted")
+	if st := r.hub.Stats(); st.Lagged == 0 || st.CatchingUp != 1 {
+		t.Fatalf("Stats.Lagged %d, CatchingUp %d while behind, want > 0 and 1", st.Lagged, st.CatchingUp)
 	}
 	for fc.drain() > 0 || r.hub.Pump(cl) {
 	}
 	if cl.Catching() {
 		t.Fatal("still catching up after draining everything")
+	}
+	if n := r.hub.Stats().CatchingUp; n != 0 {
+		t.Fatalf("Stats.CatchingUp %d once caught up, want 0", n)
 	}
 	r.hub.AgentMessage(1, update("s1", n+1))
 	fc.drain()
@@ -297,6 +300,24 @@ func TestStalledCostNothingPerEvent(t *testing.T) {
 		if n := c.sends.Load(); n != 1 {
 			t.Fatalf("stalled client %d was offered %d events, want 1 (then a cursor)", i, n)
 		}
+	}
+	if n := h.Stats().CatchingUp; n != len(conns) {
+		t.Fatalf("Stats.CatchingUp %d, want the %d stalled clients", n, len(conns))
+	}
+	// A stalled client that goes away is not behind any more.
+	h.mu.Lock()
+	var gone []*Client
+	for _, cl := range h.conns {
+		if cl.Catching() {
+			gone = append(gone, cl)
+		}
+	}
+	h.mu.Unlock()
+	for _, cl := range gone[:3] {
+		h.Closed(cl)
+	}
+	if n := h.Stats().CatchingUp; n != len(conns)-3 {
+		t.Fatalf("Stats.CatchingUp %d after 3 stalled clients closed, want %d", n, len(conns)-3)
 	}
 }
 

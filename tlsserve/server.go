@@ -282,6 +282,11 @@ func (s *Server) Done() <-chan error { return s.done }
 // goroutine.
 func (s *Server) Connections() int { return int(s.n.Load()) }
 
+// CloseIdle ends HTTP keep-alive, as the start of net/http's Shutdown:
+// idle connections are closed now, the others after their response. For a
+// daemon that is stopping, after Hub.Shutdown. Any goroutine.
+func (s *Server) CloseIdle() { s.hs.SetKeepAlivesEnabled(false) }
+
 // Stop stops accepting, closes idle HTTP connections and waits for active
 // requests until ctx ends; WebSocket connections still open are then closed
 // without a handshake. Call Hub.Shutdown first so clients get a close frame

@@ -307,6 +307,10 @@ func (d *daemon) stop(reason string, sig <-chan os.Signal) {
 	if d.term != nil {
 		d.term.Close() // shells get SIGHUP; their browsers a close frame
 	}
+	// HTTP keep-alive connections are nobody's in the hub: idle ones close
+	// now, those in a request after their answer. What remains gets up to
+	// 2 s to flush its farewell or its answer.
+	d.lis.CloseIdle()
 	deadline := time.Now().Add(2 * time.Second)
 	for d.lis.Connections() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)

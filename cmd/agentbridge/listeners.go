@@ -115,6 +115,15 @@ func (l *listeners) Connections() int {
 	return n
 }
 
+// CloseIdle ends HTTP keep-alive on both listeners: idle connections are
+// closed now, busy ones after their response.
+func (l *listeners) CloseIdle() {
+	if l.tls != nil {
+		l.tls.CloseIdle()
+	}
+	l.loop.CloseIdle()
+}
+
 // Stop stops the TLS listener, then the loop (the agent's socket is the
 // loop's: stop the agent first), then the front's reaper.
 func (l *listeners) Stop(ctx context.Context) error {

@@ -14,6 +14,14 @@ const acceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 // Version is the only Sec-WebSocket-Version this package speaks.
 const Version = "13"
 
+// The handshake's fields in http.Header's canonical form: Header.Get and
+// Values canonicalise any other spelling ("Sec-WebSocket-Key") into a fresh
+// string on every call.
+const (
+	hdrKey     = "Sec-Websocket-Key"
+	hdrVersion = "Sec-Websocket-Version"
+)
+
 // AcceptKey derives Sec-WebSocket-Accept from the client's Sec-WebSocket-Key.
 // It is pure and safe from any goroutine.
 func AcceptKey(secWebSocketKey string) string {
@@ -21,11 +29,12 @@ func AcceptKey(secWebSocketKey string) string {
 }
 
 func appendAccept(dst []byte, key string) []byte {
-	h := sha1.New()
-	h.Write([]byte(key))
-	h.Write([]byte(acceptGUID))
-	var sum [sha1.Size]byte
-	return base64.StdEncoding.AppendEncode(dst, h.Sum(sum[:0]))
+	// On the stack for a valid key (24 characters): no hash object and no
+	// copies on the heap for each handshake.
+	var in [64]byte
+	b := append(append(in[:0], key...), acceptGUID...)
+	sum := sha1.Sum(b)
+	return base64.StdEncoding.AppendEncode(dst, sum[:])
 }
 
 // CheckHandshake validates a parsed opening handshake (RFC 6455 §4.2.1).
@@ -57,10 +66,10 @@ func CheckHandshake(r *http.Request) (status int, reason string) {
 	if !hasToken(r.Header, "Connection", "upgrade") {
 		return http.StatusBadRequest, "websocket handshake needs \"Connection: Upgrade\""
 	}
-	if v := r.Header.Values("Sec-WebSocket-Version"); len(v) != 1 || strings.TrimSpace(v[0]) != Version {
+	if v := r.Header.Values(hdrVersion); len(v) != 1 || strings.TrimSpace(v[0]) != Version {
 		return http.StatusUpgradeRequired, "websocket handshake needs Sec-WebSocket-Version: 13"
 	}
-	keys := r.Header.Values("Sec-WebSocket-Key")
+	keys := r.Header.Values(hdrKey)
 	switch {
 	case len(keys) == 0:
 		return http.StatusBadRequest, "websocket handshake is missing Sec-WebSocket-Key"

@@ -1289,6 +1289,11 @@ func TestStalledBesideReaders(t *testing.T) {
 	if n := d.metric(t, "agentbridge_closes_total"); n != 0 {
 		t.Fatalf("the daemon closed %v connections", n)
 	}
+	// Every stalled client is fed from the log (a cursor), the readers
+	// are live again: the gauge operators (and bench stall) read.
+	bpWait(t, 10*time.Second, "agentbridge_connections_catching_up to count the stalled clients", func() bool {
+		return d.metric(t, "agentbridge_connections_catching_up") == nStalled
+	})
 }
 
 // envelopedOwner connects an owner with envelopes on, opens a session for
