@@ -52,6 +52,16 @@ type PartialWriter interface {
 	WriteSome(frames [][]byte) (int, error)
 }
 
+// Copier is a Transport that is done with the frames when Write or
+// WriteSome returns: it copies what the peer did not take at once (the
+// event loop's connections). The endpoint then recycles the single-use
+// messages it wrote (wire.Recycle: a client's answer), so that answering a
+// request allocates nothing once the pool is warm. A transport that keeps
+// frames after the call (an asynchronous writer) must not be a Copier.
+type Copier interface {
+	CopiesFrames()
+}
+
 // EndpointConfig is shared by every Endpoint of a listener; it is read,
 // never written, once the first Endpoint exists.
 type EndpointConfig struct {
@@ -470,6 +480,7 @@ func (e *Endpoint) flush(force bool) (blocked bool, err error) {
 			if err != nil {
 				return false, err
 			}
+			e.recycle(sc.msgs[start : start+taken])
 			if taken < end-start {
 				// The peer refused the rest: keep the messages, not
 				// their frames, for the next Flush (or Recede).
@@ -495,6 +506,18 @@ func (e *Endpoint) write(sc *scratch, msgs []*wire.Msg) (int, error) {
 	return len(msgs), e.t.Write(sc.frames)
 }
 
+// recycle hands the messages a Copier transport took back to their pools
+// (only those marked wire.SingleUse go): nothing refers to them any more.
+// The caller must not touch msgs' messages afterwards. Writer only.
+func (e *Endpoint) recycle(msgs []*wire.Msg) {
+	if _, ok := e.t.(Copier); !ok {
+		return
+	}
+	for _, m := range msgs {
+		wire.Recycle(m)
+	}
+}
+
 // hold appends msgs to what the transport refused. Writer only.
 func (e *Endpoint) hold(msgs []*wire.Msg) {
 	e.out.lag()
@@ -517,6 +540,7 @@ func (e *Endpoint) writeHeld(sc *scratch) (blocked bool, err error) {
 		for _, m := range batch[:taken] {
 			h.bytes -= len(e.t.Frame(m))
 		}
+		e.recycle(batch[:taken])
 		clear(batch[:taken])
 		h.msgs = h.msgs[taken:]
 		if len(h.msgs) == 0 {

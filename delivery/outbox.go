@@ -834,6 +834,9 @@ func (o *Outbox) Observe(blocked bool, buffered int) {
 				// takes what gnet holds.
 				o.own.recede()
 			}
+			// Nor does it keep the slot array its queue grew to while
+			// the peer read (up to 2 KiB once drained).
+			o.q.Trim()
 			missed = blocked && stuck >= o.cfg.DrainDeadline
 		}
 		o.lastBuffered = buffered

@@ -77,6 +77,13 @@ func (c *conn) Wake() { c.srv.wake(c) }
 // Frame is the protocol's framing of m. Event loop only.
 func (c *conn) Frame(m *wire.Msg) []byte { return c.proto.frame(m) }
 
+var _ delivery.Copier = (*conn)(nil)
+
+// CopiesFrames: WriteSome and Write are done with the frames when they
+// return (writev, then gnet's buffer copies any tail), so the endpoint
+// recycles the single-use answers it wrote (delivery.Copier).
+func (c *conn) CopiesFrames() {}
+
 // WriteSome writes whole frames with one writev, straight to the socket
 // while gnet holds nothing for the peer, and reports how many the kernel
 // took. Only the tail of a frame it took in part goes to gnet's buffer (a

@@ -633,6 +633,18 @@ func (q *Queue[T]) afterPop(taken int) {
 	q.updateLatch()
 }
 
+// Trim releases the slot array of an empty queue whatever its size: a
+// consumer that stopped reading keeps no array for pushes it will not
+// take (one that drains to empty otherwise keeps up to releaseAbove
+// slots). Safe from any goroutine.
+func (q *Queue[T]) Trim() {
+	q.mu.Lock()
+	if q.n == 0 {
+		q.buf, q.head = nil, 0
+	}
+	q.mu.Unlock()
+}
+
 // Len returns the number of queued entries, tombstones included. Safe from
 // any goroutine.
 func (q *Queue[T]) Len() int {

@@ -881,3 +881,28 @@ func TestTakeData(t *testing.T) {
 		t.Fatalf("took %d across a later control entry", n)
 	}
 }
+
+// TestTrim: an empty queue gives its slot array back whatever its size (a
+// drained one keeps up to releaseAbove slots on its own); a queue that
+// holds anything keeps it, in order.
+func TestTrim(t *testing.T) {
+	q := New[*msg](Config{})
+	for i := 1; i <= 40; i++ {
+		mustPush(t, q, i, 10, Data)
+	}
+	popAll(q)
+	if len(q.buf) == 0 {
+		t.Fatal("a drained queue of 40 slots released its array on its own: Trim proves nothing")
+	}
+	q.Trim()
+	if q.buf != nil {
+		t.Fatalf("Trim kept %d slots of an empty queue", len(q.buf))
+	}
+	for i := 1; i <= 3; i++ {
+		mustPush(t, q, i, 10, Data)
+	}
+	q.Trim()
+	if got := ids(popAll(q)); got != "d1 d2 d3" {
+		t.Fatalf("after Trim of a non-empty queue: %q", got)
+	}
+}

@@ -185,7 +185,11 @@ func (h *Hub) answerShared(msg []byte, hd jsonrpc.Header) bool {
 		return false
 	}
 	h.callDone(c)
-	out := wire.Spliced(msg, hd.IDStart, hd.IDEnd, c.id) // one allocation
+	out := wire.Spliced(msg, hd.IDStart, hd.IDEnd, c.id)
+	// c.cl is connected (checked above, and h.mu held shared keeps it so),
+	// so out goes to its connection alone (reply, send) and nothing here
+	// keeps it: the connection's writer may recycle it once written.
+	out.SingleUse()
 	var s *Session
 	if c.method == "session/prompt" {
 		s = h.sessions[c.sessionID]

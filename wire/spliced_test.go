@@ -7,27 +7,33 @@ import (
 )
 
 // Spliced puts repl where body[start:end] was and frames the line, on both
-// sides of every inline size and past the largest.
+// sides of every inline size and past the largest, fresh and recycled.
 func TestSpliced(t *testing.T) {
-	for _, n := range []int{0, 1, 40, 71, 72, 73, 135, 136, 137, 263, 264, 265, 423, 424, 425, 935, 936, 937, 5000} {
+	for _, n := range []int{0, 1, 20, 22, 23, 85, 86, 87, 213, 214, 215, 373, 374, 375, 885, 886, 887, 5000} {
 		pad := strings.Repeat("x", n)
 		body := []byte(`{"jsonrpc":"2.0","id":17,"result":"` + pad + `"}`)
 		start := bytes.Index(body, []byte("17"))
-		m := Spliced(body, start, start+2, []byte(`"c-1"`))
 		want := `{"jsonrpc":"2.0","id":"c-1","result":"` + pad + `"}`
-		if string(m.Body()) != want || string(m.Line()) != want+"\n" {
-			t.Fatalf("pad %d: Spliced = %q", n, m.Line())
-		}
-		if cap(m.Line()) != len(m.Line()) {
-			t.Fatalf("pad %d: the line has spare capacity %d: an append could write into another message", n, cap(m.Line())-len(m.Line()))
-		}
-		// The line is the message's own: changing body afterwards changes nothing.
-		body[start] = '9'
-		if string(m.Body()) != want {
-			t.Fatalf("pad %d: the message shares body's bytes", n)
-		}
-		if f := m.Frame(); !bytes.HasSuffix(f, []byte(want)) {
-			t.Fatalf("pad %d: Frame = %q", n, f)
+		for round := range 3 {
+			m := Spliced(body, start, start+2, []byte(`"c-1"`))
+			if string(m.Body()) != want || string(m.Line()) != want+"\n" {
+				t.Fatalf("pad %d round %d: Spliced = %q", n, round, m.Line())
+			}
+			if m.SessionID != "" || m.Seq != 0 || m.single {
+				t.Fatalf("pad %d round %d: a recycled message kept its past: %+v", n, round, m)
+			}
+			// The line is the message's own: changing body afterwards changes nothing.
+			body[start] = '9'
+			if string(m.Body()) != want {
+				t.Fatalf("pad %d: the message shares body's bytes", n)
+			}
+			body[start] = '1'
+			if f := m.Frame(); !bytes.HasSuffix(f, []byte(want)) {
+				t.Fatalf("pad %d: Frame = %q", n, f)
+			}
+			m.SessionID, m.Seq = "s", 3
+			m.SingleUse()
+			Recycle(m)
 		}
 	}
 	body := []byte(`{"jsonrpc":"2.0","method":"m"}`)
@@ -36,23 +42,49 @@ func TestSpliced(t *testing.T) {
 	}
 }
 
-// An answer of up to 936 bytes is one allocation: its Msg and its line
-// together.
+// Recycle leaves a message that SingleUse did not mark alone: whoever else
+// holds it still reads its bytes.
+func TestRecycleNeedsSingleUse(t *testing.T) {
+	body := []byte(`{"jsonrpc":"2.0","id":17,"result":"ok"}`)
+	start := bytes.Index(body, []byte("17"))
+	kept := Spliced(body, start, start+2, []byte("3"))
+	Recycle(kept)
+	for range 100 { // a recycled kept would come back and be overwritten
+		m := Spliced(body, start, start+2, []byte("4"))
+		m.SingleUse()
+		Recycle(m)
+	}
+	if got := string(kept.Line()); got != `{"jsonrpc":"2.0","id":3,"result":"ok"}`+"\n" {
+		t.Fatalf("a message not marked SingleUse was recycled: it reads %q", got)
+	}
+	Recycle(New(body)) // not Spliced: nothing happens
+	(&Msg{}).SingleUse()
+}
+
+// An answer of up to 928 bytes is one allocation, its Msg and its line
+// together, and none when its writer recycles it.
 func TestAllocsSpliced(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector's instrumentation allocates; the Makefile runs TestAllocs without -race")
 	}
 	for _, tc := range []struct {
-		pad  int
-		want float64
-	}{{10, 1}, {100, 1}, {400, 1}, {880, 1}, {2000, 2}} {
+		pad              int
+		fresh, recycling float64
+	}{{10, 1, 0}, {100, 1, 0}, {400, 1, 0}, {850, 1, 0}, {2000, 2, 2}} {
 		body := []byte(`{"jsonrpc":"2.0","id":17,"result":"` + strings.Repeat("x", tc.pad) + `"}`)
 		start := bytes.Index(body, []byte("17"))
 		repl := []byte(`"c3-0000000017"`)
 		var sink *Msg
-		got := testing.AllocsPerRun(100, func() { sink = Spliced(body, start, start+2, repl) })
-		if got != tc.want {
-			t.Errorf("a %d-byte answer: %.0f allocations, want %.0f", len(sink.Line()), got, tc.want)
+		if got := testing.AllocsPerRun(100, func() { sink = Spliced(body, start, start+2, repl) }); got != tc.fresh {
+			t.Errorf("a %d-byte answer: %.0f allocations, want %.0f", len(sink.Line()), got, tc.fresh)
+		}
+		got := testing.AllocsPerRun(100, func() {
+			m := Spliced(body, start, start+2, repl)
+			m.SingleUse()
+			Recycle(m)
+		})
+		if got != tc.recycling {
+			t.Errorf("a %d-byte answer, recycled: %.0f allocations, want %.0f", len(sink.Line()), got, tc.recycling)
 		}
 	}
 }

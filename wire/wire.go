@@ -43,6 +43,11 @@ type Msg struct {
 	// (0 when it is not a logged data-plane event).
 	Seq uint64
 
+	// pool is 1 + the index of the pool a Spliced message came from (0:
+	// none), single that SingleUse marked it (spliced.go).
+	pool   uint8
+	single bool
+
 	frame     atomic.Pointer[[]byte]
 	enveloped atomic.Pointer[Msg]
 	text      atomic.Pointer[string]
