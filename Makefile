@@ -17,6 +17,12 @@ NODE_TIMEOUT ?= 600000
 TIMED    := $(CURDIR)/scripts/timed.sh
 # What a test step builds or installs first when run on its own.
 STEP_DEPS ?= build test-deps
+# The race detector makes every process it instruments sleep 1 s as it
+# exits (atexit_sleep_ms), for reports still being written: each e2e daemon
+# and its agent paid it, two seconds a stop, half the e2e suite's time.
+# Races are reported as they happen, and the e2e harness fails a test whose
+# daemon (or agent) reported one. A GORACE of your own is kept.
+export GORACE ?= atexit_sleep_ms=0
 # Lanes pipe their output through sed: a failing step must fail the lane.
 SHELL       := bash
 .SHELLFLAGS := -o pipefail -c
