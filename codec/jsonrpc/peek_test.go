@@ -16,7 +16,7 @@ type want struct {
 	kind    Kind
 	id      string // raw JSON; "" means absent
 	method  string
-	session string // "" means nil
+	session string // "": absent or empty, which the router reads alike (no session)
 	isError bool
 }
 
@@ -105,8 +105,8 @@ func checkHeader(t *testing.T, msg []byte, h Header, w want) {
 		t.Errorf("response has Method %q", h.Method)
 	}
 	if w.session == "" {
-		if h.SessionID != nil {
-			t.Errorf("SessionID = %q, want nil", h.SessionID)
+		if len(h.SessionID) != 0 {
+			t.Errorf("SessionID = %q, want none", h.SessionID)
 		}
 	} else if string(h.SessionID) != w.session {
 		t.Errorf("SessionID = %q, want %q", h.SessionID, w.session)

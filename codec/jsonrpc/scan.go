@@ -262,17 +262,40 @@ func (s *scanner) memberKey(i int) (ks, ke, vi int) {
 	if i >= len(b) || b[i] != '"' {
 		return 0, 0, s.failAt(i)
 	}
-	e := s.str(i)
-	if e < 0 {
+	// Keys are short and plain: a byte loop over a table costs less than
+	// str's word loop; anything else (an escape, a control, non-ASCII, the
+	// end) goes to str for the full check.
+	e := i + 1
+	for e < len(b) && plain[b[e]] {
+		e++
+	}
+	if e < len(b) && b[e] == '"' {
+		e++
+		s.esc = false
+	} else if e = s.str(i); e < 0 {
 		return 0, 0, -1
 	}
 	s.keyEsc = s.esc
-	j := skipWS(b, e)
+	j := e
 	if j >= len(b) || b[j] != ':' {
-		return 0, 0, s.failAt(j)
+		if j = skipWS(b, j); j >= len(b) || b[j] != ':' {
+			return 0, 0, s.failAt(j)
+		}
 	}
-	return i + 1, e - 1, skipWS(b, j+1)
+	if j++; j < len(b) && b[j] > ' ' {
+		return i + 1, e - 1, j // no blank after the colon, the usual case
+	}
+	return i + 1, e - 1, skipWS(b, j)
 }
+
+// plain reports the bytes a JSON string holds as they are, with nothing to
+// check: printable ASCII but the quote and the backslash.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 // Container states.
 const (
