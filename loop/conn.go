@@ -59,6 +59,12 @@ type conn struct {
 	lastOut int   // what gnet held for the peer at the previous Backlog
 	held    bool  // the reader stopped handing input over: answers pile up (holdInput)
 	toGnet  bool  // closing: everything goes through gnet's buffer
+	// reading is readIdle, or readBusy while consume hands input over: a
+	// Wake then only marks it readWoken, since the drain that follows
+	// consume writes what was queued (an answer the hub gives in the
+	// callback that read its request: bridge/hello on every connection)
+	// without a gnet task and an eventfd write. Any goroutine.
+	reading atomic.Uint32
 	// Re-wake backoff while the peer refuses what is written; see
 	// Server.rewake.
 	wakeAt   int64        // UnixNano; guarded by srv.mu
@@ -71,8 +77,21 @@ var (
 )
 
 // Wake asks the loop to drain soon (or, while the agent's output is routed
-// on this loop, right after it: agentconn.go). Any goroutine.
-func (c *conn) Wake() { c.srv.wake(c) }
+// on this loop, right after it: agentconn.go; while consume reads this
+// connection's input, right after that). Any goroutine.
+func (c *conn) Wake() {
+	if c.reading.CompareAndSwap(readBusy, readWoken) || c.reading.Load() == readWoken {
+		return
+	}
+	c.srv.wake(c)
+}
+
+// conn.reading's states.
+const (
+	readIdle  = iota
+	readBusy  // consume is handing input over
+	readWoken // and a Wake came meanwhile
+)
 
 // Frame is the protocol's framing of m. Event loop only.
 func (c *conn) Frame(m *wire.Msg) []byte { return c.proto.frame(m) }
@@ -512,7 +531,16 @@ func (s *Server) clientTraffic(gc gnet.Conn, c *conn) gnet.Action {
 // taken without one. Event loop only.
 func (c *conn) consume() bool {
 	buf, _ := c.gc.Peek(c.gc.InboundBuffered())
+	c.reading.Store(readBusy)
 	used, err := c.proto.read(c, buf)
+	if c.reading.Swap(readIdle) == readWoken {
+		// Its callers drain next (service), unless the connection is
+		// closing (its finish drains) or has become a terminal, which
+		// has its own queue and drains only when woken.
+		if _, term := c.proto.(pumper); term {
+			c.srv.wake(c)
+		}
+	}
 	if used > 0 { // gnet's Discard(0) drops everything buffered
 		_, _ = c.gc.Discard(used)
 	}
