@@ -613,10 +613,16 @@ func (s *Server) uidAllowed(uid uint32) bool {
 	return false
 }
 
+// peerCred reads a Unix peer's uid and pid with getsockopt(SO_PEERCRED)
+// into a Ucred on the stack: x/sys's GetsockoptUcred returns it on the
+// heap, garbage that every accepted connection left behind.
 func peerCred(fd int) (uint32, int32, error) {
-	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
-	if err != nil {
-		return 0, 0, err
+	var cred unix.Ucred
+	size := uint32(unix.SizeofUcred)
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERCRED,
+		uintptr(unsafe.Pointer(&cred)), uintptr(unsafe.Pointer(&size)), 0)
+	if e != 0 {
+		return 0, 0, e
 	}
 	return cred.Uid, cred.Pid, nil
 }
