@@ -43,6 +43,7 @@ var knownMethods = func() map[string]string {
 		"prompts/get", "completion/complete", "logging/setLevel", "ping",
 		"textDocument/didOpen", "textDocument/didChange", "textDocument/didClose", "textDocument/completion",
 		"textDocument/hover", "textDocument/definition", "textDocument/references", "workspace/symbol",
+		"bridge/hello", "bridge/sessions", "bridge/attach", "bridge/detach", "bridge/snapshot",
 	} {
 		m[name] = name
 	}
