@@ -53,8 +53,10 @@ type Options struct {
 	Pin bool `json:"pin"`
 	// CPU is the CPU Pin uses. Default 0.
 	CPU int `json:"cpu"`
-	// Repeat is the rounds of rtt's closed-loop runs and of throughput:
-	// each round measures the bridge and every baseline again, and a
+	// Repeat is the rounds of rtt's closed-loop runs, of throughput, of
+	// mcp's round trips and of stall's counts (the calibration and the lag
+	// case run once): each round measures the bridge and every baseline
+	// again, and a
 	// figure is the median of its rounds, its ratio the median of the
 	// rounds' ratios. Default 1; make bench uses 5.
 	Repeat int `json:"repeat"`
@@ -256,7 +258,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "bound on each run beyond warmup+duration (setup, drain); past it the run fails")
 	fs.BoolVar(&o.Pin, "pin", o.Pin, "rtt: run the daemon, its agent and the baselines under taskset -c CPU and the load generator on CPU too")
 	fs.IntVar(&o.CPU, "cpu", o.CPU, "the CPU --pin uses")
-	fs.IntVar(&o.Repeat, "repeat", o.Repeat, "rtt (closed loop), throughput: rounds of bridge and baselines; figures are medians, ratios the median of the rounds' ratios")
+	fs.IntVar(&o.Repeat, "repeat", o.Repeat, "rtt (closed loop), throughput, mcp, stall: rounds of bridge and baselines; figures are medians, ratios the median of the rounds' ratios")
 	fs.BoolVar(&o.HTTP, "http", o.HTTP, "rtt, throughput: with ws, also ACP Streamable HTTP (POST + SSE on /acp) beside the same daemon over WebSocket")
 	fs.BoolVar(&o.Baselines, "baselines", o.Baselines, "run the baselines (direct socket, uds-echo, gws, websocketd) beside the bridge")
 	fs.StringVar(&o.Websocketd, "websocketd", o.Websocketd, "websocketd binary for its baseline (\"\" skips it)")
@@ -376,9 +378,9 @@ throughput on --conns >= 2x the gws forwarder (stretch: >= 1x gws) and
 >= 20x websocketd; idle <= 1.5 KB (unix) and <= 2 KB (ws) per connection,
 and ws <= 1/5 of gws; sessions <= 100 MB daemon RSS at 10,000 sessions;
 fanout >= 1,000,000 delivered msgs/s across 1,000 clients; stall p99 <= 1.2x.
-With --repeat N, rtt's closed-loop, throughput's and mcp's round trips are
-measured in N rounds: a figure is the median of its rounds and a ratio the
-median of the rounds' ratios.
+With --repeat N, rtt's closed-loop, throughput's and mcp's round trips and
+stall's counts are measured in N rounds: a figure is the median of its
+rounds and a ratio the median of the rounds' ratios.
 
 Output: the table on stdout; a live progress line on stderr when it is a
 terminal; --json, --plot, --report, --history as below. Exit status 1 when a

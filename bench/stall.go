@@ -30,46 +30,55 @@ func (r *runner) stallOver(ctx context.Context, transport string) error {
 			return err
 		}
 	}
-	runs := make([]stallResult, 0, len(o.StallCounts))
-	for _, k := range o.StallCounts {
-		res, err := r.stallRun(ctx, transport, k, pace, true)
-		if err != nil {
-			return fmt.Errorf("%d stalled: %v", k, err)
-		}
-		runs = append(runs, res)
-	}
-	base := runs[0].m
-	baseName := stallCase(o.StallCounts[0])
-	baseGrowth := float64(base.RSSAfterKB-base.RSSBeforeKB) / 1024
-	for i, res := range runs {
-		if i == 0 {
-			continue
-		}
-		m := res.m
-		for _, metric := range []string{"p50", "p99"} {
-			v, bv := m.Latency.P50, base.Latency.P50
-			var targets []ratioTarget
-			if metric == "p99" {
-				v, bv = m.Latency.P99, base.Latency.P99
-				targets = []ratioTarget{{system: baseName, atMost: true, limit: 1.2}}
+	// --repeat rounds, each every count in turn on fresh daemons: a
+	// figure is the median of its rounds and a ratio the median of the
+	// rounds' ratios, each round's runs paired (drift on a shared machine
+	// moves a round's runs together).
+	rounds := max(o.Repeat, 1)
+	runs := make([][]stallResult, rounds)
+	for round := range rounds {
+		for _, k := range o.StallCounts {
+			res, err := r.stallRun(ctx, transport, k, pace, true)
+			if err != nil {
+				return fmt.Errorf("%d stalled: %v", k, err)
 			}
-			r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: m.Case, Metric: metric, Unit: "µs", Better: "lower", Value: v},
-				map[string]float64{baseName: bv}, []string{baseName}, targets...)
-		}
-		growth := float64(m.RSSAfterKB-m.RSSBeforeKB) / 1024
-		f := Figure{Scenario: "stall", Transport: transport, Case: m.Case, Metric: "rss growth", Unit: "MB", Better: "lower", Value: growth}
-		// Each stalled client may hold at most its queue ceilings; with
-		// GOGC=100 the heap may grow to twice what is live.
-		if bound := r.stallBoundMB(o.StallCounts[i] - o.StallCounts[0]); bound > 0 {
-			f.Target = &Target{Text: fmt.Sprintf("≤ %.1f MB (2 × stalled × ceilings)", baseGrowth+2*bound), Met: growth <= baseGrowth+2*bound}
-		}
-		r.addFigure(f, map[string]float64{baseName: baseGrowth}, []string{baseName})
-		if per, ok := perStalledKB(o.StallCounts[i]-o.StallCounts[0], growth, baseGrowth); ok {
-			r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: m.Case, Metric: "rss per stalled client", Unit: "KB", Better: "lower", Value: per,
-				Target: &Target{Text: "≤ 4 KB beyond its idle cost", Met: per <= 4}}, nil, nil)
+			if rounds > 1 {
+				r.res.Runs[len(r.res.Runs)-1].Round = round + 1
+			}
+			runs[round] = append(runs[round], res)
 		}
 	}
-	if len(runs) == 1 {
+	baseName := stallCase(o.StallCounts[0])
+	growthMB := func(m Measurement) float64 { return float64(m.RSSAfterKB-m.RSSBeforeKB) / 1024 }
+	for i := 1; i < len(o.StallCounts); i++ {
+		kase := stallCase(o.StallCounts[i])
+		k := o.StallCounts[i] - o.StallCounts[0]
+		p50, p99 := newRounds(), newRounds()
+		var growth, baseGrowth, per []float64
+		for round, rr := range runs {
+			m, base := rr[i].m, rr[0].m
+			p50.add(round, sysBridge, m.Latency.P50)
+			p50.add(round, baseName, base.Latency.P50)
+			p99.add(round, sysBridge, m.Latency.P99)
+			p99.add(round, baseName, base.Latency.P99)
+			growth = append(growth, growthMB(m))
+			baseGrowth = append(baseGrowth, growthMB(base))
+			if v, ok := perStalledKB(k, growthMB(m), growthMB(base)); ok {
+				per = append(per, v)
+			}
+		}
+		order := []string{baseName}
+		r.addRounds(Figure{Scenario: "stall", Transport: transport, Case: kase, Metric: "p50", Unit: "µs", Better: "lower"}, p50, order)
+		r.addRounds(Figure{Scenario: "stall", Transport: transport, Case: kase, Metric: "p99", Unit: "µs", Better: "lower"}, p99, order,
+			ratioTarget{system: baseName, atMost: true, limit: 1.2})
+		r.stallGrowth(transport, kase, k, median(growth), median(baseGrowth), baseName)
+		if len(per) > 0 {
+			v := median(per)
+			r.addFigure(Figure{Scenario: "stall", Transport: transport, Case: kase, Metric: "rss per stalled client", Unit: "KB", Better: "lower", Value: v,
+				Target: &Target{Text: "≤ 4 KB beyond its idle cost", Met: v <= 4}}, nil, nil)
+		}
+	}
+	if len(o.StallCounts) == 1 {
 		r.skip("stall: only one --stall-counts value, so no isolation ratio")
 	}
 	if r.external == nil {
@@ -206,6 +215,19 @@ func (r *runner) stallCalibrate(ctx context.Context, transport string) (time.Dur
 	return pace, nil
 }
 
+// stallGrowth adds the RSS growth figure of k stalled clients, v MB (the
+// median of the rounds), against the baseline's bv, with the bound their
+// ceilings allow.
+func (r *runner) stallGrowth(transport, kase string, k int, v, bv float64, baseName string) {
+	f := Figure{Scenario: "stall", Transport: transport, Case: kase, Metric: "rss growth", Unit: "MB", Better: "lower", Value: v}
+	// Each stalled client may hold at most its queue ceilings; with
+	// GOGC=100 the heap may grow to twice what is live.
+	if bound := r.stallBoundMB(k); bound > 0 {
+		f.Target = &Target{Text: fmt.Sprintf("≤ %.1f MB (2 × stalled × ceilings)", bv+2*bound), Met: v <= bv+2*bound}
+	}
+	r.addFigure(f, map[string]float64{baseName: bv}, []string{baseName})
+}
+
 func stallCase(k int) string { return strconv.Itoa(k) + " stalled" }
 
 // stallBoundMB is what n stalled clients may make the daemon hold: each
@@ -306,6 +328,13 @@ func (r *runner) stallRun(ctx context.Context, transport string, k int, pace tim
 	}
 	stop := context.AfterFunc(ctx, f.close)
 	defer stop()
+	if k > 0 || record {
+		// One scrape of /metrics before the idle reading, in every run:
+		// the first one sets up the daemon's HTTP path and its registry's
+		// output (a few MB of RSS, once), which the stalled runs' waits
+		// on the gauge would otherwise charge to the stalled clients.
+		_, _ = d.metric(ctx, behindGauge)
+	}
 	before, err := rssKB(d.pid)
 	if err != nil && d.pid != 0 {
 		return stallResult{}, fmt.Errorf("daemon RSS: %v", err)
@@ -314,20 +343,21 @@ func (r *runner) stallRun(ctx context.Context, transport string, k int, pace tim
 		after   int64
 		settled string
 	)
-	if k > 0 || record {
+	switch {
+	case record:
+		// Every recorded run waits the same way, stalled clients or not
+		// (see waitBehind), at least settleMin.
 		f.settle = func(ctx context.Context) error {
-			start := time.Now()
-			if k > 0 {
-				r.prog.set(label+" waiting for the stalled clients to fall behind", func() string { return fmt.Sprintf("%d clients", joined.Load()) })
-				var err error
-				if settled, err = d.waitBehind(ctx, k, settleBound); err != nil {
-					return err
-				}
-			}
-			if !record {
-				return nil
-			}
-			return sleepCtx(ctx, settleMin-time.Since(start))
+			r.prog.set(label+" waiting for the stalled clients to fall behind", func() string { return fmt.Sprintf("%d clients", joined.Load()) })
+			var err error
+			settled, err = d.waitBehind(ctx, k, settleMin, settleBound)
+			return err
+		}
+	case k > 0:
+		f.settle = func(ctx context.Context) error {
+			var err error
+			settled, err = d.waitBehind(ctx, k, 0, settleBound)
+			return err
 		}
 	}
 	f.atEnd = func() { after, _ = rssKB(d.pid) }

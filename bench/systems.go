@@ -62,31 +62,49 @@ func (r *runner) startDaemon(ctx context.Context, spec daemonSpec) (*daemon, err
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
 	tokens := filepath.Join(dir, "tokens")
 	if err := os.WriteFile(tokens, []byte("client "+benchToken+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	d := &daemon{uds: filepath.Join(dir, "ab.sock")}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	d.ws = wsTarget{addr: addr, host: addr, path: "/acp", token: benchToken}
-	argv := []string{r.bin, "serve", "--uds", d.uds, "--listen", addr, "--tokens", tokens, "--log-level", "info"}
-	argv = append(argv, spec.serve...)
-	argv = append(argv, "--")
-	argv = append(argv, spec.agent...)
-	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	p, err := startProc(sctx, "agentbridge serve", argv, spec.pin, r.o.CPU, func(line string) bool {
-		return strings.Contains(line, `msg="agentbridge serving"`)
+	err = withFreePort(func(port int) error {
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		d.ws = wsTarget{addr: addr, host: addr, path: "/acp", token: benchToken}
+		argv := []string{r.bin, "serve", "--uds", d.uds, "--listen", addr, "--tokens", tokens, "--log-level", "info"}
+		argv = append(argv, spec.serve...)
+		argv = append(argv, "--")
+		argv = append(argv, spec.agent...)
+		sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		p, err := startProc(sctx, "agentbridge serve", argv, spec.pin, r.o.CPU, func(line string) bool {
+			return strings.Contains(line, `msg="agentbridge serving"`)
+		})
+		if err == nil {
+			d.p, d.pid = p, p.pid()
+		}
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	d.p, d.pid = p, p.pid()
 	return d, nil
+}
+
+// withFreePort runs start with a TCP port that was free a moment ago, and
+// again with another (three tries in all) when something else bound it
+// in between: bench may share the machine with other tests that bind
+// ports (make test runs its tests beside the e2e suite's).
+func withFreePort(start func(port int) error) error {
+	for try := 1; ; try++ {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		err = start(port)
+		if err == nil || try == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return err
+		}
+	}
 }
 
 // stop stops a daemon bench started; a running one is left alone.
@@ -301,19 +319,20 @@ func (r *runner) startHelper(ctx context.Context, pin bool) (*helperServer, erro
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	h := &helperServer{uds: filepath.Join(dir, "echo.sock"), fanUDS: filepath.Join(dir, "fan.sock"), wsAddr: "127.0.0.1:" + strconv.Itoa(port)}
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
 	agent, err := json.Marshal(r.agentArgv())
 	if err != nil {
 		return nil, err
 	}
-	h.p, err = startProc(sctx, "the baseline helper", []string{r.bin, "bench", "helper-server", "--uds", h.uds, "--fanout-uds", h.fanUDS, "--ws", h.wsAddr,
-		"--forward-agent", string(agent)}, pin, r.o.CPU, func(line string) bool { return line == "ready" })
+	h := &helperServer{uds: filepath.Join(dir, "echo.sock"), fanUDS: filepath.Join(dir, "fan.sock")}
+	err = withFreePort(func(port int) error {
+		h.wsAddr = "127.0.0.1:" + strconv.Itoa(port)
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		var err error
+		h.p, err = startProc(sctx, "the baseline helper", []string{r.bin, "bench", "helper-server", "--uds", h.uds, "--fanout-uds", h.fanUDS, "--ws", h.wsAddr,
+			"--forward-agent", string(agent)}, pin, r.o.CPU, func(line string) bool { return line == "ready" })
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

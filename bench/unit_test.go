@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -387,5 +389,34 @@ func TestSampleOf(t *testing.T) {
 	}
 	if _, err := sampleOf(bufio.NewScanner(strings.NewReader("other 1\n")), behindGauge); err == nil || !strings.Contains(err.Error(), behindGauge) {
 		t.Errorf("a missing metric: %v", err)
+	}
+}
+
+// TestWithFreePort: a start that finds its port taken (another process
+// bound it between the pick and the bind) is tried again on another pick,
+// three times at most; any other error is returned at once.
+func TestWithFreePort(t *testing.T) {
+	var tries []int
+	taken := func(port int) error {
+		tries = append(tries, port)
+		return fmt.Errorf("agentbridge serve exited before it was ready: listen on 127.0.0.1:%d: bind: address already in use", port)
+	}
+	if err := withFreePort(taken); err == nil || len(tries) != 3 {
+		t.Fatalf("always taken: %d tries, err %v; want 3 tries and the error", len(tries), err)
+	}
+	tries = nil
+	if err := withFreePort(func(port int) error {
+		if len(tries) == 0 {
+			return taken(port)
+		}
+		tries = append(tries, port)
+		return nil
+	}); err != nil || len(tries) != 2 {
+		t.Fatalf("taken once: %d tries, err %v; want 2 tries and no error", len(tries), err)
+	}
+	tries = nil
+	other := errors.New("no such file")
+	if err := withFreePort(func(port int) error { tries = append(tries, port); return other }); err != other || len(tries) != 1 {
+		t.Fatalf("another error: %d tries, err %v; want it returned after 1 try", len(tries), err)
 	}
 }

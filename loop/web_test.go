@@ -8,9 +8,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/panjf2000/gnet/v2"
 
 	"github.com/agentbridge/agentbridge/codec/ws"
 	"github.com/agentbridge/agentbridge/terminal"
@@ -341,6 +344,7 @@ func TestTerminalWriterBackpressure(t *testing.T) {
 	for !strings.Contains(string(last), "4000000\r\n") {
 		g, err := w.next(30 * time.Second)
 		if err != nil {
+			dumpTerminals(t, e)
 			t.Fatalf("after %d bytes: %v", n, err)
 		}
 		switch g.kind {
@@ -358,4 +362,73 @@ func TestTerminalWriterBackpressure(t *testing.T) {
 		t.Errorf("read %d bytes, want the whole output (about 30 MB)", n)
 	}
 	eventually(t, "DONE after the writer read everything", func() bool { _, err := os.Stat(done); return err == nil })
+}
+
+// dumpTerminals logs what a lost wake-up would leave behind: for each
+// terminal connection, its queue, what gnet holds, whether it waits for a
+// re-wake (and when), the writer's counters; then the goroutines of the
+// terminal and the loop (a PTY reader parked in waitWriter, say). Read on
+// the connection's loop where the loop owns it.
+func dumpTerminals(t *testing.T, e *env) {
+	t.Helper()
+	f := e.srv.front
+	f.mu.Lock()
+	var conns []*conn
+	for w := range f.watches {
+		conns = append(conns, w.c)
+	}
+	f.mu.Unlock()
+	if mfs, err := e.m.Registry.Gather(); err == nil {
+		for _, mf := range mfs {
+			if mf.GetName() == "agentbridge_closes_total" {
+				for _, m := range mf.GetMetric() {
+					t.Logf("closed by the daemon: %v %v", m.GetLabel(), m.GetCounter().GetValue())
+				}
+			}
+		}
+	}
+	if len(conns) == 0 {
+		t.Log("no TCP connection is open on the daemon's side")
+	}
+	for _, c := range conns {
+		lines := make(chan string, 1)
+		err := c.gc.Wake(func(gc gnet.Conn, err error) error {
+			p, ok := c.proto.(*termProto)
+			if err != nil || !ok {
+				lines <- fmt.Sprintf("%T (err %v)", c.proto, err)
+				return nil
+			}
+			p.mu.Lock()
+			q, qBytes := len(p.q), p.qBytes
+			p.mu.Unlock()
+			c.srv.mu.Lock()
+			_, blocked := c.srv.blocked[c]
+			wakeIn := time.Duration(c.wakeAt - time.Now().UnixNano())
+			c.srv.mu.Unlock()
+			s := fmt.Sprintf("terminal conn: queue %d frames %d bytes, queued %d, buffered at last pump %d, gnet holds %d, closing %v, closeBy %d, blocked %v (re-wake in %s, step %s)",
+				q, qBytes, p.queued.Load(), p.buffered.Load(), gc.OutboundBuffered(), c.closing(), c.closeBy, blocked, wakeIn, time.Duration(c.wakeStep.Load()))
+			if p.att != nil {
+				s += fmt.Sprintf(", writer %v, %+v", p.att.Writer(), p.att.Stats())
+			}
+			lines <- s
+			return nil
+		})
+		if err != nil {
+			t.Logf("connection: wake failed: %v", err)
+			continue
+		}
+		select {
+		case s := <-lines:
+			t.Log(s)
+		case <-time.After(5 * time.Second):
+			t.Log("connection: its loop did not run the dump within 5s")
+		}
+	}
+	buf := make([]byte, 4<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "/terminal.") || strings.Contains(g, "/loop.") {
+			t.Logf("goroutine %s", strings.TrimPrefix(g, "goroutine "))
+		}
+	}
 }
