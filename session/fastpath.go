@@ -212,6 +212,11 @@ func (h *Hub) answerShared(msg []byte, hd jsonrpc.Header) bool {
 		}
 		s.mu.Unlock()
 	}
-	recycleCall(c) // out is a copy: nothing refers to c any more
+	// out is a copy: nothing refers to c any more, once sendCall is done
+	// with it. A sender that has not said so yet (it wrote the request and
+	// the answer overtook the rest of its call) leaves c to the collector.
+	if c.sent.Load() {
+		recycleCall(c)
+	}
 	return true
 }
