@@ -22,6 +22,10 @@ func newCall(cl *Client, id []byte, method string, gen uint64) *call {
 	return c
 }
 
+// bidPool holds the scratch a bridge id is written in while it is spliced
+// into a request (sendCall): an array on the stack would escape.
+var bidPool = sync.Pool{New: func() any { return new([20]byte) }}
+
 // recycleCall returns a call nothing refers to any more to the pool.
 func recycleCall(c *call) {
 	*c = call{}

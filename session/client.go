@@ -274,8 +274,14 @@ func (h *Hub) forwardRequest(cl *Client, msg []byte, hd jsonrpc.Header, method s
 func (h *Hub) sendCall(c *call, msg []byte, hd jsonrpc.Header) bool {
 	bid := h.calls.newID()
 	h.trackCall(bid, c)
+	// The id is spliced from a pooled buffer, not from c: once c is in the
+	// table its answer may come back (through the agent, which the race
+	// detector cannot see as ordering) and recycle c while the splice
+	// still reads it.
+	bb := bidPool.Get().(*[20]byte)
+	defer bidPool.Put(bb)
 	h.calls.put(bid, c)
-	if err := h.toAgentReplacingID(msg, hd, appendID(c.bidBuf[:0], bid)); err != nil {
+	if err := h.toAgentReplacingID(msg, hd, appendID(bb[:0], bid)); err != nil {
 		if h.calls.take(bid, c) != nil {
 			h.callLimitsDone(c)
 		}

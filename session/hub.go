@@ -316,7 +316,6 @@ type call struct {
 	loadRequest                    []byte   // session/new, load, resume: kept for a LoadRecorder (remote.go)
 	lim                            callLimits
 	idBuf                          [24]byte // holds id when it fits (calls.go, newCall)
-	bidBuf                         [20]byte // the bridge id as JSON, while it is sent (an array on the stack would escape)
 }
 
 // agentRequest is a request from the agent awaiting a client's answer.
