@@ -438,7 +438,7 @@ func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
 			return o.pushCatchup(m)
 		}
 		if o.pushData(m) {
-			if o.q.Over() {
+			if o.q.AtCeiling() {
 				o.pushedOver()
 			}
 			return true
@@ -451,23 +451,26 @@ func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
 	if wake {
 		o.wake()
 	}
-	if (full || o.q.Over()) && !o.degraded().Load() {
+	if (full || o.q.AtCeiling()) && !o.degraded().Load() {
 		o.pushedOver()
 	}
 	return true
 }
 
-// pushedOver is the push side's observation of a consumer under degrade
-// or disconnect: a data push found its queue over the high watermark (or
-// without a free slot). Each such push is an unhealthy observation, as a
-// drain attempt over the watermark is, so the breaker trips on the
-// events themselves, not on how many attempts the drainer happened to
-// make: a flood the loop drains in one or two attempts, or a peer that
-// stopped reading (re-woken less and less often), still degrades (or, for
-// disconnect, closes) the connection. Only the next healthy drain (under
-// the low watermark) ends the run. Once the breaker is open the pushes
-// stop observing: a degraded connection's events skip the queue. Any
-// goroutine.
+// pushedOver is the push side's observation of a degrade consumer whose
+// queue reached its ceiling: since it was last under its high watermark a
+// push had to evict, or found no free slot (ring.Queue.AtCeiling), so the
+// peer is losing events. Each such push is an unhealthy observation, so
+// the breaker trips on the events themselves, not on how many attempts
+// the drainer happened to make: a flood the loop drains in one or two
+// attempts, or a peer that stopped reading (re-woken less and less
+// often), is still degraded to summaries instead of losing events to
+// evictions. A queue merely over its high watermark is left to the
+// drainer's observations, so a reader's momentary hiccup is not degraded
+// at once. Only the next healthy drain (under the low watermark) ends the
+// run. Once the breaker is open the pushes stop observing: a degraded
+// connection's events skip the queue. (A disconnect consumer is closed
+// at the ceiling by its push itself.) Any goroutine.
 func (o *Outbox) pushedOver() {
 	br := o.ensureBreaker()
 	if br.State() == breaker.Open {
@@ -477,7 +480,7 @@ func (o *Outbox) pushedOver() {
 	br.Observe(false)
 	if br.State() == breaker.Open {
 		data, _ := o.q.Bytes()
-		o.apply(fmt.Sprintf("its queue went over the high watermark as events were pushed (%d messages, %d data bytes queued)", o.q.Len(), data))
+		o.apply(fmt.Sprintf("its queue reached its ceiling as events were pushed (%d messages, %d data bytes queued)", o.q.Len(), data))
 	}
 }
 
