@@ -11,6 +11,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/agentbridge/agentbridge/wire"
 )
 
 // TestRecycledAnswersIntact: a client's answers are recycled by its
@@ -117,5 +122,135 @@ func TestRecycledAnswersIntact(t *testing.T) {
 	}
 	if results < n/2 {
 		t.Fatalf("only %d of %d answers were the agent's (the rest errors): the fast path was not exercised", results, n)
+	}
+}
+
+// TestCloseAfterGnetClosed: a close the endpoint asked for (Shut, from any
+// goroutine) that reaches the loop after gnet closed the connection itself
+// (the peer hung up, or a write failed: gnet handles I/O before queued
+// tasks, so a hang-up and a close requested meanwhile come in that order)
+// must do nothing. gnet runs a Wake callback even for a connection it
+// closed, with a nil error, and the descriptor number it closed may by
+// then be another connection's or file's: the final flush must not write
+// there what the endpoint still held for the gone peer (here: answers its
+// stalled peer refused).
+func TestCloseAfterGnetClosed(t *testing.T) {
+	dir, err := os.MkdirTemp("", "abgc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "s.sock")
+	e := startEnv(t, HTTPConfig{}, func(c *Config) { c.UDS = sock })
+	cc, err := net.DialTimeout("unix", sock, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+
+	// A stalled peer: answers far past what the socket holds, so the
+	// endpoint holds the ones the kernel refused.
+	go func() {
+		w := bufio.NewWriterSize(cc, 64<<10)
+		for i := 1; i <= 3000; i++ {
+			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%d,"method":"echo","params":{"pad":"%s"}}`+"\n", i, strings.Repeat("x", 800))
+		}
+		_ = w.Flush() // fails once the connection is gone
+	}()
+	base := e.hub.Stats().Deliveries
+	var c *conn
+	deadline := time.Now().Add(30 * time.Second)
+	for c == nil || e.hub.Stats().Deliveries-base < 1500 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the peer did not stall within 30 s (%d answers queued)", e.hub.Stats().Deliveries-base)
+		}
+		time.Sleep(5 * time.Millisecond) // polling, not synchronising
+		e.srv.mu.Lock()
+		for b := range e.srv.blocked {
+			c = b
+		}
+		e.srv.mu.Unlock()
+	}
+
+	// On the loop: the peer hangs up, the daemon asks for a close (Shut
+	// queues finish), then gnet closes the connection on a failed write
+	// before it runs the queued task; the process then opens a file that
+	// gets the closed descriptor's number.
+	fd := c.gc.Fd()
+	var reused *os.File
+	steps := make(chan error, 1)
+	entered, start := make(chan struct{}), make(chan struct{})
+	if err := c.gc.Wake(func(gc gnet.Conn, err error) error {
+		close(entered)
+		<-start
+		c.ep.Close(wire.ClosePolicy, "closed by the test")
+		// The peer is gone: gnet's write fails and gnet closes the
+		// connection here, on the loop (OnClose releases the endpoint).
+		if gc.OutboundBuffered() > 0 {
+			_ = gc.Flush()
+		} else {
+			_, _ = gc.Write([]byte("\n"))
+		}
+		if gc.Context() != nil {
+			steps <- fmt.Errorf("gnet did not close the connection on a write to a peer that hung up")
+			return nil
+		}
+		var spare []*os.File
+		defer func() {
+			for _, f := range spare {
+				f.Close()
+			}
+		}()
+		for range 64 {
+			f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("other%d", len(spare))), os.O_CREATE|os.O_WRONLY, 0o600)
+			if err != nil {
+				steps <- err
+				return nil
+			}
+			if int(f.Fd()) == fd {
+				reused = f
+				steps <- nil
+				return nil
+			}
+			spare = append(spare, f)
+		}
+		steps <- fmt.Errorf("descriptor %d was not reused by 64 opens", fd)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The peer hangs up while the loop runs the task (before, gnet would
+	// see it first and close the connection itself).
+	<-entered
+	rc, err := cc.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(s uintptr) { serr = unix.Shutdown(int(s), unix.SHUT_RDWR) }); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	close(start)
+	if err := <-steps; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reused.Close() })
+	// Runs after the close's task on the same loop (its queue is FIFO).
+	done := make(chan struct{})
+	if err := c.gc.Wake(func(gnet.Conn, error) error { close(done); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(wait):
+		t.Fatal("the loop did not run the close's task")
+	}
+	st, err := reused.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() != 0 {
+		b, _ := os.ReadFile(reused.Name())
+		t.Fatalf("the close of a connection gnet had already closed wrote %d bytes to its descriptor, now another file's: %.160q", st.Size(), b)
 	}
 }
