@@ -151,6 +151,24 @@ func (t *callTable) take(bid int64, want *call) *call {
 	return c
 }
 
+// takeWhen removes and returns the call under bid when ok accepts it: one
+// look at the shard for what get then take would do in two (an answer's
+// hot path). ok runs under the shard's lock: it must only read the call.
+// Any goroutine.
+func (t *callTable) takeWhen(bid int64, ok func(*call) bool) *call {
+	sh := t.shard(bid)
+	sh.mu.Lock()
+	c := sh.m[bid]
+	if c == nil || !ok(c) {
+		sh.mu.Unlock()
+		return nil
+	}
+	delete(sh.m, bid)
+	sh.mu.Unlock()
+	t.n.Add(-1)
+	return c
+}
+
 // ids returns the bridge ids of the calls match accepts, ascending: the
 // order they were sent in (per client, since one client's requests are
 // forwarded one after the other). Precondition: the routing lock held
