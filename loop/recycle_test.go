@@ -254,3 +254,60 @@ func TestCloseAfterGnetClosed(t *testing.T) {
 		t.Fatalf("the close of a connection gnet had already closed wrote %d bytes to its descriptor, now another file's: %.160q", st.Size(), b)
 	}
 }
+
+// closingGC is a gnet connection whose every writev fails as a peer's
+// reset would, and which gnet then closes on the spot (a closed gnet
+// connection has no context). It records what is written after that.
+type closingGC struct {
+	gnet.Conn // anything else is not expected (nil: it panics)
+	ctx       any
+	closed    bool
+	after     [][]byte
+}
+
+func (g *closingGC) Context() any          { return g.ctx }
+func (g *closingGC) OutboundBuffered() int { return 0 }
+func (g *closingGC) Fd() int               { return -1 }
+func (g *closingGC) Wake(gnet.AsyncCallback) error {
+	return nil
+}
+func (g *closingGC) Close() error { return nil }
+
+func (g *closingGC) Writev([][]byte) (int, error) {
+	g.ctx, g.closed = nil, true
+	return 0, unix.ECONNRESET
+}
+
+func (g *closingGC) Write(b []byte) (int, error) {
+	if g.closed {
+		g.after = append(g.after, b)
+	}
+	return len(b), nil
+}
+
+// TestFinishAfterFailedFinalWrite: when the final flush of a close fails
+// (the peer reset) gnet closes the connection there and then, and its
+// descriptor number is free for the next accept or open: the farewell (a
+// WebSocket close frame) must not be written to it, nor the descriptor
+// shut down.
+func TestFinishAfterFailedFinalWrite(t *testing.T) {
+	e := startEnv(t, HTTPConfig{})
+	g := &closingGC{}
+	c := &conn{srv: e.srv, gc: g}
+	g.ctx = c
+	w := &watch{c: c}
+	w.halfOpen.Store(true) // no close handshake to wait for
+	c.proto = &wsProto{w: w}
+	e.srv.newEndpoint(c, "ws", "test")
+	if !c.ep.Send(wire.New([]byte(`{"jsonrpc":"2.0","id":1,"result":"owed"}`)), wire.Control) {
+		t.Fatal("the answer was not queued")
+	}
+	c.ep.Close(wire.ClosePolicy, "closed by the test")
+	_ = c.finish() // what Shut runs on the loop
+	if !g.closed {
+		t.Fatal("the final flush wrote nothing: the test did not exercise the failed write")
+	}
+	if len(g.after) > 0 {
+		t.Fatalf("after gnet closed the connection, finish wrote %d more buffer(s) to its descriptor: %q", len(g.after), g.after)
+	}
+}
