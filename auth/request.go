@@ -32,7 +32,9 @@ func TokenFromRequest(r *http.Request) (token, subprotocol string) {
 			}
 		}
 	}
-	for _, line := range r.Header.Values("Sec-WebSocket-Protocol") {
+	// The canonical spelling: Values canonicalises any other into a new
+	// string on every handshake.
+	for _, line := range r.Header.Values("Sec-Websocket-Protocol") {
 		for p := range strings.SplitSeq(line, ",") {
 			p = strings.TrimSpace(p)
 			if t, ok := strings.CutPrefix(p, SubprotocolPrefix); ok && t != "" {

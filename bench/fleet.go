@@ -434,7 +434,11 @@ func (f *fleet) stream(ctx context.Context, warmup, duration, drain time.Duratio
 	}
 	st.lat = summary(f.hist.merged())
 	if st.delivered == 0 || st.lat == nil {
-		return st, fmt.Errorf("no stamped chunk was delivered in the measured window (a daemon bench did not start must run `agentbridge demo-agent --stamp --permission=false --tool-calls 0` with enough --chunks)")
+		var recv int64
+		for _, fc := range f.clients {
+			recv += fc.recv.Load()
+		}
+		return st, fmt.Errorf("no stamped chunk was delivered in the measured window (%d before or after it, %d announced dropped; a daemon bench did not start must run `agentbridge demo-agent --stamp --permission=false --tool-calls 0` with enough --chunks)", recv, st.dropped)
 	}
 	return st, nil
 }

@@ -267,8 +267,11 @@ const (
 // clients beside k stalled ones; record adds the run to the results.
 // The measured window starts a warm-up after every stalled client has
 // fallen behind (the daemon's agentbridge_connections_catching_up reaches
-// k): until its socket buffer fills, a client that stopped reading is
-// written to like a reader, which is not what the figures are about.
+// k; a recorded run also streams settleMin first): until its socket
+// buffer fills, a client that stopped reading is written to like a
+// reader, which is not what the figures are about. The daemon's RSS is
+// read before the stream (every client connected and attached, idle) and
+// as the window ends.
 func (r *runner) stallRun(ctx context.Context, transport string, k int, pace time.Duration, record bool) (stallResult, error) {
 	o := &r.o
 	spec := daemonSpec{agent: r.streamAgent(o.StallChunkSize, pace)}
@@ -343,20 +346,17 @@ func (r *runner) stallRun(ctx context.Context, transport string, k int, pace tim
 		after   int64
 		settled string
 	)
-	switch {
-	case record:
+	if k > 0 || record {
 		// Every recorded run waits the same way, stalled clients or not
 		// (see waitBehind), at least settleMin.
+		least := time.Duration(0)
+		if record {
+			least = settleMin
+		}
 		f.settle = func(ctx context.Context) error {
 			r.prog.set(label+" waiting for the stalled clients to fall behind", func() string { return fmt.Sprintf("%d clients", joined.Load()) })
 			var err error
-			settled, err = d.waitBehind(ctx, k, settleMin, settleBound)
-			return err
-		}
-	case k > 0:
-		f.settle = func(ctx context.Context) error {
-			var err error
-			settled, err = d.waitBehind(ctx, k, 0, settleBound)
+			settled, err = d.waitBehind(ctx, k, least, settleBound)
 			return err
 		}
 	}

@@ -5,8 +5,8 @@
 // The connection's event loop feeds it one observation per drain (healthy:
 // the queue is under its low watermark and the drain met its deadline;
 // unhealthy: the queue is over its high watermark or a deadline was
-// missed), and each push that finds the queue over its high watermark
-// adds an unhealthy one (delivery.Outbox). TripAfter consecutive unhealthy observations open the breaker
+// missed), and each push that finds the queue at its ceiling adds an
+// unhealthy one (delivery.Outbox). TripAfter consecutive unhealthy observations open the breaker
 // and the connection is degraded. After OpenFor it half-opens: full
 // delivery is tried again, ProbeSuccesses healthy observations in a row
 // close it, a single unhealthy one re-opens it for another OpenFor.

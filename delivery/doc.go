@@ -34,9 +34,10 @@
 // bytes or slots) or the transport stayed blocked, its peer taking
 // nothing, past DrainDeadline,
 // healthy when it is under its low watermark and not blocked. Pushes feed
-// it too (Send, any goroutine): each data push that finds the queue over
-// its high watermark in bytes is unhealthy, so a flood the drainer takes
-// in few attempts still trips it. When the
+// it too (Send, any goroutine): each data push that finds the queue at its
+// ceiling (one had to evict since it was last under its high watermark)
+// is unhealthy, so a flood the drainer takes in few attempts still trips
+// it. When the
 // breaker opens, a "degrade" connection stops receiving the data plane: its
 // queued backlog is purged to gaps and, per session, the outbox accumulates
 // what it skips and queues, at most once per SummaryInterval, a bridge/gap

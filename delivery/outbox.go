@@ -438,7 +438,7 @@ func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
 			return o.pushCatchup(m)
 		}
 		if o.pushData(m) {
-			if o.q.Over() {
+			if o.q.AtCeiling() {
 				o.pushedOver()
 			}
 			return true
@@ -451,23 +451,26 @@ func (o *Outbox) Send(m *wire.Msg, c wire.Class) bool {
 	if wake {
 		o.wake()
 	}
-	if (full || o.q.Over()) && !o.degraded().Load() {
+	if (full || o.q.AtCeiling()) && !o.degraded().Load() {
 		o.pushedOver()
 	}
 	return true
 }
 
-// pushedOver is the push side's observation of a consumer under degrade
-// or disconnect: a data push found its queue over the high watermark (or
-// without a free slot). Each such push is an unhealthy observation, as a
-// drain attempt over the watermark is, so the breaker trips on the
-// events themselves, not on how many attempts the drainer happened to
-// make: a flood the loop drains in one or two attempts, or a peer that
-// stopped reading (re-woken less and less often), still degrades (or, for
-// disconnect, closes) the connection. Only the next healthy drain (under
-// the low watermark) ends the run. Once the breaker is open the pushes
-// stop observing: a degraded connection's events skip the queue. Any
-// goroutine.
+// pushedOver is the push side's observation of a degrade consumer whose
+// queue reached its ceiling: since it was last under its high watermark a
+// push had to evict, or found no free slot (ring.Queue.AtCeiling), so the
+// peer is losing events. Each such push is an unhealthy observation, so
+// the breaker trips on the events themselves, not on how many attempts
+// the drainer happened to make: a flood the loop drains in one or two
+// attempts, or a peer that stopped reading (re-woken less and less
+// often), is still degraded to summaries instead of losing events to
+// evictions. A queue merely over its high watermark is left to the
+// drainer's observations, so a reader's momentary hiccup is not degraded
+// at once. Only the next healthy drain (under the low watermark) ends the
+// run. Once the breaker is open the pushes stop observing: a degraded
+// connection's events skip the queue. (A disconnect consumer is closed
+// at the ceiling by its push itself.) Any goroutine.
 func (o *Outbox) pushedOver() {
 	br := o.ensureBreaker()
 	if br.State() == breaker.Open {
@@ -477,7 +480,7 @@ func (o *Outbox) pushedOver() {
 	br.Observe(false)
 	if br.State() == breaker.Open {
 		data, _ := o.q.Bytes()
-		o.apply(fmt.Sprintf("its queue went over the high watermark as events were pushed (%d messages, %d data bytes queued)", o.q.Len(), data))
+		o.apply(fmt.Sprintf("its queue reached its ceiling as events were pushed (%d messages, %d data bytes queued)", o.q.Len(), data))
 	}
 }
 
@@ -508,6 +511,11 @@ func (o *Outbox) pushData(m *wire.Msg) bool {
 	return true
 }
 
+// behindItems bounds a catch-up queue while its transport is behind (see
+// pushCatchup): half the slots a queue keeps once drained (ring's
+// releaseAbove), so such a queue never grows an array it keeps.
+const behindItems = 32
+
 // pushCatchup queues a sequenced data event for a connection that catches
 // up from the log when it lags: it reports false, queuing nothing, when
 // the queue is over its high watermark (in bytes or slots) or the event
@@ -515,7 +523,13 @@ func (o *Outbox) pushData(m *wire.Msg) bool {
 // connection and feeds it from the log once the queue drains. An event
 // larger than the whole data ceiling could never be queued: it is queued
 // as a tombstone, so the drainer names it in a gap, rather than blocking
-// the catch-up forever.
+// the catch-up forever. While the transport is behind (it held bytes for
+// the peer at the drainer's last look) the queue takes at most
+// behindItems live events: a thousand peers that stop reading at once,
+// while the loop is busy filling their socket buffers, would otherwise
+// each grow a slot array to the watermark (256 slots, 16 KiB allocated
+// with its doublings) before they look stuck; a reader that is merely
+// behind gets the rest from the log, in order, once its transport drains.
 func (o *Outbox) pushCatchup(m *wire.Msg) bool {
 	s, size := slot{m: m, seq: m.Seq}, m.Size()
 	var (
@@ -534,7 +548,11 @@ func (o *Outbox) pushCatchup(m *wire.Msg) bool {
 		// switch it to the log.
 		return false
 	} else {
-		wasEmpty, err = o.q.PushUnder(s, size, o.cfg.itemsHigh)
+		items := o.cfg.itemsHigh
+		if o.behind().Load() {
+			items = min(items, behindItems)
+		}
+		wasEmpty, err = o.q.PushUnder(s, size, items)
 	}
 	if err != nil {
 		return err != ring.ErrLagging // a closed queue takes nothing more anyway

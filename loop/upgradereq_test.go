@@ -137,6 +137,7 @@ func FuzzParseUpgrade(f *testing.F) {
 	}
 	f.Add("GET /acp?token=a%20b HTTP/1.1\r\nHost: [::1]:80\r\nSec-WebSocket-Key: k\r\nPragma: no-cache\r\n\r\n")
 	f.Add("GET /acp HTTP/1.1\r\nhost: h\r\nUPGRADE: websocket\r\nconnection: close\r\n\r\n")
+	f.Add("GET /acp?t=%zz#frag&x=;y HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nX-Empty:\r\nx-tab:\tv\t\r\n\r\n")
 	f.Fuzz(func(t *testing.T, block string) {
 		u := parseUpgrade([]byte(block))
 		if u == nil {

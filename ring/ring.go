@@ -202,9 +202,9 @@ type Queue[T any] struct {
 	ctrlBytes int
 	congested bool // hysteresis latch between HighWater and LowWater
 	closed    bool
-	// over mirrors dataBytes > HighWater for Over, which takes no lock:
-	// written under mu (updateLatch), in the padding after the two bools.
-	over atomic.Bool
+	// ceiling is AtCeiling's answer, read without the lock: written under
+	// mu, in the padding after the two bools.
+	ceiling atomic.Bool
 	// The counters of Stats. The losses are made on the first one: most
 	// queues never lose anything, and an idle connection's queue should
 	// not carry seven words for it.
@@ -333,6 +333,7 @@ func (q *Queue[T]) Push(v T, size int, c Class) (wasEmpty bool, err error) {
 	if q.n >= q.cfg.MaxItems-q.cfg.ControlSlots {
 		// Tombstones keep their slots, so evicting cannot make room here.
 		q.lose(ReasonFull, 1)
+		q.ceiling.Store(true)
 		return false, ErrFull
 	}
 	wasEmpty = q.n == 0
@@ -342,6 +343,9 @@ func (q *Queue[T]) Push(v T, size int, c Class) (wasEmpty bool, err error) {
 		q.lose(ReasonTooLarge, 1)
 		q.pushed++
 		return wasEmpty, nil
+	}
+	if size > q.cfg.MaxDataBytes-q.dataBytes && !q.ceiling.Load() {
+		q.ceiling.Store(true)
 	}
 	for size > q.cfg.MaxDataBytes-q.dataBytes {
 		q.evictOldest()
@@ -549,8 +553,8 @@ func (q *Queue[T]) evictOldest() {
 
 // updateLatch moves the hysteresis latch. Precondition: q.mu held.
 func (q *Queue[T]) updateLatch() {
-	if o := q.dataBytes > q.cfg.HighWater; o != q.over.Load() {
-		q.over.Store(o)
+	if q.dataBytes <= q.cfg.HighWater && q.ceiling.Load() {
+		q.ceiling.Store(false)
 	}
 	if q.dataBytes > q.cfg.HighWater {
 		q.congested = true
@@ -680,10 +684,11 @@ func (q *Queue[T]) Level() Level {
 	return Level{Items: q.n, DataBytes: q.dataBytes, ControlBytes: q.ctrlBytes, Stats: q.statsLocked()}
 }
 
-// Over reports whether live data bytes exceeded HighWater after the last
-// change, without taking the queue's lock: a pusher asks it after each
-// push at no cost to the others. Safe from any goroutine.
-func (q *Queue[T]) Over() bool { return q.over.Load() }
+// AtCeiling reports whether a data push had to evict (or found no free
+// slot) since the queue was last at or under HighWater: it is full, and
+// not draining. It takes no lock, so a pusher asks it after each push at
+// no cost to the others. Safe from any goroutine.
+func (q *Queue[T]) AtCeiling() bool { return q.ceiling.Load() }
 
 // AboveHigh reports whether live data bytes exceed HighWater right now.
 // Safe from any goroutine.

@@ -906,3 +906,37 @@ func TestTrim(t *testing.T) {
 		t.Fatalf("after Trim of a non-empty queue: %q", got)
 	}
 }
+
+// TestAtCeiling: a push that evicts (or finds no slot) marks the queue at
+// its ceiling until it drains to its high watermark; over the watermark
+// short of the ceiling it is not.
+func TestAtCeiling(t *testing.T) {
+	q := New[*msg](Config{MaxDataBytes: 100, HighWater: 75, LowWater: 25})
+	for i := 1; i <= 8; i++ {
+		mustPush(t, q, i, 10, Data)
+	}
+	if q.AtCeiling() {
+		t.Fatal("at its ceiling at 80 of 100 bytes")
+	}
+	for i := 9; i <= 11; i++ { // 11 evicts
+		mustPush(t, q, i, 10, Data)
+	}
+	if !q.AtCeiling() {
+		t.Fatal("not at its ceiling after an eviction")
+	}
+	q.PopBatch(nil, 20) // 80 live bytes left: still over the watermark
+	if !q.AtCeiling() {
+		t.Fatal("left the ceiling while still over the high watermark")
+	}
+	q.PopBatch(nil, 20)
+	if q.AtCeiling() {
+		t.Fatal("still at its ceiling under the high watermark")
+	}
+	s := New[*msg](Config{MaxItems: 4, ControlSlots: 1})
+	for i := 1; i <= 3; i++ {
+		mustPush(t, s, i, 1, Data)
+	}
+	if _, err := s.Push(&msg{id: 4}, 1, Data); err != ErrFull || !s.AtCeiling() {
+		t.Fatalf("no free slot: err %v, at ceiling %v", err, s.AtCeiling())
+	}
+}

@@ -174,6 +174,12 @@ func launchDaemon(t *testing.T, exe string, wrap []string, args []string) (*daem
 		if !slices.Contains(args, "--agent-stdio") {
 			checkAgentStdio(t, d.logs())
 		}
+		// The daemon (and an agent built from this test binary, whose
+		// stderr the daemon logs) runs with the race detector: a race it
+		// reports fails the test rather than passing unread.
+		if strings.Contains(d.logs(), "WARNING: DATA RACE") {
+			t.Errorf("the daemon or its agent reported a data race (see the daemon log)")
+		}
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", d.logs())
 		}
