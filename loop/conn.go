@@ -231,6 +231,9 @@ func (c *conn) closing() bool { return c.ep.Closing() }
 func (c *conn) finish() error {
 	c.toGnetAll()
 	_ = c.ep.Final()
+	if !c.open(c.gc) {
+		return nil // the final flush failed and gnet closed the connection
+	}
 	r, detail := c.ep.Reason()
 	if b := c.proto.farewell(r, detail); b != nil {
 		_, _ = c.gc.Write(b)
