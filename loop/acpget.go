@@ -43,7 +43,7 @@ func (hx *hxIO) Sink(st *httpfront.Stream) httpfront.Sink {
 // it read its next request. Any goroutine.
 func (f *front) resume(c *conn, rp *httpfront.Reply) {
 	_ = c.gc.Wake(func(gc gnet.Conn, err error) error {
-		if err != nil {
+		if err != nil || !c.open(gc) {
 			return nil
 		}
 		draining := f.draining.Load()

@@ -201,15 +201,25 @@ func (c *conn) Backlog() (int, bool) {
 
 func (c *conn) markBlocked() { c.srv.markBlocked(c) }
 
-// Shut runs finish on the loop. Any goroutine.
+// Shut runs finish on the loop, unless gnet closed the connection first.
+// Any goroutine.
 func (c *conn) Shut() {
 	_ = c.gc.Wake(func(gc gnet.Conn, err error) error {
-		if err != nil {
+		if err != nil || !c.open(gc) {
 			return nil
 		}
 		return c.finish()
 	})
 }
+
+// open reports whether gc, handed to a Wake callback, is still c's open
+// connection. gnet runs the callback with a nil error even for a
+// connection it has closed meanwhile (a hang-up or a failed write is
+// handled before queued tasks), and the descriptor number it closed may
+// by then be another connection's or file's: writing, or shutting down,
+// there would hand one peer's messages to another. gnet clears a closed
+// connection's context. Event loop only.
+func (c *conn) open(gc gnet.Conn) bool { return gc.Context() == any(c) }
 
 // Close schedules the connection's close; see delivery.Endpoint.Close.
 func (c *conn) Close(code wire.CloseReason, reason string) { c.ep.Close(code, reason) }

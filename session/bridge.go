@@ -49,7 +49,7 @@ type snapshotResult struct {
 
 // bridgeCall answers a bridge/* method itself; it is never forwarded.
 func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
-	method := string(hd.Method)
+	method := methodName(hd.Method) // interned: no string per bridge/hello
 	if hd.Kind == jsonrpc.KindNotification {
 		h.replyError(cl, nil, codeInvalidRequest, method+" must be sent as a request (with an id)")
 		return
@@ -83,9 +83,15 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 	}
 	switch method {
 	case "bridge/hello":
-		var p helloParams
-		if !decode(&p) {
-			return
+		p, ok := readHello(params)
+		if !ok {
+			// Declared here, so that only this path pays for the decoder's
+			// copy (the decoder takes it as an interface: the heap).
+			var dp helloParams
+			if !decode(&dp) {
+				return
+			}
+			p = dp
 		}
 		switch p.OnSlow {
 		case "", "catchup", "degrade", "disconnect":
@@ -111,7 +117,7 @@ func (h *Hub) bridgeCall(cl *Client, msg []byte, hd jsonrpc.Header) {
 		if ol, ok := cl.conn.(OptionsListener); ok {
 			ol.SetOptions(cl.opts)
 		}
-		h.replyResult(cl, hd.ID, &helloResult{Version: h.cfg.Version, ConnectionID: cl.ID, Role: cl.info.Role.String(), Envelope: cl.opts.Envelope, OnSlow: cl.opts.OnSlow, Resume: rr})
+		h.replyHello(cl, hd.ID, rr)
 		if deliver != nil {
 			deliver()
 		}

@@ -43,6 +43,7 @@ var knownMethods = func() map[string]string {
 		"prompts/get", "completion/complete", "logging/setLevel", "ping",
 		"textDocument/didOpen", "textDocument/didChange", "textDocument/didClose", "textDocument/completion",
 		"textDocument/hover", "textDocument/definition", "textDocument/references", "workspace/symbol",
+		"bridge/hello", "bridge/sessions", "bridge/attach", "bridge/detach", "bridge/snapshot",
 	} {
 		m[name] = name
 	}
@@ -141,6 +142,24 @@ func (t *callTable) take(bid int64, want *call) *call {
 	sh.mu.Lock()
 	c := sh.m[bid]
 	if c == nil || (want != nil && c != want) {
+		sh.mu.Unlock()
+		return nil
+	}
+	delete(sh.m, bid)
+	sh.mu.Unlock()
+	t.n.Add(-1)
+	return c
+}
+
+// takeWhen removes and returns the call under bid when ok accepts it: one
+// look at the shard for what get then take would do in two (an answer's
+// hot path). ok runs under the shard's lock: it must only read the call.
+// Any goroutine.
+func (t *callTable) takeWhen(bid int64, ok func(*call) bool) *call {
+	sh := t.shard(bid)
+	sh.mu.Lock()
+	c := sh.m[bid]
+	if c == nil || !ok(c) {
 		sh.mu.Unlock()
 		return nil
 	}

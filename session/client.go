@@ -288,6 +288,7 @@ func (h *Hub) sendCall(c *call, msg []byte, hd jsonrpc.Header) bool {
 		}
 		return false
 	}
+	c.sent.Store(true)
 	return true
 }
 

@@ -162,6 +162,20 @@ func (h *Hub) agentShared(msg []byte, hd jsonrpc.Header) bool {
 	return false
 }
 
+// plainCall reports whether the shared path may answer c: a connected
+// client's call that took no lifecycle step and holds no progress token.
+// Precondition: h.mu held (c.cl.closed).
+func plainCall(c *call) bool {
+	if c.internal != nil || c.cl == nil || c.cl.closed || len(c.tokens) > 0 || c.loading {
+		return false
+	}
+	switch c.method {
+	case "session/new", "session/fork", "session/load", "session/resume", "session/close", "session/delete", "session/archive":
+		return false
+	}
+	return true
+}
+
 // answerShared routes the agent's answer to a client's call that took no
 // lifecycle step (no session created, loaded, resumed or closed), holds no
 // progress token, and whose client is still connected.
@@ -170,18 +184,11 @@ func (h *Hub) answerShared(msg []byte, hd jsonrpc.Header) bool {
 	if !ok {
 		return false
 	}
-	c := h.calls.get(id)
-	if c == nil || c.internal != nil || c.cl == nil || c.cl.closed || len(c.tokens) > 0 || c.loading {
-		return false
-	}
-	switch c.method {
-	case "session/new", "session/fork", "session/load", "session/resume", "session/close", "session/delete", "session/archive":
-		return false
-	}
 	// Nothing else takes a call while h.mu is held shared: only this
 	// goroutine (the agent's, in order) answers, and expiry, failure and
 	// resume need the lock exclusively.
-	if h.calls.take(id, c) == nil {
+	c := h.calls.takeWhen(id, plainCall)
+	if c == nil {
 		return false
 	}
 	h.callDone(c)
@@ -205,6 +212,11 @@ func (h *Hub) answerShared(msg []byte, hd jsonrpc.Header) bool {
 		}
 		s.mu.Unlock()
 	}
-	recycleCall(c) // out is a copy: nothing refers to c any more
+	// out is a copy: nothing refers to c any more, once sendCall is done
+	// with it. A sender that has not said so yet (it wrote the request and
+	// the answer overtook the rest of its call) leaves c to the collector.
+	if c.sent.Load() {
+		recycleCall(c)
+	}
 	return true
 }

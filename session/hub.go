@@ -317,6 +317,13 @@ type call struct {
 	lim                            callLimits
 	idBuf                          [24]byte // holds id when it fits (calls.go, newCall)
 	bidBuf                         [20]byte // the bridge id as JSON, while it is sent (an array on the stack would escape)
+	// sent: sendCall is done with the call (it read bidBuf while framing
+	// the request). Stored after the send and loaded before answerShared
+	// recycles the call, it orders the two for the race detector and the
+	// memory model: with pipes the request goes out with a plain write
+	// and its answer comes back on the reader's goroutine, with no lock
+	// between them.
+	sent atomic.Bool
 }
 
 // agentRequest is a request from the agent awaiting a client's answer.

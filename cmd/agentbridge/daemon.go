@@ -303,14 +303,16 @@ func (d *daemon) wait(sig <-chan os.Signal) string {
 func (d *daemon) stop(reason string, sig <-chan os.Signal) {
 	d.log.Info("shutting down", "reason", reason)
 	go func() { <-sig; d.log.Warn("second signal: exiting now"); os.Exit(1) }()
+	// HTTP keep-alive connections are nobody's in the hub: idle ones close
+	// now, those in a request after their answer. First, so that an answer
+	// the shutdown itself gives (a parked POST initialize) carries
+	// Connection: close.
+	d.lis.CloseIdle()
 	d.hub.Shutdown(reason)
 	if d.term != nil {
 		d.term.Close() // shells get SIGHUP; their browsers a close frame
 	}
-	// HTTP keep-alive connections are nobody's in the hub: idle ones close
-	// now, those in a request after their answer. What remains gets up to
-	// 2 s to flush its farewell or its answer.
-	d.lis.CloseIdle()
+	// What remains gets up to 2 s to flush its farewell or its answer.
 	deadline := time.Now().Add(2 * time.Second)
 	for d.lis.Connections() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
