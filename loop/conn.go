@@ -59,6 +59,12 @@ type conn struct {
 	lastOut int   // what gnet held for the peer at the previous Backlog
 	held    bool  // the reader stopped handing input over: answers pile up (holdInput)
 	toGnet  bool  // closing: everything goes through gnet's buffer
+	// reading is readIdle, or readBusy while consume hands input over: a
+	// Wake then only marks it readWoken, since the drain that follows
+	// consume writes what was queued (an answer the hub gives in the
+	// callback that read its request: bridge/hello on every connection)
+	// without a gnet task and an eventfd write. Any goroutine.
+	reading atomic.Uint32
 	// Re-wake backoff while the peer refuses what is written; see
 	// Server.rewake.
 	wakeAt   int64        // UnixNano; guarded by srv.mu
@@ -71,8 +77,21 @@ var (
 )
 
 // Wake asks the loop to drain soon (or, while the agent's output is routed
-// on this loop, right after it: agentconn.go). Any goroutine.
-func (c *conn) Wake() { c.srv.wake(c) }
+// on this loop, right after it: agentconn.go; while consume reads this
+// connection's input, right after that). Any goroutine.
+func (c *conn) Wake() {
+	if c.reading.CompareAndSwap(readBusy, readWoken) || c.reading.Load() == readWoken {
+		return
+	}
+	c.srv.wake(c)
+}
+
+// conn.reading's states.
+const (
+	readIdle  = iota
+	readBusy  // consume is handing input over
+	readWoken // and a Wake came meanwhile
+)
 
 // Frame is the protocol's framing of m. Event loop only.
 func (c *conn) Frame(m *wire.Msg) []byte { return c.proto.frame(m) }
@@ -525,7 +544,16 @@ func (s *Server) clientTraffic(gc gnet.Conn, c *conn) gnet.Action {
 // taken without one. Event loop only.
 func (c *conn) consume() bool {
 	buf, _ := c.gc.Peek(c.gc.InboundBuffered())
+	c.reading.Store(readBusy)
 	used, err := c.proto.read(c, buf)
+	if c.reading.Swap(readIdle) == readWoken {
+		// Its callers drain next (service), unless the connection is
+		// closing (its finish drains) or has become a terminal, which
+		// has its own queue and drains only when woken.
+		if _, term := c.proto.(pumper); term {
+			c.srv.wake(c)
+		}
+	}
 	if used > 0 { // gnet's Discard(0) drops everything buffered
 		_, _ = c.gc.Discard(used)
 	}
@@ -598,10 +626,16 @@ func (s *Server) uidAllowed(uid uint32) bool {
 	return false
 }
 
+// peerCred reads a Unix peer's uid and pid with getsockopt(SO_PEERCRED)
+// into a Ucred on the stack: x/sys's GetsockoptUcred returns it on the
+// heap, garbage that every accepted connection left behind.
 func peerCred(fd int) (uint32, int32, error) {
-	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
-	if err != nil {
-		return 0, 0, err
+	var cred unix.Ucred
+	size := uint32(unix.SizeofUcred)
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERCRED,
+		uintptr(unsafe.Pointer(&cred)), uintptr(unsafe.Pointer(&size)), 0)
+	if e != 0 {
+		return 0, 0, e
 	}
 	return cred.Uid, cred.Pid, nil
 }

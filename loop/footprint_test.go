@@ -2,8 +2,11 @@ package loop
 
 import (
 	"net"
+	"os"
 	"testing"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestConnFootprint guards the loop's share of an idle connection
@@ -48,7 +51,7 @@ func TestPeerLabels(t *testing.T) {
 }
 
 // TestAllocsPeerLabels: each label, which stays with its connection, is
-// its one allocation.
+// its one allocation; reading a Unix peer's credentials takes none.
 func TestAllocsPeerLabels(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates; make test-allocs runs TestAllocs without -race")
@@ -59,5 +62,21 @@ func TestAllocsPeerLabels(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { _ = tcpPeer(a) }); n != 1 {
 		t.Errorf("tcpPeer: %v allocations, want 1", n)
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	uid, pid, err := peerCred(fds[0])
+	if err != nil || uid != uint32(os.Getuid()) || pid != int32(os.Getpid()) {
+		t.Fatalf("peerCred = uid %d pid %d, %v; want uid %d pid %d", uid, pid, err, os.Getuid(), os.Getpid())
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _, _ = peerCred(fds[0]) }); n != 0 {
+		t.Errorf("peerCred: %v allocations, want 0", n)
+	}
+	if _, _, err := peerCred(-1); err != unix.EBADF {
+		t.Errorf("peerCred(-1): %v, want EBADF", err)
 	}
 }
