@@ -554,7 +554,7 @@ func (c *conn) consume() bool {
 			c.srv.wake(c)
 		}
 	}
-	if used > 0 { // gnet's Discard(0) drops everything buffered
+	if used > 0 && c.open(c.gc) { // gnet's Discard(0) drops everything buffered; a closed conn has nothing
 		_, _ = c.gc.Discard(used)
 	}
 	if err == nil {
