@@ -66,31 +66,3 @@ func TestCatchupDefaults(t *testing.T) {
 		t.Fatal(p, err)
 	}
 }
-
-// TestCatchupBehindQueuesLittle: while the transport is behind (it held
-// bytes at the drainer's last look) a catchup queue takes at most
-// behindItems events, not up to its watermark; once the transport took
-// everything (Taking) it is queued up to the watermark again.
-func TestCatchupBehindQueuesLittle(t *testing.T) {
-	h := newHarness(t, Config{OnSlow: Catchup})
-	fill := func(from uint64) (uint64, int) {
-		n, seq := 0, from
-		for ; seq < from+500; seq++ {
-			if !h.o.Send(event("s1", seq, "x", 100), wire.Data) {
-				break
-			}
-			n++
-		}
-		return seq, n
-	}
-	h.o.Observe(true, 100) // blocked, bytes held: behind, not stuck yet
-	seq, n := fill(1)
-	if n == 0 || n > behindItems+1 {
-		t.Fatalf("a queue behind its transport took %d events, want 1..%d", n, behindItems+1)
-	}
-	h.drain()
-	h.o.Taking()
-	if _, n := fill(seq); n <= behindItems+1 {
-		t.Fatalf("once its transport drained the queue took %d events, want up to its watermark", n)
-	}
-}

@@ -511,11 +511,6 @@ func (o *Outbox) pushData(m *wire.Msg) bool {
 	return true
 }
 
-// behindItems bounds a catch-up queue while its transport is behind (see
-// pushCatchup): half the slots a queue keeps once drained (ring's
-// releaseAbove), so such a queue never grows an array it keeps.
-const behindItems = 32
-
 // pushCatchup queues a sequenced data event for a connection that catches
 // up from the log when it lags: it reports false, queuing nothing, when
 // the queue is over its high watermark (in bytes or slots) or the event
@@ -523,13 +518,7 @@ const behindItems = 32
 // connection and feeds it from the log once the queue drains. An event
 // larger than the whole data ceiling could never be queued: it is queued
 // as a tombstone, so the drainer names it in a gap, rather than blocking
-// the catch-up forever. While the transport is behind (it held bytes for
-// the peer at the drainer's last look) the queue takes at most
-// behindItems live events: a thousand peers that stop reading at once,
-// while the loop is busy filling their socket buffers, would otherwise
-// each grow a slot array to the watermark (256 slots, 16 KiB allocated
-// with its doublings) before they look stuck; a reader that is merely
-// behind gets the rest from the log, in order, once its transport drains.
+// the catch-up forever.
 func (o *Outbox) pushCatchup(m *wire.Msg) bool {
 	s, size := slot{m: m, seq: m.Seq}, m.Size()
 	var (
@@ -548,11 +537,7 @@ func (o *Outbox) pushCatchup(m *wire.Msg) bool {
 		// switch it to the log.
 		return false
 	} else {
-		items := o.cfg.itemsHigh
-		if o.behind().Load() {
-			items = min(items, behindItems)
-		}
-		wasEmpty, err = o.q.PushUnder(s, size, items)
+		wasEmpty, err = o.q.PushUnder(s, size, o.cfg.itemsHigh)
 	}
 	if err != nil {
 		return err != ring.ErrLagging // a closed queue takes nothing more anyway

@@ -27,9 +27,13 @@ func (hx *hxIO) Peer() string { return hx.c.ep.Peer() }
 func (hx *hxIO) TLS() bool { return false }
 
 // Park stops the connection reading (pipelined requests wait) until the
-// answer is written by resume.
+// answer is written by resume. The request is complete, so the header
+// deadline no longer applies: a parked initialize waits for the agent (a
+// cold agent can take longer than --header-timeout to answer), and resume
+// starts the idle deadline once it is answered.
 func (hx *hxIO) Park(path string) func(*httpfront.Reply) {
 	hx.p.parked = true
+	hx.p.w.deadline.Store(0)
 	hx.p.path = path
 	f, c := hx.p.f, hx.c
 	return func(rp *httpfront.Reply) { f.resume(c, rp) }

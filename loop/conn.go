@@ -250,6 +250,9 @@ func (c *conn) closing() bool { return c.ep.Closing() }
 func (c *conn) finish() error {
 	c.toGnetAll()
 	_ = c.ep.Final()
+	if !c.open(c.gc) {
+		return nil // the final flush failed and gnet closed the connection
+	}
 	r, detail := c.ep.Reason()
 	if b := c.proto.farewell(r, detail); b != nil {
 		_, _ = c.gc.Write(b)
@@ -551,7 +554,7 @@ func (c *conn) consume() bool {
 			c.srv.wake(c)
 		}
 	}
-	if used > 0 { // gnet's Discard(0) drops everything buffered
+	if used > 0 && c.open(c.gc) { // gnet's Discard(0) drops everything buffered; a closed conn has nothing
 		_, _ = c.gc.Discard(used)
 	}
 	if err == nil {

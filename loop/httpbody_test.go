@@ -167,3 +167,49 @@ func TestACPPostSplitReads(t *testing.T) {
 		t.Fatalf("oversized body: %d", rs[0].StatusCode)
 	}
 }
+
+// heldAgent answers like the echo agent, but only what release lets
+// through: a cold agent slower than the header deadline.
+type heldAgent struct {
+	echo *echoAgent
+	held chan []byte
+}
+
+func (a *heldAgent) Send(msg []byte) error {
+	a.held <- bytes.Clone(msg)
+	return nil
+}
+
+func (a *heldAgent) release() error { return a.echo.Send(<-a.held) }
+
+// TestACPPostParkedPastHeaderTimeout: a POST initialize whose agent
+// answers after --header-timeout has passed still gets its answer (the
+// header deadline is for reading the request, not for the agent).
+func TestACPPostParkedPastHeaderTimeout(t *testing.T) {
+	const headerTimeout = 200 * time.Millisecond
+	e := startEnv(t, HTTPConfig{HeaderTimeout: headerTimeout})
+	ag := &heldAgent{echo: newEchoAgent(e.hub), held: make(chan []byte, 1)}
+	e.hub.SetAgent(ag)
+	c, err := net.DialTimeout("tcp", e.addr, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(postInit(0)); err != nil {
+		t.Fatal(err)
+	}
+	// Well past the header deadline and several sweeps of it.
+	time.Sleep(5 * headerTimeout)
+	if err := ag.release(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(wait))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("the parked initialize was not answered: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"id":1`) {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+}

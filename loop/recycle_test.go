@@ -18,6 +18,26 @@ import (
 	"github.com/agentbridge/agentbridge/wire"
 )
 
+// unixClient starts a server with a Unix socket (in a short temporary
+// directory: a socket path has a small limit) and connects to it; dir is
+// the directory, removed at the end.
+func unixClient(t *testing.T) (*env, *net.UnixConn, string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "abuc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "s.sock")
+	e := startEnv(t, HTTPConfig{}, func(c *Config) { c.UDS = sock })
+	c, err := net.DialTimeout("unix", sock, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return e, c.(*net.UnixConn), dir
+}
+
 // TestRecycledAnswersIntact: a client's answers are recycled by its
 // connection's endpoint once written (wire.SingleUse, delivery.Copier), so
 // a pooled answer's bytes are reused by the next one. A Unix-socket client
@@ -25,23 +45,12 @@ import (
 // until its answers are far more than the kernel's socket buffer holds:
 // the daemon's writes are refused in part (a frame's tail handed to gnet,
 // the rest held by the endpoint, input held back), then the client reads
-// everything. Every answer must come back whole, in order, with its own id
-// and its own params: an answer recycled before its bytes (or its tail)
-// were written would carry a later answer's bytes.
+// everything. Every answer must come back whole, once, with its own id
+// and its own params (the agent's in the order it was asked): an answer
+// recycled before its bytes (or its tail) were written would carry a
+// later answer's bytes.
 func TestRecycledAnswersIntact(t *testing.T) {
-	dir, err := os.MkdirTemp("", "abrc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s.sock")
-	e := startEnv(t, HTTPConfig{}, func(c *Config) { c.UDS = sock })
-
-	c, err := net.DialTimeout("unix", sock, wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	e, c, _ := unixClient(t)
 
 	// Params of every inline size of wire.Spliced (64 to 928 bytes) and
 	// past it, each request's pad its own letter.
@@ -135,18 +144,7 @@ func TestRecycledAnswersIntact(t *testing.T) {
 // there what the endpoint still held for the gone peer (here: answers its
 // stalled peer refused).
 func TestCloseAfterGnetClosed(t *testing.T) {
-	dir, err := os.MkdirTemp("", "abgc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s.sock")
-	e := startEnv(t, HTTPConfig{}, func(c *Config) { c.UDS = sock })
-	cc, err := net.DialTimeout("unix", sock, wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	e, cc, dir := unixClient(t)
 
 	// A stalled peer: answers far past what the socket holds, so the
 	// endpoint holds the ones the kernel refused.
@@ -222,7 +220,7 @@ func TestCloseAfterGnetClosed(t *testing.T) {
 	// The peer hangs up while the loop runs the task (before, gnet would
 	// see it first and close the connection itself).
 	<-entered
-	rc, err := cc.(*net.UnixConn).SyscallConn()
+	rc, err := cc.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,5 +250,62 @@ func TestCloseAfterGnetClosed(t *testing.T) {
 	if st.Size() != 0 {
 		b, _ := os.ReadFile(reused.Name())
 		t.Fatalf("the close of a connection gnet had already closed wrote %d bytes to its descriptor, now another file's: %.160q", st.Size(), b)
+	}
+}
+
+// closingGC is a gnet connection whose every writev fails as a peer's
+// reset would, and which gnet then closes on the spot (a closed gnet
+// connection has no context). It records what is written after that.
+type closingGC struct {
+	gnet.Conn // anything else is not expected (nil: it panics)
+	ctx       any
+	closed    bool
+	after     [][]byte
+}
+
+func (g *closingGC) Context() any          { return g.ctx }
+func (g *closingGC) OutboundBuffered() int { return 0 }
+func (g *closingGC) Fd() int               { return -1 }
+func (g *closingGC) Wake(gnet.AsyncCallback) error {
+	return nil
+}
+func (g *closingGC) Close() error { return nil }
+
+func (g *closingGC) Writev([][]byte) (int, error) {
+	g.ctx, g.closed = nil, true
+	return 0, unix.ECONNRESET
+}
+
+func (g *closingGC) Write(b []byte) (int, error) {
+	if g.closed {
+		g.after = append(g.after, b)
+	}
+	return len(b), nil
+}
+
+// TestFinishAfterFailedFinalWrite: when the final flush of a close fails
+// (the peer reset) gnet closes the connection there and then, and its
+// descriptor number is free for the next accept or open: the farewell (a
+// WebSocket close frame) must not be written to it, nor the descriptor
+// shut down.
+func TestFinishAfterFailedFinalWrite(t *testing.T) {
+	e := startEnv(t, HTTPConfig{})
+	g := &closingGC{}
+	c := &conn{srv: e.srv, gc: g}
+	g.ctx = c
+	w := &watch{c: c}
+	w.halfOpen.Store(true) // no close handshake to wait for
+	c.proto = &wsProto{w: w}
+	e.srv.newEndpoint(c, "ws", "test")
+	if !c.ep.Send(wire.New([]byte(`{"jsonrpc":"2.0","id":1,"result":"owed"}`)), wire.Control) {
+		t.Fatal("the answer was not queued")
+	}
+	c.ep.Close(wire.ClosePolicy, "closed by the test")
+	_ = c.finish() // what Shut runs on the loop
+	if !g.closed {
+		t.Fatal("the final flush wrote nothing: the test did not exercise the failed write")
+	}
+	if len(g.after) > 0 {
+		t.Fatalf("after gnet closed the connection, finish wrote %d more buffer(s) to its descriptor: %q", len(g.after), g.after)
 	}
 }

@@ -117,6 +117,12 @@ func (p *wsProto) read(c *conn, buf []byte) (int, error) {
 		case ws.EventPing:
 			// Control frames go out at once, between whole queued frames.
 			_, _ = c.gc.Write(ws.AppendFrame(nil, true, ws.OpPong, ev.Payload))
+			if !c.open(c.gc) {
+				// The write failed and gnet closed the connection on
+				// the spot, releasing the input buf points into: read
+				// no further.
+				return len(buf), nil
+			}
 		case ws.EventPong:
 		case ws.EventClose:
 			p.peerClosed, p.peerCode = true, ev.CloseCode
