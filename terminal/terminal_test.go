@@ -77,9 +77,15 @@ func (p *fakePeer) notices() string {
 func (p *fakePeer) waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.After(15 * time.Second)
+	// A condition on something the peer is not told of (the audit sink)
+	// is looked at again every 10 ms as well: the peer's last event may
+	// have come before it became true.
+	recheck := time.NewTicker(10 * time.Millisecond)
+	defer recheck.Stop()
 	for !cond() {
 		select {
 		case <-p.notify:
+		case <-recheck.C:
 		case <-deadline:
 			t.Fatalf("timed out waiting for %s; output so far (%d bytes): %q; notices: %s", what, len(p.output()), tail(p.output()), p.notices())
 		}

@@ -159,7 +159,10 @@ test("a viewer's page has no buttons (phone width); a forged answer from a viewe
 );
 
 test("the page's WebSocket drops mid-stream; it resumes with bridge/attach {since} and shows every chunk once", T, (t) =>
-  withWsDaemon({ agent: agent(80, "25ms") }, async (d) => {
+  // 80 chunks over ~4.8 s: the page must still be mid-stream when it has
+  // seen 15 (a loaded machine delays the page more than the agent, and
+  // the agent sends late chunks at once to keep its schedule).
+  withWsDaemon({ agent: agent(80, "60ms") }, async (d) => {
     const proxy = await tcpProxy(d.port);
     d.defer(() => proxy.close());
     const origin = `http://127.0.0.1:${proxy.port}`; // the page's own origin: the proxy's
