@@ -138,17 +138,7 @@ func (t *callTable) get(bid int64) *call {
 // take removes and returns the call under bid when it is want (nil: any
 // call); nil when bid holds no call, or another one. Any goroutine.
 func (t *callTable) take(bid int64, want *call) *call {
-	sh := t.shard(bid)
-	sh.mu.Lock()
-	c := sh.m[bid]
-	if c == nil || (want != nil && c != want) {
-		sh.mu.Unlock()
-		return nil
-	}
-	delete(sh.m, bid)
-	sh.mu.Unlock()
-	t.n.Add(-1)
-	return c
+	return t.takeWhen(bid, func(c *call) bool { return want == nil || c == want })
 }
 
 // takeWhen removes and returns the call under bid when ok accepts it: one
