@@ -586,7 +586,10 @@ func TestPushesFeedTheBreaker(t *testing.T) {
 
 // A final summary goes out when the stream stops, without further Sends.
 func TestFinalSummaryWithoutTraffic(t *testing.T) {
-	h := newHarness(t, degradeConfig(time.Hour, 30*time.Millisecond))
+	// The summary interval is well above how long three Sends can take on
+	// a loaded machine (at 30 ms a CI run split them across two stretches).
+	const every = 300 * time.Millisecond
+	h := newHarness(t, degradeConfig(time.Hour, every))
 	h.o.Send(event("s1", 1, "x", 0), wire.Data)
 	h.o.Observe(true, 100)
 	h.o.Observe(true, 100)
@@ -595,7 +598,7 @@ func TestFinalSummaryWithoutTraffic(t *testing.T) {
 		h.o.Send(event("s1", uint64(i), "x", 0), wire.Data)
 	}
 	h.until("summary", func() bool { return h.count("summary") == 1 })
-	time.Sleep(100 * time.Millisecond) // nothing more to say: no more summaries
+	time.Sleep(3 * every) // nothing more to say: no more summaries
 	h.drain()
 	if n := h.count("summary"); n != 1 {
 		t.Fatalf("%d summaries for one stretch", n)

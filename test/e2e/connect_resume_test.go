@@ -252,11 +252,16 @@ func TestConnectResumesAcrossCuts(t *testing.T) {
 				// slow request of the previous cut has its answer (an
 				// answer on the wire at a cut would be lost, by design).
 				if cut < len(points) && seen >= points[cut] && !outstanding[slowID(cut-1)] {
-					sh.send(req(fmt.Sprintf("slow-%d", cut), "slow", map[string]any{"ms": 100, "cut": cut}))
+					sh.send(req(fmt.Sprintf("slow-%d", cut), "slow", map[string]any{"ms": 300, "cut": cut}))
 					outstanding[slowID(cut)] = true
 					// Sometimes before the daemon read it (it is sent
 					// again), sometimes while the agent works on it (its
-					// answer waits for the resumed connection).
+					// answer waits for the resumed connection). The agent
+					// takes 300 ms, so that a loaded machine's late
+					// wake-up from this sleep does not put its answer on
+					// the wire before the cut (with 100 ms a CI run lost
+					// one, as designed); ten of them still fit in the
+					// stream's first 5 s.
 					time.Sleep(time.Duration(rnd.Intn(20)) * time.Millisecond)
 					severed += proxy.cut()
 					cut++
