@@ -112,15 +112,26 @@ func (f *front) closeIdle() {
 	}
 }
 
+// wokenConn is the connection a Wake callback acts on: none when the wake
+// failed, gnet closed the connection (its context is cleared) or ours is
+// closing.
+func wokenConn(gc gnet.Conn, err error) (*conn, bool) {
+	if err != nil {
+		return nil, false
+	}
+	c, ok := gc.Context().(*conn)
+	if !ok || c.closing() {
+		return nil, false
+	}
+	return c, true
+}
+
 // closeIfIdle runs on the connection's loop, woken by closeIdle: an HTTP
 // connection between requests is closed; one in a request is left to
 // serve's Connection: close.
 func closeIfIdle(gc gnet.Conn, err error) error {
-	if err != nil {
-		return nil
-	}
-	c, ok := gc.Context().(*conn)
-	if !ok || c.closing() {
+	c, ok := wokenConn(gc, err)
+	if !ok {
 		return nil
 	}
 	if p, ok := c.proto.(*httpProto); ok && !p.started && !p.parked && p.skip == 0 && gc.InboundBuffered() == 0 {
@@ -232,11 +243,8 @@ var (
 // a WebSocket peer, a comment to an SSE stream. One function value for
 // every connection, so a heartbeat round allocates nothing per connection.
 func heartbeat(gc gnet.Conn, err error) error {
-	if err != nil {
-		return nil
-	}
-	c, ok := gc.Context().(*conn)
-	if !ok || c.closing() {
+	c, ok := wokenConn(gc, err)
+	if !ok {
 		return nil
 	}
 	switch c.proto.(type) {
